@@ -1,0 +1,1 @@
+"""efficientllm-tui: the Textual app, the CLI, run launching and the DuckDB store."""

@@ -1,0 +1,167 @@
+"""The `efficientllm` command line (DESIGN.md section 8): one parser, one error path.
+
+Exit codes: 0 done; 1 the run itself failed (recorded in the DB with its reason); 2 bad
+usage or bad input (one line on stderr, never a traceback). `--json` prints exactly one
+JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .errors import BadInput, EfficientLLMError
+
+PROG = "efficientllm"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise BadInput(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="PATH", help="database file (default: DATA_DIR/efficientllm.duckdb)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Measure what LLM efficiency techniques cost and buy "
+                     "on your GPU; live dashboard, run history in DuckDB.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("tui", help="open the dashboard (default)")
+    _add_db(p)
+
+    p = sub.add_parser("run", help="run one model x technique pair and store it")
+    p.add_argument("-m", "--model", required=True)
+    p.add_argument("-t", "--technique", required=True)
+    p.add_argument("-f", "--family", choices=("inference", "finetuning", "pretraining"))
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--new-tokens", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dataset", metavar="PATH")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="technique parameter, repeatable")
+    p.add_argument("--simulate-gpu", action="store_true",
+                   help="sample a simulated GPU (labelled simulated everywhere)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    _add_db(p)
+
+    p = sub.add_parser("runs", help="list stored runs")
+    p.add_argument("--family")
+    p.add_argument("--model")
+    p.add_argument("--technique")
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    _add_db(p)
+
+    p = sub.add_parser("show", help="one run with its metrics")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+    _add_db(p)
+
+    p = sub.add_parser("sql", help="run SQL against the database (read-only unless --write)")
+    p.add_argument("query")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--write", action="store_true", help="allow statements that modify the DB")
+    _add_db(p)
+
+    p = sub.add_parser("export", help="export runs to json, csv or parquet")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    p.add_argument("--format", choices=("json", "csv", "parquet"), required=True)
+    p.add_argument("-o", "--output", required=True, metavar="PATH")
+    p.add_argument("--table", default="run_metrics",
+                   choices=("run_metrics", "runs", "metrics", "steps", "samples", "windows",
+                            "events", "leaderboard"))
+    _add_db(p)
+
+    p = sub.add_parser("compare", help="runs side by side with the paper's scores and ranks")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--json", action="store_true")
+    _add_db(p)
+
+    for name, text in (("models", "the model catalog"), ("techniques", "the technique catalog")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("recover", help="ingest finished or orphaned run dirs")
+    p.add_argument("--json", action="store_true")
+    _add_db(p)
+
+    p = sub.add_parser("daemon", help="the profiling daemon")
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("--rate-hz", type=float, default=10.0)
+    p.add_argument("--idle-exit-s", type=float, default=300.0)
+    p.add_argument("--simulate-gpu", action="store_true")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        command = args.command or "tui"
+        from . import commands  # noqa: PLC0415 - keeps `--help` and usage errors instant
+
+        handler = getattr(commands, "cmd_" + command.replace("-", "_"))
+        if command == "tui" and not hasattr(args, "db"):
+            args.db = None
+        return int(handler(args) or 0)
+    except EfficientLLMError as e:
+        _say_error(e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `efficientllm runs | head`: quietly stop writing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _say_error(e: EfficientLLMError) -> None:
+    line = " ".join(str(e).split())  # one line, whatever the message held
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+
+
+def emit_json(doc: Any) -> None:
+    """Print exactly one JSON document on stdout."""
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
+    """Render rows as csv or json text (tables are printed with rich by the caller)."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return buf.getvalue()
+    return json.dumps([dict(zip(columns, r, strict=False)) for r in rows], indent=2,
+                      default=str) + "\n"
+
+
+def db_path(args: argparse.Namespace, home: Path) -> Path:
+    from profiling.home import default_db_path
+
+    return Path(args.db).expanduser() if getattr(args, "db", None) else default_db_path(home)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

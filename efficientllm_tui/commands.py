@@ -1,0 +1,368 @@
+"""The CLI's command handlers; each takes the parsed args and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import efficientllm_data
+from profiling import client
+from profiling import home as homes
+from runners.protocol import Event, ProtocolError, parse_set
+
+from . import ingest, launcher
+from .cli import db_path, emit_json, format_rows
+from .errors import BadInput, DatabaseLocked, EfficientLLMError
+from .store import Store
+
+# Metrics shown first, per family, in `run`, `runs` and `show` (all are stored).
+KEY_METRICS: dict[str, tuple[str, ...]] = {
+    "inference": ("it", "al_s", "ttft_s", "tpot_s", "amu", "pcu", "aec_w"),
+    "finetuning": ("st", "al_s", "loss", "amu", "pcu", "aec_w"),
+    "pretraining": ("tt", "al_s", "loss", "amu", "pcu", "aec_w"),
+}
+
+
+def _home() -> Path:
+    home = homes.data_dir()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create data dir {home}: {e.strerror or e}") from None
+    if not home.is_dir():
+        raise BadInput(f"data dir {home} is not a directory")
+    return home
+
+
+def _store(args: argparse.Namespace, home: Path) -> Store:
+    return Store(db_path(args, home))
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e5 or abs(value) < 1e-3:
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*(_fmt(v) for v in r))
+    _console().print(table)
+
+
+# ----------------------------------------------------------------------------- tui
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    home = _home()
+    from .app import EfficientLLMApp
+
+    EfficientLLMApp(db_path=db_path(args, home), home=home).run()
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        params = parse_set(args.sets)
+    except ProtocolError as e:
+        raise BadInput(str(e)) from None
+    spec = launcher.build_spec(
+        model=args.model, technique=args.technique, family=args.family, device=args.device,
+        params=params, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
+        seq_len=args.seq_len, new_tokens=args.new_tokens, seed=args.seed, dataset=args.dataset,
+        simulate_gpu=args.simulate_gpu or None,
+    )
+    if not launcher.technique_available(spec.technique):
+        raise BadInput(f"technique {spec.technique!r} ({spec.family}) is not implemented yet; "
+                       "see `efficientllm techniques`")
+    home = _home()
+    store = _store(args, home)
+    store.check()  # a corrupt DB is reported now, before any work; a locked one is waited on
+    try:
+        client.ensure_daemon(home, simulate_gpu=spec.simulate_gpu)
+    except client.DaemonError as e:
+        print(f"efficientllm: warning: no profiling daemon ({e}); the run will have no samples",
+              file=sys.stderr)
+    run_dir = launcher.prepare_run_dir(spec, home)
+    pid = launcher.spawn_runner(run_dir)
+    try:
+        store.upsert_run(_queued_row(spec, pid))
+    except DatabaseLocked:
+        pass  # the run is safe in its dir; the final ingest waits for the lock again
+    show_progress = not args.json
+    launcher.follow(run_dir, _Progress(spec, enabled=show_progress), pid=pid)
+    state = ingest.ingest_run(store, run_dir, home, alive=False)
+    run = store.get_run(spec.run_id) or {}
+    doc = _run_doc(run, state.status)
+    if args.json:
+        emit_json(doc)
+    else:
+        _print_run(doc)
+    if state.status == "ok":
+        return 0
+    if state.error_type == "bad_input":
+        print(f"efficientllm: error: {state.error_text}", file=sys.stderr)
+        return 2
+    if not args.json:
+        print(f"efficientllm: run {state.status}: {state.error_text}", file=sys.stderr)
+    return 1
+
+
+def _queued_row(spec: Any, pid: int) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
+    entry = efficientllm_data.find_technique(spec.technique) or {}
+    return {"run_id": spec.run_id, "family": spec.family, "technique": spec.technique,
+            "model": spec.model, "device": spec.device, "seed": spec.seed,
+            "batch_size": spec.batch_size, "seq_len": spec.seq_len,
+            "new_tokens": spec.new_tokens, "steps": spec.steps, "warmup": spec.warmup,
+            "dataset": spec.dataset, "params": json.dumps(dict(spec.params), sort_keys=True),
+            "group_name": entry.get("group"), "simulated": spec.simulate_gpu,
+            "status": "running", "pid": pid,
+            "created_at": datetime.fromtimestamp(spec.created_ns / 1e9, tz=timezone.utc)}
+
+
+class _Progress:
+    """Shows a run's progress: a rich bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, spec: Any, *, enabled: bool) -> None:
+        self.spec = spec
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.total = spec.warmup + spec.steps
+        self.done = 0
+        self._bar: Any = None
+        self._task: Any = None
+        if self.tty:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"),
+                                 TimeRemainingColumn(), console=_console(stderr=True),
+                                 transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(f"{spec.model} x {spec.technique}", total=self.total)
+        elif enabled:
+            print(f"run {spec.run_id}: {spec.family} {spec.model} x {spec.technique}",
+                  file=sys.stderr, flush=True)
+
+    def __call__(self, ev: Event) -> None:
+        if not self.enabled:
+            return
+        if ev.kind == "step":
+            self.done += 1
+            if self._bar is not None:
+                self._bar.update(self._task, completed=min(self.done, self.total))
+            else:
+                print(f"  step {self.done}/{self.total} [{ev.get('phase')}] "
+                      f"latency {_fmt(ev.get('latency_s'))} s", file=sys.stderr, flush=True)
+        elif ev.kind == "phase":
+            if self._bar is not None:
+                self._bar.update(self._task, description=f"{self.spec.model} x "
+                                 f"{self.spec.technique}: {ev.get('name')}")
+            else:
+                print(f"  phase {ev.get('name')}", file=sys.stderr, flush=True)
+        elif ev.kind in ("result", "error") and self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _run_doc(run: dict[str, Any], status: str) -> dict[str, Any]:
+    metrics = run.get("metrics") or {}
+    doc = {k: v for k, v in run.items() if k != "metrics"}
+    doc["status"] = run.get("status", status)
+    doc["metrics"] = {name: v[0] for name, v in sorted(metrics.items())}
+    doc["units"] = {name: v[1] for name, v in sorted(metrics.items())}
+    doc["sources"] = {name: v[2] for name, v in sorted(metrics.items())}
+    return doc
+
+
+def _print_run(doc: dict[str, Any]) -> None:
+    head = (f"{doc.get('run_id')}  {doc.get('family')}  {doc.get('model')} x "
+            f"{doc.get('technique')}  on {doc.get('device')}  status {doc.get('status')}")
+    if doc.get("simulated"):
+        head += "  [SIMULATED GPU DATA]"
+    _console().print(head)
+    if doc.get("error_text"):
+        _console().print(f"error ({doc.get('error_type')}): {doc.get('error_text')}")
+    rows = [[n, doc["metrics"][n], doc["units"].get(n), doc["sources"].get(n)]
+            for n in doc["metrics"]]
+    if rows:
+        _table(["metric", "value", "unit", "source"], rows)
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = _store(args, _home())
+    if args.limit < 1:
+        raise BadInput("--limit must be at least 1")
+    runs = store.list_runs(family=args.family, model=args.model, technique=args.technique,
+                           status=args.status, limit=args.limit)
+    if args.json:
+        emit_json(runs)
+        return 0
+    if not runs:
+        print("no runs stored yet; try: efficientllm run -m tiny -t fp32 --device cpu")
+        return 0
+    cols = ["run_id", "family", "model", "technique", "device", "status", "it", "st", "tt",
+            "al_s", "amu", "aec_w"]
+    _table(cols, [[r.get(c) for c in cols] for r in runs])
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = _store(args, _home())
+    run = store.get_run(args.run_id)
+    if run is None:
+        raise BadInput(f"no run {args.run_id!r} in {store.path}")
+    doc = _run_doc(run, run.get("status", ""))
+    if args.json:
+        emit_json(doc)
+    else:
+        _print_run(doc)
+        keys = ("family", "group_name", "device", "batch_size", "seq_len", "new_tokens", "steps",
+                "warmup", "params", "weights", "started_at", "ended_at", "host",
+                "torch_version", "transformers_version")
+        _table(["field", "value"], [[k, doc.get(k)] for k in keys])
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    store = _store(args, _home())
+    result = store.query(args.query, read_only=not args.write)
+    if args.format == "table":
+        _table(list(result.columns), [list(r) for r in result.rows])
+    else:
+        sys.stdout.write(format_rows(result.columns, result.rows, args.format))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = _store(args, _home())
+    out = Path(args.output).expanduser()
+    if out.is_dir():
+        raise BadInput(f"output {out} is a directory; give a file path")
+    if not out.parent.is_dir():
+        raise BadInput(f"output directory {out.parent} does not exist")
+    n = store.export(out, args.format, run_ids=args.run_ids or None, table=args.table)
+    print(f"wrote {n} rows of {args.table} to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    store = _store(args, _home())
+    runs = []
+    for rid in args.run_ids:
+        run = store.get_run(rid)
+        if run is None:
+            raise BadInput(f"no run {rid!r} in {store.path}")
+        runs.append(run)
+    board = store.leaderboard(run_ids=args.run_ids)
+    names = sorted({n for r in runs for n in (r.get("metrics") or {})})
+    if args.json:
+        emit_json({"runs": [_run_doc(r, r.get("status", "")) for r in runs],
+                   "leaderboard": board})
+        return 0
+    cols = ["metric"] + [f"{r['technique']} ({r['run_id'][-12:]})" for r in runs]
+    rows = [[n] + [(r.get("metrics") or {}).get(n, (None,))[0] for r in runs] for n in names]
+    _table(cols, rows, title="raw metrics")
+    if board:
+        bcols = ["run_id", "technique", "metric", "value", "score", "rank"]
+        _table(bcols, [[b.get(c) for c in bcols] for b in board],
+               title="paper normalisation: score in [0.1, 1] (higher is better), rank 1 = best")
+    return 0
+
+
+def _catalog_rows(kind: str) -> list[dict[str, Any]]:
+    return list(efficientllm_data.catalog()[kind])
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = _catalog_rows("models")
+    if args.json:
+        emit_json(rows)
+        return 0
+    _table(["id", "arch", "weights", "layers", "hidden", "heads/kv", "status", "description"],
+           [[m["id"], m["arch"], m["weights"], m["num_layers"], m["hidden_size"],
+             f"{m['num_heads']}/{m['num_kv_heads']}",
+             "available" if m.get("available") else "not yet implemented", m["description"]]
+            for m in rows])
+    return 0
+
+
+def cmd_techniques(args: argparse.Namespace) -> int:
+    rows = _catalog_rows("techniques")
+    if args.json:
+        emit_json(rows)
+        return 0
+    _table(["id", "family", "group", "status", "description"],
+           [[t["id"], t["family"], t["group"],
+             "available" if t.get("available") else "not yet implemented", t["description"]]
+            for t in rows])
+    return 0
+
+
+# ----------------------------------------------------------------------------- maintenance
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    home = _home()
+    store = _store(args, home)
+    done = ingest.recover(store, home)
+    if args.json:
+        emit_json([{"run_id": r, "status": s} for r, s in done])
+    elif not done:
+        print("nothing to recover")
+    else:
+        for rid, status in done:
+            print(f"{rid}: {status}")
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    home = _home()
+    if args.action == "start":
+        try:
+            info = client.ensure_daemon(home, rate_hz=args.rate_hz, idle_exit_s=args.idle_exit_s,
+                                        simulate_gpu=args.simulate_gpu)
+        except client.DaemonError as e:
+            raise EfficientLLMError(f"could not start the profiling daemon: {e}") from None
+        status: Any = info if isinstance(info, dict) else getattr(info, "__dict__", str(info))
+    elif args.action == "stop":
+        stopped = client.stop_daemon(home)
+        status = {"stopped": stopped}
+    else:
+        status = client.daemon_status(home)
+        if status is None:
+            status = {"running": False}
+    if args.json:
+        emit_json(status)
+    else:
+        for k, v in (status.items() if isinstance(status, dict) else [("status", status)]):
+            print(f"{k}: {v}")
+    return 0

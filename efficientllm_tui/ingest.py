@@ -1,0 +1,265 @@
+"""Turn a run dir (+ the daemon's spooled samples) into one idempotent store transaction.
+
+Why here and not in the runner: the runner knows its own steps and energy windows, but
+memory and compute activity come from the profiling daemon's samples, which only meet the
+run's events at ingest. Ingest reads everything from files (run dir, spool), so a killed
+launcher or a locked database loses nothing: `recover` can always do it again later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import efficientllm_data
+from profiling import home as homes
+from profiling import metrics as pm
+from profiling import spool
+from profiling.sample import Sample
+from runners.protocol import EVENTS_FILE, SPEC_FILE, STDERR_FILE, Event, ProtocolError, RunSpec
+
+from . import launcher
+from .errors import BadInput
+from .store import RunBundle, Store
+
+INGESTED_MARK = "ingested.json"
+_STEP_COLUMNS = ("step", "phase", "latency_s", "tokens", "samples", "loss", "lr", "ttft_s")
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """What a run dir says about a run, before any sample is read."""
+
+    spec: RunSpec
+    events: tuple[Event, ...]
+    status: str
+    error_type: str | None
+    error_text: str | None
+    t_start_ns: int
+    t_end_ns: int
+
+
+def load_spec(run_dir: Path) -> RunSpec:
+    try:
+        return RunSpec.from_json((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadInput(f"cannot read {run_dir / SPEC_FILE}: {e.strerror or e}") from None
+    except ProtocolError as e:
+        raise BadInput(f"malformed {run_dir / SPEC_FILE}: {e}") from None
+
+
+def _stderr_tail(run_dir: Path) -> str | None:
+    try:
+        lines = (run_dir / STDERR_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    lines = [ln.strip() for ln in lines if ln.strip()]
+    return lines[-1][:500] if lines else None
+
+
+def classify(run_dir: Path, *, alive: bool | None = None) -> RunState:
+    """Decide a run's status from its events and whether its runner still lives."""
+    spec = load_spec(run_dir)
+    events, _bad = launcher.read_events(run_dir)
+    result = next((e for e in reversed(events) if e.kind == "result"), None)
+    error = next((e for e in events if e.kind == "error"), None)
+    error_type = error_text = None
+    if error is not None:
+        error_type, error_text = error.get("type"), error.get("message")
+    if result is not None:
+        status = str(result.get("status", "failed"))
+        error_type = result.get("error_type") or error_type
+        error_text = result.get("error_message") or error_text
+    elif error is not None:
+        status = "oom" if error_type == "oom" else "failed"
+    else:
+        if alive is None:
+            alive = launcher.pid_alive(launcher.runner_pid(run_dir))
+        if alive:
+            status = "running"
+        else:
+            status = "orphaned"
+            last = events[-1] if events else None
+            where = f" after {last.kind} event" if last else " before its first event"
+            error_type = "crash"
+            error_text = f"runner died without a result{where}"
+            tail = _stderr_tail(run_dir)
+            if tail:
+                error_text += f"; stderr: {tail}"
+    if error_text == "cancelled" and status in ("failed", "ok"):
+        status = "cancelled"
+    started = next((e for e in events if e.kind == "started"), None)
+    t_start = started.t_ns if started else (events[0].t_ns if events else spec.created_ns)
+    t_end = events[-1].t_ns if events else t_start
+    return RunState(spec, tuple(events), status, error_type, error_text, t_start, t_end)
+
+
+def _sample_devices(device: str) -> set[str]:
+    """Spool device names relevant to a runner device (`cuda:1` -> gpu1, plus the host)."""
+    out = {"cpu"}
+    if device.startswith("cuda"):
+        _, _, idx = device.partition(":")
+        out.add(f"gpu{int(idx) if idx else 0}")
+    return out
+
+
+def _metric(name: str, value: float | None, unit: str, source: str) -> dict[str, Any]:
+    return {"name": name, "value": value, "unit": unit, "source": source}
+
+
+def sample_metrics(samples: list[Sample], device: str, t0_ns: int, t1_ns: int,
+                   n_cpus: int) -> tuple[list[dict[str, Any]], str | None]:
+    """AMU, PCU and the power-integral energy of the measured window, each with its source."""
+    if device.startswith("cuda"):
+        dev = f"gpu{device.partition(':')[2] or 0}"
+    else:
+        dev = "cpu"
+    mine = [s for s in samples if s.device == dev]
+    out: list[dict[str, Any]] = []
+    if not mine:
+        for name, unit in (("amu", "fraction"), ("amu_gib", "GiB"), ("pcu", "fraction")):
+            out.append(_metric(name, None, unit, "none"))
+        return out, None
+    source = "simulated" if any(s.simulated for s in mine) else mine[0].source
+    frac, gib = pm.amu(mine, t0_ns, t1_ns)
+    out.append(_metric("amu", frac, "fraction", source))
+    out.append(_metric("amu_gib", gib, "GiB", source))
+    pcu, pcu_source = pm.pcu(mine, t0_ns, t1_ns, n_cpus=n_cpus)
+    if source == "simulated" and pcu_source is not None:
+        pcu_source = f"simulated:{pcu_source}"
+    out.append(_metric("pcu", pcu, "fraction", pcu_source or source))
+    power = [(s.t_ns, s.power_w) for s in mine if s.power_w is not None]
+    if power:
+        e = pm.energy_integral_j([t for t, _ in power], [p for _, p in power], t0_ns, t1_ns)
+        out.append(_metric("energy_integral_j", e, "J", source))
+    return out, pcu_source
+
+
+def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> RunBundle:
+    """Everything the store needs for one run, read from its dir and the spool."""
+    state = state or classify(run_dir)
+    spec = state.spec
+    events = state.events
+    started = next((e for e in events if e.kind == "started"), None)
+    result = next((e for e in reversed(events) if e.kind == "result"), None)
+    device = str(started.get("device")) if started and started.get("device") else spec.device
+    measure = next((e for e in events if e.kind == "window" and e.get("name") == "measure"), None)
+    t0 = int(measure.get("t0_ns")) if measure else state.t_start_ns
+    t1 = int(measure.get("t1_ns")) if measure else state.t_end_ns
+
+    samples = spool.read_samples(homes.spool_dir(home), state.t_start_ns, state.t_end_ns,
+                                 _sample_devices(device))
+    n_cpus = int((started.get("cpu_count") if started else None) or os.cpu_count() or 1)
+    metrics, pcu_source = sample_metrics(samples, device, t0, t1, n_cpus)
+    have = {m["name"] for m in metrics}
+    if result is not None:
+        for m in result.get("metrics") or ():
+            if m.get("name") in have:
+                continue
+            metrics.append(_metric(m.get("name"), m.get("value"), m.get("unit", ""),
+                                   m.get("source", "runner")))
+            have.add(m.get("name"))
+    info = dict(result.get("info") or {}) if result else {}
+    versions = dict(started.get("versions") or {}) if started else {}
+    entry = efficientllm_data.find_technique(spec.technique) or {}
+    simulated = spec.simulate_gpu or any(s.simulated for s in samples)
+
+    run = {
+        **{k: v for k, v in spec.to_dict().items() if k not in ("params", "simulate_gpu",
+                                                                 "created_ns", "device")},
+        "device": device,
+        "params": json.dumps(dict(spec.params), sort_keys=True),
+        "group_name": entry.get("group"),
+        "simulated": simulated,
+        "weights": info.get("weights"),
+        "status": state.status,
+        "error_type": state.error_type if state.status != "ok" else None,
+        "error_text": state.error_text if state.status != "ok" else None,
+        "created_at": _ts(spec.created_ns),
+        "started_at": _ts(state.t_start_ns),
+        "ended_at": _ts(state.t_end_ns) if state.status != "running" else None,
+        "host": (started.get("host") if started else None) or socket.gethostname(),
+        "pid": started.get("pid") if started else launcher.runner_pid(run_dir),
+        "contended": bool(started.get("contended")) if started else None,
+        "torch_version": versions.get("torch"),
+        "transformers_version": versions.get("transformers"),
+        "peft_version": versions.get("peft"),
+        "quanto_version": versions.get("optimum-quanto") or versions.get("quanto"),
+        "driver_version": versions.get("driver"),
+        "cuda_version": versions.get("cuda"),
+        "gpu_name": started.get("gpu_name") if started else None,
+        "pcu_source": pcu_source,
+        "info": json.dumps(info, sort_keys=True, default=str),
+        "ingested_at": _ts(time.time_ns()),
+    }
+    steps = [_step_row(e) for e in events if e.kind == "step"]
+    windows = [{"name": e.get("name"), "device": e.get("device"), "t0_ns": e.get("t0_ns"),
+                "t1_ns": e.get("t1_ns"), "energy_j": e.get("energy_j"),
+                "energy_source": e.get("energy_source")} for e in events if e.kind == "window"]
+    raw = [{"t_ns": e.t_ns, "kind": e.kind, "payload": dict(e.fields)} for e in events]
+    return RunBundle(run=run, samples=samples, steps=steps, windows=windows, events=raw,
+                     metrics=metrics)
+
+
+def _ts(t_ns: int | None) -> Any:
+    if t_ns is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t_ns / 1e9, tz=timezone.utc)
+
+
+def _step_row(e: Event) -> dict[str, Any]:
+    row: dict[str, Any] = {k: e.get(k) for k in _STEP_COLUMNS}
+    row["t_ns"] = e.t_ns
+    extra = {k: v for k, v in e.fields.items() if k not in _STEP_COLUMNS}
+    row["extra"] = json.dumps(extra, sort_keys=True, default=str) if extra else None
+    return row
+
+
+def _mark(run_dir: Path, status: str) -> None:
+    size = (run_dir / EVENTS_FILE).stat().st_size if (run_dir / EVENTS_FILE).exists() else 0
+    tmp = run_dir / (INGESTED_MARK + ".tmp")
+    tmp.write_text(json.dumps({"status": status, "events_bytes": size,
+                               "t_ns": time.time_ns()}) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / INGESTED_MARK)
+
+
+def needs_ingest(run_dir: Path) -> bool:
+    """False when the run was ingested in a final state and its events have not grown."""
+    try:
+        mark = json.loads((run_dir / INGESTED_MARK).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return True
+    size = (run_dir / EVENTS_FILE).stat().st_size if (run_dir / EVENTS_FILE).exists() else 0
+    return mark.get("status") == "running" or mark.get("events_bytes") != size
+
+
+def ingest_run(store: Store, run_dir: Path, home: Path, *, alive: bool | None = None) -> RunState:
+    """Ingest one run dir (idempotent); returns the state it was stored with."""
+    state = classify(run_dir, alive=alive)
+    store.ingest(build_bundle(run_dir, home, state))
+    _mark(run_dir, state.status)
+    return state
+
+
+def recover(store: Store, home: Path, run_dirs: Iterable[Path] | None = None
+            ) -> list[tuple[str, str]]:
+    """Ingest finished or orphaned run dirs not yet stored; running ones are stored as running."""
+    done: list[tuple[str, str]] = []
+    for run_dir in run_dirs if run_dirs is not None else launcher.iter_run_dirs(home):
+        if not needs_ingest(run_dir):
+            continue
+        try:
+            state = ingest_run(store, run_dir, home)
+        except BadInput as e:  # one malformed run dir never stops the others
+            done.append((run_dir.name, f"skipped: {e}"))
+            continue
+        done.append((state.spec.run_id, state.status))
+    return done

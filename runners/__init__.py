@@ -1,0 +1,1 @@
+"""Benchmark runners. Import nothing heavy here: the app imports `runners.protocol` only."""

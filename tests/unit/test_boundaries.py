@@ -1,0 +1,105 @@
+"""The architecture boundaries of DESIGN.md section 2, checked rather than hoped for."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("efficientllm_tui", "profiling", "runners")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _modules(package: str) -> dict[Path, set[str]]:
+    return {p: _imports(p) for p in sorted((ROOT / package).rglob("*.py"))}
+
+
+def _top(names: set[str]) -> set[str]:
+    return {n.split(".")[0] for n in names}
+
+
+def test_exactly_one_module_imports_duckdb() -> None:
+    users = [p.relative_to(ROOT).as_posix() for pkg in PACKAGES
+             for p, names in _modules(pkg).items() if "duckdb" in _top(names)]
+    assert users == ["efficientllm_tui/store.py"]
+
+
+def test_at_most_one_module_imports_pynvml() -> None:
+    users = [p.relative_to(ROOT).as_posix() for pkg in PACKAGES
+             for p, names in _modules(pkg).items() if "pynvml" in _top(names)]
+    assert users in ([], ["profiling/nvml.py"])
+
+
+@pytest.mark.parametrize("forbidden", ["efficientllm_tui", "runners", "textual", "duckdb",
+                                       "torch"])
+def test_profiling_stays_independent(forbidden: str) -> None:
+    for path, names in _modules("profiling").items():
+        assert forbidden not in _top(names), f"{path} imports {forbidden}"
+
+
+@pytest.mark.parametrize("forbidden", ["efficientllm_tui", "textual", "duckdb"])
+def test_runners_never_import_the_app(forbidden: str) -> None:
+    for path, names in _modules("runners").items():
+        assert forbidden not in _top(names), f"{path} imports {forbidden}"
+
+
+def test_app_imports_only_the_runner_protocol() -> None:
+    for path, names in _modules("efficientllm_tui").items():
+        bad = {n for n in names if n.split(".")[0] == "runners" and n != "runners.protocol"}
+        assert not bad, f"{path} imports {bad}"
+
+
+_PROBE = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in
+      ('torch', 'transformers', 'peft', 'optimum', 'textual', 'duckdb', 'pynvml'))))
+"""
+
+
+def _loaded_after(*modules: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", _PROBE, *modules], capture_output=True,
+                         text=True, check=True, cwd=ROOT, timeout=120)
+    return {m.split(".")[0] for m in json.loads(out.stdout)}
+
+
+def test_runner_protocol_loads_nothing_heavy() -> None:
+    assert _loaded_after("runners.protocol") == set()
+
+
+def test_app_starts_without_the_runner_stack() -> None:
+    loaded = _loaded_after("efficientllm_tui.cli", "efficientllm_tui.commands",
+                           "efficientllm_tui.app")
+    assert not loaded & {"torch", "transformers", "peft", "optimum"}
+
+
+def test_profiling_loads_no_app_stack() -> None:
+    mods = [f"profiling.{p.stem}" for p in sorted((ROOT / "profiling").glob("*.py"))
+            if p.stem not in ("__init__", "__main__", "nvml")]
+    assert not _loaded_after(*mods) & {"torch", "textual", "duckdb"}
+
+
+def test_import_linter_contracts_hold() -> None:
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("import-linter is not installed")
+    out = subprocess.run([exe, "--config", str(ROOT / "pyproject.toml")], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
