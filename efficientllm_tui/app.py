@@ -76,8 +76,16 @@ class EfficientLLMApp(App[None]):
     def load_runs(self) -> None:
         from .store import Store
 
+        from .ingest import recover
+
+        store = Store(self.db_path, lock_timeout_s=2.0)
         try:
-            rows = Store(self.db_path, lock_timeout_s=2.0).list_runs(limit=500)
+            # Runs that finished (or died) while no launcher watched them land first.
+            recovered = recover(store, self.home)
+            if recovered:
+                self.call_from_thread(self.notify, f"ingested {len(recovered)} run dir(s)",
+                                      title="Recovered")
+            rows = store.list_runs(limit=500)
         except EfficientLLMError as e:
             self.call_from_thread(self.notify, str(e), title=e.title, severity="error")
             return

@@ -55,9 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", metavar="PATH")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="technique parameter, repeatable")
-    p.add_argument("--simulate-gpu", action="store_true",
-                   help="sample a simulated GPU (labelled simulated everywhere)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    _add_db(p)
+
+    p = sub.add_parser("sweep", help="a matrix of model x technique pairs, queued per device")
+    p.add_argument("file", metavar="FILE.toml")
+    p.add_argument("--json", action="store_true")
     _add_db(p)
 
     p = sub.add_parser("runs", help="list stored runs")
@@ -106,7 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("start", "stop", "status"))
     p.add_argument("--rate-hz", type=float, default=10.0)
     p.add_argument("--idle-exit-s", type=float, default=300.0)
-    p.add_argument("--simulate-gpu", action="store_true")
     p.add_argument("--json", action="store_true")
     return parser
 

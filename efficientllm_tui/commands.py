@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import efficientllm_data
 from profiling import client
 from profiling import home as homes
-from runners.protocol import Event, ProtocolError, parse_set
+from runners.protocol import Event, ProtocolError, RunSpec, parse_set
 
 from . import ingest, launcher
 from .cli import db_path, emit_json, format_rows
@@ -37,8 +40,23 @@ def _home() -> Path:
     return home
 
 
+def _daemon_idle_s() -> float:
+    """How long an auto-started daemon waits with nothing to watch before it exits."""
+    raw = os.environ.get("EFFICIENTLLM_DAEMON_IDLE_S", "300")
+    try:
+        return max(1.0, float(raw))
+    except ValueError:
+        raise BadInput(f"EFFICIENTLLM_DAEMON_IDLE_S must be a number of seconds, got {raw!r}"
+                       ) from None
+
+
 def _store(args: argparse.Namespace, home: Path) -> Store:
-    return Store(db_path(args, home))
+    raw = os.environ.get("EFFICIENTLLM_DB_LOCK_TIMEOUT_S", "30")
+    try:
+        timeout_s = max(0.0, float(raw))
+    except ValueError:
+        raise BadInput(f"EFFICIENTLLM_DB_LOCK_TIMEOUT_S must be seconds, got {raw!r}") from None
+    return Store(db_path(args, home), lock_timeout_s=timeout_s)
 
 
 def _console(stderr: bool = False) -> Any:
@@ -93,28 +111,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         model=args.model, technique=args.technique, family=args.family, device=args.device,
         params=params, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
         seq_len=args.seq_len, new_tokens=args.new_tokens, seed=args.seed, dataset=args.dataset,
-        simulate_gpu=args.simulate_gpu or None,
     )
-    if not launcher.technique_available(spec.technique):
-        raise BadInput(f"technique {spec.technique!r} ({spec.family}) is not implemented yet; "
-                       "see `efficientllm techniques`")
+    _check_available(spec)
     home = _home()
     store = _store(args, home)
     store.check()  # a corrupt DB is reported now, before any work; a locked one is waited on
-    try:
-        client.ensure_daemon(home, simulate_gpu=spec.simulate_gpu)
-    except client.DaemonError as e:
-        print(f"efficientllm: warning: no profiling daemon ({e}); the run will have no samples",
-              file=sys.stderr)
-    run_dir = launcher.prepare_run_dir(spec, home)
-    pid = launcher.spawn_runner(run_dir)
-    try:
-        store.upsert_run(_queued_row(spec, pid))
-    except DatabaseLocked:
-        pass  # the run is safe in its dir; the final ingest waits for the lock again
-    show_progress = not args.json
-    launcher.follow(run_dir, _Progress(spec, enabled=show_progress), pid=pid)
-    state = ingest.ingest_run(store, run_dir, home, alive=False)
+    state = _execute(spec, store, home, progress=_Progress(spec, enabled=not args.json))
     run = store.get_run(spec.run_id) or {}
     doc = _run_doc(run, state.status)
     if args.json:
@@ -129,6 +131,76 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"efficientllm: run {state.status}: {state.error_text}", file=sys.stderr)
     return 1
+
+
+def _check_available(spec: RunSpec) -> None:
+    if not launcher.technique_available(spec.technique):
+        raise BadInput(f"technique {spec.technique!r} ({spec.family}) is not implemented yet; "
+                       "see `efficientllm techniques`")
+    card = efficientllm_data.find_model(spec.model)
+    if card is not None and not card.get("available"):
+        raise BadInput(f"model {spec.model!r} is not available yet; see `efficientllm models`")
+
+
+def _execute(spec: RunSpec, store: Store, home: Path, *,
+             progress: Callable[[Event], None] | None) -> ingest.RunState:
+    """Launch one run detached, follow it to the end and ingest it."""
+    try:
+        client.ensure_daemon(home, idle_exit_s=_daemon_idle_s())
+    except client.DaemonError as e:
+        print(f"efficientllm: warning: no profiling daemon ({e}); the run will have no samples",
+              file=sys.stderr)
+    run_dir = launcher.prepare_run_dir(spec, home)
+    pid = launcher.spawn_runner(run_dir)
+    try:
+        store.upsert_run(_queued_row(spec, pid))
+    except DatabaseLocked:
+        pass  # the run is safe in its dir; the final ingest waits for the lock again
+    launcher.follow(run_dir, progress, pid=pid)
+    return ingest.ingest_run(store, run_dir, home, alive=False)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import load_sweep
+
+    specs = load_sweep(Path(args.file))
+    for spec in specs:
+        _check_available(spec)
+    home = _home()
+    store = _store(args, home)
+    store.check()
+    by_device: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        by_device.setdefault(spec.device, []).append(spec)
+    results: list[tuple[RunSpec, ingest.RunState]] = []
+    lock = threading.Lock()
+
+    def drain(queue: list[RunSpec]) -> None:
+        for spec in queue:  # one device's queue runs in order; OOM and failures go on
+            state = _execute(spec, store, home, progress=None)
+            with lock:
+                results.append((spec, state))
+                if not args.json:
+                    print(f"{spec.run_id}: {state.status}"
+                          + (f" ({state.error_text})" if state.error_text else ""),
+                          file=sys.stderr, flush=True)
+
+    threads = [threading.Thread(target=drain, args=(q,), daemon=True) for q in by_device.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    order = {s.run_id: i for i, s in enumerate(specs)}
+    results.sort(key=lambda r: order[r[0].run_id])
+    if args.json:
+        emit_json([{"run_id": s.run_id, "model": s.model, "technique": s.technique,
+                    "device": s.device, "status": st.status, "error": st.error_text}
+                   for s, st in results])
+    else:
+        _table(["run_id", "model", "technique", "device", "status", "error"],
+               [[s.run_id, s.model, s.technique, s.device, st.status, st.error_text]
+                for s, st in results])
+    return 0 if all(st.status == "ok" for _, st in results) else 1
 
 
 def _queued_row(spec: Any, pid: int) -> dict[str, Any]:
@@ -348,8 +420,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     home = _home()
     if args.action == "start":
         try:
-            info = client.ensure_daemon(home, rate_hz=args.rate_hz, idle_exit_s=args.idle_exit_s,
-                                        simulate_gpu=args.simulate_gpu)
+            info = client.ensure_daemon(home, rate_hz=args.rate_hz, idle_exit_s=args.idle_exit_s)
         except client.DaemonError as e:
             raise EfficientLLMError(f"could not start the profiling daemon: {e}") from None
         status: Any = info if isinstance(info, dict) else getattr(info, "__dict__", str(info))

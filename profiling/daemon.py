@@ -1,0 +1,491 @@
+"""The profiling daemon: samples every device on a steady clock into a ring, the spool and
+a unix-socket stream. One per data dir; started by `profiling.client.ensure_daemon`.
+
+    python -m profiling.daemon --home DIR [--rate-hz 10] [--idle-exit-s 300]
+
+Why it is built this way:
+- One daemon per data dir is enforced by an exclusive fcntl lock on `daemon.lock`, taken
+  before the socket is bound: launchers that race each start a process, the losers see the
+  winner answer on the socket and exit 0. The lock dies with its holder, so a socket file
+  found by the lock holder is stale and is removed.
+- Three threads, none waiting on another: the sampler (steady schedule on the monotonic
+  clock, t_ns from the wall clock), the spool writer (disk may be slow or full) and the
+  socket loop (clients may be slow). The sampler hands each tick over with a deque append.
+- It exits by itself after `--idle-exit-s` with no live watched runner and no subscriber,
+  so tests and forgotten sessions leave nothing running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from profiling import home as home_mod
+from profiling.backend import Backend, BackendUnavailable, WatchSet, load_backend
+from profiling.client import LOCK_FILE, request
+from profiling.ring import Ring
+from profiling.server import SocketServer
+from profiling.spool import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, SpoolWriter, cleanup
+from profiling.wire import PROTOCOL_VERSION, bind_unix, sample_line
+
+log = logging.getLogger("profiling.daemon")
+
+_LOCK_WAIT_S = 10.0
+_CLEANUP_EVERY_S = 600.0
+_ERROR_REPEAT_S = 60.0
+_SPOOL_QUEUE_TICKS = 36_000
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Everything the daemon is started with (the command line, parsed)."""
+
+    home: Path
+    """Data dir: socket, pid file, log, lock and spool live here."""
+    rate_hz: float = 10.0
+    """Samples per second per device."""
+    idle_exit_s: float = 300.0
+    """Exit after this long with no live watched pid and no subscriber; 0 never exits."""
+    ring_s: float = 600.0
+    """Seconds of history kept in memory for late subscribers."""
+    spool_max_bytes: int = DEFAULT_MAX_BYTES
+    """Rotate a spool segment at this size."""
+    spool_max_age_s: float = DEFAULT_MAX_AGE_S
+    """Rotate a spool segment at this age."""
+    retention_s: float = 7 * 24 * 3600.0
+    """Delete spool segments older than this (0 keeps everything)."""
+    backends: tuple[str, ...] = ("psutil",)
+    """Backends to run; one that is unavailable is skipped with a log line."""
+    queue_s: float = 30.0
+    """Seconds of frames a slow subscriber may fall behind before frames are dropped."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Daemon:
+    """The running daemon (one per process)."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.home = config.home
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.started_ns = time.time_ns()
+        self.watch_set = WatchSet()
+        self.backends: list[Backend] = []
+        self.devices: list[str] = []
+        self.samples_taken = 0
+        self.ticks = 0
+        self.overruns = 0
+        self.ticks_missed = 0
+        self.backend_errors = 0
+        self.spool_queue_dropped = 0
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._lock_fd: int | None = None
+        self._idle_since: float | None = time.monotonic()
+        self._backend_failing: dict[str, float] = {}
+        # SimpleQueue (C, lock-free hand-off) costs less per tick than queue.Queue; its
+        # bound is kept by hand in _tick.
+        self._spool_q: queue.SimpleQueue[list[tuple[int, bytes]] | None] = queue.SimpleQueue()
+        self.ring: Ring
+        self.spool: SpoolWriter
+        self.server: SocketServer
+
+    # -- start -----------------------------------------------------------------------------
+
+    def acquire_lock(self) -> bool:
+        """Take the per-home lock; False when another live daemon holds it and answers."""
+        path = self.home / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_fd = fd
+                return True
+            except BlockingIOError:
+                pass
+            # Held: a daemon is running or starting (or exiting). Answering means running.
+            try:
+                st = request(self.home, {"op": "status"}, timeout_s=0.5)
+            except Exception:  # noqa: BLE001 - any failure just means "not answering yet"
+                st = None
+            if st and st.get("ok"):
+                log.info("another daemon (pid %s) already serves %s; exiting", st.get("pid"),
+                         self.home)
+                os.close(fd)
+                return False
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise RuntimeError(f"{path} is locked by a process that does not answer on "
+                                   f"the socket (pid file says {self._pid_from_file()})")
+            time.sleep(0.05)
+
+    def _pid_from_file(self) -> str:
+        try:
+            return (self.home / home_mod.DAEMON_PID_FILE).read_text().strip()
+        except OSError:
+            return "nothing"
+
+    def start(self) -> None:
+        """Build backends, ring, spool and socket; start the sampler and spool threads."""
+        cfg = self.config
+        for name in cfg.backends:
+            try:
+                backend = load_backend(name, self.watch_set)
+            except BackendUnavailable as e:
+                log.warning("backend %s unavailable: %s", name, e)
+                continue
+            self.backends.append(backend)
+            self.devices.extend(backend.devices())
+        if not self.backends:
+            raise RuntimeError("no sampling backend could start")
+        n_dev = max(1, len(self.devices))
+        self.ring = Ring.for_duration(cfg.ring_s, cfg.rate_hz, n_dev)
+        self.spool = SpoolWriter(home_mod.spool_dir(self.home), max_bytes=cfg.spool_max_bytes,
+                                 max_age_s=cfg.spool_max_age_s,
+                                 backlog_lines=self.ring.capacity)
+        sock_path = home_mod.socket_path(self.home)
+        if os.path.lexists(sock_path):
+            # We hold the lock, so whoever bound it is gone.
+            log.info("removing stale socket %s", sock_path)
+            sock_path.unlink()
+        listener = bind_unix(sock_path)
+        os.chmod(sock_path, 0o600)
+        self.server = SocketServer(
+            listener, self._handle, self._replay,
+            queue_lines=max(256, int(cfg.queue_s * cfg.rate_hz * n_dev)),
+            housekeeping=self._housekeeping)
+        pid_path = self.home / home_mod.DAEMON_PID_FILE
+        tmp = pid_path.with_name(pid_path.name + ".tmp")
+        tmp.write_text(f"{self.pid}\n")
+        os.replace(tmp, pid_path)
+        self._threads = [threading.Thread(target=self._sample_loop, name="sampler", daemon=True),
+                         threading.Thread(target=self._spool_loop, name="spool", daemon=True)]
+        for t in self._threads:
+            t.start()
+        log.info("started pid %d on %s: %s at %g Hz, devices %s, idle exit %s", self.pid,
+                 self.home, ",".join(b.name for b in self.backends), cfg.rate_hz,
+                 ",".join(self.devices),
+                 f"{cfg.idle_exit_s:g} s" if cfg.idle_exit_s > 0 else "off")
+
+    # -- run and stop ----------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop_reason:
+            self._stop_reason = reason
+        self._stop.set()
+        self.server.stop()
+
+    def serve(self) -> None:
+        try:
+            self.server.serve()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        reason = self._stop_reason or "shutdown"
+        log.info("stopping: %s", reason)
+        self._stop.set()
+        sock_path = home_mod.socket_path(self.home)
+        try:
+            sock_path.unlink()  # first, so new clients start a new daemon instead of waiting
+        except FileNotFoundError:
+            pass
+        for t in self._threads:
+            if t.name == "sampler":
+                t.join(timeout=5)
+        self.server.close(reason)
+        self._spool_q.put(None)
+        for t in self._threads:
+            if t.name == "spool":
+                t.join(timeout=10)
+        for backend in self.backends:
+            try:
+                backend.close()
+            except Exception:  # noqa: BLE001 - closing must go on for the others
+                log.exception("closing backend %s failed", backend.name)
+        pid_path = self.home / home_mod.DAEMON_PID_FILE
+        if self._pid_from_file() == str(self.pid):
+            pid_path.unlink(missing_ok=True)
+        log.info("stopped after %d samples (%s)", self.samples_taken, reason)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock; the file stays (deleting it races)
+            self._lock_fd = None
+
+    # -- sampling (sampler thread) ---------------------------------------------------------
+
+    def _sample_loop(self) -> None:
+        period = 1.0 / self.config.rate_hz
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - sampling must outlive any one bad tick
+                log.exception("tick failed")
+            next_t += period
+            now = time.monotonic()
+            if now >= next_t + period:
+                # Late by a whole period or more (suspend, overload): skip the missed ticks
+                # rather than firing them back to back.
+                missed = int((now - next_t) / period)
+                self.overruns += 1
+                self.ticks_missed += missed
+                next_t += missed * period
+            self._stop.wait(max(0.0, next_t - now))
+
+    def _tick(self) -> None:
+        now_ns = time.time_ns()
+        samples = []
+        for backend in self.backends:
+            try:
+                samples.extend(backend.sample(now_ns))
+            except Exception as e:  # noqa: BLE001 - one backend must not stop the others
+                self._backend_failed(backend, e)
+            else:
+                if backend.name in self._backend_failing:
+                    del self._backend_failing[backend.name]
+                    log.warning("backend %s works again", backend.name)
+        self.ticks += 1
+        if not samples:
+            return
+        lines = [sample_line(s) for s in samples]
+        with self.server.publish_lock:
+            self.ring.extend(samples, lines)
+            self.server.publish(lines)
+        self.samples_taken += len(samples)
+        if self._spool_q.qsize() < _SPOOL_QUEUE_TICKS:
+            self._spool_q.put([(s.t_ns, ln) for s, ln in zip(samples, lines, strict=True)])
+        else:  # the spool thread is stuck (hung file system): the ring still has them
+            self.spool_queue_dropped += len(samples)
+
+    def _backend_failed(self, backend: Backend, e: Exception) -> None:
+        self.backend_errors += 1
+        now = time.monotonic()
+        last = self._backend_failing.get(backend.name)
+        if last is None:
+            log.error("backend %s failed: %s: %s", backend.name, type(e).__name__, e,
+                      exc_info=True)
+            self._backend_failing[backend.name] = now
+        elif now - last >= _ERROR_REPEAT_S:
+            log.error("backend %s still failing: %s: %s", backend.name, type(e).__name__, e)
+            self._backend_failing[backend.name] = now
+
+    # -- spool (spool thread) --------------------------------------------------------------
+
+    def _spool_loop(self) -> None:
+        next_cleanup = time.monotonic()
+        while True:
+            item = self._spool_q.get()
+            batch: list[tuple[int, bytes]] = []
+            done = item is None
+            if item is not None:
+                batch.extend(item)
+            while not done:  # take whatever else is waiting: one write for all of it
+                try:
+                    more = self._spool_q.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                else:
+                    batch.extend(more)
+            if batch:
+                self.spool.write(batch)
+            if self.config.retention_s > 0 and time.monotonic() >= next_cleanup:
+                next_cleanup = time.monotonic() + _CLEANUP_EVERY_S
+                self._cleanup()
+            if done:
+                break
+        self.spool.close()
+
+    def _cleanup(self) -> None:
+        cutoff = time.time_ns() - int(self.config.retention_s * 1e9)
+        try:
+            removed = cleanup(self.spool.spool_dir, cutoff)
+        except OSError as e:
+            log.warning("spool cleanup failed: %s", e)
+            return
+        if removed:
+            log.info("spool cleanup removed %d segments older than %g h", len(removed),
+                     self.config.retention_s / 3600)
+
+    # -- requests (socket thread) ----------------------------------------------------------
+
+    def _replay(self, since_ns: int | None, devices: set[str] | None) -> list[bytes]:
+        return self.ring.snapshot_lines(since_ns, devices)
+
+    def _handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req["op"]
+        if op == "status":
+            return self.status()
+        if op == "ping":
+            return {"ok": True, "pid": self.pid}
+        if op in ("watch", "unwatch"):
+            pid = req.get("pid")
+            if type(pid) is not int or pid <= 0:
+                return {"ok": False, "error": "pid must be a positive integer"}
+            return self._watch(pid, req.get("run_id")) if op == "watch" else self._unwatch(pid)
+        if op == "stop":
+            log.info("stop requested over the socket")
+            self.request_stop("stop requested")
+            return {"ok": True, "stopping": True, "pid": self.pid}
+        return {"ok": False, "error": f"unknown op {op!r} (status, watch, unwatch, subscribe, "
+                                      "stop, ping)"}
+
+    def _watch(self, pid: int, run_id: Any) -> dict[str, Any]:
+        from profiling.host import process_create_time
+
+        if run_id is not None and not isinstance(run_id, str):
+            return {"ok": False, "error": "run_id must be a string"}
+        ctime = process_create_time(pid)
+        if ctime is None:
+            return {"ok": False, "error": f"no such process {pid}"}
+        self.watch_set.add(pid, run_id, ctime)
+        for backend in self.backends:
+            backend.watch(pid)
+        log.info("watching pid %d (run %s)", pid, run_id)
+        return {"ok": True, "watched": [w.to_dict() for w in self.watch_set.entries()]}
+
+    def _unwatch(self, pid: int) -> dict[str, Any]:
+        was = self.watch_set.discard(pid)
+        if was:
+            for backend in self.backends:
+                backend.unwatch(pid)
+            log.info("unwatched pid %d", pid)
+        return {"ok": True, "was_watched": was}
+
+    def status(self) -> dict[str, Any]:
+        cpu = os.times()
+        idle_for = (time.monotonic() - self._idle_since) if self._idle_since is not None else 0.0
+        return {
+            "ok": True, "protocol": PROTOCOL_VERSION, "pid": self.pid, "host": self.host,
+            "home": str(self.home), "rate_hz": self.config.rate_hz,
+            "started_ns": self.started_ns, "uptime_s": (time.time_ns() - self.started_ns) / 1e9,
+            "devices": list(self.devices), "backends": [b.name for b in self.backends],
+            "watched": [w.to_dict() for w in self.watch_set.entries()],
+            "subscribers": self.server.subscriber_count,
+            "spool_dir": str(self.spool.spool_dir), "spool": self.spool.status(),
+            "samples_taken": self.samples_taken, "ticks": self.ticks,
+            "overruns": self.overruns, "ticks_missed": self.ticks_missed,
+            "backend_errors": self.backend_errors, "frames_dropped": self.server.frames_dropped,
+            "spool_queue_dropped": self.spool_queue_dropped,
+            "ring": {"capacity": self.ring.capacity, "size": len(self.ring)},
+            "idle_exit_s": self.config.idle_exit_s, "idle_for_s": round(idle_for, 3),
+            "cpu_time_s": cpu.user + cpu.system,
+        }
+
+    def _housekeeping(self) -> None:
+        """Once a second on the socket thread: forget dead runners, idle exit."""
+        from profiling.host import watched_alive
+
+        for w in self.watch_set.prune(watched_alive):
+            for backend in self.backends:
+                backend.unwatch(w.pid)
+            log.info("watched pid %d (run %s) has exited", w.pid, w.run_id)
+        busy = len(self.watch_set) > 0 or self.server.subscriber_count > 0
+        now = time.monotonic()
+        if busy:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        elif self.config.idle_exit_s > 0 and now - self._idle_since >= self.config.idle_exit_s:
+            self.request_stop(f"idle for {self.config.idle_exit_s:g} s")
+
+
+def _setup_logging(home: Path) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter(f"%(asctime)s %(levelname)s daemon[{os.getpid()}] %(message)s")
+    handler = logging.FileHandler(home / home_mod.DAEMON_LOG_FILE, encoding="utf-8")
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    if sys.stderr is not None and sys.stderr.isatty():
+        tty = logging.StreamHandler()
+        tty.setFormatter(fmt)
+        root.addHandler(tty)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> DaemonConfig:
+    p = argparse.ArgumentParser(prog="python -m profiling.daemon",
+                                description="efficientllm profiling daemon (one per data dir)")
+    p.add_argument("--home", type=Path, default=None,
+                   help="data dir (default: $EFFICIENTLLM_HOME or the XDG data dir)")
+    p.add_argument("--rate-hz", type=_positive, default=10.0, help="samples per second")
+    p.add_argument("--idle-exit-s", type=_non_negative, default=300.0,
+                   help="exit after this long with nothing watched or subscribed (0: never)")
+    p.add_argument("--ring-s", type=_positive, default=600.0, help="seconds kept in memory")
+    p.add_argument("--spool-max-mib", type=_positive, default=DEFAULT_MAX_BYTES / 2**20,
+                   help="rotate spool segments at this size")
+    p.add_argument("--spool-max-age-s", type=_positive, default=DEFAULT_MAX_AGE_S,
+                   help="rotate spool segments at this age")
+    p.add_argument("--retention-h", type=_non_negative, default=168.0,
+                   help="delete spool segments older than this (0: keep all)")
+    p.add_argument("--backends", default="psutil",
+                   help="comma-separated backends to run (default: psutil)")
+    a = p.parse_args(argv)
+    if a.rate_hz > 1000:
+        p.error("--rate-hz above 1000 is not supported")
+    home = (a.home or home_mod.data_dir()).expanduser().absolute()
+    return DaemonConfig(home=home, rate_hz=a.rate_hz, idle_exit_s=a.idle_exit_s,
+                        ring_s=a.ring_s, spool_max_bytes=int(a.spool_max_mib * 2**20),
+                        spool_max_age_s=a.spool_max_age_s, retention_s=a.retention_h * 3600,
+                        backends=tuple(b.strip() for b in a.backends.split(",") if b.strip()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    os.umask(0o077)  # socket, pid file, spool and log: this user only
+    try:
+        config.home.mkdir(parents=True, exist_ok=True)
+        os.chdir(config.home)  # hold no launcher directory busy
+    except OSError as e:
+        print(f"profiling daemon: cannot use data dir {config.home}: {e}", file=sys.stderr)
+        return 1
+    _setup_logging(config.home)
+    daemon = Daemon(config)
+    try:
+        if not daemon.acquire_lock():
+            return 0
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        daemon.start()
+    except Exception as e:  # noqa: BLE001 - report any start failure as one log line
+        log.error("cannot start: %s", e, exc_info=not isinstance(e, (OSError, RuntimeError)))
+        return 1
+
+    def on_signal(signum: int, _frame: object) -> None:
+        daemon.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The device a run uses: resolving `auto`, syncing it, its memory counters, and the
+versions of the stack that ran on it (for the `started` event)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+from runners.errors import Unsupported
+
+GIB = float(2**30)
+_PACKAGES = {"transformers": "transformers", "peft": "peft", "optimum_quanto": "optimum-quanto"}
+
+
+def resolve(requested: str) -> str:
+    """`auto` -> `cuda:0` when CUDA is usable, else `cpu`; `cuda` -> `cuda:0`.
+
+    Raises Unsupported when a CUDA device is asked for and this machine has no such device.
+    """
+    import torch
+
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    index = int(requested.partition(":")[2] or 0)
+    if not torch.cuda.is_available():
+        raise Unsupported(f"device {requested!r} asked for, but torch sees no CUDA device "
+                          f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise Unsupported(f"device {requested!r} asked for, but this machine has {count} "
+                          f"CUDA device(s) (cuda:0-cuda:{count - 1})")
+    return f"cuda:{index}"
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+def versions() -> dict[str, str | None]:
+    """torch, transformers, peft, optimum-quanto, cuda and driver versions; None when absent."""
+    import torch
+
+    out: dict[str, str | None] = {"torch": torch.__version__}
+    for key, dist in _PACKAGES.items():
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = None
+    out["cuda"] = torch.version.cuda
+    out["driver"] = _driver_version()
+    return out
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA kernel driver version from /proc (no NVML in runners), else None."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as f:
+            first = f.readline()
+    except OSError:
+        return None
+    for word in first.split():
+        parts = word.split(".")
+        if len(parts) >= 2 and all(p.isdigit() for p in parts):
+            return word
+    return None
+
+
+def sync_fn(device: str) -> Callable[[], None] | None:
+    """The function that waits for queued work on `device` (None on CPU: nothing queues)."""
+    if device.startswith("cuda"):
+        import torch
+
+        dev = torch.device(device)
+        return lambda: torch.cuda.synchronize(dev)
+    return None
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (default: the CPUs this process may run on)."""
+    import torch
+
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def peak_memory_gib(device: str) -> tuple[float | None, float | None]:
+    """(peak allocated, peak reserved) GiB since the last reset; (None, None) off CUDA."""
+    if not device.startswith("cuda"):
+        return None, None
+    import torch
+
+    dev = torch.device(device)
+    return (torch.cuda.max_memory_allocated(dev) / GIB,
+            torch.cuda.max_memory_reserved(dev) / GIB)
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of this process (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+
+
+def memory_facts(device: str) -> dict[str, Any]:
+    """Peak memory facts for a failed run's info."""
+    allocated, reserved = peak_memory_gib(device)
+    return {"peak_allocated_gib": allocated, "peak_reserved_gib": reserved,
+            "peak_rss_gib": peak_rss_gib()}

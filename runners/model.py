@@ -1,0 +1,182 @@
+"""Models from catalog cards: random-weight decoders built locally, sized without allocating.
+
+Random weights are drawn in float32 from the seed and then rounded to the run's dtype when
+that fits in memory, so an fp32 run and a bf16 run of one seed hold the same model (bf16
+is the rounding of fp32). Where the float32 copy does not fit, weights are drawn directly
+in the target dtype and `init_dtype` says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runners.catalog import ModelCard
+from runners.errors import OutOfMemory
+
+if TYPE_CHECKING:
+    import torch
+
+_CLASSES = {
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+}
+GIB = float(2**30)
+FIT_FRACTION = 0.9
+"""Share of free memory the weights may take; the rest is left for activations and KV."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSize:
+    """How big a model is: its parameters and the bytes its tensors hold."""
+
+    total_params: int
+    """Parameters, each tied tensor counted once."""
+    weight_bytes: int
+    """Bytes of every parameter and buffer tensor, each counted once."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltModel:
+    """A model ready to run, with the facts a result reports about it."""
+
+    model: Any
+    """The transformers PreTrainedModel, in eval mode, gradients off."""
+    size: ModelSize
+    dtype: str
+    """Parameter dtype: float32, bfloat16 or float16."""
+    init_dtype: str
+    """dtype the random weights were drawn in (float32 unless that did not fit)."""
+    weights: str
+    """`random` or `real`."""
+    attn_impl: str
+    """transformers attention implementation (sdpa, eager, ...)."""
+
+
+def _classes(arch: str) -> tuple[Any, Any]:
+    import transformers
+
+    config_name, model_name = _CLASSES[arch]
+    return getattr(transformers, config_name), getattr(transformers, model_name)
+
+
+def build_config(card: ModelCard) -> Any:
+    """The transformers config of a card (architecture shape only)."""
+    config_cls, _ = _classes(card.arch)
+    kwargs: dict[str, Any] = dict(
+        vocab_size=card.vocab_size,
+        hidden_size=card.hidden_size,
+        intermediate_size=card.intermediate_size,
+        num_hidden_layers=card.num_layers,
+        num_attention_heads=card.num_heads,
+        num_key_value_heads=card.num_kv_heads,
+        tie_word_embeddings=card.tie_embeddings,
+        max_position_embeddings=card.max_position,
+        rope_parameters={"rope_type": "default", "rope_theta": float(card.rope_theta)},
+        bos_token_id=card.bos_token_id,
+        eos_token_id=card.eos_token_id,
+        pad_token_id=card.pad_token_id,
+    )
+    if card.arch in ("mistral", "phi3"):
+        # The cards describe full-attention variants (Mistral 7B v0.2, Phi-3.5): no window.
+        kwargs["sliding_window"] = None
+    return config_cls(**kwargs)
+
+
+def measure(model: Any) -> ModelSize:
+    """Parameter count and tensor bytes of a built (or meta) model; tied tensors once."""
+    seen: set[int] = set()
+    params = 0
+    nbytes = 0
+    for p in model.parameters():  # parameters() already skips tied duplicates
+        seen.add(id(p))
+        params += p.numel()
+        nbytes += p.numel() * p.element_size()
+    for b in model.buffers():
+        if id(b) not in seen:
+            seen.add(id(b))
+            nbytes += b.numel() * b.element_size()
+    return ModelSize(total_params=params, weight_bytes=nbytes)
+
+
+def size_on_meta(card: ModelCard, dtype: torch.dtype | None = None) -> ModelSize:
+    """The size a card's model would have in `dtype`, without allocating any weights.
+
+    Buffers (rotary frequencies) keep float32, as they do in a built model.
+    """
+    import torch
+
+    params, buffer_bytes = _meta_counts(card)
+    itemsize = torch.empty((), dtype=dtype or torch.float32).element_size()
+    return ModelSize(total_params=params, weight_bytes=params * itemsize + buffer_bytes)
+
+
+def _meta_counts(card: ModelCard) -> tuple[int, int]:
+    """(parameter count, buffer bytes) of a card's model, built on the meta device."""
+    import torch
+
+    _, model_cls = _classes(card.arch)
+    with torch.device("meta"):
+        model = model_cls._from_config(build_config(card), dtype=torch.float32)
+    params = sum(p.numel() for p in model.parameters())
+    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+    return params, buffer_bytes
+
+
+def free_bytes(device: str) -> int | None:
+    """Memory free for new tensors on `device` (host available memory for cpu)."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing or /proc unreadable: do not guess
+        return None
+
+
+def build(card: ModelCard, dtype: torch.dtype, device: str, seed: int) -> BuiltModel:
+    """Build the card's model with seeded random weights on `device` in `dtype`.
+
+    Raises OutOfMemory before allocating when the weights clearly cannot fit.
+    """
+    import torch
+
+    _, model_cls = _classes(card.arch)
+    params, buffer_bytes = _meta_counts(card)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    target = ModelSize(params, params * itemsize + buffer_bytes)
+    fp32 = ModelSize(params, params * 4 + buffer_bytes)
+    free = free_bytes(device)
+    if free is not None and target.weight_bytes > FIT_FRACTION * free:
+        raise OutOfMemory(f"model {card.id!r} needs {target.weight_bytes / GIB:.2f} GiB of "
+                          f"weights in {_name(dtype)} but {device} has {free / GIB:.2f} GiB free")
+    init_dtype = dtype
+    if dtype != torch.float32 and (free is None or
+                                   fp32.weight_bytes + target.weight_bytes <= FIT_FRACTION * free):
+        init_dtype = torch.float32
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = model_cls._from_config(build_config(card), dtype=init_dtype)
+    if init_dtype != dtype:
+        # Cast parameters only: rotary frequency buffers stay float32, as from_pretrained
+        # leaves them. A tied Parameter is one object, so it is cast once.
+        with torch.no_grad():
+            for p in model.parameters():
+                p.data = p.data.to(dtype)
+        model.config.dtype = dtype
+    model.eval()
+    model.requires_grad_(False)
+    return BuiltModel(model=model, size=measure(model), dtype=_name(dtype),
+                      init_dtype=_name(init_dtype), weights=card.weights,
+                      attn_impl=str(getattr(model.config, "_attn_implementation", None)))
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
