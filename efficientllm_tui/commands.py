@@ -423,7 +423,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             info = client.ensure_daemon(home, rate_hz=args.rate_hz, idle_exit_s=args.idle_exit_s)
         except client.DaemonError as e:
             raise EfficientLLMError(f"could not start the profiling daemon: {e}") from None
-        status: Any = info if isinstance(info, dict) else getattr(info, "__dict__", str(info))
+        status: Any = {"running": True, "launched": info.launched, **(info.status or {})}
     elif args.action == "stop":
         stopped = client.stop_daemon(home)
         status = {"stopped": stopped}

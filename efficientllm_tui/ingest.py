@@ -131,8 +131,6 @@ def sample_metrics(samples: list[Sample], device: str, t0_ns: int, t1_ns: int,
     out.append(_metric("amu", frac, "fraction", source))
     out.append(_metric("amu_gib", gib, "GiB", source))
     pcu, pcu_source = pm.pcu(mine, t0_ns, t1_ns, n_cpus=n_cpus)
-    if source == "simulated" and pcu_source is not None:
-        pcu_source = f"simulated:{pcu_source}"
     out.append(_metric("pcu", pcu, "fraction", pcu_source or source))
     power = [(s.t_ns, s.power_w) for s in mine if s.power_w is not None]
     if power:

@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from profiling.sample import Sample
 
@@ -139,20 +140,30 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release handles (NVML shutdown, open files). Called once at daemon exit."""
 
+    def status(self) -> dict[str, Any]:
+        """What the daemon's status shows for this backend (power source, lost GPUs, ...)."""
+        return {}
+
+    def lost_devices(self) -> list[str]:
+        """Devices this backend can no longer sample (a GPU that fell off the bus)."""
+        return []
+
 
 BackendFactory = Callable[..., Backend]
 
 BACKEND_FACTORIES: dict[str, str] = {
-    "psutil": "profiling.host:HostBackend",
-    # "nvml": "profiling.nvml:NvmlBackend",   the one module that imports pynvml (later issue)
+    "psutil": "profiling.host:host_backend",
+    "nvml": "profiling.nvml:NvmlBackend",
+    "simulated": "profiling.simulated:SimulatedBackend",
 }
-"""Backend name -> "module:callable". Each callable takes `watch_set=` and may raise
-BackendUnavailable; modules are imported only when the backend is asked for, so a missing
-driver library never stops the host backend."""
+"""Backend name -> "module:callable". Each callable takes `watch_set=` (plus its own keyword
+options) and may raise BackendUnavailable; modules are imported only when the backend is
+asked for, so a missing driver library never stops the host backend."""
 
 
-def load_backend(name: str, watch_set: WatchSet) -> Backend:
-    """Build the backend called `name`; raises BackendUnavailable with the reason."""
+def load_backend(name: str, watch_set: WatchSet, **options: Any) -> Backend:
+    """Build the backend called `name` with its keyword `options`; raises
+    BackendUnavailable with the reason."""
     target = BACKEND_FACTORIES.get(name)
     if target is None:
         raise BackendUnavailable(
@@ -162,4 +173,4 @@ def load_backend(name: str, watch_set: WatchSet) -> Backend:
         factory: BackendFactory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
         raise BackendUnavailable(f"backend {name!r} cannot be loaded: {e}") from e
-    return factory(watch_set=watch_set)
+    return factory(watch_set=watch_set, **options)

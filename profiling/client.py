@@ -59,6 +59,8 @@ class DaemonInfo:
     """True when this call started the daemon that runs (a losing racer's is False)."""
     status: dict[str, Any] = field(default_factory=dict)
     """The full status reply."""
+    simulated: bool = False
+    """True when the daemon runs simulated GPUs (its GPU samples are labelled so)."""
 
 
 def _home(home: Path | str | None) -> Path:
@@ -116,18 +118,57 @@ def _info(st: dict[str, Any], home: Path, launched: bool) -> DaemonInfo:
     return DaemonInfo(pid=int(st["pid"]), home=home, socket_path=home_mod.socket_path(home),
                       rate_hz=float(st["rate_hz"]), started_ns=int(st["started_ns"]),
                       devices=tuple(st.get("devices", ())), backends=tuple(st.get("backends", ())),
-                      launched=launched, status=st)
+                      launched=launched, status=st, simulated=bool(st.get("simulated")))
+
+
+SIMULATE_ENV = "EFFICIENTLLM_SIMULATE_GPU"
+
+
+def simulate_gpu_from_env(env: dict[str, str] | None = None) -> bool | None:
+    """EFFICIENTLLM_SIMULATE_GPU as a choice: True (1/true/yes/on), False (any other value),
+    None when unset (no preference)."""
+    value = (os.environ if env is None else env).get(SIMULATE_ENV)
+    if value is None:
+        return None
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _check_simulation(st: dict[str, Any], home: Path, want: bool | None) -> None:
+    running = bool(st.get("simulated"))
+    if want is None or want == running:
+        return
+    pid = st.get("pid")
+    if want:
+        raise DaemonError(
+            f"a profiling daemon with real GPU sampling (pid {pid}) already serves {home}; "
+            "simulated GPUs were asked for but are not mixed with real ones: stop it "
+            "(`efficientllm daemon stop`) to simulate")
+    raise DaemonError(
+        f"the profiling daemon serving {home} (pid {pid}) runs simulated GPUs; real GPU "
+        "sampling was asked for: stop it (`efficientllm daemon stop`) and start again "
+        f"without --simulate-gpu / {SIMULATE_ENV}")
 
 
 def ensure_daemon(home: Path | str | None = None, rate_hz: float = 10.0,
-                  idle_exit_s: float = 300.0, timeout_s: float = 5.0) -> DaemonInfo:
+                  idle_exit_s: float = 300.0, timeout_s: float = 5.0, *,
+                  simulate_gpu: bool | None = None,
+                  gpm_interval_s: float | None = None) -> DaemonInfo:
     """Return the running daemon of `home`, starting one when there is none.
 
     Safe to call from many processes at once: the daemon takes a lock before it binds its
     socket, so racing launches leave exactly one daemon. A daemon already running keeps its
     own rate and idle timeout.
+
+    Args:
+        simulate_gpu: True runs simulated GPUs in place of NVML, False real ones only;
+            None takes $EFFICIENTLLM_SIMULATE_GPU, and when that is unset too accepts
+            whichever daemon runs (starting a real one). A running daemon of the other
+            kind raises DaemonError: simulated and real samples are never mixed silently.
+        gpm_interval_s: seconds between GPM samples for a daemon started here.
     """
     home = _home(home)
+    if simulate_gpu is None:
+        simulate_gpu = simulate_gpu_from_env()
     home.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
     proc: subprocess.Popen[bytes] | None = None
@@ -135,6 +176,7 @@ def ensure_daemon(home: Path | str | None = None, rate_hz: float = 10.0,
     while True:
         st = daemon_status(home, timeout_s=max(0.2, min(2.0, deadline - time.monotonic())))
         if st is not None:
+            _check_simulation(st, home, simulate_gpu)
             # Several launchers may race; only the one whose process won did launch it.
             return _info(st, home, launched=proc is not None and st.get("pid") == proc.pid)
         if proc is None or proc.poll() is not None:
@@ -143,7 +185,7 @@ def ensure_daemon(home: Path | str | None = None, rate_hz: float = 10.0,
                                   f"{_log_tail(home)}")
             if launches >= 3:
                 raise DaemonError(f"the profiling daemon keeps exiting{_log_tail(home)}")
-            proc = _spawn(home, rate_hz, idle_exit_s)
+            proc = _spawn(home, rate_hz, idle_exit_s, bool(simulate_gpu), gpm_interval_s)
             launches += 1
         if time.monotonic() >= deadline:
             raise DaemonError(f"the profiling daemon did not start within {timeout_s:g} s"
@@ -151,7 +193,8 @@ def ensure_daemon(home: Path | str | None = None, rate_hz: float = 10.0,
         time.sleep(0.02)
 
 
-def _spawn(home: Path, rate_hz: float, idle_exit_s: float) -> subprocess.Popen[bytes]:
+def _spawn(home: Path, rate_hz: float, idle_exit_s: float, simulate_gpu: bool = False,
+           gpm_interval_s: float | None = None) -> subprocess.Popen[bytes]:
     log_path = home / home_mod.DAEMON_LOG_FILE
     try:
         if log_path.stat().st_size > _LOG_ROTATE_BYTES:
@@ -163,7 +206,10 @@ def _spawn(home: Path, rate_hz: float, idle_exit_s: float) -> subprocess.Popen[b
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "profiling.daemon", "--home", str(home),
-           "--rate-hz", repr(float(rate_hz)), "--idle-exit-s", repr(float(idle_exit_s))]
+           "--rate-hz", repr(float(rate_hz)), "--idle-exit-s", repr(float(idle_exit_s)),
+           "--simulate-gpu" if simulate_gpu else "--no-simulate-gpu"]
+    if gpm_interval_s is not None:
+        cmd += ["--gpm-interval-s", repr(float(gpm_interval_s))]
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(cmd, cwd=home, env=env, stdin=subprocess.DEVNULL,
                                 stdout=log_file, stderr=subprocess.STDOUT, close_fds=True,

@@ -2,6 +2,7 @@
 a unix-socket stream. One per data dir; started by `profiling.client.ensure_daemon`.
 
     python -m profiling.daemon --home DIR [--rate-hz 10] [--idle-exit-s 300]
+                               [--backends auto] [--gpm-interval-s 0.1] [--simulate-gpu]
 
 Why it is built this way:
 - One daemon per data dir is enforced by an exclusive fcntl lock on `daemon.lock`, taken
@@ -13,6 +14,11 @@ Why it is built this way:
   socket loop (clients may be slow). The sampler hands each tick over with a deque append.
 - It exits by itself after `--idle-exit-s` with no live watched runner and no subscriber,
   so tests and forgotten sessions leave nothing running.
+- Backends: `auto` runs the host backend (psutil, with RAPL power where readable) and NVML
+  where it is available; each one that cannot start is skipped, and status says why
+  ("nvml: unavailable: NVML shared library not found ..."). `--simulate-gpu` runs the
+  simulated GPUs *instead of* NVML (never both: their device names would collide), and
+  status then says `simulated: true`.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from profiling import home as home_mod
 from profiling.backend import Backend, BackendUnavailable, WatchSet, load_backend
 from profiling.client import LOCK_FILE, request
+from profiling.host import process_create_time, watched_alive
 from profiling.ring import Ring
 from profiling.server import SocketServer
 from profiling.spool import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, SpoolWriter, cleanup
@@ -45,6 +52,9 @@ _LOCK_WAIT_S = 10.0
 _CLEANUP_EVERY_S = 600.0
 _ERROR_REPEAT_S = 60.0
 _SPOOL_QUEUE_TICKS = 36_000
+AUTO_BACKENDS = ("psutil", "nvml")
+"""What `--backends auto` runs: the host always, NVML where available."""
+SIMULATE_ENV = "EFFICIENTLLM_SIMULATE_GPU"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +75,18 @@ class DaemonConfig:
     """Rotate a spool segment at this age."""
     retention_s: float = 7 * 24 * 3600.0
     """Delete spool segments older than this (0 keeps everything)."""
-    backends: tuple[str, ...] = ("psutil",)
-    """Backends to run; one that is unavailable is skipped with a log line."""
+    backends: tuple[str, ...] = AUTO_BACKENDS
+    """Backends to run; one that is unavailable is skipped, its reason in status."""
     queue_s: float = 30.0
     """Seconds of frames a slow subscriber may fall behind before frames are dropped."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    simulate_gpu: bool = False
+    """Run simulated GPUs in place of NVML (demos, tests); status says `simulated: true`."""
+    gpm_interval_s: float = 0.1
+    """Seconds between GPM samples (>= 0.1), independent of rate_hz."""
+    seed: int = 0
+    """Seed of the simulated GPUs."""
+    sim_devices: int = 1
+    """How many GPUs to simulate."""
 
 
 class Daemon:
@@ -84,6 +101,7 @@ class Daemon:
         self.watch_set = WatchSet()
         self.backends: list[Backend] = []
         self.devices: list[str] = []
+        self.backend_states: dict[str, dict[str, Any]] = {}
         self.samples_taken = 0
         self.ticks = 0
         self.overruns = 0
@@ -95,6 +113,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._idle_since: float | None = time.monotonic()
         self._backend_failing: dict[str, float] = {}
+        self._backend_last_error: dict[str, str] = {}
         # SimpleQueue (C, lock-free hand-off) costs less per tick than queue.Queue; its
         # bound is kept by hand in _tick.
         self._spool_q: queue.SimpleQueue[list[tuple[int, bytes]] | None] = queue.SimpleQueue()
@@ -141,16 +160,31 @@ class Daemon:
     def start(self) -> None:
         """Build backends, ring, spool and socket; start the sampler and spool threads."""
         cfg = self.config
-        for name in cfg.backends:
+        for name in self._backend_names():
+            if name == "nvml" and cfg.simulate_gpu:
+                self.backend_states[name] = {
+                    "state": "skipped",
+                    "reason": "--simulate-gpu: simulated GPUs replace real ones (stop this "
+                              "daemon and start one without it for real readings)"}
+                log.warning("nvml skipped: running simulated GPUs (--simulate-gpu)")
+                continue
             try:
-                backend = load_backend(name, self.watch_set)
+                backend = load_backend(name, self.watch_set, **self._backend_options(name))
             except BackendUnavailable as e:
                 log.warning("backend %s unavailable: %s", name, e)
+                self.backend_states[name] = {"state": "unavailable", "reason": f"{e}"}
+                continue
+            except Exception as e:  # noqa: BLE001 - one broken backend must not stop the rest
+                log.exception("backend %s failed to start", name)
+                self.backend_states[name] = {"state": "unavailable",
+                                             "reason": f"{type(e).__name__}: {e}"}
                 continue
             self.backends.append(backend)
             self.devices.extend(backend.devices())
+            self.backend_states[name] = {"state": "ok", "reason": None}
         if not self.backends:
-            raise RuntimeError("no sampling backend could start")
+            raise RuntimeError("no sampling backend could start: " + "; ".join(
+                f"{n}: {st['reason']}" for n, st in self.backend_states.items()))
         n_dev = max(1, len(self.devices))
         self.ring = Ring.for_duration(cfg.ring_s, cfg.rate_hz, n_dev)
         self.spool = SpoolWriter(home_mod.spool_dir(self.home), max_bytes=cfg.spool_max_bytes,
@@ -179,6 +213,27 @@ class Daemon:
                  self.home, ",".join(b.name for b in self.backends), cfg.rate_hz,
                  ",".join(self.devices),
                  f"{cfg.idle_exit_s:g} s" if cfg.idle_exit_s > 0 else "off")
+
+    def _backend_names(self) -> list[str]:
+        names = list(dict.fromkeys(self.config.backends))
+        if self.config.simulate_gpu and "simulated" not in names:
+            names.append("simulated")
+        return names
+
+    def _backend_options(self, name: str) -> dict[str, Any]:
+        cfg = self.config
+        if name == "nvml":
+            return {"host": self.host, "gpm_interval_s": cfg.gpm_interval_s}
+        if name == "simulated":
+            return {"host": self.host, "seed": cfg.seed, "n_devices": cfg.sim_devices,
+                    "home": self.home}
+        if name == "psutil":
+            return {"host": self.host}
+        return {}
+
+    @property
+    def simulated(self) -> bool:
+        return any(b.name == "simulated" for b in self.backends)
 
     # -- run and stop ----------------------------------------------------------------------
 
@@ -272,6 +327,7 @@ class Daemon:
 
     def _backend_failed(self, backend: Backend, e: Exception) -> None:
         self.backend_errors += 1
+        self._backend_last_error[backend.name] = f"{type(e).__name__}: {e}"
         now = time.monotonic()
         last = self._backend_failing.get(backend.name)
         if last is None:
@@ -345,8 +401,6 @@ class Daemon:
                                       "stop, ping)"}
 
     def _watch(self, pid: int, run_id: Any) -> dict[str, Any]:
-        from profiling.host import process_create_time
-
         if run_id is not None and not isinstance(run_id, str):
             return {"ok": False, "error": "run_id must be a string"}
         ctime = process_create_time(pid)
@@ -366,8 +420,36 @@ class Daemon:
             log.info("unwatched pid %d", pid)
         return {"ok": True, "was_watched": was}
 
+    def _backend_report(self) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+        """(state of each backend, one line each, lost devices)."""
+        states: dict[str, dict[str, Any]] = {}
+        lost: list[str] = []
+        by_name = {b.name: b for b in self.backends}
+        for name, base in self.backend_states.items():
+            st = dict(base)
+            backend = by_name.get(name)
+            if backend is not None:
+                if name in self._backend_failing:
+                    st["state"] = "failing"
+                    st["reason"] = self._backend_last_error.get(name)
+                try:
+                    st.update(backend.status())
+                    gone = backend.lost_devices()
+                except Exception as e:  # noqa: BLE001 - status must always answer
+                    st["status_error"] = f"{type(e).__name__}: {e}"
+                    gone = []
+                lost.extend(gone)
+                if gone and st["state"] == "ok":
+                    st["state"] = "degraded"
+                    st["reason"] = f"lost {', '.join(gone)}"
+            states[name] = st
+        lines = [f"{n}: {st['state']}" + (f": {st['reason']}" if st.get("reason") else "")
+                 for n, st in states.items()]
+        return states, lines, lost
+
     def status(self) -> dict[str, Any]:
         cpu = os.times()
+        states, lines, lost = self._backend_report()
         idle_for = (time.monotonic() - self._idle_since) if self._idle_since is not None else 0.0
         return {
             "ok": True, "protocol": PROTOCOL_VERSION, "pid": self.pid, "host": self.host,
@@ -384,12 +466,12 @@ class Daemon:
             "ring": {"capacity": self.ring.capacity, "size": len(self.ring)},
             "idle_exit_s": self.config.idle_exit_s, "idle_for_s": round(idle_for, 3),
             "cpu_time_s": cpu.user + cpu.system,
+            "simulated": self.simulated, "backend_states": states, "backend_notes": lines,
+            "lost_devices": lost, "gpm_interval_s": self.config.gpm_interval_s,
         }
 
     def _housekeeping(self) -> None:
         """Once a second on the socket thread: forget dead runners, idle exit."""
-        from profiling.host import watched_alive
-
         for w in self.watch_set.prune(watched_alive):
             for backend in self.backends:
                 backend.unwatch(w.pid)
@@ -446,16 +528,40 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                    help="rotate spool segments at this age")
     p.add_argument("--retention-h", type=_non_negative, default=168.0,
                    help="delete spool segments older than this (0: keep all)")
-    p.add_argument("--backends", default="psutil",
-                   help="comma-separated backends to run (default: psutil)")
+    p.add_argument("--backends", default="auto",
+                   help="comma-separated backends to run: psutil, nvml, simulated; 'auto' "
+                        "is psutil plus nvml where available (default: auto)")
+    p.add_argument("--simulate-gpu", action=argparse.BooleanOptionalAction,
+                   default=_env_flag(os.environ.get(SIMULATE_ENV)),
+                   help=f"simulated GPUs in place of NVML (default: ${SIMULATE_ENV})")
+    p.add_argument("--gpm-interval-s", type=float, default=0.1,
+                   help="seconds between GPM samples, >= 0.1 (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated GPUs")
+    p.add_argument("--sim-devices", type=int, default=1, help="how many GPUs to simulate")
     a = p.parse_args(argv)
     if a.rate_hz > 1000:
         p.error("--rate-hz above 1000 is not supported")
+    if not a.gpm_interval_s >= 0.1:
+        p.error("--gpm-interval-s must be >= 0.1 (NVML refreshes GPM counters every 100 ms)")
+    if a.sim_devices < 1:
+        p.error("--sim-devices must be >= 1")
+    names: list[str] = []
+    for b in (b.strip() for b in a.backends.split(",")):
+        if b == "auto":
+            names.extend(AUTO_BACKENDS)
+        elif b:
+            names.append(b)
     home = (a.home or home_mod.data_dir()).expanduser().absolute()
     return DaemonConfig(home=home, rate_hz=a.rate_hz, idle_exit_s=a.idle_exit_s,
                         ring_s=a.ring_s, spool_max_bytes=int(a.spool_max_mib * 2**20),
                         spool_max_age_s=a.spool_max_age_s, retention_s=a.retention_h * 3600,
-                        backends=tuple(b.strip() for b in a.backends.split(",") if b.strip()))
+                        backends=tuple(dict.fromkeys(names)), simulate_gpu=bool(a.simulate_gpu),
+                        gpm_interval_s=a.gpm_interval_s, seed=a.seed, sim_devices=a.sim_devices)
+
+
+def _env_flag(value: str | None) -> bool:
+    """EFFICIENTLLM_SIMULATE_GPU=1/true/yes/on turns simulation on."""
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def main(argv: list[str] | None = None) -> int:

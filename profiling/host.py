@@ -10,8 +10,10 @@ Why it is shaped this way:
   tick is cheap. A child born between refreshes is counted from the refresh after its birth.
 - A process whose first reading has no baseline adds nothing to cpu_pct that tick; when no
   watched process has a baseline yet, cpu_pct is None (unknown), not 0.
-- power_w comes from an optional `power_reader` (a RAPL package-power reader later); it is
-  None when there is none, never 0.
+- power_w comes from an optional `power_reader`: `host_backend` (the daemon's factory)
+  attaches RAPL package power where /sys/class/powercap is readable. The sample's source
+  stays 'psutil' (the row is a psutil reading); status says power comes from 'rapl', and
+  window energy for 'cpu' is labelled 'rapl'. No reader: power_w is None, never 0.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable, Sequence
 import psutil
 
 from profiling.backend import Backend, Watched, WatchSet
+from profiling.energy import RAPL_ROOT, rapl_power_reader, rapl_status
 from profiling.sample import Sample
 
 PowerReader = Callable[[int], float | None]
@@ -51,7 +54,8 @@ class HostBackend(Backend):
 
     def __init__(self, watch_set: WatchSet | None = None, *, host: str | None = None,
                  device: str = "cpu", tree_refresh_s: float = 1.0,
-                 power_reader: PowerReader | None = None) -> None:
+                 power_reader: PowerReader | None = None, power_note: str | None = None
+                 ) -> None:
         """Build the backend.
 
         Args:
@@ -61,12 +65,14 @@ class HostBackend(Backend):
             device: device id of the host (one per host).
             tree_refresh_s: how often the members of each watched tree are rediscovered.
             power_reader: package power source (RAPL); power_w stays None without one.
+            power_note: why there is no power reader (shown in status).
         """
         self.watch_set = watch_set if watch_set is not None else WatchSet()
         self.host = host or socket.gethostname()
         self.device = device
         self.tree_refresh_s = tree_refresh_s
         self.power_reader = power_reader
+        self.power_note = power_note
         self._tracked: dict[int, _Tracked] = {}
         self._watch_version = -1
         self._refreshed_mono = float("-inf")
@@ -91,6 +97,10 @@ class HostBackend(Backend):
             mem_used_bytes=int(vm.total - vm.available), mem_total_bytes=int(vm.total),
             util_pct=util_pct, power_w=power_w, cpu_pct=cpu_pct, rss_bytes=rss_bytes,
         )]
+
+    def status(self) -> dict[str, object]:
+        return {"power": "rapl" if self.power_reader is not None else None,
+                "power_note": self.power_note, "tracked_pids": len(self._tracked)}
 
     def tracked_pids(self) -> list[int]:
         """Pids of the watched trees as of the last refresh (roots and descendants)."""
@@ -200,3 +210,12 @@ def watched_alive(w: Watched) -> bool:
     except psutil.AccessDenied:
         return psutil.pid_exists(w.pid)  # cannot tell reuse; assume it is still ours
     return w.create_time is None or abs(ctime - w.create_time) <= 0.01
+
+
+def host_backend(watch_set: WatchSet | None = None, *, rapl_root: str = RAPL_ROOT,
+                 **kwargs: object) -> HostBackend:
+    """The daemon's host backend: psutil readings plus RAPL package power when readable."""
+    reader = rapl_power_reader(rapl_root)
+    note = None if reader is not None else rapl_status(rapl_root)[1]
+    return HostBackend(watch_set, power_reader=reader, power_note=note,
+                       **kwargs)  # type: ignore[arg-type]

@@ -6,6 +6,24 @@ deque append and, when someone subscribes, one byte on a wake-up pipe). Each sub
 has a bounded queue: when it reads too slowly the oldest frames are dropped, counted, and
 reported to it in a `{"dropped": n, "dropped_total": N}` line about once a second.
 Sampling and the spool never wait for a subscriber.
+
+Protocol (one JSON object a line, both ways; every request gets exactly one reply line
+`{"ok": true, ...}` or `{"ok": false, "error": "..."}`; several requests may share a
+connection):
+    {"op": "status"}                       -> pid, host, home, protocol, rate_hz, started_ns,
+                                              devices, backends, watched, subscribers,
+                                              spool_dir, spool, samples_taken, ticks, ...
+    {"op": "watch", "pid": N, "run_id": S} -> {"ok": true, "watched": [...]}; ok false when
+                                              no such process
+    {"op": "unwatch", "pid": N}            -> {"ok": true, "was_watched": bool}
+    {"op": "ping"}                         -> {"ok": true, "pid": N}
+    {"op": "stop"}                         -> {"ok": true, "stopping": true}; then it exits
+    {"op": "subscribe", "since_ns": T|null, "devices": [..]|null}
+        -> {"ok": true, "subscribed": true, "replay": n, "queue_lines": q}, then the ring's
+           samples with t_ns > T (none when T is null), then every new sample, each as the
+           line of Sample.to_json(). Control lines have no "t_ns":
+           {"dropped": n, "dropped_total": N} and, when the daemon stops, {"closing": why}.
+           Anything the client sends after subscribing is ignored; closing ends it.
 """
 
 from __future__ import annotations
@@ -84,6 +102,7 @@ class SocketServer:
         self._conns: dict[int, _Conn] = {}
         self._subs: list[_Conn] = []
         self._published: deque[list[bytes]] = deque(maxlen=1024)
+        self._unsent_frames = 0
         self.publish_lock = threading.RLock()
         """Held by the sampler across 'append to the ring' + publish(), and by a new
         subscription across 'drain published ticks' + replay, so a subscriber sees every
@@ -100,6 +119,10 @@ class SocketServer:
     def publish(self, lines: list[bytes]) -> None:
         """Queue one tick's lines for the subscribers (call under publish_lock)."""
         if self._subs:
+            if len(self._published) == self._published.maxlen:
+                # The socket thread is far behind (an overloaded host): the oldest tick
+                # goes, and is counted as dropped for every subscriber.
+                self._unsent_frames += len(self._published.popleft())
             self._published.append(lines)
             self.wake()
 
@@ -256,9 +279,12 @@ class SocketServer:
     def _fanout_locked(self) -> None:
         ticks = list(self._published)
         self._published.clear()
-        if not ticks:
+        unsent, self._unsent_frames = self._unsent_frames, 0
+        if not ticks and not unsent:
             return
         for conn in list(self._subs):
+            conn.dropped_total += unsent
+            self.frames_dropped += unsent
             q = conn.queue
             for lines in ticks:
                 for line in lines:

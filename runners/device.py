@@ -13,7 +13,7 @@ from typing import Any
 from runners.errors import Unsupported
 
 GIB = float(2**30)
-_PACKAGES = {"transformers": "transformers", "peft": "peft", "optimum_quanto": "optimum-quanto"}
+_PACKAGES = ("transformers", "peft", "optimum-quanto")
 
 
 def resolve(requested: str) -> str:
@@ -47,11 +47,11 @@ def versions() -> dict[str, str | None]:
     import torch
 
     out: dict[str, str | None] = {"torch": torch.__version__}
-    for key, dist in _PACKAGES.items():
+    for dist in _PACKAGES:
         try:
-            out[key] = metadata.version(dist)
+            out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            out[key] = None
+            out[dist] = None
     out["cuda"] = torch.version.cuda
     out["driver"] = _driver_version()
     return out
@@ -120,3 +120,12 @@ def memory_facts(device: str) -> dict[str, Any]:
     allocated, reserved = peak_memory_gib(device)
     return {"peak_allocated_gib": allocated, "peak_reserved_gib": reserved,
             "peak_rss_gib": peak_rss_gib()}
+
+
+def gpu_name(device: str) -> str | None:
+    """The CUDA device's marketing name (e.g. 'NVIDIA H100 80GB HBM3'); None on CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))

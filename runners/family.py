@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from runners.catalog import ModelCard
 from runners.errors import BadInput, Unsupported
 from runners.eventlog import EventLog
 from runners.protocol import Event, ProtocolError, RunResult, RunSpec, coerce_param
@@ -123,8 +124,9 @@ class Family(Generic[ConfigT]):
     techniques: ClassVar[frozenset[str]] = frozenset()
     """Technique ids this family's runner implements; other catalog ids are `unsupported`."""
 
-    def __init__(self, config: ConfigT, ctx: RunContext) -> None:
+    def __init__(self, config: ConfigT, card: ModelCard, ctx: RunContext) -> None:
         self.config = config
+        self.card = card
         self.ctx = ctx
 
     @classmethod
@@ -133,7 +135,12 @@ class Family(Generic[ConfigT]):
             raise Unsupported(f"technique {technique!r} ({cls.name}) is not implemented yet; "
                               f"implemented: {', '.join(sorted(cls.techniques))}")
 
+    def validate(self) -> None:
+        """Checks that need the model card; run before the device lock, so bad input fails
+        at once instead of queueing behind another run."""
+
     def run(self) -> RunResult:
+        """Load, warm up, measure, evaluate; return the `ok` result (raise on failure)."""
         raise NotImplementedError
 
     def failure_info(self) -> Mapping[str, Any]:

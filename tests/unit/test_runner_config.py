@@ -1,0 +1,85 @@
+"""RunSpec -> family config: defaults, `--set` coercion and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runners import catalog
+from runners.errors import BadInput, Unsupported
+from runners.eventlog import EventLog
+from runners.family import RunContext, family_class, sample_device
+from runners.inference import InferenceConfig, InferenceFamily
+from runners.protocol import RunSpec
+
+
+def _spec(**kw: object) -> RunSpec:
+    base: dict[str, object] = dict(run_id="r1", family="inference", technique="fp32",
+                                   model="tiny", device="auto")
+    base.update(kw)
+    return RunSpec(**base)  # type: ignore[arg-type]
+
+
+def test_defaults() -> None:
+    config = InferenceConfig.from_spec(_spec(), "cpu")
+    assert isinstance(config, InferenceConfig)
+    assert (config.device, config.engine, config.peak_tflops, config.threads) == (
+        "cpu", "loop", None, None)
+    assert (config.batch_size, config.seq_len, config.new_tokens, config.steps,
+            config.warmup, config.eval_tokens) == (1, 64, 32, 8, 2, 512)
+
+
+def test_set_params_are_coerced() -> None:
+    config = InferenceConfig.from_spec(
+        _spec(params={"engine": "eager", "peak_tflops": "989", "threads": 1.0}), "cuda:0")
+    assert config.engine == "eager"
+    assert config.peak_tflops == 989.0
+    assert config.threads == 1 and isinstance(config.threads, int)
+
+
+def test_param_kinds() -> None:
+    assert InferenceConfig.param_kinds() == {"engine": str, "peak_tflops": float,
+                                             "threads": int, "eval_tokens": int}
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"engnie": "loop"}, r"unknown --set parameter\(s\) for inference: engnie \(valid: engine"),
+    ({"engine": "turbo"}, "unknown engine 'turbo'"),
+    ({"peak_tflops": 0}, "peak_tflops must be positive"),
+    ({"peak_tflops": "fast"}, "expected float"),
+    ({"threads": 0}, "threads must be at least 1"),
+    ({"eval_tokens": 1}, "eval_tokens"),
+])
+def test_bad_params(params: dict[str, object], match: str) -> None:
+    with pytest.raises(BadInput, match=match):
+        InferenceConfig.from_spec(_spec(params=params), "cpu")
+
+
+def test_device_must_be_resolved() -> None:
+    with pytest.raises(BadInput, match="resolved"):
+        InferenceConfig.from_spec(_spec(), "auto")
+
+
+def test_sequence_longer_than_the_model_is_bad_input(tmp_path: Path) -> None:
+    spec = _spec(seq_len=4090, new_tokens=32)
+    config = InferenceConfig.from_spec(spec, "cpu")
+    ctx = RunContext(spec, tmp_path, tmp_path, "cpu", EventLog(tmp_path / "events.jsonl"))
+    family = InferenceFamily(config, catalog.model_card("tiny"), ctx)
+    with pytest.raises(BadInput, match="exceeds tiny's 4096 positions"):
+        family.validate()
+
+
+def test_registry() -> None:
+    assert family_class("inference") is InferenceFamily
+    InferenceFamily.check_technique("fp16")
+    with pytest.raises(Unsupported, match="'int8' \\(inference\\) is not implemented yet"):
+        InferenceFamily.check_technique("int8")
+    with pytest.raises(Unsupported, match="family 'finetuning' is not implemented yet"):
+        family_class("finetuning")
+    with pytest.raises(BadInput, match="unknown family"):
+        family_class("training")
+
+
+def test_sample_device_names() -> None:
+    assert [sample_device(d) for d in ("cpu", "cuda:0", "cuda:3")] == ["cpu", "gpu0", "gpu3"]
