@@ -291,8 +291,13 @@ def _probe(gpu: _Gpu) -> None:
     if _MEMORY_V2 is not None and _call(pynvml.nvmlDeviceGetMemoryInfo, h,
                                         version=_MEMORY_V2) is not None:
         gpu.memory_api = "v2"
-    (field,) = _call(pynvml.nvmlDeviceGetFieldValues, h, [_FI_POWER_INSTANT]) or (None,)
-    if field is not None and _field_value(field) is not None:
+    try:
+        instant = _instant_power_mw(h)
+    except NvmlDeviceLost:
+        raise
+    except NvmlError:
+        instant = None
+    if instant is not None:
         gpu.power_api = POWER_INSTANT
     elif _call(pynvml.nvmlDeviceGetPowerUsage, h) is not None:
         gpu.power_api = POWER_AVERAGE
@@ -305,10 +310,15 @@ def _probe(gpu: _Gpu) -> None:
         gpu.gpm_note = "supported"
 
 
+def _instant_power_mw(handle: Any) -> float | None:
+    fields = _call(pynvml.nvmlDeviceGetFieldValues, handle, [_FI_POWER_INSTANT])
+    return _field_value(fields[0]) if fields else None
+
+
 def _read(gpu: _Gpu) -> GpuReading:
     """One sweep of `gpu`; a failed reading is None (counted), a lost GPU raises."""
 
-    def get(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def get(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         error: NvmlError
         try:
             return _call(fn, *args, **kwargs)
@@ -319,28 +329,26 @@ def _read(gpu: _Gpu) -> GpuReading:
         except NvmlError as e:
             error = e
         gpu.read_errors += 1
-        gpu.last_error = f"{getattr(fn, '__name__', 'nvml')}: {error}"
+        gpu.last_error = f"{what}: {error}"
         return None
 
     h = gpu.handle
     used = total = reserved = None
-    mem = get(pynvml.nvmlDeviceGetMemoryInfo, h, version=_MEMORY_V2) \
-        if gpu.memory_api == "v2" else get(pynvml.nvmlDeviceGetMemoryInfo, h)
+    mem = get("memory", pynvml.nvmlDeviceGetMemoryInfo, h, version=_MEMORY_V2) \
+        if gpu.memory_api == "v2" else get("memory", pynvml.nvmlDeviceGetMemoryInfo, h)
     if mem is not None:
         used, total = int(mem.used), int(mem.total)
         reserved = int(mem.reserved) if gpu.memory_api == "v2" else None
-    util = get(pynvml.nvmlDeviceGetUtilizationRates, h)
+    util = get("utilization", pynvml.nvmlDeviceGetUtilizationRates, h)
     power_w = None
     if gpu.power_api == POWER_INSTANT:
-        fields = get(pynvml.nvmlDeviceGetFieldValues, h, [_FI_POWER_INSTANT])
-        if fields is not None:
-            mw = _field_value(fields[0])
-            power_w = mw / 1000.0 if mw is not None else None
-    elif gpu.power_api == POWER_AVERAGE:
-        mw = get(pynvml.nvmlDeviceGetPowerUsage, h)
+        mw = get("power", _instant_power_mw, h)
         power_w = mw / 1000.0 if mw is not None else None
-    clock = get(pynvml.nvmlDeviceGetClockInfo, h, _CLOCK_SM)
-    temp = get(pynvml.nvmlDeviceGetTemperature, h, _TEMPERATURE_GPU)
+    elif gpu.power_api == POWER_AVERAGE:
+        mw = get("power", pynvml.nvmlDeviceGetPowerUsage, h)
+        power_w = mw / 1000.0 if mw is not None else None
+    clock = get("SM clock", pynvml.nvmlDeviceGetClockInfo, h, _CLOCK_SM)
+    temp = get("temperature", pynvml.nvmlDeviceGetTemperature, h, _TEMPERATURE_GPU)
     return GpuReading(mem_used_bytes=used, mem_total_bytes=total, mem_reserved_bytes=reserved,
                       util_pct=float(util.gpu) if util is not None else None, power_w=power_w,
                       sm_clock_mhz=float(clock) if clock is not None else None,
@@ -364,7 +372,7 @@ def _pct(v: float) -> float:
 def _gpm_poll(gpu: _Gpu, mono_s: float, t_ns: int, interval_s: float) -> GpmReading | None:
     """Take a GPM sample; with an earlier one >= interval_s old, compute the metrics."""
     prev = gpu.gpm_prev
-    if prev is not None and mono_s - prev[1] < interval_s:
+    if prev is not None and mono_s - prev[1] < interval_s - 1e-6:  # float slack only
         return None
     buf = gpu.gpm_buffers[0] if prev is None or prev[0] is not gpu.gpm_buffers[0] \
         else gpu.gpm_buffers[1]
