@@ -288,9 +288,14 @@ def _probe(gpu: _Gpu) -> None:
     gpu.name = _call(pynvml.nvmlDeviceGetName, h)
     gpu.uuid = _call(pynvml.nvmlDeviceGetUUID, h)
     gpu.memory_api = "v1"
-    if _MEMORY_V2 is not None and _call(pynvml.nvmlDeviceGetMemoryInfo, h,
-                                        version=_MEMORY_V2) is not None:
-        gpu.memory_api = "v2"
+    try:
+        if _MEMORY_V2 is not None and _call(pynvml.nvmlDeviceGetMemoryInfo, h,
+                                            version=_MEMORY_V2) is not None:
+            gpu.memory_api = "v2"
+    except NvmlDeviceLost:
+        raise
+    except NvmlError:  # e.g. ARGUMENT_VERSION_MISMATCH from a driver older than v2
+        pass
     try:
         instant = _instant_power_mw(h)
     except NvmlDeviceLost:
@@ -302,12 +307,19 @@ def _probe(gpu: _Gpu) -> None:
     elif _call(pynvml.nvmlDeviceGetPowerUsage, h) is not None:
         gpu.power_api = POWER_AVERAGE
     query = getattr(pynvml, "nvmlGpmQueryDeviceSupport", None)
-    support = _call(query, h) if query is not None else None
-    if support is None or not support.isSupportedDevice:
-        gpu.gpm_note = "unsupported by this GPU or driver (needs Hopper or newer)"
-    else:
-        gpu.gpm_buffers = [_call(pynvml.nvmlGpmSampleAlloc), _call(pynvml.nvmlGpmSampleAlloc)]
-        gpu.gpm_note = "supported"
+    try:
+        support = _call(query, h) if query is not None else None
+        if support is None or not support.isSupportedDevice:
+            gpu.gpm_note = "unsupported by this GPU or driver (needs Hopper or newer)"
+        else:
+            gpu.gpm_buffers = [_call(pynvml.nvmlGpmSampleAlloc),
+                               _call(pynvml.nvmlGpmSampleAlloc)]
+            gpu.gpm_note = "supported"
+    except NvmlDeviceLost:
+        raise
+    except NvmlError as e:  # e.g. refused inside a VM: NVML readings go on without GPM
+        _free_gpm(gpu)
+        gpu.gpm_note = f"unavailable: {e}"
 
 
 def _instant_power_mw(handle: Any) -> float | None:
@@ -365,8 +377,9 @@ def _free_gpm(gpu: _Gpu) -> None:
     gpu.gpm_prev = None
 
 
-def _pct(v: float) -> float:
-    return min(100.0, max(0.0, float(v)))
+def _pct(v: float) -> float | None:
+    v = float(v)
+    return None if v != v else min(100.0, max(0.0, v))  # NaN is unknown, not 0
 
 
 def _gpm_poll(gpu: _Gpu, mono_s: float, t_ns: int, interval_s: float) -> GpmReading | None:

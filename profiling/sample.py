@@ -25,7 +25,14 @@ class Sample:
     device: str
     """'gpu0', 'gpu1', ... or 'cpu'."""
     source: str
-    """Where the numbers came from: nvml, gpm, psutil, rapl or simulated."""
+    """Where the row came from: 'nvml' (a GPU read through NVML), 'psutil' (the host),
+    'simulated' (never real), or 'gpm' / 'rapl' for rows made by those sources alone.
+
+    One row holds one device's readings at one tick, so it carries one label: an NVML row
+    whose GPM fields are set stays 'nvml' (GPM results ride on NVML rows; the GPM fields
+    are filled from GPM and nothing else, so their presence says GPM, and `metrics.pcu`
+    reports pcu_source 'gpm' from it), and a host row whose power_w comes from RAPL stays
+    'psutil' (the daemon status names RAPL as its power source)."""
     mem_used_bytes: int | None = None
     """Device memory in use (GPU: NVML; CPU: host memory in use)."""
     mem_total_bytes: int | None = None
@@ -33,7 +40,8 @@ class Sample:
     util_pct: float | None = None
     """NVML utilization.gpu (a kernel was running), or host-wide CPU % for 'cpu'."""
     sm_active_pct: float | None = None
-    """GPM SM activity where the GPU supports it; None elsewhere, never 0."""
+    """GPM SM activity (NVML_GPM_METRIC_SM_UTIL over the last GPM interval, >= 100 ms)
+    where the GPU supports it; None elsewhere, never 0, and never utilization.gpu."""
     tensor_active_pct: float | None = None
     """GPM tensor-core activity (any tensor pipe); None where unsupported."""
     dram_active_pct: float | None = None

@@ -9,6 +9,7 @@ engines (a static cache captured in a CUDA graph) slot in beside them in `ENGINE
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,26 +48,50 @@ def _nothing() -> None:
     return None
 
 
+def cache_kwarg(model: Any) -> str:
+    """The forward() keyword that takes the KV cache: `cache` in transformers >= 5.2x,
+    `past_key_values` before (an unknown keyword would be swallowed by **kwargs, silently
+    decoding without a cache, so this is checked, not assumed)."""
+    params = inspect.signature(model.forward).parameters
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    raise RuntimeError(f"{type(model).__name__}.forward takes no KV cache argument")
+
+
+def new_cache(model: Any) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56 builds its layers lazily, without a config
+        return DynamicCache()
+
+
 class LoopEngine(Engine):
     """Prefill with a DynamicCache, then one forward per token; greedy, EOS ignored."""
 
     name = "loop"
 
-    def __call__(self, input_ids: torch.Tensor) -> tuple[RequestTiming, torch.Tensor]:
-        from transformers import DynamicCache
+    def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
+                 pad_token_id: int | None = None) -> None:
+        super().__init__(model, new_tokens, sync, pad_token_id)
+        self._cache_kw = cache_kwarg(model)
 
-        model, sync = self.model, self._sync
+    def __call__(self, input_ids: torch.Tensor) -> tuple[RequestTiming, torch.Tensor]:
+        model, sync, kw = self.model, self._sync, self._cache_kw
         with torch.inference_mode():
             sync()
             t0 = time.perf_counter_ns()
-            cache = DynamicCache(config=model.config)
-            out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+            cache = new_cache(model)
+            out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{kw: cache})
             token = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
             sync()
             t_first = time.perf_counter_ns()
             tokens = [token]
             for _ in range(self.new_tokens - 1):
-                out = model(input_ids=token, cache=cache, use_cache=True)
+                out = model(input_ids=token, use_cache=True, **{kw: cache})
                 token = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
                 tokens.append(token)
             sync()
@@ -125,5 +150,5 @@ class GenerateEngine(Engine):
         return RequestTiming((t1 - t0) / 1e9, (first - t0) / 1e9), generated
 
 
-ENGINES: dict[str, type[Engine]] = {LoopEngine.name: LoopEngine, GenerateEngine.name: GenerateEngine}
+ENGINES: dict[str, type[Engine]] = {e.name: e for e in (LoopEngine, GenerateEngine)}
 """Engine name (`--set engine=...`) -> class."""

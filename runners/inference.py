@@ -74,7 +74,7 @@ class InferenceConfig(FamilyConfig):
     peak_tflops: float | None = field(default=None, metadata={"kind": float})
     """Dense peak of the device in TFLOP/s for `mfu` (bf16 peak on GPUs); None: no mfu."""
     threads: int | None = field(default=None, metadata={"kind": int})
-    """torch intra-op threads; None: the CPUs this process may use."""
+    """torch intra-op threads; None: one fewer than the CPUs this process may use."""
     eval_tokens: int = 512
     """Held-out tokens scored for `eval_ppl`; 0 skips the evaluation."""
 

@@ -42,7 +42,7 @@ class ByteTokenizer:
         return ids
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
-        """Text of byte ids; specials are dropped (or shown as `<bos>` etc.); bad UTF-8 -> U+FFFD."""
+        """Text of byte ids; specials dropped (or shown as `<bos>`...); bad UTF-8 -> U+FFFD."""
         out = bytearray()
         parts: list[str] = []
         for i in ids:

@@ -6,6 +6,7 @@ the daemon a short idle exit as a second guard.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -214,3 +215,41 @@ def test_unwritable_spool_keeps_sampling_and_logs_once(home: Path) -> None:
     log = (home / home_mod.DAEMON_LOG_FILE).read_text()
     assert log.count("spool: cannot write") == 1
     assert client.stop_daemon(home)
+
+
+def test_simulated_gpu_daemon_streams_simulated_samples(home: Path) -> None:
+    run_dir = home / "runs" / "run-sim"
+    run_dir.mkdir(parents=True)
+    now = time.time_ns()
+    (run_dir / "events.jsonl").write_text(
+        json.dumps({"t_ns": now - 10**9, "kind": "started", "device": "cuda:0"}) + "\n"
+        + json.dumps({"t_ns": now - 10**9, "kind": "phase", "name": "measure"}) + "\n")
+    info = client.ensure_daemon(home, rate_hz=20, idle_exit_s=IDLE_S, simulate_gpu=True)
+    assert info.simulated and info.devices == ("cpu", "gpu0")
+    st = client.daemon_status(home)
+    assert st is not None and st["simulated"] is True
+    assert any(n.startswith("nvml: skipped") for n in st["backend_notes"])
+    assert client.watch(home, os.getpid(), "run-sim")
+    with client.subscribe(home, since_ns=None, devices=["gpu0"], timeout_s=3) as sub:
+        got = [s for _, s in zip(range(10), sub, strict=False)]
+    assert len(got) == 10 and all(s.source == "simulated" and s.device == "gpu0" for s in got)
+    assert all(s.power_w is not None and s.power_w > 400 for s in got[-3:])  # measuring
+    # asking for real GPUs from a simulating daemon is refused, not mixed
+    with pytest.raises(DaemonError, match="runs simulated GPUs"):
+        client.ensure_daemon(home, simulate_gpu=False)
+    assert client.stop_daemon(home)
+
+
+def test_real_daemon_refuses_to_simulate(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EFFICIENTLLM_SIMULATE_GPU", raising=False)
+    info = client.ensure_daemon(home, idle_exit_s=IDLE_S)
+    assert not info.simulated and "cpu" in info.devices
+    st = client.daemon_status(home)
+    assert st is not None and {"psutil", "nvml"} <= set(st["backend_states"])
+    with pytest.raises(DaemonError, match="real GPU sampling"):
+        client.ensure_daemon(home, simulate_gpu=True)
+    monkeypatch.setenv("EFFICIENTLLM_SIMULATE_GPU", "1")
+    with pytest.raises(DaemonError, match="real GPU sampling"):
+        client.ensure_daemon(home)
+    monkeypatch.delenv("EFFICIENTLLM_SIMULATE_GPU")
+    assert client.ensure_daemon(home).pid == info.pid  # no preference: whatever runs

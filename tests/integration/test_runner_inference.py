@@ -167,7 +167,7 @@ def test_runner_waits_for_the_device_lock(tmp_path: Path) -> None:
     lock_file.parent.mkdir(parents=True)
     with open(lock_file, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        run = launch(tmp_path, "queued", **SMALL, steps=1, params={"eval_tokens": 0})
+        run = launch(tmp_path, "queued", **{**SMALL, "steps": 1}, params={"eval_tokens": 0})
         waiting = run.wait_for(lambda e: e.kind == "phase" and e.get("name") == "waiting_for_lock")
         assert waiting.get("device") == "cpu"
         time.sleep(0.5)
@@ -196,3 +196,44 @@ def test_sigterm_cancels(tmp_path: Path) -> None:
     assert run.wait() == 1
     last = run.events()[-1]
     assert (last.kind, last.get("type"), last.get("message")) == ("error", "crash", "cancelled")
+
+
+def test_malformed_spec_is_bad_input(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "broken"
+    run_dir.mkdir(parents=True)
+    (run_dir / "spec.json").write_text('{"run_id": "broken", "family": "inference"')
+    out = subprocess.run([sys.executable, "-m", "runners", str(run_dir)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, EFFICIENTLLM_HOME=str(tmp_path)))
+    assert out.returncode == 2
+    events = [Event.from_json(line) for line in (run_dir / EVENTS_FILE).read_text().splitlines()]
+    assert [(e.kind, e.get("type")) for e in events] == [("error", "bad_input")]
+    assert "not valid JSON" in events[0].get("message")
+    assert "Traceback" not in out.stderr
+
+
+def _cuda_available() -> bool:
+    probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([sys.executable, "-c", probe], timeout=120).returncode == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("technique", ["fp32", "bf16", "fp16"])
+def test_cuda_run(tmp_path: Path, technique: str) -> None:
+    if not _cuda_available():
+        pytest.skip("no CUDA device")
+    run = launch(tmp_path, f"gpu-{technique}", technique=technique, device="auto", **SMALL,
+                 params={"peak_tflops": 989.0})
+    assert run.wait(300) == 0, run.err
+    events = run.events()
+    started = events[0]
+    assert started.get("device") == "cuda:0" and started.get("gpu_name")
+    assert started.get("versions")["cuda"]
+    window = next(e for e in events if e.kind == "window" and e.get("name") == "measure")
+    assert window.get("device") == "gpu0"
+    result = RunResult.from_dict(events[-1].fields)
+    v = {m.name: m.value for m in result.metrics}
+    assert 0 < v["peak_allocated_gib"] <= v["peak_reserved_gib"]
+    assert v["mfu"] is not None and 0 < v["mfu"] < 1
+    assert 0 < v["al_p50_s"] <= v["al_p90_s"] <= v["al_p99_s"]
+    assert (tmp_path / "locks" / "cuda0.lock").exists()
