@@ -257,9 +257,14 @@ def costs_section(load: Load, index: int | None) -> dict[str, Any]:
     def changes(col: int) -> float:
         return sum(1 for a, c in zip(trace, trace[1:], strict=False) if a[col] != c[col]) / span
 
+    def spread(col: int) -> dict[str, float]:
+        xs = [row[col] / 1000.0 for row in trace]
+        return {"min_w": min(xs), "max_w": max(xs), "stdev_w": round(statistics.pstdev(xs), 1)}
+
     out["power_updates_per_s"] = {"instant": round(changes(1), 1),
                                   "average": round(changes(2), 1), "polls": len(trace),
                                   "seconds": round(span, 2)}
+    out["power_spread_square_wave_0.2s"] = {"instant": spread(1), "average": spread(2)}
     return out
 
 
@@ -309,18 +314,22 @@ def fidelity_section(load: Load, home: Path, simulate: bool) -> dict[str, Any]:
     reader, source = energy_reader_for(load.device)
     meter = WindowMeter(load.sync, reader, dev, source)
     out: dict[str, Any] = {"device": dev, "energy_source": source}
-    plans = {10.0: [("idle", 3.0, 0.0), ("steady", 6.0, 1.0), ("bursty", 6.0, 0.5)],
-             50.0: [("steady", 5.0, 1.0), ("bursty", 5.0, 0.5)]}
+    # (name, seconds, duty, period): "bursty" toggles every 0.15 s, faster than NVML's
+    # ~10 Hz power refresh (the worst case for sampled power); "bursty1s" every 0.5 s.
+    plans = {10.0: [("idle", 3.0, 0.0, 0.3), ("steady", 6.0, 1.0, 0.3),
+                    ("bursty", 6.0, 0.5, 0.3), ("bursty1s", 6.0, 0.5, 1.0)],
+             50.0: [("steady", 5.0, 1.0, 0.3), ("bursty", 5.0, 0.5, 0.3),
+                    ("bursty1s", 5.0, 0.5, 1.0)]}
     for rate, plan in plans.items():
         info = start_daemon(home, rate, simulate)
         time.sleep(1.5)  # NVML init and the first GPM interval
         col = Collector(home)
         t_start = time.time_ns()
         windows = []
-        for name, seconds, duty in plan:
+        for name, seconds, duty, period in plan:
             with meter.measure(name) as w:
                 if duty > 0:
-                    load.for_seconds(seconds, duty=duty)
+                    load.for_seconds(seconds, duty=duty, period_s=period)
                 else:
                     time.sleep(seconds)
             windows.append(w.result)
@@ -359,12 +368,19 @@ def fidelity_section(load: Load, home: Path, simulate: bool) -> dict[str, Any]:
 # -- overhead ------------------------------------------------------------------------------------
 
 def overhead_section(load: Load, home: Path, pairs: int, seg_s: float,
-                     simulate: bool) -> dict[str, Any]:
+                     simulate: bool, gap_s: float = 3.0, preload_s: float = 1.5
+                     ) -> dict[str, Any]:
+    """Every segment starts alike, daemon or not: `gap_s` idle since the last segment
+    (the daemon, when on, starts at the beginning of it), then `preload_s` of untimed load
+    to reach the power-capped steady state, then the timed matmuls. Without that, a
+    segment that follows a daemon start begins cooler and boosts higher, which biases
+    the comparison (seen on the first run: 'on' looked 0.6 % faster than 'off')."""
     iters = load.calibrate(seg_s)
     modes = ["off", "10", "50"]
     res: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {"10": [], "50": []}
     order_log = []
+    last_end = time.monotonic()
     for i in range(pairs):
         order = modes[i % 3:] + modes[:i % 3]
         order_log.append(order)
@@ -373,10 +389,13 @@ def overhead_section(load: Load, home: Path, pairs: int, seg_s: float,
             if mode != "off":
                 info = start_daemon(home, float(mode), simulate)
                 proc = psutil.Process(info.pid)
-                time.sleep(1.0)  # warm: imports, NVML init, first GPM interval
+            time.sleep(max(0.0, last_end + gap_s - time.monotonic()))
+            if proc is not None:
                 c0 = proc.cpu_times()
                 m0 = time.monotonic()
+            load.for_seconds(preload_s)
             thr = load.tflops(iters)
+            last_end = time.monotonic()
             if proc is not None:
                 c1 = proc.cpu_times()
                 cpu[mode].append(100.0 * (c1.user + c1.system - c0.user - c0.system)
@@ -387,6 +406,7 @@ def overhead_section(load: Load, home: Path, pairs: int, seg_s: float,
                   + (f"  daemon cpu {cpu[mode][-1]:.2f} %" if proc is not None else ""),
                   flush=True)
     out: dict[str, Any] = {"iters_per_segment": iters, "orders": order_log,
+                           "gap_s": gap_s, "preload_s": preload_s,
                            "tflops": res, "daemon_cpu_pct": cpu}
     for mode in ("10", "50"):
         diffs = [100.0 * (off - on) / off for off, on in zip(res["off"], res[mode], strict=True)]

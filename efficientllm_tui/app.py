@@ -1,105 +1,388 @@
-"""The Textual app: a first screen listing stored runs (the full dashboard grows from here).
+"""The Textual app: five screens (dashboard, launch, runs, compare, SQL) over shared live state.
 
-Never imports torch: runs are subprocesses. Slow work (DuckDB reads) happens in thread
-workers that post results back, so the first frame never waits on the database.
+Never imports torch: runs are subprocesses. The first frame waits on nothing: the database,
+the daemon and the run dirs are read by thread workers that post messages back. Live samples
+go into per-device rings held here (`history`), so every screen sees the same data and a
+slow redraw drops frames, never samples. Every worker error reaches one handler
+(`on_worker_state_changed`) and becomes a notification that says what to do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from textual import on, work
-from textual.app import App, ComposeResult
+from textual import events, on, work
+from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.signal import Signal
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from .errors import EfficientLLMError
+from .feed import FeedState, SampleSource, daemon_source, pump
+from .history import SampleHistory
+from .messages import (
+    FeedChanged,
+    RecentRunsLoaded,
+    RunIngested,
+    RunsWatched,
+    SamplesArrived,
+    StoreChanged,
+)
+from .runqueue import LaunchQueue
+from .tracker import ActiveRun, RunWatcher
 
-RUN_COLUMNS = (("run_id", "run"), ("family", "family"), ("model", "model"),
-               ("technique", "technique"), ("device", "device"), ("status", "status"),
-               ("it", "IT tok/s"), ("st", "ST"), ("tt", "TT"), ("al_s", "AL s"),
-               ("amu", "AMU"), ("aec_w", "AEC W"))
+if TYPE_CHECKING:
+    from runners.protocol import RunSpec
+
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+SCREENS_ORDER = (("dashboard", "Dashboard"), ("launch", "Launch"), ("runs", "Runs"),
+                 ("compare", "Compare"), ("sql", "SQL"))
+REPLAY_S = 600.0
+"""Seconds of daemon history asked for at start (its ring keeps ten minutes by default)."""
+_NAV = Binding.Group("screens")
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def _mode(name: str) -> Callable[[], Screen[Any]]:
+    """A mode's screen factory that imports its module on first use (fast first frame)."""
+
+    def make() -> Screen[Any]:
+        module = importlib.import_module(f"efficientllm_tui.screens.{name}")
+        return module.SCREEN()  # type: ignore[no-any-return]
+
+    return make
 
 
 class EfficientLLMApp(App[None]):
-    """efficientllm: runs stored in the local DuckDB file."""
+    """efficientllm: live profiling, launching, run history, comparisons and SQL.
+
+    Args:
+        db_path: The DuckDB file.
+        home: The data dir (run dirs, spool, daemon socket, SQL history).
+        sample_source: Where live samples come from; the profiling daemon of `home` by
+            default. Tests and benchmarks pass a fake (feed.SyntheticFeed).
+        clock: Wall clock in ns (time.time_ns); tests freeze it so screens are repeatable.
+        frozen: Deterministic rendering for snapshots: no cursor blink.
+        watch_runs: Tail run dirs for active runs.
+        recover: Ingest run dirs that finished unseen, at start.
+    """
 
     TITLE = "efficientllm"
-    CSS = """
-    #empty { padding: 1 2; color: $text-muted; }
-    DataTable { height: 1fr; }
-    """
+    CSS_PATH = "app.tcss"
+    MODES = {name: _mode(name) for name, _ in SCREENS_ORDER}
+    DEFAULT_MODE = "dashboard"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     BINDINGS = [
-        Binding("r", "refresh", "Refresh"),
+        *(Binding(str(i), f"show('{name}')", label, group=_NAV)
+          for i, (name, label) in enumerate(SCREENS_ORDER, 1)),
+        *(Binding(f"f{i}", f"show('{name}')", label, show=False, priority=True)
+          for i, (name, label) in enumerate(SCREENS_ORDER, 1)),
         Binding("q", "quit", "Quit"),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
-    @dataclass
-    class RunsLoaded(Message):
-        """Rows read from the store by a worker."""
+    feed_state: reactive[FeedState] = reactive(FeedState(False, "connecting..."))
+    simulated: reactive[bool] = reactive(False)
 
-        rows: list[dict[str, Any]]
-
-    def __init__(self, db_path: Path, home: Path) -> None:
+    def __init__(self, db_path: Path, home: Path, *, sample_source: SampleSource | None = None,
+                 clock: Callable[[], int] | None = None, frozen: bool = False,
+                 watch_runs: bool = True, recover: bool = True,
+                 lock_timeout_s: float = 5.0) -> None:
         super().__init__()
-        self.db_path = db_path
-        self.home = home
+        self.db_path = Path(db_path)
+        self.home = Path(home)
+        self.sample_source = sample_source or daemon_source(self.home)
+        self.clock = clock or time.time_ns
+        self.frozen = frozen
+        self.lock_timeout_s = lock_timeout_s
+        self.history = SampleHistory()
+        self.active: dict[str, ActiveRun] = {}
+        self.queue = LaunchQueue()
+        self.marked: set[str] = set()
+        self.recent: list[dict[str, Any]] | None = None
+        self.watcher = RunWatcher(self.home)
+        self._watch_runs = watch_runs
+        self._recover = recover
+        self._stopping = threading.Event()
+        self._launched: set[str] = set()
+        self.redraws = 0
+        """Dashboard redraws so far (the benchmark reads it)."""
+        self.runs_version = 0
+        """Grows whenever stored runs change; screens compare it on resume."""
+        self.runs_changed: Signal[None] = Signal(self, "runs-changed")
+        """Published when stored runs were added or deleted (screens reload)."""
+        self.recent_changed: Signal[list[dict[str, Any]]] = Signal(self, "recent-changed")
+        """Published with the newest stored runs."""
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("Loading runs...", id="empty")
-        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+    # ------------------------------------------------------------------ life cycle
 
     def on_mount(self) -> None:
         self.sub_title = str(self.db_path)
-        table = self.query_one("#runs", DataTable)
-        for key, label in RUN_COLUMNS:
-            table.add_column(label, key=key)
-        self.action_refresh()
+        self.stream_samples()
+        if self._watch_runs:
+            self.watch_run_dirs()
+        self.startup_store()
 
-    def action_refresh(self) -> None:
-        self.load_runs()
+    def on_unmount(self) -> None:
+        self._stopping.set()
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="store")
-    def load_runs(self) -> None:
+    def now_ns(self) -> int:
+        return self.clock()
+
+    def store(self) -> Store:
+        """A Store for this app's file (imported lazily: DuckDB is not needed for frame 1)."""
         from .store import Store
 
-        from .ingest import recover
+        return Store(self.db_path, lock_timeout_s=self.lock_timeout_s)
 
-        store = Store(self.db_path, lock_timeout_s=2.0)
-        try:
-            # Runs that finished (or died) while no launcher watched them land first.
-            recovered = recover(store, self.home)
-            if recovered:
-                self.call_from_thread(self.notify, f"ingested {len(recovered)} run dir(s)",
-                                      title="Recovered")
-            rows = store.list_runs(limit=500)
-        except EfficientLLMError as e:
-            self.call_from_thread(self.notify, str(e), title=e.title, severity="error")
+    def action_show(self, mode: str) -> None:
+        if self.current_mode != mode:
+            self.switch_mode(mode)
+
+    async def action_quit(self) -> None:
+        pending = self.queue.pending_count
+        if not pending:
+            self.exit()
             return
-        self.post_message(self.RunsLoaded(rows))
+        from .screens.confirm import ConfirmScreen
 
-    @on(RunsLoaded)
-    def show_runs(self, message: RunsLoaded) -> None:
-        table = self.query_one("#runs", DataTable)
-        table.clear()
-        for row in message.rows:
-            table.add_row(*(_cell(row.get(k)) for k, _ in RUN_COLUMNS), key=row["run_id"])
-        empty = self.query_one("#empty", Static)
-        if message.rows:
-            empty.update(f"{len(message.rows)} runs  (r: refresh, q: quit)")
+        def done(ok: bool | None) -> None:
+            if ok:
+                self.exit()
+
+        self.push_screen(ConfirmScreen(
+            "Quit?", f"{pending} queued run(s) have not started and will be dropped. "
+            "Runs already going continue without the app.", yes="Quit"), done)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for name, label in SCREENS_ORDER:
+            yield SystemCommand(f"Go to {label}", f"Switch to the {label} screen",
+                                partial(self.action_show, name))
+        yield SystemCommand("Toggle dark/light", "Switch between the dark and light theme",
+                            self.toggle_dark)
+        seen: set[str] = set()
+        for key, active in screen.active_bindings.items():
+            b = active.binding
+            if b.action.startswith("show(") or b.action in seen or b.system:
+                continue  # screens are offered above, once
+            if b.description and active.enabled:
+                seen.add(b.action)
+                yield SystemCommand(b.description, f"{screen.__class__.__name__}: key {key}",
+                                    partial(self.run_action, b.action, active.node))
+
+    def toggle_dark(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    @on(events.DescendantFocus)
+    def _freeze_cursor(self, event: events.DescendantFocus) -> None:
+        if self.frozen and hasattr(event.widget, "cursor_blink"):
+            event.widget.cursor_blink = False  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ errors
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place worker failures become notifications (never a traceback)."""
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            self.report_error(event.worker.error, event.worker.name)
+
+    def report_error(self, error: BaseException, where: str = "") -> None:
+        from profiling.client import DaemonError
+
+        if isinstance(error, EfficientLLMError):
+            self.notify(error.msg, title=error.title, severity="error", timeout=8)
+        elif isinstance(error, DaemonError):
+            self.notify(f"{error}. Start it with: efficientllm daemon start",
+                        title="Profiling daemon", severity="warning", timeout=8)
+        elif isinstance(error, OSError):
+            what = f" ({error.filename})" if error.filename else ""
+            self.notify(f"{error.strerror or error}{what}", title="File error",
+                        severity="error", timeout=8)
         else:
-            empty.update("No runs stored yet. Start one from a shell: "
-                         "efficientllm run -m tiny -t fp32 --device cpu")
+            path = self._log_exception(error, where)
+            self.notify(f"{type(error).__name__}: {error}. Details in {path}",
+                        title="Unexpected error", severity="error", timeout=10)
+
+    def _log_exception(self, error: BaseException, where: str) -> Path:
+        path = self.home / "tui.log"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} in {where or 'app'}\n")
+                f.write("".join(traceback.format_exception(error)))
+        except OSError:
+            pass
+        return path
+
+    # ------------------------------------------------------------------ live samples
+
+    @work(thread=True, exit_on_error=False, group="samples", name="sample feed")
+    def stream_samples(self) -> None:
+        worker = get_current_worker()
+        since = self.now_ns() - int(REPLAY_S * 1e9)
+        pump(self.sample_source, since,
+             on_batch=lambda batch: self.post_message(SamplesArrived(batch)),
+             on_state=lambda st: self.post_message(FeedChanged(st.connected, st.detail)),
+             stopped=lambda: worker.is_cancelled or self._stopping.is_set())
+
+    @on(SamplesArrived)
+    def _take_samples(self, message: SamplesArrived) -> None:
+        self.history.extend(message.samples)
+        if self.history.simulated and not self.simulated:
+            self.simulated = True
+
+    @on(FeedChanged)
+    def _feed_changed(self, message: FeedChanged) -> None:
+        self.feed_state = FeedState(message.connected, message.detail)
+
+    # ------------------------------------------------------------------ active runs
+
+    @work(thread=True, exit_on_error=False, group="runs", name="run watcher")
+    def watch_run_dirs(self) -> None:
+        worker = get_current_worker()
+        while not (worker.is_cancelled or self._stopping.is_set()):
+            update = self.watcher.poll()
+            if update:
+                self.post_message(RunsWatched(update))
+            self._stopping.wait(0.5)
+
+    @on(RunsWatched)
+    def _runs_watched(self, message: RunsWatched) -> None:
+        update = message.update
+        for run_dir, spec in update.new:
+            run = ActiveRun.from_dir(run_dir, spec)
+            run.launched_here = run.run_id in self._launched
+            self.active.setdefault(run.run_id, run)
+        for run_id, evs in update.events.items():
+            run = self.active.get(run_id)
+            if run is not None:
+                for ev in evs:
+                    run.apply(ev)
+        for run_id in update.ended:
+            run = self.active.pop(run_id, None)
+            self.ingest_finished(run_id, run.launched_here if run else False)
+            nxt = self.queue.finished(run_id)
+            if nxt is not None:
+                self.spawn_runs([nxt])
+
+    @work(thread=True, exit_on_error=False, group="ingest", name="ingest")
+    def ingest_finished(self, run_id: str, launched_here: bool) -> None:
+        from . import ingest
+        from profiling import home as homes
+
+        run_dir = homes.runs_dir(self.home) / run_id
+        if not launched_here:
+            time.sleep(2.0)  # a CLI that launched it ingests first; ours is then a no-op
+        if not run_dir.is_dir() or not ingest.needs_ingest(run_dir):
+            self.post_message(StoreChanged())
+            return
+        state = ingest.ingest_run(self.store(), run_dir, self.home, alive=False)
+        self.post_message(RunIngested(run_id, state.status, state.error_text))
+
+    @on(RunIngested)
+    def _run_ingested(self, message: RunIngested) -> None:
+        if message.status == "ok":
+            self.notify(f"{message.run_id} finished and is stored. Runs (3) has it.",
+                        title="Run finished")
+        else:
+            self.notify(f"{message.run_id}: {message.status}: {message.error or 'no reason'}."
+                        " Details on the Runs screen (3).", title=f"Run {message.status}",
+                        severity="error", timeout=10)
+        self.post_message(StoreChanged())
+
+    @on(StoreChanged)
+    def _store_changed(self) -> None:
+        self.runs_version += 1
+        self.load_recent()
+        self.runs_changed.publish(None)
+
+    # ------------------------------------------------------------------ store at start
+
+    @work(thread=True, exit_on_error=False, group="store", name="recover")
+    def startup_store(self) -> None:
+        if self._recover:
+            from .ingest import recover
+
+            done = recover(self.store(), self.home)
+            stored = [r for r, s in done if not s.startswith("skipped")]
+            if stored:
+                self.call_from_thread(self.notify, f"stored {len(stored)} run(s) that ended "
+                                      "while no one watched", title="Recovered")
+        self.post_message(RecentRunsLoaded(self.store().list_runs(limit=8)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="recent", name="recent runs")
+    def load_recent(self) -> None:
+        self.post_message(RecentRunsLoaded(self.store().list_runs(limit=8)))
+
+    @on(RecentRunsLoaded)
+    def _recent_loaded(self, message: RecentRunsLoaded) -> None:
+        self.recent = message.rows
+        self.recent_changed.publish(message.rows)
+
+    # ------------------------------------------------------------------ launching
+
+    def submit_runs(self, specs: list[RunSpec]) -> tuple[int, int]:
+        """Queue specs per device; start those whose device is free. Returns (started, queued)."""
+        have_gpu = any(d.startswith("gpu") for d in self.history.devices)
+        start = self.queue.submit(specs, have_gpu)
+        if start:
+            self.spawn_runs(start)
+        return len(start), len(specs) - len(start)
+
+    @work(thread=True, exit_on_error=False, group="launch", name="launch")
+    def spawn_runs(self, specs: list[RunSpec]) -> None:
+        from profiling import client
+
+        from . import launcher
+
+        try:
+            client.ensure_daemon(self.home, idle_exit_s=300.0)
+        except client.DaemonError as e:
+            self.call_from_thread(self.notify, f"no live profiling for this run: {e}. Start it "
+                                  "with: efficientllm daemon start", title="Profiling daemon",
+                                  severity="warning", timeout=8)
+        for spec in specs:
+            try:
+                run_dir = launcher.prepare_run_dir(spec, self.home)
+                launcher.spawn_runner(run_dir)
+            except (EfficientLLMError, OSError) as e:
+                self.call_from_thread(self._spawn_failed, spec, e)
+                continue
+            self._launched.add(spec.run_id)
+            self.watcher.add(run_dir)
+
+    def _spawn_failed(self, spec: RunSpec, error: BaseException) -> None:
+        self.report_error(error, "launch")
+        nxt = self.queue.finished(spec.run_id)
+        if nxt is not None:
+            self.spawn_runs([nxt])
+
+    def cancel_run(self, run_id: str) -> bool:
+        """Ask a running run's runner to stop (SIGTERM; it records `cancelled`)."""
+        import os
+        import signal
+
+        from . import launcher
+
+        run = self.active.get(run_id)
+        pid = launcher.runner_pid(run.run_dir) if run else None
+        if pid is None or not launcher.pid_alive(pid):
+            return False
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            return False
+        return True

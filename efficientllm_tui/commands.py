@@ -62,7 +62,10 @@ def _store(args: argparse.Namespace, home: Path) -> Store:
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output keeps whole rows (scripts grep run ids); a terminal gets its own width.
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def _fmt(value: Any) -> str:
@@ -82,7 +85,7 @@ def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) 
 
     table = Table(title=title, header_style="bold")
     for c in columns:
-        table.add_column(c, overflow="fold")
+        table.add_column(c, overflow="fold", no_wrap=c == "run_id")
     for r in rows:
         table.add_row(*(_fmt(v) for v in r))
     _console().print(table)

@@ -213,6 +213,8 @@ class Daemon:
                  self.home, ",".join(b.name for b in self.backends), cfg.rate_hz,
                  ",".join(self.devices),
                  f"{cfg.idle_exit_s:g} s" if cfg.idle_exit_s > 0 else "off")
+        log.info("backends: %s%s", "; ".join(self._backend_report()[1]),
+                 " (SIMULATED GPUs)" if self.simulated else "")
 
     def _backend_names(self) -> list[str]:
         names = list(dict.fromkeys(self.config.backends))

@@ -10,12 +10,14 @@ Why it is built this way:
   `NvmlUnavailable`, a `BackendUnavailable` with a message that names the fix.
 - Constants, error classes and struct versions are read from `pynvml` once, at import, so
   tests can replace the module with `create_autospec` and still raise real NVML errors.
-- One sweep a device a tick: memory, utilization.gpu, power, SM clock, temperature (about
-  15 us together on an H100). Power is the instant field (`NVML_FI_DEV_POWER_INSTANT`)
-  where the driver has it, else `nvmlDeviceGetPowerUsage`, a ~1 s moving average on Ampere
-  and newer; which one a device uses is in `status()`.
+- One sweep a device a tick: memory, utilization.gpu, power, SM clock, temperature (22-29
+  us together on an H100, docs/benchmarks.md). Power is the instant field
+  (`NVML_FI_DEV_POWER_INSTANT`) where the driver has it, else `nvmlDeviceGetPowerUsage`, a
+  ~1 s moving average on Ampere and newer; which one a device uses is in `status()`. Both
+  refresh about every 100 ms, so sampling power faster than 10 Hz adds nothing.
 - GPM (Hopper and newer) needs two counter samples at least 100 ms apart, so it runs on
-  its own cadence (a thread, `gpm_interval_s`), independent of the tick rate. Each tick
+  its own cadence (a thread, `gpm_interval_s`), independent of the tick rate (a GPM poll
+  costs ~0.4 ms on an H100, too much to put on every tick). Each tick
   attaches the newest GPM result (computed over the last GPM interval) to the device's
   Sample. The Sample's `source` stays 'nvml': its row is an NVML reading. The GPM fields
   (`sm_active_pct`, `tensor_active_pct`, `dram_active_pct`) are filled from GPM and from

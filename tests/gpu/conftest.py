@@ -14,6 +14,9 @@ HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mine = [item for item in items if HERE in Path(str(item.fspath)).parents]
+    if not mine:
+        return  # this hook sees the whole session; import torch only for tests here
     try:
         import torch
 
@@ -21,9 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         why = "torch sees no CUDA device"
     except ImportError:
         ok, why = False, "torch is not installed"
-    for item in items:
-        if HERE not in Path(str(item.fspath)).parents:
-            continue  # this hook sees the whole session: touch only the tests here
+    for item in mine:
         item.add_marker(pytest.mark.gpu)
         if not ok:
             item.add_marker(pytest.mark.skip(reason=why))

@@ -1,0 +1,193 @@
+"""The SQL console's core: cancellable queries, persisted history, result export.
+
+Why not `Store.query`: a long query must be stoppable, and DuckDB stops one only through
+`connection.interrupt()`, which `Store.query` keeps to itself. So a console query opens its
+own short connection through `Store.connect` (same lock retries, same error translation)
+and keeps the handle so `cancel()` can interrupt it from the UI thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import BadInput, QueryError, StoreError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .store import Store
+
+HISTORY_FILE = "sql_history.json"
+HISTORY_MAX = 500
+EXPORT_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+
+
+class QueryCancelled(StoreError):
+    """The user stopped the query."""
+
+
+@dataclass(frozen=True)
+class ConsoleResult:
+    """Rows of one console query (at most `limit`), and how long it took."""
+
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: bool
+    elapsed_s: float
+
+
+class ConsoleQuery:
+    """One query run on a worker thread; `cancel()` may be called from any thread."""
+
+    def __init__(self, store: Store, sql: str, *, read_only: bool = True) -> None:
+        self.store = store
+        self.sql = sql
+        self.read_only = read_only
+        self._con: Any = None
+        self._lock = threading.Lock()
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            con = self._con
+        if con is not None:
+            try:
+                con.interrupt()
+            except Exception:  # noqa: BLE001 - closing races with the end of the query
+                pass
+
+    def arrow(self, limit: int | None = None) -> tuple[pa.Table | None, list[str], list[str],
+                                                        bool]:
+        """Run it: (Arrow table of at most `limit` rows or None, columns, types, truncated)."""
+        import pyarrow as pa
+
+        if not self.sql.strip():
+            raise QueryError("empty query", "Query error")
+        try:
+            with self.store.connect(read_only=self.read_only) as con:
+                with self._lock:
+                    if self.cancelled:
+                        raise QueryCancelled("query cancelled", "Cancelled")
+                    self._con = con
+                try:
+                    rel = con.sql(self.sql)
+                    if rel is None:
+                        return None, [], [], False
+                    columns, types = list(rel.columns), [str(t) for t in rel.types]
+                    batches, n = [], 0
+                    for batch in rel.to_arrow_reader(2048):
+                        batches.append(batch)
+                        n += batch.num_rows
+                        if limit is not None and n > limit:
+                            break
+                finally:
+                    with self._lock:
+                        self._con = None
+        except StoreError as e:
+            if self.cancelled:
+                raise QueryCancelled("query cancelled", "Cancelled") from e
+            raise
+        table = pa.Table.from_batches(batches, schema=batches[0].schema) if batches else None
+        truncated = limit is not None and n > limit
+        if table is not None and limit is not None:
+            table = table.slice(0, limit)
+        return table, columns, types, truncated
+
+    def run(self, limit: int | None = 1000) -> ConsoleResult:
+        t0 = time.perf_counter()
+        table, columns, types, truncated = self.arrow(limit)
+        rows: list[tuple[Any, ...]] = []
+        if table is not None:
+            rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True))
+        return ConsoleResult(columns, types, rows, truncated, time.perf_counter() - t0)
+
+
+def export_query(store: Store, sql: str, path: Path, *, read_only: bool = True,
+                 fmt: str | None = None) -> int:
+    """Run `sql` without a row limit and write every row to `path` (atomically).
+
+    The format comes from `fmt` or the file extension (.csv, .json, .parquet). JSON is one
+    array of objects. Returns the number of rows written.
+    """
+    import pyarrow as pa
+
+    path = Path(path).expanduser()
+    fmt = fmt or EXPORT_FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "json", "parquet"):
+        raise BadInput(f"cannot tell the format of {path.name!r}: end it in .csv, .json or "
+                       ".parquet")
+    if path.is_dir():
+        raise BadInput(f"export path {path} is a directory")
+    if not path.parent.is_dir():
+        raise BadInput(f"directory {path.parent} does not exist")
+    table, columns, _types, _ = ConsoleQuery(store, sql, read_only=read_only).arrow(None)
+    if table is None:
+        table = pa.table({c: pa.array([], pa.null()) for c in columns})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            pacsv.write_csv(table, tmp)
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        else:
+            tmp.write_text(json.dumps(table.to_pylist(), default=str, indent=1) + "\n",
+                           encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise BadInput(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return table.num_rows
+
+
+class SqlHistory:
+    """Queries run in the console, oldest first, kept in DATA_DIR/sql_history.json."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: list[str] = []
+
+    def load(self) -> SqlHistory:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            items = data.get("entries", []) if isinstance(data, dict) else []
+            self.entries = [e["sql"] for e in items if isinstance(e, dict)
+                            and isinstance(e.get("sql"), str)]
+        except (OSError, ValueError):
+            self.entries = []
+        return self
+
+    def add(self, sql: str) -> None:
+        """Append a query (not twice in a row) and save the file."""
+        sql = sql.strip()
+        if not sql:
+            return
+        if sql in self.entries:
+            self.entries.remove(sql)  # most recent use wins; no duplicates to scroll past
+        self.entries.append(sql)
+        del self.entries[:-HISTORY_MAX]
+        self.save()
+
+    def save(self) -> None:
+        doc = {"version": 1, "entries": [{"sql": s} for s in self.entries]}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise BadInput(f"cannot save SQL history to {self.path}: {e.strerror or e}"
+                           ) from None

@@ -1,0 +1,110 @@
+"""How numbers, sizes, durations and ids are written on screen (one place, one style)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+GIB = 1024**3
+
+METRIC_LABELS: dict[str, tuple[str, str]] = {
+    "amu": ("AMU", "frac"),
+    "amu_gib": ("AMU", "GiB"),
+    "pcu": ("PCU", "frac"),
+    "al_s": ("AL", "s"),
+    "tt": ("TT", "tok/param/s"),
+    "st": ("ST", "smp/param/s"),
+    "it": ("IT", "tok/s"),
+    "ttft_s": ("TTFT", "s"),
+    "tpot_s": ("TPOT", "s"),
+    "aec_w": ("AEC", "W"),
+    "energy_j": ("energy", "J"),
+    "mcr": ("MCR", "ratio"),
+    "eval_ppl": ("PPL", ""),
+    "loss": ("loss", ""),
+    "tokens_per_s": ("tokens/s", "tok/s"),
+    "j_per_token": ("J/token", "J"),
+    "mfu": ("MFU", "frac"),
+}
+"""Metric id -> (short label, unit) as the paper and the screens print them."""
+
+THROUGHPUT_METRIC = {"inference": "it", "finetuning": "st", "pretraining": "tt"}
+"""The family's throughput metric (IT, ST or TT)."""
+
+
+def metric_label(name: str) -> str:
+    """`AEC W` for `aec_w`; the raw id for metrics without a label."""
+    label, unit = METRIC_LABELS.get(name, (name, ""))
+    return f"{label} {unit}".strip() if unit and unit != "frac" else label
+
+
+def num(value: Any, digits: int = 4) -> str:
+    """A compact number: `-` for unknown, 4 significant digits, scientific when tiny/huge."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return "-"
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e6 or abs(value) < 1e-3:
+            return f"{value:.{max(1, digits - 2)}e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def pct(value: float | None) -> str:
+    """`57%`, or `-` when unknown (never a fake 0)."""
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def gib(n_bytes: float | None) -> str:
+    """Bytes as GiB with one decimal (`34.2`), or `-`."""
+    return "-" if n_bytes is None else f"{n_bytes / GIB:.1f}"
+
+
+def duration(seconds: float | None) -> str:
+    """`42s`, `3m05s`, `2h04m`; `-` when unknown."""
+    if seconds is None or seconds < 0 or math.isnan(seconds):
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def ago(seconds: float | None) -> str:
+    """How long ago, coarse: `just now`, `5m ago`, `3h ago`, `2d ago`."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h ago"
+    return f"{int(seconds // 86400)}d ago"
+
+
+def short_id(run_id: str, width: int = 22) -> str:
+    """A run id cut from the left when long (the tail names the pair, the head the time)."""
+    return run_id if len(run_id) <= width else "…" + run_id[-(width - 1):]
+
+
+def status_style(status: str | None) -> str:
+    """Rich style name for a run status (theme-independent ANSI names stay readable)."""
+    return {
+        "ok": "green",
+        "running": "cyan",
+        "queued": "blue",
+        "failed": "red",
+        "oom": "magenta",
+        "orphaned": "yellow",
+        "cancelled": "yellow",
+    }.get(status or "", "")

@@ -1,0 +1,96 @@
+"""The launch matrix: techniques grouped as the paper groups them, models, and why a pair
+cannot run (shown, never hidden)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import efficientllm_data
+
+FAMILY_ORDER = ("inference", "finetuning", "pretraining")
+GROUP_TITLES: dict[str, str] = {
+    "bit_width": "bit-width (quantization)",
+    "peft": "PEFT",
+    "attention": "attention",
+    "positional_encoding": "positional encoding",
+    "moe": "MoE",
+    "attention_free": "attention-free",
+}
+
+
+@dataclass(frozen=True)
+class Group:
+    """One comparison group of one family, with its techniques in catalog order."""
+
+    family: str
+    group: str
+    techniques: tuple[dict[str, Any], ...]
+
+    @property
+    def title(self) -> str:
+        return f"{self.family} · {GROUP_TITLES.get(self.group, self.group)}"
+
+
+def groups() -> list[Group]:
+    """Techniques grouped by family then group, in catalog order."""
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for t in efficientllm_data.catalog()["techniques"]:
+        out.setdefault((t["family"], t["group"]), []).append(t)
+    keys = sorted(out, key=lambda k: (FAMILY_ORDER.index(k[0]) if k[0] in FAMILY_ORDER else 9))
+    return [Group(f, g, tuple(out[(f, g)])) for f, g in keys]
+
+
+def models() -> list[dict[str, Any]]:
+    """Model cards, available ones first (catalog order within each)."""
+    cards = list(efficientllm_data.catalog()["models"])
+    return [m for m in cards if m.get("available")] + [m for m in cards if not m.get("available")]
+
+
+def model_reason(card: dict[str, Any]) -> str | None:
+    """Why a model cannot be used now, or None."""
+    if card.get("available"):
+        return None
+    if card.get("requires"):
+        return f"needs real weights from the {card['requires']!r} package, not loaded yet"
+    return "not available yet"
+
+
+def technique_reason(tech: dict[str, Any]) -> str | None:
+    """Why a technique cannot run now, or None."""
+    return None if tech.get("available") else "not implemented yet"
+
+
+def pair_reason(tech: dict[str, Any], card: dict[str, Any], *, seq_len: int | None = None,
+                new_tokens: int | None = None) -> str | None:
+    """Why this technique x model pair cannot run (with the form's lengths), or None."""
+    reason = technique_reason(tech)
+    if reason:
+        return f"{tech['id']}: {reason}"
+    reason = model_reason(card)
+    if reason:
+        return f"{card['id']}: {reason}"
+    if tech["family"] == "pretraining" and card.get("weights") == "real":
+        return (f"pretraining trains from random weights; {card['id']} is a real-weights "
+                "model (pick an architecture shape)")
+    max_pos = card.get("max_position")
+    if max_pos and seq_len:
+        need = seq_len + ((new_tokens or 0) if tech["family"] == "inference" else 0)
+        if need > max_pos:
+            return f"{card['id']} has {max_pos} positions; seq_len + new_tokens = {need}"
+    return None
+
+
+def estimate_params(card: dict[str, Any]) -> int | None:
+    """Rough parameter count of a decoder card (embeddings + attention + MLP), for grouping."""
+    try:
+        h, layers = int(card["hidden_size"]), int(card["num_layers"])
+        heads, kv = int(card["num_heads"]), int(card["num_kv_heads"])
+        inter, vocab = int(card["intermediate_size"]), int(card["vocab_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    head_dim = h // max(1, heads)
+    attn = h * h * 2 + 2 * h * kv * head_dim
+    mlp = 3 * h * inter
+    emb = vocab * h * (1 if card.get("tie_embeddings") else 2)
+    return layers * (attn + mlp) + emb

@@ -1,0 +1,322 @@
+"""The live dashboard: device graphs, active runs with progress, and the latest stored runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import DataTable, Static
+
+from profiling.sample import Sample
+
+from ..display import THROUGHPUT_METRIC, ago, duration, gib, num, short_id, status_style
+from ..history import energy_integral_j, source_label
+from ..tracker import ActiveRun
+from ..widgets.bars import bar_line
+from ..widgets.chart import Series, TimeChart, nice_max
+from ..widgets.devices import DeviceList
+from .base import AppScreen
+
+WINDOWS: tuple[tuple[str, float | None], ...] = (("1 min", 60.0), ("5 min", 300.0),
+                                                 ("whole run", None))
+REDRAW_S = 0.1
+"""Redraws at most 10 times a second, only when new samples came (or once a second)."""
+_MAX_POINTS = 400
+
+
+class DashboardScreen(AppScreen):
+    """Live view of every device and every run going now."""
+
+    NAME = "dashboard"
+    BINDINGS = [
+        Binding("w", "cycle_window", "Window"),
+        Binding("left_square_bracket", "device(-1)", "Prev dev", show=False),
+        Binding("right_square_bracket", "device(1)", "Next dev", show=False),
+        Binding("x", "stop_run", "Stop run"),
+    ]
+
+    window_index: reactive[int] = reactive(0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._drawn_version = -1
+        self._drawn_at = 0.0
+        self._device: str | None = None
+        self._ncpu = os.cpu_count() or 1
+
+    def compose_body(self) -> ComposeResult:
+        yield Static(id="feed-banner")
+        yield Static(id="dash-status")
+        yield DeviceList(self.elapp.history, id="devices")
+        with Grid(id="charts"):
+            yield TimeChart("memory GiB", id="chart-mem")
+            yield TimeChart("activity %", id="chart-act", y_max=100.0)
+            yield TimeChart("power W", id="chart-power")
+            yield TimeChart("clock % of peak · temp °C", id="chart-clock", y_max=100.0)
+        with Horizontal(id="dash-runs"):
+            with Vertical(id="active-box"):
+                yield Static(id="active-empty")
+                yield DataTable(id="active", cursor_type="row", zebra_stripes=True)
+            yield DataTable(id="recent", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        active = self.query_one("#active", DataTable)
+        active.border_title = "active runs"
+        for key, label in (("pair", "model × technique"), ("phase", "phase"),
+                           ("progress", "progress"), ("rate", "rate"), ("loss", "loss"),
+                           ("energy", "energy"), ("device", "device")):
+            active.add_column(label, key=key)
+        recent = self.query_one("#recent", DataTable)
+        recent.border_title = "recent runs"
+        for key, label in (("when", "when"), ("pair", "model × technique"),
+                           ("status", "status"), ("metric", "key metric")):
+            recent.add_column(label, key=key)
+        self.query_one("#active-empty", Static).border_title = "active runs"
+        self.set_interval(REDRAW_S, self.redraw_if_needed)
+        self.redraw()
+        if self.elapp.recent is not None:
+            self.recent_changed(self.elapp.recent)
+
+    # ------------------------------------------------------------------ actions
+
+    def action_cycle_window(self) -> None:
+        self.window_index = (self.window_index + 1) % len(WINDOWS)
+
+    def watch_window_index(self) -> None:
+        self._drawn_version = -1
+
+    def action_device(self, delta: int) -> None:
+        self.query_one(DeviceList).action_move(delta)
+
+    @on(DeviceList.Selected)
+    def _device_selected(self, message: DeviceList.Selected) -> None:
+        self._device = message.device
+        self._drawn_version = -1
+
+    def action_stop_run(self) -> None:
+        table = self.query_one("#active", DataTable)
+        if not table.row_count:
+            self.notify("no active run to stop", severity="warning")
+            return
+        run_id = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        from .confirm import ConfirmScreen
+
+        def done(ok: bool | None) -> None:
+            if ok and not self.elapp.cancel_run(run_id):
+                self.notify(f"{run_id} is not running any more", severity="warning")
+
+        self.app.push_screen(ConfirmScreen(
+            "Stop run?", f"Send SIGTERM to {run_id}? It stops at once and is stored as "
+            "cancelled.", yes="Stop"), done)
+
+    # ------------------------------------------------------------------ drawing
+
+    def redraw_if_needed(self) -> None:
+        if not self.is_current:
+            return
+        now = time.monotonic()
+        if self.elapp.history.version == self._drawn_version and now - self._drawn_at < 1.0:
+            return
+        self.redraw()
+
+    def redraw(self) -> None:
+        app = self.elapp
+        self._drawn_version = app.history.version
+        self._drawn_at = time.monotonic()
+        app.redraws += 1
+        devices = self.query_one(DeviceList)
+        devices.update_devices()
+        if self._device not in app.history.devices:
+            self._device = devices.selected
+        self._draw_banner()
+        self._draw_charts()
+        self._draw_active()
+
+    def _window(self, device: str | None) -> tuple[int, int, str]:
+        t_end = self.elapp.now_ns()
+        label, seconds = WINDOWS[self.window_index]
+        if seconds is not None:
+            return t_end - int(seconds * 1e9), t_end, label
+        starts = [r.started_ns for r in self.elapp.active.values()
+                  if r.started_ns and (r.sample_device == device or r.sample_device is None)]
+        if starts:
+            return min(starts), t_end, f"whole run ({duration((t_end - min(starts)) / 1e9)})"
+        series = self.elapp.history.devices.get(device or "")
+        first = series.coarse[0].t_ns if series and series.coarse else t_end - 60_000_000_000
+        return first, t_end, "all history (no run going)"
+
+    def _draw_banner(self) -> None:
+        app = self.elapp
+        banner = self.query_one("#feed-banner", Static)
+        parts = []
+        if not app.feed_state.connected:
+            parts.append(f"No live samples: {app.feed_state.detail}. Start the profiling "
+                         "daemon with `efficientllm daemon start` (it also starts with a run); "
+                         "retrying every few seconds.")
+        if app.simulated:
+            parts.append("SIMULATED DATA: the samples come from the simulated GPU backend, "
+                         "not from hardware.")
+        banner.update("\n".join(parts))
+        banner.set_class(bool(parts), "-shown")
+        banner.set_class(app.simulated and app.feed_state.connected, "-simulated")
+        status = self.query_one("#dash-status", Static)
+        t0, t1, label = self._window(self._device)
+        host = app.history.latest("cpu")
+        text = f"window [b]{label}[/b] (w)"
+        if self._device:
+            text += f" · {self._device} via [b]{source_label(app.history.latest(self._device))}[/b]"
+        if host is not None:
+            text += f" · host CPU {num(host.util_pct, 3)}% RAM {gib(host.mem_used_bytes)}/" \
+                    f"{gib(host.mem_total_bytes)} GiB"
+        status.update(text)
+
+    def _draw_charts(self) -> None:
+        device = self._device
+        t0, t1, _ = self._window(device)
+        samples = self.elapp.history.window(device, t0, t1) if device else []
+        if len(samples) > _MAX_POINTS:
+            samples = samples[:: len(samples) // _MAX_POINTS]
+        x0 = (t0 - t1) / 1e9
+        latest = samples[-1] if samples else None
+        theme = self.app.current_theme
+        c1, c2, c3 = theme.primary, theme.warning or "yellow", theme.success or "green"
+
+        def pts(attr: str, scale: float = 1.0) -> list[tuple[float, float | None]]:
+            out = []
+            for s in samples:
+                v = getattr(s, attr)
+                out.append(((s.t_ns - t1) / 1e9, None if v is None else v * scale))
+            return out
+
+        gib_scale = 1 / 2**30
+        mem = self.query_one("#chart-mem", TimeChart)
+        total = latest.mem_total_bytes if latest else None
+        mem.plot([Series("used", pts("mem_used_bytes", gib_scale), c1, area=True)], x0, 0.0,
+                 y_max=total * gib_scale if total else None,
+                 summary=_mem_summary(latest))
+        act = self.query_one("#chart-act", TimeChart)
+        if device == "cpu":
+            act.border_title = "CPU %"
+            act.plot([Series("host", pts("util_pct"), c1),
+                      Series("runners/core", pts("cpu_pct", 1 / self._ncpu), c2)], x0, 0.0,
+                     summary=_act_summary(latest, self._ncpu))
+        else:
+            series = [Series("SM", pts("sm_active_pct"), c1),
+                      Series("tensor", pts("tensor_active_pct"), c2)]
+            if latest is not None and latest.sm_active_pct is None:
+                series = [Series("util", pts("util_pct"), c1)]
+            act.plot(series, x0, 0.0, summary=_act_summary(latest, self._ncpu))
+        power = self.query_one("#chart-power", TimeChart)
+        peak_w = max((s.power_w for s in samples if s.power_w is not None), default=None)
+        power.plot([Series("W", pts("power_w"), c2, area=True)], x0, 0.0,
+                   y_max=nice_max(peak_w) if peak_w else None,
+                   summary=f"{latest.power_w:.0f} W" if latest and latest.power_w is not None
+                   else "no power reading")
+        clock = self.query_one("#chart-clock", TimeChart)
+        peak_mhz = max((s.sm_clock_mhz for s in samples if s.sm_clock_mhz), default=None)
+        clock.plot([Series("clock", pts("sm_clock_mhz", 100 / peak_mhz) if peak_mhz else [],
+                           c1), Series("temp", pts("temp_c"), c3)], x0, 0.0,
+                   summary=_clock_summary(latest))
+
+    def _draw_active(self) -> None:
+        runs = list(self.elapp.active.values())
+        table = self.query_one("#active", DataTable)
+        empty = self.query_one("#active-empty", Static)
+        table.display = bool(runs)
+        empty.display = not runs
+        if not runs:
+            pending = self.elapp.queue.pending_count
+            empty.update("No run is going." + (f" {pending} queued." if pending else "")
+                         + " Press 2 to launch one, or from a shell:\n"
+                         "efficientllm run -m tiny -t fp32 --device cpu")
+            if table.row_count:
+                table.clear()
+            return
+        wanted = {r.run_id for r in runs}
+        for key in list(table.rows):
+            if key.value not in wanted:
+                table.remove_row(key)
+        for run in runs:
+            cells = self._active_cells(run)
+            if run.run_id in table.rows:
+                for col, value in zip(("pair", "phase", "progress", "rate", "loss", "energy",
+                                       "device"), cells, strict=True):
+                    table.update_cell(run.run_id, col, value)
+            else:
+                table.add_row(*cells, key=run.run_id)
+
+    def _active_cells(self, run: ActiveRun) -> tuple[str, ...]:
+        prog = run.progress
+        eta = run.eta_s()
+        bar = (bar_line(prog, 8) + f" {prog * 100:3.0f}%") if prog is not None else "-"
+        if eta is not None and prog is not None and prog < 1:
+            bar += f" ETA {duration(eta)}"
+        rate, unit = run.rate()
+        energy = self._energy(run)
+        return (f"{run.model} × {run.technique}", run.phase, bar,
+                f"{num(rate, 3)} {unit.replace('tokens', 'tok')}" if rate else "-",
+                num(run.loss, 3), energy, run.device)
+
+    def _energy(self, run: ActiveRun) -> str:
+        if run.sample_device and run.started_ns:
+            samples = self.elapp.history.window(run.sample_device, run.started_ns)
+            joules = energy_integral_j(samples, run.started_ns)
+            if joules is not None:
+                return f"≈{num(joules, 3)} J"
+        return f"{num(run.window_energy_j, 3)} J" if run.window_energy_j else "-"
+
+    def recent_changed(self, rows: list[dict[str, Any]]) -> None:
+        table = self.query_one("#recent", DataTable)
+        table.clear()
+        now_s = self.elapp.now_ns() / 1e9
+        for row in rows:
+            started = row.get("started_at")
+            when = ago(now_s - started.timestamp()) if started is not None else "-"
+            status = row.get("status") or "-"
+            metric = THROUGHPUT_METRIC.get(row.get("family") or "", "it")
+            value = row.get(metric)
+            key = f"{metric.upper()} {num(value, 4)}" if value is not None else (
+                short_id(row.get("error_text") or "", 24) if row.get("error_text") else "-")
+            table.add_row(when, f"{row.get('model')} × {row.get('technique')}",
+                          f"[{status_style(status)}]{status}[/]", key, key=row["run_id"])
+        if not rows:
+            table.add_row("-", "nothing stored yet", "", "")
+
+
+def _mem_summary(s: Sample | None) -> str:
+    if s is None or s.mem_used_bytes is None:
+        return "-"
+    frac = f" ({s.mem_used_bytes / s.mem_total_bytes:.0%})" if s.mem_total_bytes else ""
+    return f"{gib(s.mem_used_bytes)} / {gib(s.mem_total_bytes)} GiB{frac}"
+
+
+def _act_summary(s: Sample | None, ncpu: int) -> str:
+    if s is None:
+        return "-"
+    if s.device == "cpu":
+        runners = f" · runners {s.cpu_pct / ncpu:.0f}%/core" if s.cpu_pct is not None else ""
+        return f"host {num(s.util_pct, 3)}%{runners} · psutil"
+    if s.sm_active_pct is not None:
+        tc = f" TC {s.tensor_active_pct:.0f}%" if s.tensor_active_pct is not None else ""
+        return f"SM {s.sm_active_pct:.0f}%{tc} · {source_label(s)}"
+    return f"util {num(s.util_pct, 3)}% · nvml (kernel running, not SM activity)"
+
+
+def _clock_summary(s: Sample | None) -> str:
+    if s is None:
+        return "-"
+    parts = []
+    if s.sm_clock_mhz is not None:
+        parts.append(f"{s.sm_clock_mhz:.0f} MHz")
+    if s.temp_c is not None:
+        parts.append(f"{s.temp_c:.0f} °C")
+    return " · ".join(parts) or "no clock/temperature reading"
+
+
+SCREEN = DashboardScreen

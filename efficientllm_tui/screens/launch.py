@@ -1,0 +1,5 @@
+"""stub"""
+from .base import AppScreen
+class S(AppScreen):
+    NAME = "launch"
+SCREEN = S

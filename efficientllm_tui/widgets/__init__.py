@@ -1,0 +1,1 @@
+"""Small chart and list widgets drawn with braille and block characters (no plotting library)."""

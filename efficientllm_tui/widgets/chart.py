@@ -1,0 +1,224 @@
+"""Line/area charts on a braille grid (2x4 dots a cell) with a value axis and a time axis."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.style import Style
+from rich.text import Text
+from textual.widget import Widget
+
+_BRAILLE = 0x2800
+# Dot bits by (column, row-from-top) inside one cell.
+_DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a chart: points (x, y) with x ascending; y None is a gap."""
+
+    label: str
+    points: Sequence[tuple[float, float | None]]
+    color: str
+    area: bool = False
+
+
+def braille_grid(series: Sequence[Series], cols: int, rows: int, x0: float, x1: float,
+                 y0: float, y1: float) -> list[list[tuple[int, str | None]]]:
+    """Rasterise series onto `rows` x `cols` cells: (dot bits, color of the last series)."""
+    grid: list[list[tuple[int, str | None]]] = [[(0, None)] * cols for _ in range(rows)]
+    if cols <= 0 or rows <= 0 or x1 <= x0:
+        return grid
+    w, h = cols * 2, rows * 4
+    span_y = (y1 - y0) or 1.0
+    for s in series:
+        # One value per dot column: the max of the points falling in it (peaks stay visible).
+        column: list[float | None] = [None] * w
+        scale = (w - 1) / (x1 - x0)
+        for x, y in s.points:
+            if y is None or math.isnan(y) or x < x0 or x > x1:
+                continue
+            px = int((x - x0) * scale + 0.5)
+            cur = column[px]
+            column[px] = y if cur is None or y > cur else cur
+        _fill_gaps(column, max_gap=max(2, 2 * w // max(1, len(s.points))))
+        prev: int | None = None
+        for px, y in enumerate(column):
+            if y is None:
+                prev = None
+                continue
+            py = int(max(0.0, min(1.0, (y - y0) / span_y)) * (h - 1) + 0.5)
+            lo, hi = (0, py) if s.area else ((min(prev, py), max(prev, py)) if prev is not None
+                                             else (py, py))
+            for dot_y in range(lo, hi + 1):
+                top = h - 1 - dot_y
+                r, c = top // 4, px // 2
+                bits, _ = grid[r][c]
+                grid[r][c] = (bits | _DOTS[px % 2][top % 4], s.color)
+            prev = py
+    return grid
+
+
+def _fill_gaps(column: list[float | None], max_gap: int) -> None:
+    """Interpolate runs of empty dot columns no longer than `max_gap` between two values
+    (sparser points than dots); longer runs stay empty (missing data shows as a gap)."""
+    last: int | None = None
+    for i, y in enumerate(column):
+        if y is None:
+            continue
+        if last is not None and 1 < i - last <= max_gap + 1:
+            a, b = column[last], y
+            assert a is not None
+            for j in range(last + 1, i):
+                column[j] = a + (b - a) * (j - last) / (i - last)
+        last = i
+
+
+def grid_text(grid: list[list[tuple[int, str | None]]], left: list[str] | None = None,
+              axis_style: str = "dim") -> list[Text]:
+    """Lines of rich Text from a braille grid, with optional left axis labels per row."""
+    lines: list[Text] = []
+    for i, row in enumerate(grid):
+        line = Text(no_wrap=True, overflow="crop")
+        if left is not None:
+            line.append(left[i], style=axis_style)
+        run_color: str | None = None
+        run = []
+        for bits, color in row:
+            if color != run_color and run:
+                line.append("".join(run), style=run_color or "")
+                run = []
+            run_color = color
+            run.append(chr(_BRAILLE + bits) if bits else " ")
+        if run:
+            line.append("".join(run), style=run_color or "")
+        lines.append(line)
+    return lines
+
+
+def sparkline(values: Sequence[float | None], width: int, lo: float = 0.0,
+              hi: float | None = None) -> str:
+    """Block sparkline of the last `width` values (gaps as spaces)."""
+    vals = list(values)[-width:]
+    known = [v for v in vals if v is not None]
+    if not known:
+        return " " * width
+    top = hi if hi is not None else max(known)
+    span = (top - lo) or 1.0
+    out = []
+    for v in vals:
+        if v is None:
+            out.append(" ")
+        else:
+            out.append(SPARK[max(0, min(7, int((v - lo) / span * 7 + 0.5)))])
+    return "".join(out).rjust(width)
+
+
+def nice_max(value: float) -> float:
+    """A round upper bound at or above value (1, 2, 2.5, 5 x 10^n)."""
+    if value <= 0:
+        return 1.0
+    exp = 10 ** math.floor(math.log10(value))
+    for m in (1, 2, 2.5, 5, 10):
+        if value <= m * exp:
+            return m * exp
+    return 10 * exp
+
+
+def axis_label(value: float, width: int) -> str:
+    if value >= 10_000:
+        text = f"{value / 1000:.0f}k"
+    elif value >= 100 or value == int(value):
+        text = f"{value:.0f}"
+    else:
+        text = f"{value:.2g}"
+    return text[:width].rjust(width)
+
+
+def time_label(seconds: float) -> str:
+    s = abs(seconds)
+    if s < 1:
+        return "now"
+    if s < 120:
+        return f"-{s:.0f}s"
+    if s < 7200:
+        return f"-{s / 60:.0f}m"
+    return f"-{s / 3600:.1f}h"
+
+
+class TimeChart(Widget):
+    """A chart of one or more series over a time window; the newest time is at the right.
+
+    Call `plot()` with the data; `x` values are seconds relative to the window end (<= 0).
+    """
+
+    DEFAULT_CSS = """
+    TimeChart { height: 1fr; min-height: 4; border: round $panel-lighten-2; padding: 0; }
+    """
+
+    def __init__(self, title: str, *, id: str | None = None, classes: str | None = None,
+                 y_max: float | None = None, x_axis: str = "time") -> None:
+        super().__init__(id=id, classes=classes)
+        self.border_title = title
+        self._title = title
+        self._series: list[Series] = []
+        self._x0, self._x1 = -60.0, 0.0
+        self._y_max = y_max
+        self._fixed_y = y_max
+        self._x_axis = x_axis
+
+    def plot(self, series: list[Series], x0: float, x1: float, *, summary: str = "",
+             y_max: float | None = None, legend: bool = True) -> None:
+        """Set the data and redraw (cheap: the raster is built at render time)."""
+        self._series = series
+        self._x0, self._x1 = x0, x1
+        self._y_max = y_max if y_max is not None else self._fixed_y
+        if legend and len(series) > 1:
+            keys = " ".join(f"[{s.color}]■[/] {s.label}" for s in series)
+            self.border_title = f"{self._title} {keys}"
+        self.border_subtitle = summary
+        self.refresh()
+
+    def render(self) -> Text:
+        width, height = self.content_size.width, self.content_size.height
+        if width < 8 or height < 1:
+            return Text("")
+        show_x = height >= 3
+        rows = height - (1 if show_x else 0)
+        label_w = 5
+        cols = max(1, width - label_w - 1)
+        known = [y for s in self._series for _, y in s.points if y is not None]
+        top = self._y_max if self._y_max is not None else nice_max(max(known) if known else 1.0)
+        grid = braille_grid(self._series, cols, rows, self._x0, self._x1, 0.0, top)
+        left = [" " * label_w + "│" for _ in range(rows)]
+        left[0] = axis_label(top, label_w) + "┤"
+        if rows >= 3:
+            left[rows // 2] = axis_label(top / 2, label_w) + "┤"
+        left[-1] = axis_label(0.0, label_w) + "┤"
+        lines = grid_text(grid, left)
+        if show_x:
+            lines.append(self._x_axis_line(label_w, cols))
+        out = Text("\n", no_wrap=True, overflow="crop").join(lines)
+        if not known:
+            msg = "no data in this window"
+            out = Text("\n" * (rows // 2) + msg.center(width), style="dim")
+        return out
+
+    def _x_axis_line(self, label_w: int, cols: int) -> Text:
+        line = [" "] * cols
+        if self._x_axis == "time":
+            marks = [(0, time_label(self._x0)), (cols // 2, time_label((self._x0 + self._x1) / 2)),
+                     (cols - 1, time_label(self._x1))]
+        else:
+            marks = [(0, f"{self._x0:g}"), (cols - 1, f"{self._x1:g}")]
+        for pos, text in marks:
+            start = max(0, min(cols - len(text), pos - len(text) // 2))
+            if pos == cols - 1:
+                start = cols - len(text)
+            for i, ch in enumerate(text):
+                if 0 <= start + i < cols:
+                    line[start + i] = ch
+        return Text(" " * (label_w + 1) + "".join(line), style=Style(dim=True), no_wrap=True)

@@ -1,0 +1,134 @@
+"""The device list of the dashboard: one line a device with its latest readings."""
+
+from __future__ import annotations
+
+import os
+from itertools import islice
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from ..display import gib, pct
+from ..history import SampleHistory, source_label
+from .bars import bar_line
+from .chart import sparkline
+
+if TYPE_CHECKING:
+    from profiling.sample import Sample
+
+
+class DeviceList(Widget, can_focus=True):
+    """Devices (GPUs, then the host) with memory, activity, power, clock, temperature.
+
+    Up/down move the selection; the dashboard charts the selected device.
+    """
+
+    DEFAULT_CSS = """
+    DeviceList { height: auto; max-height: 10; border: round $panel-lighten-2; padding: 0 1; }
+    DeviceList:focus { border: round $accent; }
+    """
+    BINDINGS = [
+        Binding("up,k", "move(-1)", "Prev device", show=False),
+        Binding("down,j", "move(1)", "Next device", show=False),
+    ]
+
+    cursor: reactive[int] = reactive(0)
+
+    class Selected(Message):
+        """The selected device changed."""
+
+        def __init__(self, device: str) -> None:
+            super().__init__()
+            self.device = device
+
+    def __init__(self, history: SampleHistory, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.history = history
+        self.devices: list[str] = []
+        self.border_title = "devices"
+        self._ncpu = os.cpu_count() or 1
+
+    @property
+    def selected(self) -> str | None:
+        return self.devices[self.cursor] if self.devices else None
+
+    def update_devices(self) -> None:
+        names = self.history.device_names()
+        if names != self.devices:
+            current = self.selected
+            self.devices = names
+            if current in names:
+                self.cursor = names.index(current)
+            self.refresh(layout=True)
+            if current is None and names:
+                self.post_message(self.Selected(names[self.cursor]))
+        else:
+            self.refresh()
+
+    def action_move(self, delta: int) -> None:
+        if not self.devices:
+            return
+        self.cursor = (self.cursor + delta) % len(self.devices)
+        self.post_message(self.Selected(self.devices[self.cursor]))
+
+    def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
+        return max(1, len(self.devices))
+
+    def render(self) -> Text:
+        if not self.devices:
+            return Text("no samples yet", style="dim")
+        width = self.content_size.width
+        out = Text(no_wrap=True, overflow="crop")
+        for i, name in enumerate(self.devices):
+            if i:
+                out.append("\n")
+            out.append_text(self._line(name, self.history.latest(name), i == self.cursor, width))
+        return out
+
+    def _line(self, name: str, s: Sample | None, selected: bool, width: int) -> Text:
+        line = Text(no_wrap=True, overflow="crop")
+        line.append("▶ " if selected else "  ", style="bold")
+        line.append(f"{name:<5}", style="bold" if selected else "")
+        src = source_label(s)
+        if src == "simulated":
+            line.append(" SIM ", style="bold black on yellow")
+            line.append("  ")
+        else:
+            line.append(f" {src[:6]:<6} ", style="dim")
+        if s is None:
+            return line
+        used, total = s.mem_used_bytes, s.mem_total_bytes
+        frac = (used / total) if used is not None and total else None
+        line.append(" mem ")
+        line.append(bar_line(frac or 0.0, 8), style="cyan")
+        line.append(f" {gib(used):>5}/{gib(total):<5}G")
+        if name == "cpu":
+            line.append(f"  CPU {pct(s.util_pct):>4}")
+            if s.cpu_pct is not None:
+                line.append(f"  runners {s.cpu_pct / self._ncpu:.0f}%/core")
+            if s.power_w is not None:
+                line.append(f"  {s.power_w:.0f}W")
+        else:
+            act = s.sm_active_pct if s.sm_active_pct is not None else s.util_pct
+            line.append(f"  {'SM' if s.sm_active_pct is not None else 'util'} {pct(act):>4}")
+            if s.tensor_active_pct is not None:
+                line.append(f" TC {pct(s.tensor_active_pct):>4}")
+            if s.power_w is not None:
+                line.append(f" {s.power_w:>4.0f}W")
+            if s.sm_clock_mhz is not None:
+                line.append(f" {s.sm_clock_mhz:>4.0f}MHz")
+            if s.temp_c is not None:
+                line.append(f" {s.temp_c:>3.0f}°C")
+        room = width - line.cell_len - 2
+        if room >= 8:
+            series = self.history.devices.get(name)
+            if series is not None:
+                recent = list(islice(reversed(series.fine), room * 2))[::-2]
+                vals = [(r.sm_active_pct if r.sm_active_pct is not None else r.util_pct)
+                        for r in recent]
+                line.append("  " + sparkline(vals, room, 0.0, 100.0), style="green")
+        return line
