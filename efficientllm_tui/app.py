@@ -336,7 +336,9 @@ class EfficientLLMApp(App[None]):
 
     def submit_runs(self, specs: list[RunSpec]) -> tuple[int, int]:
         """Queue specs per device; start those whose device is free. Returns (started, queued)."""
-        have_gpu = any(d.startswith("gpu") for d in self.history.devices)
+        # A simulated GPU is no CUDA device: `auto` runs land on the CPU there.
+        have_gpu = any(name.startswith("gpu") and (s := self.history.latest(name)) is not None
+                       and not s.simulated for name in self.history.devices)
         start = self.queue.submit(specs, have_gpu)
         if start:
             self.spawn_runs(start)

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", metavar="PATH")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="technique parameter, repeatable")
+    p.add_argument("--simulate-gpu", action="store_true",
+                   help="profile a simulated GPU (for demos; labelled simulated everywhere)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     _add_db(p)
 
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("start", "stop", "status"))
     p.add_argument("--rate-hz", type=float, default=10.0)
     p.add_argument("--idle-exit-s", type=float, default=300.0)
+    p.add_argument("--simulate-gpu", action="store_true",
+                   help="sample simulated GPUs instead of NVML (labelled simulated everywhere)")
     p.add_argument("--json", action="store_true")
     return parser
 

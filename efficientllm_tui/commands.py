@@ -114,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         model=args.model, technique=args.technique, family=args.family, device=args.device,
         params=params, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
         seq_len=args.seq_len, new_tokens=args.new_tokens, seed=args.seed, dataset=args.dataset,
+        simulate_gpu=True if args.simulate_gpu else None,
     )
     _check_available(spec)
     home = _home()
@@ -149,8 +150,11 @@ def _execute(spec: RunSpec, store: Store, home: Path, *,
              progress: Callable[[Event], None] | None) -> ingest.RunState:
     """Launch one run detached, follow it to the end and ingest it."""
     try:
-        client.ensure_daemon(home, idle_exit_s=_daemon_idle_s())
+        client.ensure_daemon(home, idle_exit_s=_daemon_idle_s(),
+                             simulate_gpu=True if spec.simulate_gpu else None)
     except client.DaemonError as e:
+        if spec.simulate_gpu:
+            raise BadInput(f"cannot simulate a GPU: {e}") from None
         print(f"efficientllm: warning: no profiling daemon ({e}); the run will have no samples",
               file=sys.stderr)
     run_dir = launcher.prepare_run_dir(spec, home)
@@ -160,7 +164,11 @@ def _execute(spec: RunSpec, store: Store, home: Path, *,
     except DatabaseLocked:
         pass  # the run is safe in its dir; the final ingest waits for the lock again
     launcher.follow(run_dir, progress, pid=pid)
-    return ingest.ingest_run(store, run_dir, home, alive=False)
+    try:
+        return ingest.ingest_run(store, run_dir, home, alive=False)
+    except DatabaseLocked as e:
+        raise DatabaseLocked(f"{e}; run {spec.run_id} is safe in {run_dir}: "
+                             "`efficientllm recover` stores it once the database is free") from None
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -423,7 +431,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     home = _home()
     if args.action == "start":
         try:
-            info = client.ensure_daemon(home, rate_hz=args.rate_hz, idle_exit_s=args.idle_exit_s)
+            info = client.ensure_daemon(home, rate_hz=args.rate_hz, idle_exit_s=args.idle_exit_s,
+                                        simulate_gpu=True if args.simulate_gpu else None)
         except client.DaemonError as e:
             raise EfficientLLMError(f"could not start the profiling daemon: {e}") from None
         status: Any = {"running": True, "launched": info.launched, **(info.status or {})}

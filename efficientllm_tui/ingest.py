@@ -100,26 +100,28 @@ def classify(run_dir: Path, *, alive: bool | None = None) -> RunState:
     return RunState(spec, tuple(events), status, error_type, error_text, t_start, t_end)
 
 
-def _sample_devices(device: str) -> set[str]:
-    """Spool device names relevant to a runner device (`cuda:1` -> gpu1, plus the host)."""
-    out = {"cpu"}
+def _sample_device(started: Event | None, device: str, simulated: bool) -> str:
+    """The spool device name of the run's device: what the runner said it sampled as
+    (`gpu<NVML index>`, mapped through CUDA_VISIBLE_DEVICES), else derived from `cuda:N`.
+    A simulated run is measured on the simulated `gpu0`."""
+    if simulated and device == "cpu":
+        return "gpu0"
+    named = started.get("sample_device") if started else None
+    if isinstance(named, str) and named:
+        return named
     if device.startswith("cuda"):
-        _, _, idx = device.partition(":")
-        out.add(f"gpu{int(idx) if idx else 0}")
-    return out
+        return f"gpu{device.partition(':')[2] or 0}"
+    return "cpu"
 
 
 def _metric(name: str, value: float | None, unit: str, source: str) -> dict[str, Any]:
     return {"name": name, "value": value, "unit": unit, "source": source}
 
 
-def sample_metrics(samples: list[Sample], device: str, t0_ns: int, t1_ns: int,
+def sample_metrics(samples: list[Sample], dev: str, t0_ns: int, t1_ns: int,
                    n_cpus: int) -> tuple[list[dict[str, Any]], str | None]:
-    """AMU, PCU and the power-integral energy of the measured window, each with its source."""
-    if device.startswith("cuda"):
-        dev = f"gpu{device.partition(':')[2] or 0}"
-    else:
-        dev = "cpu"
+    """AMU, PCU and the power-integral energy of the measured window on spool device `dev`,
+    each with its source."""
     mine = [s for s in samples if s.device == dev]
     out: list[dict[str, Any]] = []
     if not mine:
@@ -151,10 +153,11 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
     t0 = int(measure.get("t0_ns")) if measure else state.t_start_ns
     t1 = int(measure.get("t1_ns")) if measure else state.t_end_ns
 
+    dev = _sample_device(started, device, spec.simulate_gpu)
     samples = spool.read_samples(homes.spool_dir(home), state.t_start_ns, state.t_end_ns,
-                                 _sample_devices(device))
+                                 {"cpu", dev})
     n_cpus = int((started.get("cpu_count") if started else None) or os.cpu_count() or 1)
-    metrics, pcu_source = sample_metrics(samples, device, t0, t1, n_cpus)
+    metrics, pcu_source = sample_metrics(samples, dev, t0, t1, n_cpus)
     have = {m["name"] for m in metrics}
     if result is not None:
         for m in result.get("metrics") or ():

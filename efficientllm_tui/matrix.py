@@ -10,10 +10,10 @@ import efficientllm_data
 
 FAMILY_ORDER = ("inference", "finetuning", "pretraining")
 GROUP_TITLES: dict[str, str] = {
-    "bit_width": "bit-width (quantization)",
+    "bit_width": "bit-width",
     "peft": "PEFT",
     "attention": "attention",
-    "positional_encoding": "positional encoding",
+    "positional_encoding": "pos. encoding",
     "moe": "MoE",
     "attention_free": "attention-free",
 }
@@ -29,7 +29,7 @@ class Group:
 
     @property
     def title(self) -> str:
-        return f"{self.family} · {GROUP_TITLES.get(self.group, self.group)}"
+        return f"{self.family}/{GROUP_TITLES.get(self.group, self.group)}"
 
 
 def groups() -> list[Group]:

@@ -109,11 +109,13 @@ class RunContext:
 
 
 def sample_device(device: str) -> str:
-    """`cuda:1` -> `gpu1`, `cpu` -> `cpu`."""
-    if device.startswith("cuda"):
-        _, _, index = device.partition(":")
-        return f"gpu{index or 0}"
-    return device
+    """The profiling daemon's name for a torch device: `cpu`, or `gpu<NVML index>`.
+
+    `cuda:N` is mapped through CUDA_VISIBLE_DEVICES to the NVML index the daemon samples.
+    """
+    from profiling.energy import sample_device_for
+
+    return sample_device_for(device)
 
 
 class Family(Generic[ConfigT]):

@@ -35,9 +35,10 @@ class NavBar(Widget):
         app = cast("EfficientLLMApp", self.app)
         narrow = self.size.width < 100
         out = Text(no_wrap=True, overflow="ellipsis")
-        out.append(" efficientllm ", style="bold")
+        if not narrow:
+            out.append(" efficientllm ", style="bold")
         for i, (name, label) in enumerate(SCREENS_ORDER, 1):
-            text = f" {i} {label[:4] if narrow and name != 'sql' else label} "
+            text = f" {i} {label} "
             if name == self.current:
                 out.append(text, style="bold reverse")
             else:

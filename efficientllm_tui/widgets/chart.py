@@ -209,11 +209,16 @@ class TimeChart(Widget):
 
     def _x_axis_line(self, label_w: int, cols: int) -> Text:
         line = [" "] * cols
+        mid = (self._x0 + self._x1) / 2
         if self._x_axis == "time":
-            marks = [(0, time_label(self._x0)), (cols // 2, time_label((self._x0 + self._x1) / 2)),
-                     (cols - 1, time_label(self._x1))]
+            label = time_label
+        elif self._x_axis == "elapsed":
+            def label(x: float) -> str:
+                return f"{x:.0f}s" if x < 120 else f"{x / 60:.1f}m"
         else:
-            marks = [(0, f"{self._x0:g}"), (cols - 1, f"{self._x1:g}")]
+            def label(x: float) -> str:
+                return f"{self._x_axis} {x:.0f}"
+        marks = [(0, label(self._x0)), (cols // 2, label(mid)), (cols - 1, label(self._x1))]
         for pos, text in marks:
             start = max(0, min(cols - len(text), pos - len(text) // 2))
             if pos == cols - 1:

@@ -157,3 +157,16 @@ def test_export_formats(cli: Cli, tmp_path: Path) -> None:
         assert path.stat().st_size > 0
     assert "unknown" in _one_line_error(
         cli("export", "nope", "--format", "csv", "-o", str(tmp_path / "x.csv"))).lower()
+
+
+def test_simulated_gpu_run_is_labelled_everywhere(cli: Cli) -> None:
+    doc = cli.json("run", "-m", "tiny", "-t", "fp32", "--device", "cpu", "--simulate-gpu",
+                   "--steps", "3", "--warmup", "0", "--json")
+    assert doc["simulated"] is True
+    for name in ("amu", "pcu"):
+        assert doc["sources"][name] == "simulated" and doc["metrics"][name] is not None
+    rows = cli.json("sql", "select distinct source from samples where device = 'gpu0'",
+                    "--format", "json")
+    assert rows == [{"source": "simulated"}]
+    board = cli.json("compare", doc["run_id"], "--json")["leaderboard"]
+    assert board and all(b["simulated"] for b in board)
