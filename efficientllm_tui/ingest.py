@@ -187,7 +187,7 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
         "ended_at": _ts(state.t_end_ns) if state.status != "running" else None,
         "host": (started.get("host") if started else None) or socket.gethostname(),
         "pid": started.get("pid") if started else launcher.runner_pid(run_dir),
-        "contended": bool(started.get("contended")) if started else None,
+        "contended": info.get("contended"),
         "torch_version": versions.get("torch"),
         "transformers_version": versions.get("transformers"),
         "peft_version": versions.get("peft"),

@@ -106,6 +106,20 @@ def _watch(home: Path, run_id: str) -> bool:
         return False
 
 
+def _foreign_pids(device: str) -> list[int] | None:
+    """Other processes holding a context on the run's GPU (DESIGN.md section 3: such a run
+    is `contended`); None when it cannot be known (CPU, no NVML, unsupported)."""
+    if not device.startswith("cuda"):
+        return None
+    try:
+        from profiling import nvml
+
+        index = nvml.nvml_index_for_cuda(int(device.partition(":")[2] or 0))
+        return nvml.foreign_processes(index, {os.getpid()})
+    except Exception:  # noqa: BLE001 - knowing about neighbours must never fail a run
+        return None
+
+
 def execute(run_dir: Path, log: EventLog) -> int:
     """Run the spec in `run_dir`; every outcome becomes events. Returns the exit code."""
     from runners import catalog
@@ -140,10 +154,15 @@ def execute(run_dir: Path, log: EventLog) -> int:
                                                lock=str(lock.path),
                                                holder_pid=_lock_holder(lock.path)))
         watched = _watch(home, spec.run_id)
+        foreign_before = _foreign_pids(device)
 
         result = family.run()
         _disarm_signals()
+        foreign_after = _foreign_pids(device)
+        foreign = sorted(set(foreign_before or ()) | set(foreign_after or ()))
+        contended = None if foreign_before is None and foreign_after is None else bool(foreign)
         result = replace(result, info={**result.info, "lock_wait_s": lock.waited_s,
+                                       "contended": contended, "foreign_pids": foreign,
                                        "profiler_watched": watched,
                                        "simulate_gpu": spec.simulate_gpu, "seed": spec.seed})
         ctx.phase("done")
