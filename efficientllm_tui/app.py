@@ -179,9 +179,10 @@ class EfficientLLMApp(App[None]):
             b = active.binding
             if b.action.startswith("show(") or b.action in seen or b.system:
                 continue  # screens are offered above, once
-            if b.description and active.enabled:
+            if b.description and b.show and active.enabled:
                 seen.add(b.action)
-                yield SystemCommand(b.description, f"{screen.__class__.__name__}: key {key}",
+                keys = self.get_key_display(b)
+                yield SystemCommand(b.description, f"{screen.__class__.__name__}: key {keys}",
                                     partial(self.run_action, b.action, active.node))
 
     def toggle_dark(self) -> None:

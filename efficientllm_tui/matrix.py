@@ -13,10 +13,11 @@ GROUP_TITLES: dict[str, str] = {
     "bit_width": "bit-width",
     "peft": "PEFT",
     "attention": "attention",
-    "positional_encoding": "pos. encoding",
+    "positional_encoding": "pos-enc",
     "moe": "MoE",
-    "attention_free": "attention-free",
+    "attention_free": "attn-free",
 }
+FAMILY_SHORT = {"inference": "infer", "finetuning": "finetune", "pretraining": "pretrain"}
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Group:
 
     @property
     def title(self) -> str:
-        return f"{self.family}/{GROUP_TITLES.get(self.group, self.group)}"
+        family = FAMILY_SHORT.get(self.family, self.family)
+        return f"{family}/{GROUP_TITLES.get(self.group, self.group)}"
 
 
 def groups() -> list[Group]:

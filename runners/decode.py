@@ -1,10 +1,23 @@
 """Decode engines: how one inference request (prefill, then forced-length greedy decode)
 is executed and timed.
 
-`loop` is the runner's own loop over a KV cache, so the measured path holds nothing but
-forward passes and an argmax. `eager` is `model.generate()`, kept as the baseline that
-shows what the library's generic machinery costs. Both produce the same tokens. Later
-engines (a static cache captured in a CUDA graph) slot in beside them in `ENGINES`.
+- `eager`: `model.generate()`, the library baseline that shows what its generic machinery
+  costs per token.
+- `loop`: the runner's own loop over a DynamicCache, so the measured path holds nothing but
+  forward passes and an argmax (the CPU default).
+- `static`: the own loop over a preallocated StaticCache, every decode step on fixed
+  buffers (the shape a CUDA graph needs; selectable to see what the graph itself buys).
+- `graph`: `static` with one decode step captured in a CUDA graph after a warm-up and
+  replayed per token; prefill stays eager (the CUDA default). On an H100 at batch 1,
+  `generate()` spends about 95% of a small model's decode time launching kernels; a graph
+  replays the whole step with one launch.
+- `compile`: `graph` over a decode step compiled by torch.compile (inductor fuses the
+  norms, rotary embedding and activations into few kernels) and captured by this module,
+  not by inductor's own cudagraph trees: `generate()` + static cache + `reduce-overhead`
+  segfaulted on the H100 image (torch 2.11, transformers 5.17), see DESIGN.md section 9.
+
+Every engine produces the same tokens (greedy, EOS ignored) up to floating-point
+reassociation, so runs of different engines do the same work.
 """
 
 from __future__ import annotations
@@ -16,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from runners.errors import Unsupported, one_line
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +47,9 @@ class Engine:
     """Runs one request: `input_ids` [batch, seq_len] -> (timing, generated ids [batch, n])."""
 
     name = ""
+    kv_cache = "dynamic"
+    cuda_graph = False
+    compiled = False
 
     def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
                  pad_token_id: int | None = None) -> None:
@@ -39,9 +57,27 @@ class Engine:
         self.new_tokens = new_tokens
         self._sync = sync or _nothing
         self.pad_token_id = pad_token_id
+        self._kw = cache_kwarg(model)
+
+    def prepare(self, input_ids: torch.Tensor) -> None:
+        """Get ready for requests shaped like `input_ids` (allocate caches, capture graphs,
+        compile) so that none of it lands in a timed request. Safe to call again."""
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Prefill only: the prompt's forward and the first token's argmax (the unit the
+        runner's prefill energy window repeats). Returns the first tokens [batch, 1]."""
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                             **{self._kw: new_cache(self.model)})
+            return out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
 
     def __call__(self, input_ids: torch.Tensor) -> tuple[RequestTiming, torch.Tensor]:
         raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What ran, for the run's info."""
+        return {"engine": self.name, "kv_cache": self.kv_cache, "cuda_graph": self.cuda_graph,
+                "compiled": self.compiled, "prefill": "eager"}
 
 
 def _nothing() -> None:
@@ -74,13 +110,8 @@ class LoopEngine(Engine):
 
     name = "loop"
 
-    def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
-                 pad_token_id: int | None = None) -> None:
-        super().__init__(model, new_tokens, sync, pad_token_id)
-        self._cache_kw = cache_kwarg(model)
-
     def __call__(self, input_ids: torch.Tensor) -> tuple[RequestTiming, torch.Tensor]:
-        model, sync, kw = self.model, self._sync, self._cache_kw
+        model, sync, kw = self.model, self._sync, self._kw
         with torch.inference_mode():
             sync()
             t0 = time.perf_counter_ns()
@@ -149,6 +180,215 @@ class GenerateEngine(Engine):
         first = clock.first_ns if clock.first_ns is not None else t1
         return RequestTiming((t1 - t0) / 1e9, (first - t0) / 1e9), generated
 
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "prefill": "generate()", "decode": "generate()"}
 
-ENGINES: dict[str, type[Engine]] = {e.name: e for e in (LoopEngine, GenerateEngine)}
+
+class StaticEngine(Engine):
+    """The own loop over a StaticCache: every decode step reads and writes fixed buffers.
+
+    The step feeds the last token from `_tok`, writes the argmax back into `_tok` and into
+    column `_idx` of `_out`, and advances `_idx` and the cache's own position counter, all
+    on the device: nothing in it depends on the host, which is what lets `graph` capture it
+    once and replay it for every token.
+    """
+
+    name = "static"
+    kv_cache = "static"
+    WARMUP_STEPS = 3
+    """Decode steps run before a capture (cuBLAS handles, workspaces, compilation)."""
+
+    def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
+                 pad_token_id: int | None = None) -> None:
+        super().__init__(model, new_tokens, sync, pad_token_id)
+        self._shape: tuple[int, int] | None = None
+        self._cache: Any = None
+        self._tok = self._out = self._idx = torch.empty(0)
+
+    def prepare(self, input_ids: torch.Tensor) -> None:
+        batch, seq_len = input_ids.shape
+        if self._shape == (batch, seq_len):
+            return
+        from transformers import StaticCache
+
+        device = input_ids.device
+        with torch.inference_mode():
+            # One slot per prompt token and per generated token but the last (never fed back).
+            self._cache = StaticCache(config=self.model.config,
+                                      max_cache_len=seq_len + self.new_tokens)
+            self._tok = torch.zeros((batch, 1), dtype=torch.long, device=device)
+            self._out = torch.zeros((batch, self.new_tokens), dtype=torch.long, device=device)
+            self._idx = torch.zeros((1,), dtype=torch.long, device=device)
+            self._shape = (batch, seq_len)
+            self._setup(input_ids)
+
+    def _setup(self, input_ids: torch.Tensor) -> None:
+        """Subclass hook, run once per request shape under inference mode."""
+
+    def _emit(self, logits: torch.Tensor) -> None:
+        token = logits[:, -1, :].argmax(dim=-1, keepdim=True)
+        self._tok.copy_(token)
+        self._out.index_copy_(1, self._idx, token)
+        self._idx.add_(1)
+
+    def _prefill(self, input_ids: torch.Tensor) -> None:
+        self._cache.reset()  # zeroes in place: the tensors a graph captured stay valid
+        self._idx.zero_()
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                         **{self._kw: self._cache})
+        self._emit(out.logits)
+
+    def _step(self) -> None:
+        out = self.model(input_ids=self._tok, use_cache=True, logits_to_keep=1,
+                         **{self._kw: self._cache})
+        self._emit(out.logits)
+
+    def _decode(self, steps: int) -> None:
+        for _ in range(steps):
+            self._step()
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        self.prepare(input_ids)
+        with torch.inference_mode():
+            self._prefill(input_ids)
+        return self._tok
+
+    def __call__(self, input_ids: torch.Tensor) -> tuple[RequestTiming, torch.Tensor]:
+        self.prepare(input_ids)
+        sync = self._sync
+        with torch.inference_mode():
+            sync()
+            t0 = time.perf_counter_ns()
+            self._prefill(input_ids)
+            sync()
+            t_first = time.perf_counter_ns()
+            self._decode(self.new_tokens - 1)
+            sync()
+            t1 = time.perf_counter_ns()
+            generated = self._out.clone()
+        return RequestTiming((t1 - t0) / 1e9, (t_first - t0) / 1e9), generated
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "decode": "own loop, eager step"}
+
+
+class GraphEngine(StaticEngine):
+    """`static` with one decode step captured in a CUDA graph and replayed per token."""
+
+    name = "graph"
+    cuda_graph = True
+
+    def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
+                 pad_token_id: int | None = None) -> None:
+        super().__init__(model, new_tokens, sync, pad_token_id)
+        self._graph: Any = None
+        self.capture_s: float | None = None
+
+    def _step_fn(self) -> Callable[[], None]:
+        return self._step
+
+    def _setup(self, input_ids: torch.Tensor) -> None:
+        device = input_ids.device
+        if device.type != "cuda":
+            raise Unsupported(f"engine {self.name!r} captures CUDA graphs and needs a CUDA "
+                              f"device (got {device}); use engine=loop or static")
+        self._graph = None
+        if self.new_tokens < 2:
+            return  # nothing to decode after the first token
+        step = self._step_fn()
+        t0 = time.perf_counter()
+        # Warm up on a side stream, as graph capture requires (first-use allocations, cuBLAS
+        # workspaces, and for `compile` the compilation itself), then capture one step. The
+        # warm-up steps write cache slots seq_len.. which every request's prefill rewrites.
+        self._prefill(input_ids)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(min(self.WARMUP_STEPS, self.new_tokens - 1)):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                step()
+        except RuntimeError as e:
+            raise Unsupported(f"engine {self.name!r}: this model's decode step cannot be "
+                              f"captured in a CUDA graph: {one_line(e)}") from None
+        torch.cuda.synchronize(device)
+        self._graph = graph
+        self.capture_s = time.perf_counter() - t0
+
+    def _decode(self, steps: int) -> None:
+        graph = self._graph
+        for _ in range(steps):
+            graph.replay()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "decode": "CUDA graph replay of one decode step",
+                "capture_s": self.capture_s}
+
+
+class CompileEngine(GraphEngine):
+    """`graph` over a torch.compile'd decode step (inductor fusion, no inductor cudagraphs).
+
+    On CPU the compiled step runs without a graph.
+    """
+
+    name = "compile"
+    compiled = True
+
+    def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
+                 pad_token_id: int | None = None) -> None:
+        super().__init__(model, new_tokens, sync, pad_token_id)
+        self._compiled: Callable[[], None] | None = None
+        self.compile_s: float | None = None
+
+    def _step_fn(self) -> Callable[[], None]:
+        if self._compiled is None:
+            # mode=None: inductor's default (fusion, no autotuning, no cudagraph trees);
+            # graph breaks are allowed rather than failing the run.
+            self._compiled = torch.compile(self._step, fullgraph=False, dynamic=False)
+        return self._compiled
+
+    def _setup(self, input_ids: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        try:
+            if input_ids.device.type == "cuda":
+                super()._setup(input_ids)
+            else:
+                step = self._step_fn()
+                self._prefill(input_ids)
+                for _ in range(min(self.WARMUP_STEPS, self.new_tokens - 1)):
+                    step()
+        except Unsupported:
+            raise
+        except Exception as e:  # noqa: BLE001 - a compiler failure means unsupported here
+            raise Unsupported(f"engine 'compile': torch.compile failed on this model: "
+                              f"{one_line(e)}") from None
+        self.compile_s = time.perf_counter() - t0
+
+    def _decode(self, steps: int) -> None:
+        if self._graph is not None:
+            super()._decode(steps)
+            return
+        step = self._step_fn()
+        for _ in range(steps):
+            step()
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["decode"] = ("CUDA graph replay of one torch.compile'd decode step"
+                         if self._graph is not None else "torch.compile'd decode step")
+        out["compile_s"] = self.compile_s
+        return out
+
+
+ENGINES: dict[str, type[Engine]] = {e.name: e for e in (
+    LoopEngine, GenerateEngine, StaticEngine, GraphEngine, CompileEngine)}
 """Engine name (`--set engine=...`) -> class."""
+
+
+def default_engine(device: str) -> str:
+    """`graph` on CUDA (launch overhead removed), `loop` on CPU (no graphs to capture)."""
+    return "graph" if device.startswith("cuda") else "loop"

@@ -1,19 +1,25 @@
 """The inference family: time prefill and forced-length greedy decode of a model in one
-precision, then score it on held-out text.
+precision or weight quantization, then score it on held-out text.
 
-Shape of a run (nanoGPT's bench.py pattern): build the requests first, so data prep is
-never timed; run `warmup` requests in a window of their own; reset the peak-memory
-counters; run `steps` requests inside the `measure` window (energy is read only at its
-edges, after a device sync); then compute the perplexity of the held-out slice. Each
-request is `batch_size` prompts of exactly `seq_len` tokens decoding exactly `new_tokens`
-tokens (EOS ignored), so runs of different techniques do the same work.
+Shape of a run (nanoGPT's bench.py pattern): load the model; score the uncompressed
+reference on the held-out text when MCR needs it; cast and quantize; build the requests,
+so data prep is never timed; prepare the decode engine (static cache, CUDA graph capture,
+compilation) outside every window; run `warmup` requests in a window of their own; reset
+the peak-memory counters; run `steps` requests inside the `measure` window (energy is read
+only at its edges, after a device sync); replay the same requests' prefills alone in a
+`prefill` window, so energy splits into prefill and decode; then compute the perplexity of
+the held-out slice. Each request is `batch_size` prompts of exactly `seq_len` tokens
+decoding exactly `new_tokens` tokens (EOS ignored), so runs of different techniques do the
+same work.
+
+MCR (DESIGN.md section 6) = (reference bytes / stored bytes) x (reference ppl / ppl), with
+the reference the same weights in `mcr_reference` (bf16 by default), scored in this run.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -23,43 +29,47 @@ from profiling.window import WindowMeter, WindowResult, rapl_energy_reader
 from runners import corpus as corpus_mod
 from runners import device as dev
 from runners import model as model_mod
-from runners.decode import ENGINES, Engine, RequestTiming
+from runners import quantize as quant
+from runners.decode import ENGINES, Engine, LoopEngine, RequestTiming, default_engine
 from runners.errors import BadInput, Unsupported
 from runners.family import Family, FamilyConfig, register
-from runners.protocol import Event, Metric, RunResult
-from runners.tokenizer import ByteTokenizer
+from runners.inference_metrics import Measured, inference_metrics
+from runners.protocol import Event, RunResult
+from runners.quality import Reference, calibration_batches, perplexity
+
+__all__ = ["TECHNIQUES", "InferenceConfig", "InferenceFamily", "Technique", "perplexity"]
 
 SOURCE = "runner"
 PPL_CHUNK_TOKENS = 1024
 """Longest sequence one perplexity forward sees (longer held-out text is chunked)."""
+CALIBRATION_CHUNK_TOKENS = 256
+"""Tokens per calibration forward (w8a8)."""
 DISTINCT_REQUESTS = 64
 """Distinct prompt batches built per run; longer runs cycle through them."""
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True, slots=True)
-class Precision:
-    """A technique that runs the model with its weights in one floating dtype.
-
-    Weight-quantization techniques (quanto int8/int4/fp8) will be subclasses whose
-    `prepare` quantizes the model built in `dtype`.
-    """
+class Technique:
+    """An inference technique: a float dtype, or a weight quantization over one."""
 
     id: str
-    dtype: str
-    """torch dtype name the weights are held (or built) in."""
+    dtype: str | None
+    """torch dtype name of a float technique; None: the run's `--set dtype` (quantized)."""
+    quantization: quant.Quantization | None = None
 
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
+    def compute_dtype(self, requested: str) -> torch.dtype:
+        """The dtype activations and unquantized tensors run in."""
+        if self.dtype is not None:
+            return getattr(torch, self.dtype)
+        return getattr(torch, DTYPES["bf16" if requested == "auto" else requested])
 
-    def prepare(self, built: model_mod.BuiltModel) -> model_mod.BuiltModel:
-        return built
 
-
-TECHNIQUES: dict[str, Precision] = {
-    t.id: t for t in (Precision("fp32", "float32"), Precision("bf16", "bfloat16"),
-                      Precision("fp16", "float16"))
+TECHNIQUES: dict[str, Technique] = {
+    **{t: Technique(t, DTYPES[t]) for t in ("fp32", "bf16", "fp16")},
+    **{q.id: Technique(q.id, None, q) for q in quant.QUANTIZATIONS.values()},
 }
-"""Implemented inference techniques; other catalog ids of the family are `unsupported`."""
+"""Inference techniques by id (each catalog id of the family)."""
 
 
 @dataclass(frozen=True)
@@ -68,31 +78,58 @@ class InferenceConfig(FamilyConfig):
 
     family: ClassVar[str] = "inference"
 
-    engine: str = "loop"
-    """`loop`: the runner's own prefill + decode loop over a KV cache (default);
-    `eager`: `model.generate()`, the library baseline."""
+    engine: str = "auto"
+    """`graph` (static KV cache, one decode step replayed as a CUDA graph; the CUDA
+    default), `loop` (own loop over a dynamic cache; the CPU default), `static` (own loop
+    over a static cache), `compile` (`graph` over a torch.compile'd step) or `eager`
+    (`model.generate()`, the library baseline). `auto` picks the device's default."""
+    dtype: str = "auto"
+    """Compute dtype of quantized techniques: bf16 (`auto`), fp16 or fp32."""
+    exclude: str = ",".join(quant.DEFAULT_EXCLUDE)
+    """Comma-separated module-name patterns left unquantized; `none` quantizes every linear."""
+    mcr_reference: str = "bf16"
+    """Dtype of the uncompressed reference MCR compares against: bf16, fp32 or none."""
+    calibration_tokens: int = 1024
+    """Prompt-pool tokens run through the model to calibrate activation scales (w8a8)."""
     peak_tflops: float | None = field(default=None, metadata={"kind": float})
     """Dense peak of the device in TFLOP/s for `mfu` (bf16 peak on GPUs); None: no mfu."""
+    mem_bw_gbps: float | None = field(default=None, metadata={"kind": float})
+    """Device memory bandwidth in GB/s for `roofline_fraction`; None: not computed."""
     threads: int | None = field(default=None, metadata={"kind": int})
     """torch intra-op threads; None: one fewer than the CPUs this process may use."""
     eval_tokens: int = 512
-    """Held-out tokens scored for `eval_ppl`; 0 skips the evaluation."""
+    """Held-out tokens scored for `eval_ppl`; 0 skips the evaluation (and MCR)."""
+    phase_windows: bool = True
+    """Also replay the measured prefills in a `prefill` window (energy by phase)."""
+    trust_remote_code: bool = False
+    """Let a local model dir run its own code (off unless asked for)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.engine == "auto":
+            object.__setattr__(self, "engine", default_engine(self.device))
         if self.engine not in ENGINES:
-            raise BadInput(f"unknown engine {self.engine!r} (choose from {', '.join(ENGINES)})")
-        if self.peak_tflops is not None and not self.peak_tflops > 0:
-            raise BadInput(f"peak_tflops must be positive, got {self.peak_tflops!r}")
+            raise BadInput(f"unknown engine {self.engine!r} (choose from auto, "
+                           f"{', '.join(ENGINES)})")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise BadInput(f"unknown dtype {self.dtype!r} (choose from auto, {', '.join(DTYPES)})")
+        if self.mcr_reference not in ("bf16", "fp32", "none"):
+            raise BadInput(f"mcr_reference must be bf16, fp32 or none, got {self.mcr_reference!r}")
+        for name in ("peak_tflops", "mem_bw_gbps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise BadInput(f"{name} must be positive, got {value!r}")
         if self.threads is not None and self.threads < 1:
             raise BadInput(f"threads must be at least 1, got {self.threads!r}")
         if self.eval_tokens < 0 or self.eval_tokens == 1:
             raise BadInput(f"eval_tokens must be 0 (skip) or at least 2, got {self.eval_tokens}")
+        if self.calibration_tokens < 2:
+            raise BadInput(f"calibration_tokens must be at least 2, got {self.calibration_tokens}")
 
 
 @register
 class InferenceFamily(Family[InferenceConfig]):
-    """Latency, throughput, energy and perplexity of one model x precision."""
+    """Latency, throughput, energy, size and perplexity of one model x technique."""
 
     name = "inference"
     config_type = InferenceConfig
@@ -100,22 +137,52 @@ class InferenceFamily(Family[InferenceConfig]):
 
     _built: model_mod.BuiltModel | None = None
 
+    @property
+    def technique(self) -> Technique:
+        return TECHNIQUES[self.config.technique]
+
     def validate(self) -> None:
-        c, card = self.config, self.card
+        c, card, tech = self.config, self.card, self.technique
         if c.seq_len + c.new_tokens > card.max_position:
             raise BadInput(f"seq_len + new_tokens = {c.seq_len + c.new_tokens} exceeds "
                            f"{card.id}'s {card.max_position} positions")
+        if tech.quantization is None and c.dtype not in ("auto", tech.id):
+            raise BadInput(f"--set dtype applies to quantized techniques; {tech.id} runs in "
+                           f"{tech.dtype}")
+        if tech.quantization is not None:
+            quant.check_available(tech.quantization, c.device)
+        if c.engine in ("graph",) and not c.device.startswith("cuda"):
+            raise Unsupported(f"engine {c.engine!r} captures CUDA graphs and needs a CUDA device "
+                              f"(got {c.device}); use engine=loop or static")
+        if card.tokenizer == "byte" and card.vocab_size < 260:
+            raise BadInput(f"{card.id} has {card.vocab_size} tokens, fewer than the byte "
+                           "tokenizer's 260")
+
+    # -- the run -------------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        c, ctx = self.config, self.ctx
+        c, ctx, tech = self.config, self.ctx, self.technique
         ctx.phase("load", model=c.model, technique=c.technique)
         threads = dev.set_threads(c.threads)
-        tokenizer = ByteTokenizer()
-        text = corpus_mod.load(c.dataset, c.eval_tokens, tokenizer)
-        technique = TECHNIQUES[c.technique]
-        built = technique.prepare(model_mod.build(self.card, technique.torch_dtype(),
-                                                  c.device, c.seed))
+        compute = tech.compute_dtype(c.dtype)
+        ref_dtype = self._reference_dtype()
+        base = compute if ref_dtype in (None, compute) else torch.float32
+        built = model_mod.load(self.card, base, c.device, c.seed, home=ctx.home,
+                               trust_remote_code=c.trust_remote_code, on_phase=ctx.phase)
         self._built = built
+        tokenizer = model_mod.tokenizer_for(self.card, ctx.home, c.trust_remote_code)
+        text = corpus_mod.load(c.dataset, c.eval_tokens, tokenizer)
+
+        reference = None
+        if ref_dtype is not None and ref_dtype != compute:
+            reference = self._reference(built, ref_dtype, text.heldout)
+        built = self._built = model_mod.cast(built, compute)
+        if ref_dtype == compute and tech.quantization is not None:
+            reference = self._reference(built, ref_dtype, text.heldout)
+        kernels: dict[str, Any] = {}
+        if tech.quantization is not None:
+            built, kernels = self._quantize(built, tech.quantization, text.pool)
+            self._built = built
         self._probe(built)
 
         # Requests are built before any window opens, so data prep is never timed. Past
@@ -125,9 +192,10 @@ class InferenceFamily(Family[InferenceConfig]):
                     for _ in range(min(c.warmup + c.steps, DISTINCT_REQUESTS))]
         requests = [distinct[i % len(distinct)] for i in range(c.warmup + c.steps)]
         sync = dev.sync_fn(c.device)
-        pad = self.card.pad_token_id if self.card.pad_token_id is not None else \
-            tokenizer.pad_token_id
-        engine = ENGINES[c.engine](built.model, c.new_tokens, sync, pad)
+        pad = self.card.pad_token_id
+        if pad is None:
+            pad = getattr(tokenizer, "pad_token_id", None)
+        engine, fallback = self._engine(built, sync, pad, requests[0])
         meter = self._meter(sync)
 
         warm, _ = self._requests("warmup", requests[:c.warmup], engine, meter)
@@ -135,29 +203,98 @@ class InferenceFamily(Family[InferenceConfig]):
         timings, window = self._requests("measure", requests[c.warmup:], engine, meter)
         assert window is not None  # steps >= 1 (RunSpec checks it)
         peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
+        prefill_window = None
+        if c.phase_windows:
+            prefill_window = self._prefills(requests[c.warmup:], engine, meter)
 
         ppl = None
         if c.eval_tokens:
             ctx.phase("eval", tokens=len(text.heldout))
             ppl = perplexity(built.model, text.heldout, c.device,
                              min(PPL_CHUNK_TOKENS, self.card.max_position))
+            if ref_dtype == compute and tech.quantization is None:
+                reference = Reference(model_mod.dtype_name(compute), built.size.weight_bytes, ppl)
 
-        metrics = self._metrics(timings, window, peak_alloc, peak_reserved, ppl)
+        measured = Measured(
+            timings=tuple(timings), window=window, prefill_window=prefill_window,
+            batch_size=c.batch_size, prompt_tokens=c.seq_len, new_tokens=c.new_tokens,
+            total_params=built.size.total_params, weight_bytes=built.size.weight_bytes,
+            peak_allocated_gib=peak_alloc, peak_reserved_gib=peak_reserved,
+            peak_rss_gib=dev.peak_rss_gib(), ppl=ppl, reference=reference,
+            peak_tflops=c.peak_tflops, mem_bw_gbps=c.mem_bw_gbps)
         info = {
-            "weights": built.weights, "dtype": built.dtype, "init_dtype": built.init_dtype,
-            "total_params": built.size.total_params, "weight_bytes": built.size.weight_bytes,
-            "device": c.device, "batch_size": c.batch_size, "prompt_tokens": c.seq_len,
-            "new_tokens": c.new_tokens, "engine": engine.name, "attn_impl": built.attn_impl,
-            "arch": self.card.arch, "tokenizer": "byte", "threads": threads,
+            "weights": built.weights, "weights_source": built.source, "dtype": built.dtype,
+            "init_dtype": built.init_dtype, "total_params": built.size.total_params,
+            "weight_bytes": built.size.weight_bytes, "device": c.device,
+            "batch_size": c.batch_size, "prompt_tokens": c.seq_len, "new_tokens": c.new_tokens,
+            "engine": engine.name, "engine_detail": engine.describe(),
+            "engine_fallback": fallback, "attn_impl": built.attn_impl, "arch": self.card.arch,
+            "tokenizer": getattr(tokenizer, "name", "byte"), "threads": threads,
             "text": text.source, "eval_tokens": len(text.heldout) if c.eval_tokens else 0,
             "measure_s": window.elapsed_s, "warmup_requests": len(warm),
             "measured_requests": len(timings), "peak_tflops": c.peak_tflops,
-            "mfu_flops_per_token": self._flops_per_token(),
+            "mem_bw_gbps": c.mem_bw_gbps,
+            "mfu_flops_per_token": pm.flops_per_token(built.size.total_params, training=False),
             "energy_note": window.energy_note,
+            "quantization": self._quant_info(kernels),
+            "mcr_reference": None if reference is None else reference.dtype,
+            "reference_weight_bytes": None if reference is None else reference.weight_bytes,
         }
-        return RunResult(run_id=c.run_id, status="ok", metrics=tuple(metrics), info=info)
+        return RunResult(run_id=c.run_id, status="ok", metrics=tuple(inference_metrics(measured)),
+                         info=info)
 
     # -- pieces of run -------------------------------------------------------------------------
+
+    def _reference_dtype(self) -> torch.dtype | None:
+        c = self.config
+        if c.mcr_reference == "none" or c.eval_tokens == 0:
+            return None
+        return getattr(torch, DTYPES[c.mcr_reference])
+
+    def _reference(self, built: model_mod.BuiltModel, dtype: torch.dtype,
+                   heldout: Sequence[int]) -> Reference:
+        """Perplexity and bytes of the model's weights in `dtype` (cast for the block only)."""
+        c = self.config
+        self.ctx.phase("reference", dtype=model_mod.dtype_name(dtype), tokens=len(heldout))
+        chunk = min(PPL_CHUNK_TOKENS, self.card.max_position)
+        with model_mod.cast_temporarily(built.model, dtype) as size:
+            ppl = perplexity(built.model, heldout, c.device, chunk)
+        return Reference(model_mod.dtype_name(dtype), size.weight_bytes, ppl)
+
+    def _quantize(self, built: model_mod.BuiltModel, q: quant.Quantization,
+                  pool: Sequence[int]) -> tuple[model_mod.BuiltModel, dict[str, Any]]:
+        c, ctx = self.config, self.ctx
+        exclude = quant.exclude_patterns(c.exclude)
+        ctx.phase("quantize", technique=q.id, backend=q.backend, weights=q.weights,
+                  activations=q.activations, exclude=list(exclude))
+        calibrate: Callable[[], None] | None = None
+        if q.calibrated:
+            batches = calibration_batches(pool, c.calibration_tokens, CALIBRATION_CHUNK_TOKENS,
+                                          c.device)
+
+            def calibrate() -> None:
+                ctx.phase("calibrate", tokens=sum(b.shape[1] for b in batches),
+                          batches=len(batches))
+                with torch.inference_mode():
+                    for batch in batches:
+                        built.model(input_ids=batch, use_cache=False)
+
+        quant.quantize(built.model, q, exclude, calibrate)
+        built = replace(built, size=model_mod.measure(built.model))
+        extension = quant.extension_needed(built.model, c.device)
+        if extension is not None:
+            ctx.phase("build_kernels", extension=extension)
+            quant.build_extension(extension)
+        report = quant.kernel_report(built.model, c.device)
+        report.update(backend=q.backend, weights=q.weights, activations=q.activations,
+                      exclude=list(exclude), extension=extension)
+        return built, report
+
+    def _quant_info(self, kernels: Mapping[str, Any]) -> dict[str, Any] | None:
+        q = self.technique.quantization
+        if q is None:
+            return None
+        return {"compute_dtype": self._built.dtype if self._built else None, **kernels}
 
     def _probe(self, built: model_mod.BuiltModel) -> None:
         """One tiny forward, so a dtype the device's kernels lack fails as `unsupported`."""
@@ -175,14 +312,40 @@ class InferenceFamily(Family[InferenceConfig]):
                                   ) from None
             raise
 
+    def _engine(self, built: model_mod.BuiltModel, sync: Any, pad: int | None,
+                first: torch.Tensor) -> tuple[Engine, str | None]:
+        """The decode engine, prepared (cache allocated, graph captured) outside any window.
+
+        When the engine was chosen by default and cannot prepare (a step that cannot be
+        captured), the run falls back to `loop` and says why; a requested engine fails.
+        """
+        c, ctx = self.config, self.ctx
+        engine = ENGINES[c.engine](built.model, c.new_tokens, sync, pad)
+        ctx.phase("prepare", engine=engine.name)
+        try:
+            engine.prepare(first)
+            return engine, None
+        except Unsupported as e:
+            if "engine" in self.ctx.spec.params and self.ctx.spec.params["engine"] != "auto":
+                raise
+            reason = f"engine {engine.name} unavailable, fell back to loop: {e}"
+            ctx.emit(Event.log(reason))
+            loop = LoopEngine(built.model, c.new_tokens, sync, pad)
+            loop.prepare(first)
+            return loop, reason
+
     def _meter(self, sync: Any) -> WindowMeter:
-        """Windows on this run's device; CPU energy from RAPL where readable."""
+        """Windows on this run's device: NVML energy for GPUs, RAPL for the CPU (where
+        readable), from profiling.energy; without it, RAPL on CPU only."""
         reader, source = None, None
-        if self.config.device == "cpu":
-            reader = rapl_energy_reader()
-            source = "rapl" if reader is not None else None
-        # CUDA: the NVML energy counter is read by profiling, not here, until profiling
-        # offers a reader for it; until then energy_j is None and ingest integrates power.
+        try:
+            from profiling.energy import energy_reader_for
+
+            reader, source = energy_reader_for(self.config.device)
+        except ImportError:
+            if self.config.device == "cpu":
+                reader = rapl_energy_reader()
+                source = "rapl" if reader is not None else None
         return WindowMeter(sync=sync, energy_reader=reader, device=self.ctx.sample_device,
                            energy_source=source)
 
@@ -200,92 +363,37 @@ class InferenceFamily(Family[InferenceConfig]):
             timings.append(timing)
             ctx.emit(Event.step(step=i, phase=phase, latency_s=timing.latency_s,
                                 tokens=c.batch_size * c.new_tokens, samples=c.batch_size,
-                                ttft_s=timing.ttft_s, prompt_tokens=c.batch_size * c.seq_len))
+                                ttft_s=timing.ttft_s, prompt_tokens=c.batch_size * c.seq_len,
+                                tpot_s=pm.tpot_s(timing.latency_s, timing.ttft_s, c.new_tokens)))
         window = meter.end(phase)
         ctx.emit(Event.window(**window.to_dict()))
         return timings, window
 
-    def _flops_per_token(self) -> float | None:
-        if self._built is None:
-            return None
-        # DESIGN.md section 6: 2N FLOPs per inferred token (Kaplan et al. 2020).
-        return pm.flops_per_token(self._built.size.total_params, training=False)
+    def _prefills(self, batches: Sequence[torch.Tensor], engine: Engine,
+                  meter: WindowMeter) -> WindowResult:
+        """The measured requests' prefills alone, in window `prefill` (energy by phase)."""
+        import time
 
-    def _metrics(self, timings: Sequence[RequestTiming], window: WindowResult,
-                 peak_alloc: float | None, peak_reserved: float | None,
-                 ppl: float | None) -> list[Metric]:
-        c = self.config
-        assert self._built is not None
-        stats = pm.latency_stats([t.latency_s for t in timings])
-        tpots = [pm.tpot_s(t.latency_s, t.ttft_s, c.new_tokens) for t in timings]
-        tokens = len(timings) * c.batch_size * c.new_tokens
-        seconds = window.elapsed_s
-        throughput = pm.it_tokens_per_s(tokens, seconds)
-        energy = window.energy_j
-        energy_source = window.energy_source or SOURCE
-        flops_per_s = None if throughput is None else throughput * (self._flops_per_token() or 0)
-        peak = c.peak_tflops * 1e12 if c.peak_tflops else None
-        size = self._built.size
-
-        def m(name: str, value: float | None, unit: str, source: str = SOURCE) -> Metric:
-            return Metric(name, value, unit, source)
-
-        return [
-            m("al_s", stats["mean"], "s"),
-            m("al_p50_s", stats["p50"], "s"),
-            m("al_p90_s", stats["p90"], "s"),
-            m("al_p99_s", stats["p99"], "s"),
-            m("ttft_s", _mean([t.ttft_s for t in timings]), "s"),
-            m("tpot_s", _mean(tpots), "s"),
-            m("it", throughput, "tokens/s"),
-            m("tokens_per_s", throughput, "tokens/s"),
-            m("energy_j", energy, "J", energy_source),
-            m("aec_w", pm.aec_w(energy, window.t0_ns, window.t1_ns), "W", energy_source),
-            m("j_per_token", pm.j_per_token(energy, tokens), "J/token", energy_source),
-            m("peak_allocated_gib", peak_alloc, "GiB"),
-            m("peak_reserved_gib", peak_reserved, "GiB"),
-            m("total_params", float(size.total_params), "params"),
-            m("weight_bytes", float(size.weight_bytes), "bytes"),
-            m("mfu", pm.mfu(flops_per_s, peak), "fraction"),
-            m("eval_ppl", ppl, "ppl"),
-        ]
+        c, ctx = self.config, self.ctx
+        ctx.phase("prefill", steps=len(batches))
+        sync = dev.sync_fn(c.device) or (lambda: None)
+        meter.begin("prefill")
+        for i, input_ids in enumerate(batches):
+            t0 = time.perf_counter_ns()
+            engine.prefill(input_ids)
+            sync()
+            latency = (time.perf_counter_ns() - t0) / 1e9
+            ctx.emit(Event.step(step=i, phase="prefill", latency_s=latency, tokens=0,
+                                samples=c.batch_size, prompt_tokens=c.batch_size * c.seq_len))
+        window = meter.end("prefill")
+        ctx.emit(Event.window(**window.to_dict()))
+        return window
 
     def failure_info(self) -> Mapping[str, Any]:
         info = dict(super().failure_info())
         info["engine"] = self.config.engine
+        info["technique"] = self.config.technique
         if self._built is not None:
             info.update(dtype=self._built.dtype, total_params=self._built.size.total_params,
                         weight_bytes=self._built.size.weight_bytes, weights=self._built.weights)
         return info
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    xs = [v for v in values if v is not None]
-    return math.fsum(xs) / len(xs) if xs else None
-
-
-def perplexity(model: Any, ids: Sequence[int], device: str, chunk_tokens: int) -> float | None:
-    """exp(mean next-token NLL) of `ids`, scored in chunks of at most `chunk_tokens`.
-
-    Each chunk predicts its own tokens 2..n; chunks are weighted by their predictions.
-    None when fewer than two ids (nothing to predict) or the loss is not finite.
-    """
-    if len(ids) < 2:
-        return None
-    nll_sum = 0.0
-    count = 0
-    with torch.inference_mode():
-        for start in range(0, len(ids), chunk_tokens):
-            chunk = ids[start:start + chunk_tokens]
-            if len(chunk) < 2:
-                continue
-            x = torch.tensor([list(chunk)], dtype=torch.long, device=device)
-            loss = model(input_ids=x, labels=x, use_cache=False).loss
-            nll_sum += float(loss) * (len(chunk) - 1)
-            count += len(chunk) - 1
-    if count == 0:
-        return None
-    mean = nll_sum / count
-    if not math.isfinite(mean) or mean > 700:  # exp overflows a float beyond ~709
-        return None
-    return math.exp(mean)

@@ -1,14 +1,21 @@
-"""Models from catalog cards: random-weight decoders built locally, sized without allocating.
+"""Models from catalog cards: random-weight decoders built locally, sized without allocating,
+and real weights loaded offline (`load`, through runners.weights).
 
 Random weights are drawn in float32 from the seed and then rounded to the run's dtype when
 that fits in memory, so an fp32 run and a bf16 run of one seed hold the same model (bf16
 is the rounding of fp32). Where the float32 copy does not fit, weights are drawn directly
 in the target dtype and `init_dtype` says so.
+
+Sizes count the bytes tensors really store (runners.quantize.stored_bytes), so a quantized
+model reports its packed data plus scales, not its logical dtype.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runners.catalog import ModelCard
@@ -53,6 +60,8 @@ class BuiltModel:
     """`random` or `real`."""
     attn_impl: str
     """transformers attention implementation (sdpa, eager, ...)."""
+    source: str | None = None
+    """Provenance of real weights (file, conversion); None for random weights."""
 
 
 def _classes(arch: str) -> tuple[Any, Any]:
@@ -86,18 +95,23 @@ def build_config(card: ModelCard) -> Any:
 
 
 def measure(model: Any) -> ModelSize:
-    """Parameter count and tensor bytes of a built (or meta) model; tied tensors once."""
+    """Parameter count and stored bytes of a built (or meta) model; tied tensors once.
+
+    A quantized weight counts its logical parameters and the bytes of its packed data and
+    scales (runners.quantize.stored_bytes)."""
+    from runners.quantize import stored_bytes
+
     seen: set[int] = set()
     params = 0
     nbytes = 0
     for p in model.parameters():  # parameters() already skips tied duplicates
         seen.add(id(p))
         params += p.numel()
-        nbytes += p.numel() * p.element_size()
+        nbytes += stored_bytes(p.data)
     for b in model.buffers():
         if id(b) not in seen:
             seen.add(id(b))
-            nbytes += b.numel() * b.element_size()
+            nbytes += stored_bytes(b)
     return ModelSize(total_params=params, weight_bytes=nbytes)
 
 
@@ -178,5 +192,131 @@ def build(card: ModelCard, dtype: torch.dtype, device: str, seed: int) -> BuiltM
                       attn_impl=str(getattr(model.config, "_attn_implementation", None)))
 
 
-def _name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` -> `bfloat16`."""
     return str(dtype).removeprefix("torch.")
+
+
+_name = dtype_name
+
+
+# -- real weights, and changing a model's dtype --------------------------------------------------
+
+def load(card: ModelCard, dtype: torch.dtype, device: str, seed: int, *,
+         home: Path | None = None, trust_remote_code: bool = False,
+         on_phase: Any = None) -> BuiltModel:
+    """The card's model in `dtype` on `device`: seeded random weights (`build`) or real
+    weights (a packaged GGUF converted once into the cache under `home`, a local model dir,
+    a local Hugging Face cache entry), always offline.
+
+    `on_phase(name, **fields)` is told about slow steps (a first GGUF conversion).
+    """
+    if card.weights != "real":
+        return build(card, dtype, device, seed)
+    import torch
+
+    from runners import weights
+
+    source = weights.source_for(card, home, on_phase or (lambda name, **extra: None))
+    free = free_bytes(device)
+    need = _checkpoint_bytes(source.path, dtype)
+    if free is not None and need is not None and need > FIT_FRACTION * free:
+        raise OutOfMemory(f"model {card.id!r} needs about {need / GIB:.2f} GiB of weights in "
+                          f"{_name(dtype)} but {device} has {free / GIB:.2f} GiB free")
+    torch.manual_seed(seed)
+    model = weights.load_model(source, dtype, device, trust_remote_code)
+    return BuiltModel(model=model, size=measure(model), dtype=_name(dtype), init_dtype=_name(dtype),
+                      weights="real",
+                      attn_impl=str(getattr(model.config, "_attn_implementation", None)),
+                      source=source.note)
+
+
+def _checkpoint_bytes(path: Path, dtype: torch.dtype) -> int | None:
+    """Roughly the bytes the checkpoint in `path` takes in `dtype` (from its safetensors
+    headers), for the fit check; None when it cannot tell."""
+    import json
+    import struct
+
+    import torch
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    sizes = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
+    params = 0
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        return None
+    try:
+        for f in files:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            for key, entry in header.items():
+                if key == "__metadata__" or entry.get("dtype") not in sizes:
+                    continue
+                count = 1
+                for dim in entry.get("shape", ()):
+                    count *= int(dim)
+                params += count
+    except (OSError, ValueError, struct.error):
+        return None
+    return params * itemsize
+
+
+def cast(built: BuiltModel, dtype: torch.dtype) -> BuiltModel:
+    """`built` with its parameters (not its float32 rotary buffers) cast to `dtype`, in place."""
+    if built.dtype == _name(dtype):
+        return built
+    _cast_parameters(built.model, dtype)
+    return replace(built, size=measure(built.model), dtype=_name(dtype))
+
+
+def _cast_parameters(model: Any, dtype: torch.dtype) -> None:
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():  # a tied Parameter is one object, cast once
+            if p.dtype.is_floating_point:
+                p.data = p.data.to(dtype)
+    model.config.dtype = dtype
+
+
+@contextlib.contextmanager
+def cast_temporarily(model: Any, dtype: torch.dtype) -> Iterator[ModelSize]:
+    """Run the block with the parameters cast to `dtype`, then put the originals back.
+
+    Costs memory for both copies while the block runs. Yields the model's size in `dtype`.
+    """
+    import torch
+
+    params = [p for p in model.parameters() if p.dtype.is_floating_point]
+    if all(p.dtype == dtype for p in params):
+        yield measure(model)
+        return
+    originals = [p.data for p in params]
+    old_dtype = model.config.dtype
+    try:
+        with torch.no_grad():
+            for p in params:
+                p.data = p.data.to(dtype)
+        model.config.dtype = dtype
+        yield measure(model)
+    finally:
+        for p, data in zip(params, originals, strict=True):
+            p.data = data
+        model.config.dtype = old_dtype
+
+
+def tokenizer_for(card: ModelCard, home: Path | None = None,
+                  trust_remote_code: bool = False) -> Any:
+    """The tokenizer a card's text goes through: the byte tokenizer for random-weight shapes
+    (and local models without one), else the weights' own (GGUF vocabulary, local files).
+
+    Call after `load` for packaged GGUF models: the conversion writes their tokenizer.
+    """
+    from runners.tokenizer import ByteTokenizer
+
+    if card.weights != "real" or card.tokenizer == "byte":
+        return ByteTokenizer()
+    from runners import weights
+
+    return weights.load_tokenizer(weights.source_for(card, home), trust_remote_code)

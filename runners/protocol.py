@@ -41,6 +41,13 @@ def _check(cond: bool, msg: str) -> None:
         raise ProtocolError(msg)
 
 
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"{what} is not valid JSON: {e}") from e
+
+
 def new_run_id(model: str, technique: str, now_ns: int | None = None) -> str:
     """A sortable, readable, unique-enough id: `20261127-003512-4f2a-tiny-fp32`."""
     now_ns = time.time_ns() if now_ns is None else now_ns
@@ -129,11 +136,7 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, text: str) -> RunSpec:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ProtocolError(f"spec is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        return cls.from_dict(_loads(text, "spec"))
 
     def param(self, key: str, default: ParamValue) -> Any:
         """A `--set` parameter coerced to the type of `default`."""
@@ -232,11 +235,7 @@ class Event:
 
     @classmethod
     def from_json(cls, line: str) -> Event:
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ProtocolError(f"event is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        return cls.from_dict(_loads(line, "event"))
 
     # Constructors, one a kind, so every writer spells the fields the same way.
     @classmethod

@@ -18,7 +18,8 @@ class NavBar(Widget):
     """One line: the screens with their keys, the live feed state, and SIMULATED when it is."""
 
     DEFAULT_CSS = """
-    NavBar { height: 1; background: $panel; color: $text; }
+    NavBar { height: 1; background: $panel; color: $text; text-wrap: nowrap;
+             text-overflow: ellipsis; }
     """
 
     def __init__(self, current: str) -> None:

@@ -28,6 +28,9 @@ WINDOWS: tuple[tuple[str, float | None], ...] = (("1 min", 60.0), ("5 min", 300.
 REDRAW_S = 0.1
 """Redraws at most 10 times a second, only when new samples came (or once a second)."""
 _MAX_POINTS = 400
+_ACTIVE_COLUMNS = (("pair", "model × technique"), ("phase", "phase"), ("progress", "progress"),
+                   ("rate", "rate"), ("energy", "energy"), ("loss", "loss"),
+                   ("device", "device"))
 
 
 class DashboardScreen(AppScreen):
@@ -68,14 +71,12 @@ class DashboardScreen(AppScreen):
     def on_mount(self) -> None:
         active = self.query_one("#active", DataTable)
         active.border_title = "active runs"
-        for key, label in (("pair", "model × technique"), ("phase", "phase"),
-                           ("progress", "progress"), ("rate", "rate"), ("loss", "loss"),
-                           ("energy", "energy"), ("device", "device")):
+        for key, label in _ACTIVE_COLUMNS:
             active.add_column(label, key=key)
         recent = self.query_one("#recent", DataTable)
         recent.border_title = "recent runs"
         for key, label in (("when", "when"), ("pair", "model × technique"),
-                           ("status", "status"), ("metric", "key metric")):
+                           ("status", "status"), ("metric", "key")):
             recent.add_column(label, key=key)
         self.query_one("#active-empty", Static).border_title = "active runs"
         self.set_interval(REDRAW_S, self.redraw_if_needed)
@@ -157,11 +158,10 @@ class DashboardScreen(AppScreen):
         parts = []
         if not app.feed_state.connected:
             parts.append(f"No live samples: {app.feed_state.detail}. Start the profiling "
-                         "daemon with `efficientllm daemon start` (it also starts with a run); "
-                         "retrying every few seconds.")
+                         "daemon: `efficientllm daemon start` (a launch starts it too). "
+                         "Retrying every few seconds.")
         if app.simulated:
-            parts.append("SIMULATED DATA: the samples come from the simulated GPU backend, "
-                         "not from hardware.")
+            parts.append("SIMULATED DATA: samples from the simulated GPU backend, not hardware")
         banner.update("\n".join(parts))
         banner.set_class(bool(parts), "-shown")
         banner.set_class(app.simulated and app.feed_state.connected, "-simulated")
@@ -202,16 +202,16 @@ class DashboardScreen(AppScreen):
                  summary=_mem_summary(latest))
         act = self.query_one("#chart-act", TimeChart)
         if device == "cpu":
-            act.border_title = "CPU %"
             act.plot([Series("host", pts("util_pct"), c1),
                       Series("runners/core", pts("cpu_pct", 1 / self._ncpu), c2)], x0, 0.0,
-                     summary=_act_summary(latest, self._ncpu))
+                     summary=_act_summary(latest, self._ncpu), title="CPU %")
         else:
             series = [Series("SM", pts("sm_active_pct"), c1),
                       Series("tensor", pts("tensor_active_pct"), c2)]
             if latest is not None and latest.sm_active_pct is None:
                 series = [Series("util", pts("util_pct"), c1)]
-            act.plot(series, x0, 0.0, summary=_act_summary(latest, self._ncpu))
+            act.plot(series, x0, 0.0, summary=_act_summary(latest, self._ncpu),
+                     title="activity %")
         power = self.query_one("#chart-power", TimeChart)
         peak_w = max((s.power_w for s in samples if s.power_w is not None), default=None)
         power.plot([Series("W", pts("power_w"), c2, area=True)], x0, 0.0,
@@ -245,8 +245,7 @@ class DashboardScreen(AppScreen):
         for run in runs:
             cells = self._active_cells(run)
             if run.run_id in table.rows:
-                for col, value in zip(("pair", "phase", "progress", "rate", "loss", "energy",
-                                       "device"), cells, strict=True):
+                for (col, _), value in zip(_ACTIVE_COLUMNS, cells, strict=True):
                     table.update_cell(run.run_id, col, value)
             else:
                 table.add_row(*cells, key=run.run_id)
@@ -254,14 +253,14 @@ class DashboardScreen(AppScreen):
     def _active_cells(self, run: ActiveRun) -> tuple[str, ...]:
         prog = run.progress
         eta = run.eta_s()
-        bar = (bar_line(prog, 8) + f" {prog * 100:3.0f}%") if prog is not None else "-"
+        bar = (bar_line(prog, 6) + f" {prog * 100:3.0f}%") if prog is not None else "-"
         if eta is not None and prog is not None and prog < 1:
             bar += f" ETA {duration(eta)}"
         rate, unit = run.rate()
         energy = self._energy(run)
         return (f"{run.model} × {run.technique}", run.phase, bar,
-                f"{num(rate, 3)} {unit.replace('tokens', 'tok')}" if rate else "-",
-                num(run.loss, 3), energy, run.device)
+                f"{num(rate, 3)} {unit.replace('tokens', 'tok')}" if rate else "-", energy,
+                num(run.loss, 3), run.device)
 
     def _energy(self, run: ActiveRun) -> str:
         if run.sample_device and run.started_ns:
@@ -277,7 +276,7 @@ class DashboardScreen(AppScreen):
         now_s = self.elapp.now_ns() / 1e9
         for row in rows:
             started = row.get("started_at")
-            when = ago(now_s - started.timestamp()) if started is not None else "-"
+            when = ago(now_s - started.timestamp()).replace(" ago", "") if started else "-"
             status = row.get("status") or "-"
             metric = THROUGHPUT_METRIC.get(row.get("family") or "", "it")
             value = row.get(metric)

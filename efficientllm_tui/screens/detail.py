@@ -165,13 +165,11 @@ class RunDetailScreen(AppScreen):
         key, title = ("loss", "loss per step") if use_loss else ("latency_s",
                                                                   "latency ms per step")
         scale = 1.0 if use_loss else 1000.0
-        chart.border_title = title
-        chart._title = title
         points = [(float(i), None if s.get(key) is None else s[key] * scale)
                   for i, s in enumerate(steps)]
         phases = sorted({s.get("phase") or "?" for s in steps})
         chart.plot([Series(key, points, self.app.current_theme.success or "green")], 0.0,
-                   float(max(1, len(steps) - 1)), legend=False,
+                   float(max(1, len(steps) - 1)), legend=False, title=title,
                    summary=f"{len(steps)} steps ({', '.join(phases)})" if steps else "no steps")
 
     def action_back(self) -> None:

@@ -139,7 +139,7 @@ class LaunchScreen(AppScreen):
                  if not pair_reason(tech, c, seq_len=seq_len, new_tokens=new_tokens)]
         if not valid:
             self._explain()
-            self.bell()
+            self.app.bell()
             return
         keys = [(tech["id"], c["id"]) for c in valid]
         turn_on = any(k not in self.selected for k in keys)

@@ -59,7 +59,8 @@ class BarChart(Widget):
     """A titled bar chart; `update_bars` replaces the data."""
 
     DEFAULT_CSS = """
-    BarChart { height: auto; border: round $panel-lighten-2; }
+    BarChart { height: auto; border: round $panel-lighten-2; text-wrap: nowrap;
+               text-overflow: clip; }
     """
 
     def __init__(self, title: str, *, id: str | None = None, classes: str | None = None) -> None:

@@ -156,7 +156,8 @@ class TimeChart(Widget):
     """
 
     DEFAULT_CSS = """
-    TimeChart { height: 1fr; min-height: 4; border: round $panel-lighten-2; padding: 0; }
+    TimeChart { height: 1fr; min-height: 4; border: round $panel-lighten-2; padding: 0;
+                text-wrap: nowrap; text-overflow: clip; }
     """
 
     def __init__(self, title: str, *, id: str | None = None, classes: str | None = None,
@@ -171,8 +172,11 @@ class TimeChart(Widget):
         self._x_axis = x_axis
 
     def plot(self, series: list[Series], x0: float, x1: float, *, summary: str = "",
-             y_max: float | None = None, legend: bool = True) -> None:
+             y_max: float | None = None, legend: bool = True, title: str | None = None) -> None:
         """Set the data and redraw (cheap: the raster is built at render time)."""
+        if title is not None:
+            self._title = title
+        self.border_title = self._title
         self._series = series
         self._x0, self._x1 = x0, x1
         self._y_max = y_max if y_max is not None else self._fixed_y

@@ -28,7 +28,8 @@ class DeviceList(Widget, can_focus=True):
     """
 
     DEFAULT_CSS = """
-    DeviceList { height: auto; max-height: 10; border: round $panel-lighten-2; padding: 0 1; }
+    DeviceList { height: auto; max-height: 10; border: round $panel-lighten-2; padding: 0 1;
+                 text-wrap: nowrap; text-overflow: clip; }
     DeviceList:focus { border: round $accent; }
     """
     BINDINGS = [
@@ -81,10 +82,12 @@ class DeviceList(Widget, can_focus=True):
     def render(self) -> Text:
         if not self.devices:
             return Text("no samples yet", style="dim")
-        width = self.content_size.width
+        width, height = self.content_size.width, max(1, self.content_size.height)
+        # More devices than lines: keep the selected one in view.
+        first = max(0, min(self.cursor - height // 2, len(self.devices) - height))
         out = Text(no_wrap=True, overflow="crop")
-        for i, name in enumerate(self.devices):
-            if i:
+        for i, name in enumerate(self.devices[first:first + height], first):
+            if i > first:
                 out.append("\n")
             out.append_text(self._line(name, self.history.latest(name), i == self.cursor, width))
         return out
@@ -96,25 +99,24 @@ class DeviceList(Widget, can_focus=True):
         src = source_label(s)
         if src == "simulated":
             line.append(" SIM ", style="bold black on yellow")
-            line.append("  ")
+            line.append(" ")
         else:
-            line.append(f" {src[:6]:<6} ", style="dim")
+            line.append(f" {src[:5]:<5} ", style="dim")
         if s is None:
             return line
         used, total = s.mem_used_bytes, s.mem_total_bytes
         frac = (used / total) if used is not None and total else None
-        line.append(" mem ")
-        line.append(bar_line(frac or 0.0, 8), style="cyan")
-        line.append(f" {gib(used):>5}/{gib(total):<5}G")
+        line.append(bar_line(frac or 0.0, 6), style="cyan")
+        line.append(f" {gib(used):>5}/{gib(total)}G")
         if name == "cpu":
-            line.append(f"  CPU {pct(s.util_pct):>4}")
+            line.append(f" CPU {pct(s.util_pct):>4}")
             if s.cpu_pct is not None:
-                line.append(f"  runners {s.cpu_pct / self._ncpu:.0f}%/core")
+                line.append(f" runners {s.cpu_pct / self._ncpu:.0f}%/core")
             if s.power_w is not None:
-                line.append(f"  {s.power_w:.0f}W")
+                line.append(f" {s.power_w:.0f}W")
         else:
             act = s.sm_active_pct if s.sm_active_pct is not None else s.util_pct
-            line.append(f"  {'SM' if s.sm_active_pct is not None else 'util'} {pct(act):>4}")
+            line.append(f" {'SM' if s.sm_active_pct is not None else 'util'} {pct(act):>4}")
             if s.tensor_active_pct is not None:
                 line.append(f" TC {pct(s.tensor_active_pct):>4}")
             if s.power_w is not None:

@@ -76,7 +76,8 @@ class ScatterPlot(Widget):
     """A titled scatter plot; `update_points` replaces the data and the axis names."""
 
     DEFAULT_CSS = """
-    ScatterPlot { height: 1fr; min-height: 8; border: round $panel-lighten-2; }
+    ScatterPlot { height: 1fr; min-height: 8; border: round $panel-lighten-2;
+                  text-wrap: nowrap; text-overflow: clip; }
     """
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:

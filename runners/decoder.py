@@ -1,0 +1,649 @@
+"""One compact decoder whose attention, positional encoding and FFN are switches.
+
+The baseline is a Qwen2.5-style block: RMSNorm pre-norm, grouped-query attention with rotary
+positions and q/k/v biases, a SwiGLU FFN, tied embeddings. A pretraining technique flips one
+switch, so a comparison changes one thing:
+
+- attention: `mha` (KV heads = heads), `mqa` (one KV head), `gqa` (the card's KV heads),
+  `mla` (DeepSeek-V2 multi-head latent attention, see `LatentAttention`).
+- position: `rope`, `absolute` (sinusoidal, Vaswani et al. 2017), `learned` (a GPT-2 table),
+  `relative` (ALiBi bias, Press et al. 2022), `nope` (none: causal masking alone).
+- ffn: `dense` (SwiGLU), `moe` (8 experts, top-2, dropless, see `MoE`).
+
+Attention runs through torch's `scaled_dot_product_attention`, so the flash kernel runs where
+the device has one. GQA and MQA expand their K/V heads to all query heads first (a copy of
+the small K/V tensors), so every variant reaches the same kernel. ALiBi is the exception:
+flash takes no bias, so its bias goes in as `attn_mask` (the memory-efficient kernel on CUDA,
+the math kernel on CPU) and the [heads, T, T] bias is built once per length and device.
+
+The loss is `chunked_cross_entropy`: logits are made one chunk of tokens at a time and each
+chunk's gradient is computed at once, so the [tokens, vocab] logits never exist whole (at the
+0.5B shape and batch 8 x 2048 the fp32 logits alone would take 10 GB).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from runners.errors import is_oom
+
+log = logging.getLogger("runners.decoder")
+
+ATTENTIONS = ("mha", "mqa", "gqa", "mla")
+POSITIONS = ("rope", "absolute", "learned", "relative", "nope")
+FFNS = ("dense", "moe")
+IGNORE_INDEX = -100
+LOSS_CHUNK_ELEMENTS = 2**28
+"""Most logits one loss chunk holds (1 GiB in fp32): 1766 tokens at a 151936 vocabulary."""
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """The shape of a decoder and its three switches."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    """KV heads of `gqa`; `mha` uses n_heads and `mqa` one, whatever this says."""
+    ffn_hidden: int
+    """SwiGLU hidden width of the dense FFN."""
+    max_seq_len: int
+    """Longest sequence; sizes the `learned` position table."""
+    attention: str = "gqa"
+    position: str = "rope"
+    ffn: str = "dense"
+    rope_theta: float = 10000.0
+    qkv_bias: bool = True
+    """Biases on the q/k/v projections, as Qwen2 has."""
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    n_experts: int = 8
+    top_k: int = 2
+    expert_hidden: int | None = None
+    """SwiGLU width of one expert; None: ffn_hidden // top_k, so a token's active FFN FLOPs
+    equal the dense FFN's (equal-FLOP matching; the FFN holds n_experts / top_k x the params)."""
+    aux_loss_coef: float = 0.01
+    """Weight of the load-balancing loss (Switch Transformer's 0.01)."""
+    kv_lora_rank: int | None = None
+    """MLA latent width; None: 4 x head_dim (DeepSeek-V2: 512 for its 128-wide heads)."""
+    rope_head_dim: int | None = None
+    """MLA decoupled rotary width per head; None: head_dim // 2 (DeepSeek-V2: 64 of 128)."""
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden",
+                     "max_seq_len", "n_experts", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.ffn not in FFNS:
+            raise ValueError(f"ffn must be one of {FFNS}, got {self.ffn!r}")
+        if self.d_model % self.n_heads or self.head_dim % 2:
+            raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads "
+                             "of an even width")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"{self.n_heads} heads do not group over {self.kv_heads} KV heads")
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k {self.top_k} exceeds {self.n_experts} experts")
+        if self.attention == "mla" and not 0 < self.mla_rope_dim < self.head_dim:
+            raise ValueError(f"MLA rope width {self.mla_rope_dim} must lie in "
+                             f"(0, {self.head_dim})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """KV heads of this attention (MLA: every head gets its own up-projected K and V)."""
+        return {"mha": self.n_heads, "mqa": 1, "gqa": self.n_kv_heads,
+                "mla": self.n_heads}[self.attention]
+
+    @property
+    def moe_hidden(self) -> int:
+        return self.expert_hidden or max(1, self.ffn_hidden // self.top_k)
+
+    @property
+    def mla_rank(self) -> int:
+        return self.kv_lora_rank or 4 * self.head_dim
+
+    @property
+    def mla_rope_dim(self) -> int:
+        return self.rope_head_dim or self.head_dim // 2
+
+
+class Positional(NamedTuple):
+    """What attention needs to know about positions, built once per forward."""
+
+    rope: tuple[Tensor, Tensor] | None
+    """(cos, sin) [T, head_dim] for rotary q/k; None when positions are not rotary."""
+    rope_latent: tuple[Tensor, Tensor] | None
+    """(cos, sin) [T, rope width] for MLA's decoupled rotary part."""
+    bias: Tensor | None
+    """ALiBi attention bias [1, heads, T, T] with the causal -inf; None: causal SDPA."""
+
+
+class LossOut(NamedTuple):
+    loss: Tensor
+    """What backward runs on: cross-entropy + aux_loss_coef x aux."""
+    ce: Tensor
+    """Mean next-token cross-entropy (nats)."""
+    aux: Tensor | None
+    """Mean load-balancing loss of the MoE layers; None without experts."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParamCounts:
+    """Parameter counts of a model, each tensor once."""
+
+    total: int
+    active: int
+    """Parameters one token uses: MoE experts count top_k / n_experts."""
+    flop: int
+    """Parameters that multiply each token (the N of 6N): active minus lookup-only tables
+    (an untied input embedding, a learned position table)."""
+
+
+# --- positions ------------------------------------------------------------------------------
+
+
+def rope_tables(seq_len: int, dim: int, theta: float, device: torch.device,
+                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin [seq_len, dim] of rotary embeddings (the rotate-half layout of Llama/Qwen)."""
+    inv = 1.0 / theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x [..., T, dim] by position: x cos + rotate_half(x) sin."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def sinusoid_table(seq_len: int, dim: int, device: torch.device) -> Tensor:
+    """Vaswani et al.'s absolute encoding [seq_len, dim]: sin on even, cos on odd features."""
+    pos = torch.arange(seq_len, device=device, dtype=torch.float32)[:, None]
+    rate = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32)
+                     * (-math.log(10000.0) / dim))
+    table = torch.zeros(seq_len, dim, device=device)
+    table[:, 0::2] = torch.sin(pos * rate)
+    table[:, 1::2] = torch.cos(pos * rate)[:, : dim // 2]
+    return table
+
+
+def alibi_slopes(n_heads: int) -> list[float]:
+    """ALiBi head slopes (Press et al. 2022): 2^(-8 i / n), i = 1..n, for n a power of two;
+    otherwise the slopes of the largest power of two p < n plus every other slope of 2p."""
+
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+    p = 2 ** int(math.floor(math.log2(n_heads)))
+    if p == n_heads:
+        return geometric(n_heads)
+    return geometric(p) + geometric(2 * p)[0::2][: n_heads - p]
+
+
+def alibi_bias(n_heads: int, seq_len: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """[1, heads, T, T]: -slope_h x (i - j) for keys j <= query i, -inf for j > i."""
+    pos = torch.arange(seq_len, device=device, dtype=torch.float32)
+    offset = pos[None, :] - pos[:, None]  # j - i: <= 0 for the past
+    slopes = torch.tensor(alibi_slopes(n_heads), device=device, dtype=torch.float32)
+    bias = slopes[:, None, None] * offset
+    bias = bias.masked_fill(offset > 0, float("-inf"))
+    return bias[None].to(dtype)
+
+
+# --- attention ------------------------------------------------------------------------------
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """Causal attention of [B, H, T, D] tensors: flash/efficient SDPA, with ALiBi's bias."""
+    if bias is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def expand_kv(x: Tensor, n_heads: int) -> Tensor:
+    """[B, KV, T, D] -> [B, H, T, D], each KV head serving H / KV query heads."""
+    b, kv, t, d = x.shape
+    if kv == n_heads:
+        return x
+    return x[:, :, None].expand(b, kv, n_heads // kv, t, d).reshape(b, n_heads, t, d)
+
+
+class SelfAttention(nn.Module):
+    """`mha`, `mqa` and `gqa`: one module with 1 <= KV heads <= heads; q, k, v in one matmul."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        width = (self.n_heads + 2 * self.n_kv) * self.head_dim
+        self.qkv = nn.Linear(cfg.d_model, width, bias=cfg.qkv_bias)
+        self.out = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor, pos: Positional) -> Tensor:
+        b, t, _ = x.shape
+        h, kv, d = self.n_heads, self.n_kv, self.head_dim
+        q, k, v = self.qkv(x).split((h * d, kv * d, kv * d), dim=-1)
+        q = q.view(b, t, h, d).transpose(1, 2)
+        k = k.view(b, t, kv, d).transpose(1, 2)
+        v = v.view(b, t, kv, d).transpose(1, 2)
+        if pos.rope is not None:
+            q, k = apply_rope(q, *pos.rope), apply_rope(k, *pos.rope)
+        y = attend(q, expand_kv(k, h), expand_kv(v, h), pos.bias)
+        return self.out(y.transpose(1, 2).reshape(b, t, h * d))
+
+
+class LatentAttention(nn.Module):
+    """`mla`: multi-head latent attention (DeepSeek-V2, arXiv 2405.04434, section 2.1).
+
+    K and V come from one compressed latent c = RMSNorm(x W_down) of width `mla_rank`, up-
+    projected per head (what a KV cache would hold is c plus the shared rotary key: 4.5 head
+    widths per token at the defaults). RoPE cannot pass through the up-projection, so each
+    head's query and key are split: a `nope` part from the latent path, and a decoupled rotary
+    part, its key shared by every head and taken straight from x. Queries are not compressed
+    (as DeepSeek-V2-Lite). Widths: nope + rope = head_dim per head for q and k, and v is
+    head_dim wide, so the attention core costs what the baseline's does and flash applies (its
+    kernel wants one head width for q, k and v; DeepSeek-V2 itself uses 128 + 64 for q/k).
+    """
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.rope_dim, self.rank = cfg.mla_rope_dim, cfg.mla_rank
+        self.nope_dim = self.head_dim - self.rope_dim
+        h, d = self.n_heads, self.head_dim
+        self.q = nn.Linear(cfg.d_model, h * d, bias=cfg.qkv_bias)
+        self.kv_down = nn.Linear(cfg.d_model, self.rank + self.rope_dim, bias=False)
+        self.kv_norm = nn.RMSNorm(self.rank, eps=cfg.norm_eps)
+        self.kv_up = nn.Linear(self.rank, h * (self.nope_dim + d), bias=False)
+        self.out = nn.Linear(h * d, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor, pos: Positional) -> Tensor:
+        b, t, _ = x.shape
+        h, d, r, n = self.n_heads, self.head_dim, self.rope_dim, self.nope_dim
+        q = self.q(x).view(b, t, h, d).transpose(1, 2)
+        latent, k_rope = self.kv_down(x).split((self.rank, r), dim=-1)
+        # fp32 into the norm: its weight is fp32, and mixed dtypes miss the fused kernel.
+        kv = self.kv_up(self.kv_norm(latent.float())).view(b, t, h, n + d).transpose(1, 2)
+        k_nope, v = kv.split((n, d), dim=-1)
+        q_nope, q_rope = q.split((n, r), dim=-1)
+        k_rope = k_rope.view(b, 1, t, r)
+        if pos.rope_latent is not None:
+            q_rope = apply_rope(q_rope, *pos.rope_latent)
+            k_rope = apply_rope(k_rope, *pos.rope_latent)
+        q = torch.cat((q_nope, q_rope), dim=-1)
+        k = torch.cat((k_nope, k_rope.expand(b, h, t, r)), dim=-1)
+        y = attend(q, k, v, pos.bias)
+        return self.out(y.transpose(1, 2).reshape(b, t, h * d))
+
+
+# --- feed-forward ---------------------------------------------------------------------------
+
+
+class SwiGLU(nn.Module):
+    """The dense FFN: down(silu(gate x) * up x), gate and up in one matmul."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class MoE(nn.Module):
+    """`moe`: n_experts SwiGLU experts, each token routed to its top_k (Mixtral-style).
+
+    Routing: softmax over the router logits (in fp32), keep the top_k, renormalise their
+    weights to sum to 1. Dropless: every token reaches both of its experts whatever the load
+    (no capacity factor, so no token is dropped and the loss of variants compares); tokens
+    are sorted by expert and each expert runs one matmul over its own rows. The price is one
+    host sync per MoE layer (the per-expert counts size the splits) and uneven matmuls.
+    Load balancing (Switch Transformer, Fedus et al. 2021, eq. 4): aux = E x sum_e f_e P_e,
+    f_e the share of the N x top_k routing slots that went to expert e, P_e the mean router
+    probability of e; 1.0 when balanced (or uniform probabilities), up to E when collapsed.
+    """
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.n_experts, self.top_k, self.hidden = cfg.n_experts, cfg.top_k, cfg.moe_hidden
+        self.router = nn.Linear(cfg.d_model, self.n_experts, bias=False)
+        self.gate_up = nn.Parameter(torch.empty(self.n_experts, cfg.d_model, 2 * self.hidden))
+        self.down = nn.Parameter(torch.empty(self.n_experts, self.hidden, cfg.d_model))
+        self.last_counts: Tensor | None = None
+        """Routing slots each expert got in the last forward (for load statistics)."""
+
+    def route(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(router probabilities [N, E] fp32, top-k weights [N, k], top-k experts [N, k])."""
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            probs = F.linear(flat.float(), self.router.weight.float()).softmax(dim=-1)
+        weight, expert = probs.topk(self.top_k, dim=-1)
+        return probs, weight / weight.sum(dim=-1, keepdim=True), expert
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        n, k, e = flat.shape[0], self.top_k, self.n_experts
+        probs, weight, expert = self.route(flat)
+        slots = expert.reshape(-1)
+        order = torch.argsort(slots, stable=True)
+        token = order // k
+        counts = torch.bincount(slots, minlength=e)
+        aux = e * (counts.float() / (n * k) * probs.mean(dim=0)).sum()
+        outs = []
+        for i, rows in enumerate(flat[token].split(counts.tolist())):  # the one host sync
+            if rows.shape[0]:
+                gate, up = (rows @ self.gate_up[i]).chunk(2, dim=-1)
+                outs.append((F.silu(gate) * up) @ self.down[i])
+        ys = torch.cat(outs)
+        ys = ys * weight.reshape(-1)[order, None].to(ys.dtype)
+        out = torch.zeros(n, shape[-1], dtype=ys.dtype, device=x.device).index_add_(0, token, ys)
+        self.last_counts = counts.detach()
+        return out.view(shape), aux
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn: nn.Module = LatentAttention(cfg) if cfg.attention == "mla" else \
+            SelfAttention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ffn: nn.Module = MoE(cfg) if cfg.ffn == "moe" else SwiGLU(cfg.d_model,
+                                                                       cfg.ffn_hidden)
+
+    def forward(self, x: Tensor, pos: Positional) -> tuple[Tensor, Tensor | None]:
+        x = x + self.attn(self.attn_norm(x), pos)
+        y = self.ffn(self.ffn_norm(x))
+        aux = None
+        if isinstance(y, tuple):
+            y, aux = y
+        return x + y, aux
+
+
+class Decoder(nn.Module):
+    """Token ids -> hidden states -> next-token loss, with the switches of DecoderConfig."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_table = nn.Embedding(cfg.max_seq_len, cfg.d_model) \
+            if cfg.position == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size,
+                                                              bias=False)
+        self._tables: dict[tuple[Any, ...], Any] = {}
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 layers)."""
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+            elif isinstance(module, MoE):
+                nn.init.normal_(module.gate_up, std=std)
+                nn.init.normal_(module.down, std=out_std)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out.weight, std=out_std)
+            if isinstance(block.ffn, SwiGLU):
+                nn.init.normal_(block.ffn.down.weight, std=out_std)
+
+    def head_weight(self) -> Tensor:
+        return self.embed.weight if self.head is None else self.head.weight
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def _act_dtype(self, device: torch.device) -> torch.dtype:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+        return self.embed.weight.dtype
+
+    def _table(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """Position tables, built once per (kind, length, device, dtype)."""
+        if torch.is_inference_mode_enabled():
+            return build()  # inference tensors must not be cached for later training
+        if key not in self._tables:
+            self._tables[key] = build()
+        return self._tables[key]
+
+    def positional(self, seq_len: int, device: torch.device) -> Positional:
+        cfg, dtype = self.cfg, self._act_dtype(device)
+        rope = rope_latent = bias = None
+        if cfg.position == "rope":
+            if cfg.attention == "mla":
+                rope_latent = self._table(("rope", seq_len, cfg.mla_rope_dim, device, dtype),
+                                          lambda: rope_tables(seq_len, cfg.mla_rope_dim,
+                                                              cfg.rope_theta, device, dtype))
+            else:
+                rope = self._table(("rope", seq_len, cfg.head_dim, device, dtype),
+                                   lambda: rope_tables(seq_len, cfg.head_dim, cfg.rope_theta,
+                                                       device, dtype))
+        elif cfg.position == "relative":
+            bias = self._table(("alibi", seq_len, device, dtype),
+                               lambda: alibi_bias(cfg.n_heads, seq_len, device, dtype))
+        return Positional(rope, rope_latent, bias)
+
+    def hidden(self, ids: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Final-norm hidden states [B, T, d] of ids [B, T], and the mean MoE aux loss."""
+        cfg = self.cfg
+        seq_len = ids.shape[1]
+        if seq_len > cfg.max_seq_len:
+            raise ValueError(f"sequence of {seq_len} tokens exceeds max_seq_len "
+                             f"{cfg.max_seq_len}")
+        x = self.embed(ids)
+        if cfg.position == "absolute":
+            # The original Transformer's recipe: embeddings scaled by sqrt(d) so the unit-
+            # amplitude sinusoids do not drown them.
+            table = self._table(("sin", seq_len, x.device),
+                                lambda: sinusoid_table(seq_len, cfg.d_model, x.device))
+            x = x * math.sqrt(cfg.d_model) + table
+        elif self.pos_table is not None:
+            x = x + self.pos_table.weight[:seq_len]
+        pos = self.positional(seq_len, ids.device)
+        aux_sum: Tensor | None = None
+        for block in self.blocks:
+            x, aux = block(x, pos)
+            if aux is not None:
+                aux_sum = aux if aux_sum is None else aux_sum + aux
+        aux_mean = None if aux_sum is None else aux_sum / cfg.n_layers
+        return self.norm(x), aux_mean
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """Full logits [B, T, vocab]; for small inputs (training uses forward_loss)."""
+        h, _ = self.hidden(ids)
+        return F.linear(h, self.head_weight())
+
+    def forward_loss(self, inputs: Tensor, targets: Tensor, *, chunk_tokens: int | None = None,
+                     compiled: bool = False) -> LossOut:
+        h, aux = self.hidden(inputs)
+        ce = chunked_cross_entropy(h, self.head_weight(), targets, chunk_tokens=chunk_tokens,
+                                   compiled=compiled)
+        loss = ce if aux is None else ce + self.cfg.aux_loss_coef * aux
+        return LossOut(loss, ce, aux)
+
+    # -- facts -----------------------------------------------------------------------------
+
+    def param_counts(self) -> ParamCounts:
+        cfg = self.cfg
+        total = sum(p.numel() for p in self.parameters())
+        inactive = 0
+        if cfg.ffn == "moe":
+            per_expert = 3 * cfg.d_model * cfg.moe_hidden
+            inactive = cfg.n_layers * (cfg.n_experts - cfg.top_k) * per_expert
+        lookup = 0 if self.pos_table is None else self.pos_table.weight.numel()
+        if self.head is not None:
+            lookup += self.embed.weight.numel()
+        active = total - inactive
+        return ParamCounts(total=total, active=active, flop=active - lookup)
+
+    def attention_shape(self) -> tuple[int, int]:
+        """(layers, heads x q/k head width): the L and d of the 12 L d T attention FLOPs."""
+        return self.cfg.n_layers, self.cfg.n_heads * self.cfg.head_dim
+
+
+# --- loss -----------------------------------------------------------------------------------
+
+
+def loss_chunk_tokens(n_tokens: int, vocab_size: int,
+                      max_elements: int = LOSS_CHUNK_ELEMENTS) -> int:
+    """Tokens per loss chunk: at most max_elements logits, equal chunks where a divisor
+    allows (one compiled kernel shape instead of two)."""
+    most = max(1, max_elements // vocab_size)
+    if n_tokens <= most:
+        return n_tokens
+    n = -(-n_tokens // most)
+    for m in range(n, 2 * n + 1):
+        if n_tokens % m == 0:
+            return n_tokens // m
+    return -(-n_tokens // n)
+
+
+def _ce_chunk_eager(logits: Tensor, targets: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """(summed NLL, d(scale x NLL)/d logits) of one chunk; fp32 math, in place to save memory."""
+    valid = targets != IGNORE_INDEX
+    safe = torch.where(valid, targets, 0)[:, None]
+    lf = logits.float()  # a fresh tensor (or the chunk's own fp32 logits, used only here)
+    lse = torch.logsumexp(lf, dim=-1)
+    nll = ((lse - lf.gather(1, safe).squeeze(1)) * valid).sum()
+    lf.sub_(lse[:, None]).exp_()  # softmax
+    lf.scatter_add_(1, safe, -valid[:, None].to(lf.dtype))  # minus the one-hot target
+    lf.mul_((valid * scale)[:, None])
+    return nll, lf.to(logits.dtype)
+
+
+def _ce_chunk_pure(logits: Tensor, targets: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """The same as _ce_chunk_eager written for torch.compile, which fuses it into a reduction
+    and one pointwise pass over the bf16 logits (the eager form makes ~8 passes in fp32)."""
+    valid = targets != IGNORE_INDEX
+    safe = torch.where(valid, targets, 0)
+    lf = logits.float()
+    lse = torch.logsumexp(lf, dim=-1)
+    nll = ((lse - lf.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
+    hot = torch.arange(lf.shape[1], device=lf.device)[None, :] == safe[:, None]
+    grad = (torch.exp(lf - lse[:, None]) - hot.float()) * (valid * scale)[:, None]
+    return nll, grad.to(logits.dtype)
+
+
+_compiled_kernel: Callable[..., tuple[Tensor, Tensor]] | None = None
+_compile_failed = False
+
+
+def _kernel(compiled: bool) -> Callable[..., tuple[Tensor, Tensor]]:
+    global _compiled_kernel
+    if not compiled or _compile_failed:
+        return _ce_chunk_eager
+    if _compiled_kernel is None:
+        _compiled_kernel = torch.compile(_ce_chunk_pure, dynamic=False)
+    return _compiled_kernel
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean CE of h @ w.T whose backward was computed during forward, chunk by chunk
+    (the fused linear-cross-entropy idea of Liger-Kernel): no chunk's logits outlive it."""
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, weight: Tensor, targets: Tensor, chunk: int,
+                dtype: torch.dtype, kernel: Callable[..., tuple[Tensor, Tensor]]) -> Tensor:
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            scale = 1.0 / (targets != IGNORE_INDEX).sum().clamp_min(1).float()
+            w = weight.to(dtype)
+            grad_h = torch.empty_like(h)
+            grad_w = torch.zeros_like(weight, dtype=torch.float32)
+            nll = torch.zeros((), device=h.device, dtype=torch.float32)
+            for start in range(0, h.shape[0], chunk):
+                hc = h[start:start + chunk].to(dtype)
+                part, g = kernel(hc @ w.t(), targets[start:start + chunk], scale)
+                nll += part
+                grad_h[start:start + chunk] = g @ w
+                grad_w += g.t() @ hc
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return nll * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.weight_dtype),
+                None, None, None, None)
+
+
+def chunked_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, *,
+                          chunk_tokens: int | None = None, compiled: bool = False) -> Tensor:
+    """Mean next-token cross-entropy of the logits h @ weight.T, never all held at once.
+
+    Args:
+        h: hidden states [..., d] (any float dtype).
+        weight: the output embedding [vocab, d].
+        targets: token ids shaped like h without its last dim; IGNORE_INDEX is skipped.
+        chunk_tokens: tokens per chunk; None: at most LOSS_CHUNK_ELEMENTS logits a chunk.
+        compiled: fuse each chunk's softmax gradient with torch.compile (CUDA); falls back
+            to eager, with a log line, if compiling fails.
+
+    Logits are computed in the autocast dtype when autocast is on (bf16 matmuls), and the
+    softmax, loss and its gradient in fp32. With gradients enabled the backward of each chunk
+    is computed in its forward, so the extra memory is one chunk of logits plus a grad of h
+    and an fp32 grad of weight; without, it is one chunk of logits.
+    """
+    global _compile_failed
+    h2 = h.reshape(-1, h.shape[-1])
+    t = targets.reshape(-1)
+    if h2.shape[0] != t.shape[0]:
+        raise ValueError(f"{h2.shape[0]} hidden states but {t.shape[0]} targets")
+    chunk = chunk_tokens or loss_chunk_tokens(t.shape[0], weight.shape[0])
+    device_type = h.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
+        else weight.dtype
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        try:
+            return _LinearCrossEntropy.apply(h2, weight, t, chunk, dtype, _kernel(compiled))
+        except Exception as e:
+            if not compiled or _compile_failed or is_oom(e):
+                raise
+            _compile_failed = True
+            log.warning("compiled loss kernel failed (%s: %s); using the eager one",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return _LinearCrossEntropy.apply(h2, weight, t, chunk, dtype, _ce_chunk_eager)
+    nll = torch.zeros((), device=h.device, dtype=torch.float32)
+    with torch.autocast(device_type=device_type, enabled=False):
+        w = weight.to(dtype)
+        for start in range(0, t.shape[0], chunk):
+            logits = (h2[start:start + chunk].to(dtype) @ w.t()).float()
+            nll += F.cross_entropy(logits, t[start:start + chunk], ignore_index=IGNORE_INDEX,
+                                   reduction="sum")
+    return nll / (t != IGNORE_INDEX).sum().clamp_min(1)
+
+
+def compile_failed() -> bool:
+    """Whether a compiled loss kernel failed in this process (the eager one runs instead)."""
+    return _compile_failed

@@ -1,0 +1,480 @@
+"""The finetuning family: train one model under one technique (full, freeze, or a peft
+method) on instruction data, and measure the step: ST, AL, memory, energy, MFU, loss.
+
+Shape of a run (the nanoGPT bench.py pattern, as in inference): read and tokenise the data
+and build every micro-batch first, so data prep is never timed; build the model, apply the
+technique, make the optimizer; run `warmup` optimizer steps in a window of their own (they
+train, but are not measured); reset the peak-memory counters; run `steps` optimizer steps
+inside the `measure` window (energy read at its edges, after a device sync); score the
+held-out examples; save what was trained under RUN_DIR/adapter/.
+
+The loop is `runners.training.TrainStep` (no transformers Trainer in the measured path);
+the loss is the chunked cross-entropy of `runners.training`, so large vocabularies never
+materialise full fp32 logits.
+
+Model FLOPs per trained token, the numerator of `mfu` (N = every parameter of the model as
+trained, adapters included; L layers, d = heads x head dim, T = sequence length; the
+conventions of Kaplan et al. 2020 and PaLM appendix B):
+
+    2N                     forward
+  + 2 N_path               backward to activations, through every block from the lowest
+                           trained one up (N_path = N less the blocks below it)
+  + 2 N_trainable          backward to the trained weights
+  + 4 L d T + 8 L_path d T attention scores and values, forward and backward
+
+For `full` this is the DESIGN's 6N + 12 L d T. A PEFT arm still pays the ~4N of the
+frozen base's forward and activation backward, so its ceiling over `full` is about 1.5x.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from profiling import metrics as pm
+from profiling.window import WindowMeter, WindowResult, rapl_energy_reader
+from runners import device as dev
+from runners import model as model_mod
+from runners import peft_methods, sft, training
+from runners.errors import BadInput
+from runners.family import Family, FamilyConfig, register
+from runners.protocol import Event, Metric, RunResult
+from runners.tokenizer import ByteTokenizer
+
+SOURCE = "runner"
+DISTINCT_MICRO_BATCHES = 64
+"""Distinct micro-batches built per run; longer runs cycle through them (content does not
+change what a step costs)."""
+ADAPTER_DIR = "adapter"
+
+
+@dataclass(frozen=True)
+class FinetuningConfig(FamilyConfig):
+    """A fine-tuning run: the RunSpec's fields plus the `--set` parameters below.
+
+    `batch_size` is the micro-batch (rows per forward); an optimizer step takes
+    `grad_accum` micro-batches. `steps` and `warmup` count optimizer steps.
+    """
+
+    family: ClassVar[str] = "finetuning"
+
+    rank: int = 64
+    """Adapter rank (LoRA family, VeRA, LoHa, LoKr; AdaLoRA's target rank)."""
+    alpha: float = 128.0
+    """LoRA alpha (scale alpha / rank; alpha / sqrt(rank) for rslora)."""
+    dropout: float = 0.1
+    """Adapter dropout (lora_dropout, vera_dropout; rank_dropout for LoHa/LoKr)."""
+    target_modules: str = "all-linear"
+    """`all-linear` or comma-separated module names the adapters wrap."""
+    freeze_k: int = peft_methods.DEFAULT_FREEZE_K
+    """`freeze`: how many of the last decoder blocks train."""
+    loraplus_ratio: float = 16.0
+    """`lora-plus`: learning rate of B over that of A."""
+    pissa_niter: int = 4
+    """`pissa`: fast-SVD iterations; 0 for the exact SVD."""
+    virtual_tokens: int = 20
+    """`prompt-tuning`: soft prompt length (added to every sequence)."""
+    adalora_init_r: int | None = field(default=None, metadata={"kind": int})
+    """`adalora`: starting rank; default 1.5 x rank."""
+    lr: float | None = field(default=None, metadata={"kind": float})
+    """Peak learning rate; default per technique (1e-4 for the LoRA family, 1e-5 full)."""
+    weight_decay: float = 0.0
+    lr_warmup_ratio: float = 0.1
+    """Share of all optimizer steps spent in the linear learning-rate warm-up."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine decay, as a fraction of the peak learning rate."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold; 0 disables clipping."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    grad_ckpt: bool = False
+    """Activation (gradient) checkpointing of the decoder blocks."""
+    precision: str = "auto"
+    """auto (bf16 on a bf16 GPU, else fp32), fp32, bf16 (autocast, fp32 trainable weights),
+    bf16-pure (all weights and optimizer state bf16)."""
+    packing: bool = True
+    """Pack examples end to end into rows of exactly seq_len (no padding); false: one
+    example a row, right-padded."""
+    loss_chunk_rows: int | None = field(default=None, metadata={"kind": int})
+    """Rows per cross-entropy chunk; default about 1 GiB of fp32 logits; 0: the model's own
+    unchunked loss."""
+    eval_batches: int = 4
+    """Held-out micro-batches scored for eval_loss; 0 skips the evaluation."""
+    heldout_fraction: float = 0.1
+    """Share of the dataset's examples held out (never trained on)."""
+    save: bool = True
+    """Save what was trained under RUN_DIR/adapter/."""
+    compile: bool = False
+    """torch.compile the decoder (compilation happens in the warm-up steps)."""
+    peak_tflops: float | None = field(default=None, metadata={"kind": float})
+    """Dense bf16 peak in TFLOP/s for mfu; default: measured on the GPU at load; None on
+    CPU (no mfu)."""
+    threads: int | None = field(default=None, metadata={"kind": int})
+    """torch intra-op threads; default one fewer than the usable CPUs."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks = (
+            (self.rank >= 1, f"rank must be at least 1, got {self.rank}"),
+            (self.alpha > 0, f"alpha must be positive, got {self.alpha}"),
+            (0 <= self.dropout < 1, f"dropout must be within [0, 1), got {self.dropout}"),
+            (self.freeze_k >= 1, f"freeze_k must be at least 1, got {self.freeze_k}"),
+            (self.loraplus_ratio >= 1, f"loraplus_ratio must be >= 1, got {self.loraplus_ratio}"),
+            (self.pissa_niter >= 0, f"pissa_niter must be >= 0, got {self.pissa_niter}"),
+            (self.virtual_tokens >= 1, f"virtual_tokens must be >= 1, got {self.virtual_tokens}"),
+            (self.adalora_init_r is None or self.adalora_init_r >= self.rank,
+             f"adalora_init_r must be >= rank ({self.rank}), got {self.adalora_init_r}"),
+            (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.lr_warmup_ratio < 1,
+             f"lr_warmup_ratio must be within [0, 1), got {self.lr_warmup_ratio}"),
+            (0 <= self.min_lr_ratio <= 1,
+             f"min_lr_ratio must be within [0, 1], got {self.min_lr_ratio}"),
+            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
+            (self.grad_accum >= 1, f"grad_accum must be at least 1, got {self.grad_accum}"),
+            (self.precision in ("auto", *training.PRECISIONS),
+             f"unknown precision {self.precision!r} (choose from auto, "
+             f"{', '.join(training.PRECISIONS)})"),
+            (self.loss_chunk_rows is None or self.loss_chunk_rows >= 0,
+             f"loss_chunk_rows must be >= 0, got {self.loss_chunk_rows}"),
+            (self.eval_batches >= 0, f"eval_batches must be >= 0, got {self.eval_batches}"),
+            (0 <= self.heldout_fraction < 1,
+             f"heldout_fraction must be within [0, 1), got {self.heldout_fraction}"),
+            (self.peak_tflops is None or self.peak_tflops > 0,
+             f"peak_tflops must be positive, got {self.peak_tflops}"),
+            (self.threads is None or self.threads >= 1,
+             f"threads must be at least 1, got {self.threads}"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise BadInput(message)
+        peft_methods.parse_targets(self.target_modules)
+
+    def hyper(self) -> peft_methods.Hyper:
+        return peft_methods.Hyper(
+            rank=self.rank, alpha=self.alpha, dropout=self.dropout,
+            target_modules=self.target_modules, freeze_k=self.freeze_k,
+            loraplus_ratio=self.loraplus_ratio, pissa_niter=self.pissa_niter,
+            virtual_tokens=self.virtual_tokens, adalora_init_r=self.adalora_init_r,
+            total_steps=self.warmup + self.steps)
+
+
+def train_flops_per_token(*, total_params: int, trainable_params: int,
+                          block_params: Sequence[int], first_block: int, d_attn: int,
+                          context_len: int, untied_embedding_params: int = 0) -> float:
+    """Model FLOPs of one trained token (the module docstring's formula).
+
+    Args:
+        block_params: parameters of each decoder block, bottom first (adapters included).
+        first_block: the lowest block the backward pass reaches (`len(block_params)` when
+            only the head trains).
+        untied_embedding_params: the input embedding's parameters when it is not the output
+            layer; they leave the backward path once it stops above the embedding.
+    """
+    n_layers = len(block_params)
+    below = sum(block_params[:first_block])
+    if first_block > 0:
+        below += untied_embedding_params
+    path = total_params - below
+    attn = d_attn * context_len
+    return (2.0 * total_params + 2.0 * path + 2.0 * trainable_params
+            + 4.0 * n_layers * attn + 8.0 * (n_layers - first_block) * attn)
+
+
+@register
+class FinetuningFamily(Family[FinetuningConfig]):
+    """Cost and quality of one model x fine-tuning technique."""
+
+    name = "finetuning"
+    config_type = FinetuningConfig
+    techniques = frozenset(peft_methods.METHODS)
+
+    _data: sft.Dataset | None = None
+    _facts: dict[str, Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._facts = {}
+
+    def validate(self) -> None:
+        c, card = self.config, self.card
+        extra = c.virtual_tokens if c.technique == "prompt-tuning" else 0
+        if c.seq_len + extra > card.max_position:
+            raise BadInput(f"seq_len {c.seq_len}{f' + {extra} virtual tokens' if extra else ''}"
+                           f" exceeds {card.id}'s {card.max_position} positions")
+        if c.technique == "freeze" and c.freeze_k > card.num_layers:
+            raise BadInput(f"freeze_k {c.freeze_k} exceeds {card.id}'s {card.num_layers} blocks")
+        if c.seq_len < 2:
+            raise BadInput("seq_len must be at least 2 to have a next token to predict")
+        self._data = sft.load(c.dataset, c.heldout_fraction)  # bad data fails before the lock
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        c, ctx = self.config, self.ctx
+        method = peft_methods.method(c.technique)
+        ctx.phase("load", model=c.model, technique=c.technique)
+        threads = dev.set_threads(c.threads)
+        precision = training.resolve_precision(c.precision, c.device)
+        data = self._data if self._data is not None else sft.load(c.dataset, c.heldout_fraction)
+        tokenizer = ByteTokenizer()
+        train_batches, eval_batches, data_facts = self._batches(data, tokenizer)
+
+        torch.manual_seed(c.seed)
+        base_dtype = self._base_dtype(method, precision)
+        built = model_mod.build(self.card, base_dtype, c.device, c.seed)
+        facts = self._facts
+        facts.update(weights=built.weights, base_dtype=built.dtype, precision=precision,
+                     base_params=built.size.total_params, attn_impl=built.attn_impl)
+        if method.quantized_base:
+            facts["quantization"] = peft_methods.quantize_base(built.model)
+        prepared = peft_methods.prepare(c.technique, built.model, c.hyper(),
+                                        adapter_dtype_fp32=precision != "bf16-pure")
+        lm = prepared.lm
+        lm.config.use_cache = False
+        if c.grad_ckpt:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if c.compile:
+            lm.model.compile()
+        prepared.model.train()
+        trainable = prepared.trainable()
+        if not trainable:
+            raise BadInput(f"{c.technique} left no trainable parameter "
+                           f"(target_modules={c.target_modules!r})")
+        n_trainable = sum(p.numel() for p in trainable)
+        n_total = sum(p.numel() for p in prepared.model.parameters())
+        lr = c.lr if c.lr is not None else method.default_lr
+        facts.update(trainable_params=n_trainable, total_params=n_total, lr=lr,
+                     adapter_config=prepared.adapter_config)
+
+        optimizer = prepared.make_optimizer(lr, c.weight_decay, c.device)
+        total_steps = c.warmup + c.steps
+        scheduler = training.cosine_schedule(
+            optimizer, total_steps=total_steps,
+            warmup_steps=math.floor(c.lr_warmup_ratio * total_steps), min_ratio=c.min_lr_ratio)
+        peak_tflops, peak_source = self._peak(c)
+        flops_per_token = self._flops_per_token(prepared, n_total, n_trainable)
+        facts.update(peak_tflops=peak_tflops, peak_tflops_source=peak_source,
+                     flops_per_token=flops_per_token)
+        meter = self._meter()
+
+        chunk = c.loss_chunk_rows
+        loss_ctx = (contextlib.nullcontext() if chunk == 0
+                    else training.chunked_lm_loss(lm, chunk_rows=chunk))
+        with loss_ctx as tap:
+            step = training.TrainStep(prepared.model, optimizer, device=c.device,
+                                      precision=precision, scheduler=scheduler,
+                                      max_grad_norm=c.max_grad_norm,
+                                      after_backward=prepared.after_backward, params=trainable,
+                                      tap=tap)
+            self._steps("warmup", 0, c.warmup, train_batches, step, meter)
+            dev.reset_peak_memory(c.device)
+            stats, window = self._steps("measure", c.warmup, c.steps, train_batches, step, meter)
+            assert window is not None  # steps >= 1 (RunSpec checks it)
+            peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
+            eval_loss = None
+            if c.eval_batches and eval_batches:
+                ctx.phase("eval", batches=len(eval_batches))
+                eval_model = prepared.model if _prompt_learning(prepared) else lm
+                eval_loss = training.evaluate_loss(eval_model, eval_batches, device=c.device,
+                                                   precision=precision)
+
+        saved: list[str] = []
+        if c.save:
+            ctx.phase("save", path=str(ctx.run_dir / ADAPTER_DIR))
+            saved = peft_methods.save(prepared, ctx.run_dir / ADAPTER_DIR)
+
+        metrics = self._metrics(stats, window, n_total, n_trainable, peak_alloc, peak_reserved,
+                                eval_loss, flops_per_token, peak_tflops)
+        info = {
+            **facts, **data_facts, "device": c.device, "batch_size": c.batch_size,
+            "seq_len": c.seq_len, "grad_accum": c.grad_accum,
+            "samples_per_step": c.batch_size * c.grad_accum, "arch": self.card.arch,
+            "tokenizer": "byte", "threads": threads, "grad_ckpt": c.grad_ckpt,
+            "compile": c.compile, "loss_chunk_rows": chunk, "packing": c.packing,
+            "optimizer": type(optimizer).__name__,
+            "optimizer_fused": bool(optimizer.defaults.get("fused")),
+            "schedule": "cosine", "hyper": peft_methods.hyper_dict(c.hyper()),
+            "measure_s": window.elapsed_s, "measured_steps": len(stats),
+            "energy_note": window.energy_note, "adapter_files": saved,
+            "adapter_dir": ADAPTER_DIR if saved else None,
+            "flops_formula": "2N + 2N_path + 2N_trainable + 4*L*d*T + 8*L_path*d*T",
+        }
+        return RunResult(run_id=c.run_id, status="ok", metrics=tuple(metrics), info=info)
+
+    # -- pieces of run -------------------------------------------------------------------------
+
+    def _base_dtype(self, method: peft_methods.Method, precision: str) -> torch.dtype:
+        """fp32 for fp32 runs and for `full` under bf16 autocast (fp32 master weights);
+        bf16 for frozen bases under bf16 and for everything under bf16-pure."""
+        if precision == "fp32" or (precision == "bf16" and method.kind == "full"):
+            return torch.float32
+        return torch.bfloat16
+
+    def _batches(self, data: sft.Dataset, tokenizer: ByteTokenizer
+                 ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]],
+                            dict[str, Any]]:
+        c = self.config
+        encode = sft.encoder_for(tokenizer)
+        eos = tokenizer.eos_token_id
+        pad = self.card.pad_token_id if self.card.pad_token_id is not None else \
+            tokenizer.pad_token_id
+        train_items = [sft.tokenize(e, encode, eos) for e in data.train]
+        held_items = [sft.tokenize(e, encode, eos) for e in data.heldout]
+        rows_fn = sft.packed_rows if c.packing else sft.padded_rows
+        micro = min((c.warmup + c.steps) * c.grad_accum, DISTINCT_MICRO_BATCHES)
+        train_rows = rows_fn(train_items, c.seq_len, micro * c.batch_size, c.seed)
+        if not train_rows:
+            raise BadInput(f"dataset {data.source!r} has no training tokens")
+        train = [self._tensors(b) for b in sft.batches(train_rows, c.batch_size, pad,
+                                                       packed=c.packing)]
+        held_rows = rows_fn(held_items, c.seq_len, c.eval_batches * c.batch_size, c.seed,
+                            wrap=False) if c.eval_batches else []
+        held = [self._tensors(b) for b in sft.batches(held_rows, c.batch_size, pad,
+                                                      packed=c.packing)]
+        facts = {"dataset": data.source, "train_examples": len(data.train),
+                 "heldout_examples": len(data.heldout),
+                 "train_tokens": sum(len(t.ids) for t in train_items),
+                 "heldout_tokens": sum(len(t.ids) for t in held_items)}
+        return train, held, facts
+
+    def _tensors(self, batch: sft.Batch) -> dict[str, torch.Tensor]:
+        device = self.config.device
+        out = {"input_ids": torch.tensor(batch.input_ids, dtype=torch.long, device=device),
+               "labels": torch.tensor(batch.labels, dtype=torch.long, device=device)}
+        if batch.attention_mask is not None:
+            out["attention_mask"] = torch.tensor(batch.attention_mask, dtype=torch.long,
+                                                 device=device)
+        return out
+
+    def _peak(self, c: FinetuningConfig) -> tuple[float | None, str | None]:
+        if c.peak_tflops is not None:
+            return c.peak_tflops, "given"
+        if c.device.startswith("cuda"):
+            measured = training.matmul_peak_tflops(c.device)
+            return measured, "measured bf16 8192^3 matmul" if measured else None
+        return None, None
+
+    def _flops_per_token(self, prepared: peft_methods.Prepared, n_total: int,
+                         n_trainable: int) -> float:
+        c, card = self.config, self.card
+        blocks = peft_methods.decoder_blocks(prepared.lm)
+        block_params = [sum(p.numel() for p in b.parameters()) for b in blocks]
+        first = peft_methods.first_trained_block(prepared.model, len(blocks))
+        untied = 0 if card.tie_embeddings else card.vocab_size * card.hidden_size
+        extra = c.virtual_tokens if c.technique == "prompt-tuning" else 0
+        self._facts["first_trained_block"] = first
+        return train_flops_per_token(
+            total_params=n_total, trainable_params=n_trainable, block_params=block_params,
+            first_block=first, d_attn=card.num_heads * card.head_dim,
+            context_len=c.seq_len + extra, untied_embedding_params=untied)
+
+    def _meter(self) -> WindowMeter:
+        """Windows on this run's device, energy from NVML (GPU) or RAPL (CPU) if readable."""
+        c = self.config
+        reader, source = None, None
+        try:
+            from profiling.energy import energy_reader_for
+
+            reader, source = energy_reader_for(c.device)
+        except Exception:  # noqa: BLE001 - no counter costs the energy, not the run
+            if c.device == "cpu":
+                reader = rapl_energy_reader()
+                source = "rapl" if reader is not None else None
+        return WindowMeter(sync=dev.sync_fn(c.device), energy_reader=reader,
+                           device=self.ctx.sample_device, energy_source=source)
+
+    def _steps(self, phase: str, first_step: int, count: int,
+               batches: Sequence[dict[str, torch.Tensor]], step: training.TrainStep,
+               meter: WindowMeter) -> tuple[list[training.StepStats], WindowResult | None]:
+        """Run `count` optimizer steps inside window `phase`, one step event each."""
+        c, ctx = self.config, self.ctx
+        ctx.phase(phase, steps=count)
+        if count == 0:
+            return [], None
+        out: list[training.StepStats] = []
+        meter.begin(phase)
+        for i in range(count):
+            k = (first_step + i) * c.grad_accum
+            micro = [batches[(k + j) % len(batches)] for j in range(c.grad_accum)]
+            stats = step(micro)
+            out.append(stats)
+            ctx.emit(Event.step(step=i, phase=phase, latency_s=stats.latency_s,
+                                tokens=stats.tokens, samples=stats.samples,
+                                loss=stats.loss if math.isfinite(stats.loss) else None,
+                                lr=stats.lr, target_tokens=stats.target_tokens,
+                                objective=_finite(stats.objective),
+                                grad_norm=_finite(stats.grad_norm)))
+        window = meter.end(phase)
+        ctx.emit(Event.window(**window.to_dict()))
+        return out, window
+
+    def _metrics(self, stats: Sequence[training.StepStats], window: WindowResult,
+                 n_total: int, n_trainable: int, peak_alloc: float | None,
+                 peak_reserved: float | None, eval_loss: float | None,
+                 flops_per_token: float, peak_tflops: float | None) -> list[Metric]:
+        lat = pm.latency_stats([s.latency_s for s in stats])
+        seconds = window.elapsed_s
+        tokens = sum(s.tokens for s in stats)
+        samples = sum(s.samples for s in stats)
+        tokens_per_s = pm.it_tokens_per_s(tokens, seconds)
+        energy = window.energy_j
+        energy_source = window.energy_source or SOURCE
+        flops_per_s = None if tokens_per_s is None else tokens_per_s * flops_per_token
+        peak = peak_tflops * 1e12 if peak_tflops else None
+        final_loss = stats[-1].loss if stats else None
+        eval_ppl = math.exp(eval_loss) if eval_loss is not None and eval_loss < 700 else None
+
+        def m(name: str, value: float | None, unit: str, source: str = SOURCE) -> Metric:
+            return Metric(name, _finite(value), unit, source)
+
+        return [
+            m("st", pm.st(samples, n_total, seconds), "samples/param/s"),
+            m("tt", pm.tt(tokens, n_total, seconds), "tokens/param/s"),
+            m("tokens_per_s", tokens_per_s, "tokens/s"),
+            m("samples_per_s", pm.it_tokens_per_s(samples, seconds), "samples/s"),
+            m("al_s", lat["mean"], "s"),
+            m("al_p50_s", lat["p50"], "s"),
+            m("al_p90_s", lat["p90"], "s"),
+            m("al_p99_s", lat["p99"], "s"),
+            m("trainable_params", float(n_trainable), "params"),
+            m("total_params", float(n_total), "params"),
+            m("loss", final_loss, "nats/token"),
+            m("eval_loss", eval_loss, "nats/token"),
+            m("eval_ppl", eval_ppl, "ppl"),
+            m("peak_allocated_gib", peak_alloc, "GiB"),
+            m("peak_reserved_gib", peak_reserved, "GiB"),
+            m("energy_j", energy, "J", energy_source),
+            m("aec_w", pm.aec_w(energy, window.t0_ns, window.t1_ns), "W", energy_source),
+            m("j_per_token", pm.j_per_token(energy, tokens), "J/token", energy_source),
+            m("mfu", pm.mfu(flops_per_s, peak), "fraction"),
+        ]
+
+    def failure_info(self) -> Mapping[str, Any]:
+        c = self.config
+        info = {"batch_size": c.batch_size, "seq_len": c.seq_len, "grad_accum": c.grad_accum,
+                "device": c.device, "technique": c.technique, "grad_ckpt": c.grad_ckpt}
+        info.update({k: v for k, v in self._facts.items()
+                     if k in ("precision", "base_dtype", "trainable_params", "total_params",
+                              "base_params", "weights")})
+        return info
+
+
+def _prompt_learning(prepared: peft_methods.Prepared) -> bool:
+    config = getattr(prepared.model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def adapter_path(run_dir: Path) -> Path:
+    """Where a run's trained weights are saved."""
+    return run_dir / ADAPTER_DIR

@@ -1,0 +1,575 @@
+"""The pretraining family: train one architecture variant from random weights for N steps on
+a token stream, timing every step, then score held-out perplexity.
+
+Each technique changes one dimension of the baseline decoder (GQA + RoPE + dense SwiGLU, the
+Qwen2.5 recipe the paper pretrained), or swaps the whole architecture for a transformers
+baseline (Mamba, RWKV, Pythia) matched to the baseline's parameter count; `matching` in the
+result says which rule held and what it cost in parameters and FLOPs.
+
+Shape of a run (nanoGPT's bench.py pattern): read the stream and plan every step's windows
+first, so data prep is never timed; measure the device's bf16 matmul peak (CUDA); run `warmup`
+optimizer steps in a window of their own; reset the peak-memory counters; run `steps` steps in
+the `measure` window (energy read only at its edges, after a device sync), each step synced so
+its latency is real; then the held-out perplexity. Steps: bf16 autocast on CUDA (fp32
+master weights), chunked fused cross-entropy, gradient clipping, fused AdamW on CUDA, linear
+warm-up then cosine decay of the learning rate over warmup + steps.
+
+MFU = tokens/s x FLOPs per token / peak, FLOPs per token = 6 N + 12 L d T (Kaplan et al. 2020;
+the attention term of PaLM, Chowdhery et al. 2022, appendix B): N the parameters that multiply
+a token (MoE: the active ones; lookup tables excluded), L layers, d = heads x head width,
+T = seq_len (the full square, causal masking not halved, as PaLM and nanoGPT count it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+
+from profiling import metrics as pm
+from profiling.window import WindowMeter, WindowResult, rapl_energy_reader
+from runners import baselines, textstream
+from runners import device as dev
+from runners.catalog import ModelCard
+from runners.decoder import Decoder, DecoderConfig, ParamCounts, compile_failed
+from runners.errors import BadInput
+from runners.family import Family, FamilyConfig, register
+from runners.protocol import Event, Metric, RunResult
+from runners.tokenizer import ByteTokenizer
+
+SOURCE = "runner"
+LOSS_TAIL_STEPS = 5
+"""`loss` is the mean cross-entropy of the last this-many measured steps."""
+PEAK_MATMUL_N = 8192
+"""Side of the square bf16 matmul whose rate is the measured peak."""
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A pretraining technique: the switches it sets, or the transformers baseline it runs."""
+
+    id: str
+    group: str
+    attention: str = "gqa"
+    position: str = "rope"
+    ffn: str = "dense"
+    baseline: str | None = None
+    """`mamba`, `rwkv` or `pythia`; None for the decoder."""
+
+
+VARIANTS: dict[str, Variant] = {v.id: v for v in (
+    Variant("mha", "attention", attention="mha"),
+    Variant("mqa", "attention", attention="mqa"),
+    Variant("gqa", "attention"),
+    Variant("mla", "attention", attention="mla"),
+    Variant("rope", "positional_encoding"),
+    Variant("absolute", "positional_encoding", position="absolute"),
+    Variant("learned", "positional_encoding", position="learned"),
+    Variant("relative", "positional_encoding", position="relative"),
+    Variant("nope", "positional_encoding", position="nope"),
+    Variant("dense", "moe"),
+    Variant("moe", "moe", ffn="moe"),
+    Variant("transformer", "attention_free"),
+    Variant("mamba", "attention_free", baseline="mamba"),
+    Variant("rwkv", "attention_free", baseline="rwkv"),
+    Variant("pythia", "attention_free", baseline="pythia"),
+)}
+BASELINE = Variant("gqa", "attention")
+PRECISIONS = ("auto", "bf16", "fp32")
+MOE_MATCHES = ("flops", "expert")
+
+
+@dataclass(frozen=True)
+class PretrainingConfig(FamilyConfig):
+    """A pretraining run: the RunSpec's fields plus the `--set` parameters below."""
+
+    family: ClassVar[str] = "pretraining"
+
+    lr: float = 6e-4
+    """Peak learning rate (AdamW)."""
+    lr_warmup_steps: int = -1
+    """Linear learning-rate warm-up steps; -1: a tenth of warmup + steps."""
+    min_lr_ratio: float = 0.1
+    """The cosine decay ends at this share of `lr` on the last step."""
+    weight_decay: float = 0.1
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 turns it off."""
+    precision: str = "auto"
+    """`bf16` autocast (fp32 master weights), `fp32`, or `auto`: bf16 on CUDA, fp32 on CPU."""
+    peak_tflops: float | None = field(default=None, metadata={"kind": float})
+    """Dense bf16 peak for `mfu`; None: measured on the device before training (CUDA)."""
+    measure_peak: bool = True
+    """Measure the matmul peak when `peak_tflops` is not given (CUDA only)."""
+    eval_tokens: int = 4096
+    """Held-out tokens scored for `eval_ppl`; 0 skips the evaluation."""
+    save: bool = False
+    """Write RUN_DIR/checkpoint.pt (weights and config) after the run."""
+    threads: int | None = field(default=None, metadata={"kind": int})
+    """torch intra-op threads; None: one fewer than the CPUs this process may use."""
+    experts: int = 8
+    top_k: int = 2
+    moe_match: str = "flops"
+    """`flops`: expert width = FFN / top_k, so active FLOPs equal the dense FFN's;
+    `expert`: each expert as wide as the dense FFN (the paper's '0.5B x 8')."""
+    aux_loss_coef: float = 0.01
+    loss_chunk_tokens: int = 0
+    """Tokens per cross-entropy chunk; 0: at most 2^28 logits a chunk."""
+    compile_loss: bool = True
+    """Fuse the loss's softmax gradient with torch.compile on CUDA (eager on CPU)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.lr > 0:
+            raise BadInput(f"lr must be positive, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise BadInput(f"unknown precision {self.precision!r} "
+                           f"(choose from {', '.join(PRECISIONS)})")
+        if self.moe_match not in MOE_MATCHES:
+            raise BadInput(f"unknown moe_match {self.moe_match!r} "
+                           f"(choose from {', '.join(MOE_MATCHES)})")
+        if not 1 <= self.top_k <= self.experts:
+            raise BadInput(f"need 1 <= top_k <= experts, got top_k={self.top_k}, "
+                           f"experts={self.experts}")
+        checks = (("min_lr_ratio", 0 <= self.min_lr_ratio <= 1), ("beta2", 0 < self.beta2 < 1),
+                  ("weight_decay", self.weight_decay >= 0), ("grad_clip", self.grad_clip >= 0),
+                  ("aux_loss_coef", self.aux_loss_coef >= 0),
+                  ("loss_chunk_tokens", self.loss_chunk_tokens >= 0),
+                  ("lr_warmup_steps", self.lr_warmup_steps >= -1),
+                  ("eval_tokens", self.eval_tokens == 0 or self.eval_tokens >= 2),
+                  ("peak_tflops", self.peak_tflops is None or self.peak_tflops > 0),
+                  ("threads", self.threads is None or self.threads >= 1))
+        for name, ok in checks:
+            if not ok:
+                raise BadInput(f"{name} out of range: {getattr(self, name)!r}")
+
+
+def decoder_config(card: ModelCard, variant: Variant, seq_len: int,
+                   config: PretrainingConfig | None = None) -> DecoderConfig:
+    """The decoder of a card with the variant's switches (the baseline for `transformer`)."""
+    c = config
+    experts, top_k = (c.experts, c.top_k) if c else (8, 2)
+    return DecoderConfig(
+        vocab_size=card.vocab_size, d_model=card.hidden_size, n_layers=card.num_layers,
+        n_heads=card.num_heads, n_kv_heads=card.num_kv_heads,
+        ffn_hidden=card.intermediate_size, max_seq_len=seq_len, attention=variant.attention,
+        position=variant.position, ffn=variant.ffn, rope_theta=card.rope_theta,
+        qkv_bias=card.arch == "qwen2", tie_embeddings=card.tie_embeddings,
+        n_experts=experts, top_k=top_k,
+        expert_hidden=card.intermediate_size if c and c.moe_match == "expert" else None,
+        aux_loss_coef=c.aux_loss_coef if c else 0.01)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to min_ratio x peak at the end."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    span = total - warmup - 1
+    progress = 1.0 if span <= 0 else min(1.0, (step - warmup) / span)
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def measure_matmul_tflops(device: str, n: int = PEAK_MATMUL_N, rounds: int = 5,
+                          reps: int = 10) -> float:
+    """Median rate of `rounds` x `reps` back-to-back n x n x n bf16 matmuls on random data, in
+    TFLOP/s (CUDA events). About 0.5 s on an H100; the MFU denominator of this run."""
+    dev_ = torch.device(device)
+    a = torch.randn(n, n, device=dev_, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev_, dtype=torch.bfloat16)
+    out = torch.empty(n, n, device=dev_, dtype=torch.bfloat16)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    rates = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+        end.record()
+        end.synchronize()
+        rates.append(2 * n**3 * reps / (start.elapsed_time(end) / 1e3) / 1e12)
+    del a, b, out
+    return statistics.median(rates)
+
+
+class StepOut(NamedTuple):
+    latency_s: float
+    loss: float
+    """Cross-entropy (nats), the aux loss left out."""
+    aux: float | None
+    lr: float
+    grad_norm: float | None
+
+
+@register
+class PretrainingFamily(Family[PretrainingConfig]):
+    """Cost (throughput, latency, memory, energy, MFU) and quality of one architecture."""
+
+    name = "pretraining"
+    config_type = PretrainingConfig
+    techniques = frozenset(VARIANTS)
+
+    _model: Any = None
+    _counts: ParamCounts | None = None
+
+    def validate(self) -> None:
+        c, card = self.config, self.card
+        if card.weights != "random":
+            raise BadInput(f"pretraining trains from random weights; {card.id} is a "
+                           "real-weights model (choose a shape: tiny, qwen2.5-0.5b, ...)")
+        if c.seq_len > card.max_position:
+            raise BadInput(f"seq_len {c.seq_len} exceeds {card.id}'s {card.max_position} "
+                           "positions")
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        c, ctx = self.config, self.ctx
+        variant = VARIANTS[c.technique]
+        ctx.phase("load", model=c.model, technique=c.technique)
+        threads = dev.set_threads(c.threads)
+        total_steps = c.warmup + c.steps
+        text = textstream.load(c.dataset, need_tokens=total_steps * c.batch_size * c.seq_len + 1,
+                               eval_tokens=c.eval_tokens)
+        cuda = c.device.startswith("cuda")
+        autocast_dtype = self._autocast_dtype()
+
+        model, matching = self._build(variant)
+        counts = self._counts = model.param_counts()
+        n_layers, d_attn = model.attention_shape()
+        flops_per_token = pm.flops_per_token(counts.flop, training=True, n_layers=n_layers,
+                                             d_attn=d_attn, context_len=c.seq_len)
+        optimizer = self._optimizer(model, cuda)
+
+        # Every step's windows are planned and on the device before any window opens.
+        plan = textstream.WindowPlan(len(text.train), c.batch_size, c.seq_len, c.seed)
+        ids = _to_tensor(text.train, c.device)
+        starts = torch.tensor([plan.starts(s) for s in range(total_steps)], dtype=torch.long,
+                              device=c.device)
+        offsets = torch.arange(c.seq_len + 1, device=c.device)
+        warm_lr = c.lr_warmup_steps if c.lr_warmup_steps >= 0 else max(1, total_steps // 10)
+        sync = dev.sync_fn(c.device)
+
+        peak_tflops, peak_source = c.peak_tflops, "given" if c.peak_tflops else None
+        if peak_tflops is None and cuda and c.measure_peak:
+            ctx.phase("peak")
+            peak_tflops, peak_source = measure_matmul_tflops(c.device), "measured"
+
+        def step(i: int) -> StepOut:
+            t0 = time.perf_counter()
+            rows = ids[(starts[i][:, None] + offsets) % ids.shape[0]]
+            lr = lr_at(i, total_steps, c.lr, warm_lr, c.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with self._autocast(autocast_dtype):
+                out = model.forward_loss(rows[:, :-1], rows[:, 1:],
+                                         chunk_tokens=c.loss_chunk_tokens or None,
+                                         compiled=cuda and c.compile_loss)
+            out.loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip) \
+                if c.grad_clip > 0 else None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            parts = [out.ce.detach()] + [t.detach().float() for t in (out.aux, norm)
+                                         if t is not None]
+            if sync is not None:
+                sync()
+            values = torch.stack(parts).tolist()
+            latency = time.perf_counter() - t0
+            aux = values[1] if out.aux is not None else None
+            return StepOut(latency, values[0], aux, lr, values[-1] if norm is not None else None)
+
+        meter = self._meter(sync)
+        warm, _ = self._steps("warmup", range(c.warmup), step, meter)
+        dev.reset_peak_memory(c.device)
+        measured, window = self._steps("measure", range(c.warmup, total_steps), step, meter)
+        assert window is not None  # steps >= 1 (RunSpec checks it)
+        peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
+        facts = self._model_facts(model, variant)  # before eval: MoE load of training steps
+
+        ppl = None
+        if c.eval_tokens and len(text.heldout) >= 2:
+            ctx.phase("eval", tokens=len(text.heldout))
+            ppl = self._perplexity(model, text.heldout, autocast_dtype)
+        checkpoint = self._save(model, variant) if c.save else None
+
+        metrics = self._metrics(measured, window, counts, flops_per_token, peak_tflops,
+                                peak_alloc, peak_reserved, ppl)
+        info: dict[str, Any] = {
+            "weights": "random", "group": variant.group, "variant": _describe(variant),
+            "matching": matching, "total_params": counts.total, "active_params": counts.active,
+            "flop_params": counts.flop, "flops_per_token": flops_per_token,
+            "mfu_formula": "6*flop_params + 12*layers*d_attn*seq_len per trained token "
+                           f"(layers={n_layers}, d_attn={d_attn})",
+            "peak_tflops": peak_tflops, "peak_source": peak_source,
+            "precision": "bf16-autocast" if autocast_dtype else "fp32", "device": c.device,
+            "batch_size": c.batch_size, "seq_len": c.seq_len, "steps": c.steps,
+            "warmup": c.warmup, "lr": c.lr, "lr_warmup_steps": warm_lr,
+            "optimizer": "AdamW (fused)" if cuda else "AdamW (foreach)",
+            "loss_kernel": "compiled" if cuda and c.compile_loss and not compile_failed()
+            else "eager",
+            "tokenizer": "byte", "vocab_size": self.card.vocab_size, "text": text.source,
+            "train_tokens": len(text.train), "documents": text.documents,
+            "dataset_truncated": text.truncated, "epochs": plan.epochs(total_steps),
+            "eval_tokens": len(text.heldout) if ppl is not None else 0, "threads": threads,
+            "measure_s": window.elapsed_s, "warmup_steps_run": len(warm),
+            "energy_note": window.energy_note, "checkpoint": checkpoint,
+            "final_loss": measured[-1].loss,
+        }
+        info.update(facts)
+        return RunResult(run_id=c.run_id, status="ok", metrics=tuple(metrics), info=info)
+
+    # -- pieces of run -----------------------------------------------------------------------
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        c = self.config
+        if c.precision == "fp32" or (c.precision == "auto" and not c.device.startswith("cuda")):
+            return None
+        return torch.bfloat16
+
+    def _autocast(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.config.device).type, dtype=dtype)
+
+    def _build(self, variant: Variant) -> tuple[Any, dict[str, Any]]:
+        """The model on the device (fp32 weights, training mode) and its matching facts."""
+        c, card = self.config, self.card
+        base_cfg = decoder_config(card, BASELINE, c.seq_len, c)
+        with torch.device("meta"):
+            base = Decoder(base_cfg)
+        base_counts = base.param_counts()
+        base_flops = pm.flops_per_token(base_counts.flop, training=True, n_layers=card.num_layers,
+                                        d_attn=card.hidden_size, context_len=c.seq_len)
+        torch.manual_seed(c.seed)
+        if variant.baseline is not None:
+            model: Any = baselines.build(variant.baseline, card, c.seq_len, c.device, c.seed,
+                                         base_counts.total)
+            rule = ("equal-params: same width, depth, vocabulary and tying as the baseline "
+                    f"decoder; {model.describe()['width_name']} solved to match its parameters")
+        else:
+            cfg = decoder_config(card, variant, c.seq_len, c)
+            with torch.device(c.device):
+                model = Decoder(cfg)
+            rule = _decoder_rule(variant, cfg)
+        self._model = model
+        counts = model.param_counts()
+        layers, d_attn = model.attention_shape()
+        flops = pm.flops_per_token(counts.flop, training=True, n_layers=layers, d_attn=d_attn,
+                                   context_len=c.seq_len)
+        matching = {
+            "rule": rule, "baseline": "gqa+rope+dense decoder",
+            "baseline_total_params": base_counts.total, "total_params": counts.total,
+            "active_params": counts.active, "delta_params": counts.total - base_counts.total,
+            "delta_params_pct": 100.0 * (counts.total - base_counts.total) / base_counts.total,
+            "baseline_flops_per_token": base_flops, "flops_per_token": flops,
+            "delta_flops_pct": 100.0 * (flops - base_flops) / base_flops,
+        }
+        return model, matching
+
+    def _optimizer(self, model: Any, cuda: bool) -> torch.optim.Optimizer:
+        """AdamW; matrices decay, vectors (norms, biases) do not; fused kernels on CUDA."""
+        c = self.config
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2],
+                   "weight_decay": c.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=c.lr,
+                                 betas=(0.9, c.beta2), eps=1e-8,
+                                 **({"fused": True} if cuda else {}))
+
+    def _meter(self, sync: Callable[[], None] | None) -> WindowMeter:
+        """Windows on this run's device; energy from NVML (GPU) or RAPL (CPU) where readable."""
+        reader, source = None, None
+        try:
+            from profiling.energy import energy_reader_for
+
+            reader, source = energy_reader_for(self.config.device)
+        except ImportError:  # an older profiling package: RAPL alone, CPU only
+            if self.config.device == "cpu":
+                reader = rapl_energy_reader()
+                source = "rapl" if reader is not None else None
+        return WindowMeter(sync=sync, energy_reader=reader, device=self.ctx.sample_device,
+                           energy_source=source)
+
+    def _steps(self, phase: str, indices: range, step: Callable[[int], StepOut],
+               meter: WindowMeter) -> tuple[list[StepOut], WindowResult | None]:
+        """Run optimizer steps `indices` inside window `phase`, one step event each."""
+        c, ctx = self.config, self.ctx
+        ctx.phase(phase, steps=len(indices))
+        if not indices:
+            return [], None
+        outs: list[StepOut] = []
+        meter.begin(phase)
+        for i in indices:
+            out = step(i)
+            outs.append(out)
+            extra = {k: v for k, v in (("aux_loss", out.aux), ("grad_norm", out.grad_norm))
+                     if v is not None}
+            ctx.emit(Event.step(step=i, phase=phase, latency_s=out.latency_s,
+                                tokens=c.batch_size * c.seq_len, samples=c.batch_size,
+                                loss=out.loss, lr=out.lr, **extra))
+        window = meter.end(phase)
+        ctx.emit(Event.window(**window.to_dict()))
+        return outs, window
+
+    def _perplexity(self, model: Any, heldout: Sequence[int],
+                    autocast_dtype: torch.dtype | None) -> float | None:
+        """exp(mean NLL) of the held-out ids, in windows of seq_len + 1 (targets weighted)."""
+        c = self.config
+        ids = _to_tensor(heldout, c.device)
+        nll, count = 0.0, 0
+        model.eval()
+        try:
+            with torch.no_grad(), self._autocast(autocast_dtype):
+                full = (len(ids) - 1) // c.seq_len
+                if full:
+                    rows = ids[: full * c.seq_len + 1]
+                    x = rows[:-1].view(full, c.seq_len)
+                    y = rows[1:].view(full, c.seq_len)
+                    out = model.forward_loss(x, y, compiled=False)
+                    nll += float(out.ce) * x.numel()
+                    count += x.numel()
+                rest = ids[full * c.seq_len:]
+                if len(rest) >= 2:
+                    out = model.forward_loss(rest[None, :-1], rest[None, 1:], compiled=False)
+                    nll += float(out.ce) * (len(rest) - 1)
+                    count += len(rest) - 1
+        finally:
+            model.train()
+        if not count:
+            return None
+        mean = nll / count
+        return math.exp(mean) if math.isfinite(mean) and mean < 700 else None
+
+    def _save(self, model: Any, variant: Variant) -> str:
+        c = self.config
+        path = self.ctx.run_dir / "checkpoint.pt"
+        cfg = asdict(model.cfg) if isinstance(model, Decoder) else model.hf.config.to_dict()
+        torch.save({"technique": c.technique, "model": c.model, "variant": _describe(variant),
+                    "config": cfg, "steps": c.warmup + c.steps,
+                    "state_dict": model.state_dict()}, path)
+        return str(path)
+
+    def _model_facts(self, model: Any, variant: Variant) -> dict[str, Any]:
+        if isinstance(model, Decoder):
+            cfg = model.cfg
+            facts: dict[str, Any] = {
+                "arch": "decoder", "layers": cfg.n_layers, "d_model": cfg.d_model,
+                "heads": cfg.n_heads, "kv_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
+                "ffn_hidden": cfg.ffn_hidden, "tie_embeddings": cfg.tie_embeddings,
+                "attention_kernel": "sdpa attn_mask (ALiBi bias: no flash)"
+                if cfg.position == "relative" else "sdpa causal (flash where available)"}
+            if cfg.attention == "mla":
+                facts["mla"] = {"kv_lora_rank": cfg.mla_rank, "rope_head_dim": cfg.mla_rope_dim,
+                                "nope_head_dim": cfg.head_dim - cfg.mla_rope_dim,
+                                "v_head_dim": cfg.head_dim, "q_compression": None,
+                                "cache_per_token": cfg.mla_rank + cfg.mla_rope_dim}
+            if cfg.ffn == "moe":
+                facts["moe"] = {"experts": cfg.n_experts, "top_k": cfg.top_k,
+                                "expert_hidden": cfg.moe_hidden, "routing": "dropless",
+                                "aux_loss_coef": cfg.aux_loss_coef,
+                                "match": self.config.moe_match,
+                                "load_max_over_mean": _load_imbalance(model)}
+            return facts
+        return {"arch": variant.baseline, **model.describe()}
+
+    def _metrics(self, steps: Sequence[StepOut], window: WindowResult, counts: ParamCounts,
+                 flops_per_token: float, peak_tflops: float | None, peak_alloc: float | None,
+                 peak_reserved: float | None, ppl: float | None) -> list[Metric]:
+        c = self.config
+        stats = pm.latency_stats([s.latency_s for s in steps])
+        tokens = len(steps) * c.batch_size * c.seq_len
+        seconds = window.elapsed_s
+        tokens_per_s = pm.it_tokens_per_s(tokens, seconds)
+        energy = window.energy_j
+        energy_source = window.energy_source or SOURCE
+        flops_per_s = None if tokens_per_s is None else tokens_per_s * flops_per_token
+        peak = peak_tflops * 1e12 if peak_tflops else None
+        tail = [s.loss for s in steps[-LOSS_TAIL_STEPS:]]
+        auxes = [s.aux for s in steps if s.aux is not None]
+
+        def m(name: str, value: float | None, unit: str, source: str = SOURCE) -> Metric:
+            return Metric(name, value, unit, source)
+
+        out = [
+            m("al_s", stats["mean"], "s"),
+            m("al_p50_s", stats["p50"], "s"),
+            m("al_p90_s", stats["p90"], "s"),
+            m("al_p99_s", stats["p99"], "s"),
+            m("tt", pm.tt(tokens, counts.total, seconds), "tokens/param/s"),
+            m("tokens_per_s", tokens_per_s, "tokens/s"),
+            m("samples_per_s", pm.it_tokens_per_s(len(steps) * c.batch_size, seconds),
+              "samples/s"),
+            m("energy_j", energy, "J", energy_source),
+            m("aec_w", pm.aec_w(energy, window.t0_ns, window.t1_ns), "W", energy_source),
+            m("j_per_token", pm.j_per_token(energy, tokens), "J/token", energy_source),
+            m("peak_allocated_gib", peak_alloc, "GiB"),
+            m("peak_reserved_gib", peak_reserved, "GiB"),
+            m("total_params", float(counts.total), "params"),
+            m("active_params", float(counts.active), "params"),
+            m("trainable_params", float(counts.total), "params"),
+            m("mfu", pm.mfu(flops_per_s, peak), "fraction"),
+            m("loss", sum(tail) / len(tail), "nats"),
+            m("eval_ppl", ppl, "ppl"),
+        ]
+        if auxes:
+            out.append(m("aux_loss", sum(auxes) / len(auxes), "ratio"))
+        return out
+
+    def failure_info(self) -> Mapping[str, Any]:
+        c = self.config
+        info = {"batch_size": c.batch_size, "seq_len": c.seq_len, "device": c.device,
+                "technique": c.technique, "group": VARIANTS[c.technique].group}
+        if self._counts is not None:
+            info.update(total_params=self._counts.total, active_params=self._counts.active)
+        elif self._model is not None:
+            info["total_params"] = sum(p.numel() for p in self._model.parameters())
+        return info
+
+
+def _decoder_rule(variant: Variant, cfg: DecoderConfig) -> str:
+    if variant.ffn == "moe":
+        if cfg.moe_hidden * cfg.top_k == cfg.ffn_hidden:
+            return (f"equal-FLOP: {cfg.n_experts} experts of width ffn/{cfg.top_k} = "
+                    f"{cfg.moe_hidden}, so a token's active FFN FLOPs equal the dense FFN's")
+        return (f"expert-sized: {cfg.n_experts} experts as wide as the dense FFN "
+                f"({cfg.moe_hidden}); {cfg.top_k}x the dense FFN FLOPs per token")
+    what = {"mha": "K/V projections for every head", "mqa": "K/V projections for one head",
+            "mla": "the latent K/V path (down- and up-projections) replaces the K/V "
+                   "projections", "learned": "a learned position table",
+            }.get(variant.attention if variant.attention != "gqa" else variant.position,
+                  "no parameters")
+    return ("equal-shape: same layers, width, heads, head width and FFN as the baseline; "
+            f"only the switched component differs ({what})")
+
+
+def _describe(variant: Variant) -> dict[str, Any]:
+    if variant.baseline is not None:
+        return {"baseline": variant.baseline}
+    return {"attention": variant.attention, "position": variant.position, "ffn": variant.ffn}
+
+
+def _load_imbalance(model: Decoder) -> float | None:
+    """Most-loaded expert's slots over the mean, the worst layer of the last forward."""
+    worst = None
+    for block in model.blocks:
+        counts = getattr(block.ffn, "last_counts", None)
+        if counts is not None and counts.sum() > 0:
+            ratio = float(counts.max()) / float(counts.float().mean())
+            worst = ratio if worst is None else max(worst, ratio)
+    return worst
+
+
+def _to_tensor(ids: Sequence[int], device: str) -> torch.Tensor:
+    """A long tensor of ids on the device (from an array of uint16 without a Python list)."""
+    if hasattr(ids, "typecode") and ids.typecode == "H":
+        raw = torch.frombuffer(bytearray(ids.tobytes()), dtype=torch.int16)
+        return raw.to(torch.long).bitwise_and_(0xFFFF).to(device)
+    return torch.tensor(list(ids), dtype=torch.long, device=device)

@@ -1,0 +1,201 @@
+"""The finetuning family in process on `tiny` (CPU): every technique trains a few steps,
+reports every metric and saves what it trained; config checks; the FLOP formula; OOM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from profiling import metrics as pm
+from runners import catalog, peft_methods, training
+from runners.errors import BadInput
+from runners.eventlog import EventLog
+from runners.family import RunContext, family_class
+from runners.finetuning import FinetuningConfig, FinetuningFamily, train_flops_per_token
+from runners.protocol import EVENTS_FILE, Event, RunResult, RunSpec
+
+TECHNIQUES = sorted(peft_methods.METHODS)
+SMALL = dict(seq_len=32, batch_size=2, steps=2, warmup=1)
+METRICS = {"st": "samples/param/s", "tt": "tokens/param/s", "tokens_per_s": "tokens/s",
+           "samples_per_s": "samples/s", "al_s": "s", "al_p50_s": "s", "al_p90_s": "s",
+           "al_p99_s": "s", "trainable_params": "params", "total_params": "params",
+           "loss": "nats/token", "eval_loss": "nats/token", "eval_ppl": "ppl",
+           "peak_allocated_gib": "GiB", "peak_reserved_gib": "GiB", "energy_j": "J",
+           "aec_w": "W", "j_per_token": "J/token", "mfu": "fraction"}
+
+
+def _spec(technique: str = "lora", **extra: Any) -> RunSpec:
+    fields: dict[str, Any] = dict(run_id=f"t-{technique}", family="finetuning",
+                                  technique=technique, model="tiny", device="cpu", **SMALL)
+    params = {"threads": 1, "eval_batches": 1, **extra.pop("params", {})}
+    fields.update(extra)
+    return RunSpec(params=params, **fields)
+
+
+def _run(tmp_path: Path, spec: RunSpec) -> tuple[RunResult, list[Event]]:
+    run_dir = tmp_path / spec.run_id
+    run_dir.mkdir()
+    log = EventLog(run_dir / EVENTS_FILE)
+    config = FinetuningConfig.from_spec(spec, "cpu")
+    family = FinetuningFamily(config, catalog.model_card(spec.model),
+                              RunContext(spec, run_dir, tmp_path, "cpu", log))
+    family.validate()
+    result = family.run()
+    log.close()
+    events = [Event.from_json(line) for line in (run_dir / EVENTS_FILE).read_text().splitlines()]
+    return result, events
+
+
+def test_registry_and_catalog_agree() -> None:
+    assert family_class("finetuning") is FinetuningFamily
+    ids = {t.id for t in catalog.techniques() if t.family == "finetuning"}
+    assert ids == set(FinetuningFamily.techniques) == set(TECHNIQUES)
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_every_technique_trains_reports_and_saves(tmp_path: Path, technique: str) -> None:
+    result, events = _run(tmp_path, _spec(technique))
+    assert result.status == "ok"
+    got = {m.name: m for m in result.metrics}
+    assert {n: m.unit for n, m in got.items()} == METRICS
+    for name in ("st", "tt", "tokens_per_s", "al_s", "trainable_params", "total_params",
+                 "loss", "eval_loss", "eval_ppl"):
+        assert got[name].value is not None and got[name].value > 0, name
+    assert got["peak_allocated_gib"].value is None and got["mfu"].value is None  # CPU
+    trainable, total = got["trainable_params"].value, got["total_params"].value
+    assert (trainable == total) if technique == "full" else (0 < trainable < total)
+    assert got["eval_ppl"].value == pytest.approx(2.718281828 ** got["eval_loss"].value)
+
+    steps = [e for e in events if e.kind == "step"]
+    assert [(e.get("phase"), e.get("step")) for e in steps] == [
+        ("warmup", 0), ("measure", 0), ("measure", 1)]
+    for e in steps:
+        assert e.get("tokens") == 2 * 32 and e.get("samples") == 2
+        assert e.get("lr") > 0 and e.get("latency_s") > 0 and e.get("loss") > 0
+    assert got["loss"].value == steps[-1].get("loss")
+    phases = [e.get("name") for e in events if e.kind == "phase"]
+    assert phases == ["load", "warmup", "measure", "eval", "save"]
+
+    files = result.info["adapter_files"]
+    adapter = tmp_path / result.run_id / "adapter"
+    assert files and all((adapter / f).is_file() for f in files)
+    if technique not in ("full", "freeze"):
+        assert "adapter_model.safetensors" in files
+        assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"]
+    assert result.info["lr"] == peft_methods.METHODS[technique].default_lr
+    assert result.info["flops_per_token"] > 0
+
+
+def test_lora_plus_optimizer_has_the_ratio(tmp_path: Path) -> None:
+    result, _ = _run(tmp_path, _spec("lora-plus", params={"loraplus_ratio": 4, "lr": 1e-3}))
+    steps_lr = result.info["lr"]
+    assert steps_lr == 1e-3 and result.info["hyper"]["loraplus_ratio"] == 4.0
+
+
+def test_settable_hyper_parameters_reach_peft(tmp_path: Path) -> None:
+    result, _ = _run(tmp_path, _spec("rslora", params={
+        "rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": "q_proj,v_proj",
+        "grad_accum": 2, "grad_ckpt": True, "packing": False, "save": False}))
+    cfg = result.info["adapter_config"]
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and cfg["use_rslora"] is True
+    assert sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
+    assert result.info["samples_per_step"] == 4 and result.info["adapter_files"] == []
+    # 4 layers x (q: 256x256, v: 256x128) at rank 4: A (r x in) + B (out x r)
+    assert result.metric("trainable_params") == 4 * (4 * (256 + 256) + 4 * (256 + 128))
+
+
+def test_freeze_trains_only_the_last_k_blocks(tmp_path: Path) -> None:
+    result, _ = _run(tmp_path, _spec("freeze", params={"freeze_k": 1}))
+    block = (256 * 256 + 256) + 2 * (256 * 128 + 128) + 256 * 256 + 3 * 256 * 1024 + 2 * 256
+    assert result.metric("trainable_params") == block
+    assert result.info["first_trained_block"] == 3
+
+
+def test_unchunked_loss_gives_the_same_training(tmp_path: Path) -> None:
+    a, _ = _run(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path,
+                _spec("full", params={"save": False}))
+    b, _ = _run(tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
+                _spec("full", params={"save": False, "loss_chunk_rows": 0}))
+    assert a.metric("loss") == pytest.approx(b.metric("loss"), rel=1e-4)
+    assert a.metric("eval_loss") == pytest.approx(b.metric("eval_loss"), rel=1e-4)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"rank": 0}, "rank must be at least 1"),
+    ({"dropout": 1.0}, "dropout must be within"),
+    ({"precision": "fp8"}, "unknown precision"),
+    ({"grad_accum": 0}, "grad_accum must be at least 1"),
+    ({"target_modules": "q_proj;rm -rf"}, "target_modules must be"),
+    ({"lr": -1}, "lr must be positive"),
+    ({"nonsense": 1}, "unknown --set parameter"),
+    ({"rank": "big"}, "expected int"),
+])
+def test_bad_parameters_are_bad_input(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        FinetuningConfig.from_spec(_spec(params=params), "cpu")
+
+
+def test_validate_checks_the_card_and_the_data(tmp_path: Path) -> None:
+    def family(spec: RunSpec) -> FinetuningFamily:
+        ctx = RunContext(spec, tmp_path, tmp_path, "cpu", EventLog(tmp_path / "e.jsonl"))
+        return FinetuningFamily(FinetuningConfig.from_spec(spec, "cpu"),
+                                catalog.model_card("tiny"), ctx)
+
+    with pytest.raises(BadInput, match="freeze_k 9 exceeds tiny's 4 blocks"):
+        family(_spec("freeze", params={"freeze_k": 9})).validate()
+    with pytest.raises(BadInput, match="20 virtual tokens exceeds"):
+        family(_spec("prompt-tuning", seq_len=4090)).validate()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"\n')
+    with pytest.raises(BadInput, match="line 2: not valid JSON"):
+        family(_spec(dataset=str(bad))).validate()
+
+
+def test_full_flops_are_the_design_formula() -> None:
+    n, layers, d, t = 1_000_000, 4, 256, 64
+    got = train_flops_per_token(total_params=n, trainable_params=n,
+                                block_params=[200_000] * layers, first_block=0, d_attn=d,
+                                context_len=t)
+    assert got == pm.flops_per_token(n, training=True, n_layers=layers, d_attn=d,
+                                     context_len=t)
+
+
+def test_peft_and_freeze_flops_by_hand() -> None:
+    blocks = [100] * 4
+    lora = train_flops_per_token(total_params=1000, trainable_params=10, block_params=blocks,
+                                 first_block=0, d_attn=2, context_len=3)
+    assert lora == 2 * 1000 + 2 * 1000 + 2 * 10 + 12 * 4 * 2 * 3
+    freeze = train_flops_per_token(total_params=1000, trainable_params=100,
+                                   block_params=blocks, first_block=3, d_attn=2, context_len=3,
+                                   untied_embedding_params=50)
+    path = 1000 - 300 - 50
+    assert freeze == 2 * 1000 + 2 * path + 2 * 100 + 4 * 4 * 6 + 8 * 1 * 6
+
+
+def test_oom_is_a_result_with_batch_size_and_memory(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from runners.__main__ import execute
+
+    def boom(self: Any, micro: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(training.TrainStep, "__call__", boom)
+    home = tmp_path / "home"
+    run_dir = home / "runs" / "oom-run"
+    run_dir.mkdir(parents=True)
+    spec = _spec("lora", run_id="oom-run", batch_size=3)
+    (run_dir / "spec.json").write_text(spec.to_json())
+    log = EventLog(run_dir / EVENTS_FILE)
+    assert execute(run_dir, log) == 1
+    log.close()
+    events = [Event.from_json(x) for x in (run_dir / EVENTS_FILE).read_text().splitlines()]
+    error, result = events[-2], RunResult.from_dict(events[-1].fields)
+    assert error.kind == "error" and error.get("type") == "oom"
+    assert result.status == "oom" and result.error_type == "oom"
+    assert result.info["batch_size"] == 3 and result.info["technique"] == "lora"
+    assert {"peak_allocated_gib", "peak_reserved_gib", "peak_rss_gib"} <= set(result.info)
+    assert result.info["trainable_params"] > 0
