@@ -42,14 +42,20 @@ from .runqueue import LaunchQueue
 from .tracker import ActiveRun, RunWatcher
 
 if TYPE_CHECKING:
+    from profiling.sample import Sample
     from runners.protocol import RunSpec
 
     from .store import Store
 
 log = logging.getLogger(__name__)
 
-SCREENS_ORDER = (("dashboard", "Dashboard"), ("launch", "Launch"), ("runs", "Runs"),
-                 ("compare", "Compare"), ("sql", "SQL"))
+SCREENS_ORDER = (
+    ("dashboard", "Dashboard"),
+    ("launch", "Launch"),
+    ("runs", "Runs"),
+    ("compare", "Compare"),
+    ("sql", "SQL"),
+)
 REPLAY_S = 600.0
 """Seconds of daemon history asked for at start (its ring keeps ten minutes by default)."""
 _NAV = Binding.Group("screens")
@@ -77,30 +83,52 @@ class EfficientLLMApp(App[None]):
         frozen: Deterministic rendering for snapshots: no cursor blink.
         watch_runs: Tail run dirs for active runs.
         recover: Ingest run dirs that finished unseen, at start.
+        lock_timeout_s: How long a database open waits for another process's lock.
+        start_mode: The screen to open on (dashboard by default).
+        catalog: The model/technique catalog for the Launch matrix (tests pin one).
     """
 
     TITLE = "efficientllm"
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
     MODES = {name: _mode(name) for name, _ in SCREENS_ORDER}
     DEFAULT_MODE = "dashboard"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     BINDINGS = [
-        *(Binding(str(i), f"show('{name}')", label, group=_NAV)
-          for i, (name, label) in enumerate(SCREENS_ORDER, 1)),
-        *(Binding(f"f{i}", f"show('{name}')", label, show=False, priority=True)
-          for i, (name, label) in enumerate(SCREENS_ORDER, 1)),
+        *(
+            Binding(str(i), f"show('{name}')", label, group=_NAV)
+            for i, (name, label) in enumerate(SCREENS_ORDER, 1)
+        ),
+        *(
+            Binding(f"f{i}", f"show('{name}')", label, show=False, priority=True)
+            for i, (name, label) in enumerate(SCREENS_ORDER, 1)
+        ),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
-    feed_state: reactive[FeedState] = reactive(FeedState(False, "connecting..."))
+    feed_state: reactive[FeedState] = reactive(FeedState(False, ""))
+    """The live feed: connected, or why not ("" until the first attempt ends)."""
     simulated: reactive[bool] = reactive(False)
 
-    def __init__(self, db_path: Path, home: Path, *, sample_source: SampleSource | None = None,
-                 clock: Callable[[], int] | None = None, frozen: bool = False,
-                 watch_runs: bool = True, recover: bool = True,
-                 lock_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        home: Path,
+        *,
+        sample_source: SampleSource | None = None,
+        clock: Callable[[], int] | None = None,
+        frozen: bool = False,
+        watch_runs: bool = True,
+        recover: bool = True,
+        lock_timeout_s: float = 5.0,
+        start_mode: str | None = None,
+        catalog: dict[str, Any] | None = None,
+    ) -> None:
+        if start_mode is not None:
+            if start_mode not in self.MODES:
+                raise ValueError(f"unknown screen {start_mode!r}")
+            self.DEFAULT_MODE = start_mode  # type: ignore[misc]  # App.__init__ reads it
         super().__init__()
         self.db_path = Path(db_path)
         self.home = Path(home)
@@ -108,6 +136,8 @@ class EfficientLLMApp(App[None]):
         self.clock = clock or time.time_ns
         self.frozen = frozen
         self.lock_timeout_s = lock_timeout_s
+        self.catalog = catalog
+        """Models and techniques offered on Launch (None: the shipped catalog)."""
         self.history = SampleHistory()
         self.active: dict[str, ActiveRun] = {}
         self.queue = LaunchQueue()
@@ -163,27 +193,38 @@ class EfficientLLMApp(App[None]):
             if ok:
                 self.exit()
 
-        self.push_screen(ConfirmScreen(
-            "Quit?", f"{pending} queued run(s) have not started and will be dropped. "
-            "Runs already going continue without the app.", yes="Quit"), done)
+        self.push_screen(
+            ConfirmScreen(
+                "Quit?",
+                f"{pending} queued run(s) have not started and will be dropped. "
+                "Runs already going continue without the app.",
+                yes="Quit",
+            ),
+            done,
+        )
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for name, label in SCREENS_ORDER:
-            yield SystemCommand(f"Go to {label}", f"Switch to the {label} screen",
-                                partial(self.action_show, name))
-        yield SystemCommand("Toggle dark/light", "Switch between the dark and light theme",
-                            self.toggle_dark)
+            yield SystemCommand(
+                f"Go to {label}", f"Switch to the {label} screen", partial(self.action_show, name)
+            )
+        yield SystemCommand(
+            "Toggle dark/light", "Switch between the dark and light theme", self.toggle_dark
+        )
         seen: set[str] = set()
-        for key, active in screen.active_bindings.items():
+        for active in screen.active_bindings.values():
             b = active.binding
             if b.action.startswith("show(") or b.action in seen or b.system:
                 continue  # screens are offered above, once
             if b.description and b.show and active.enabled:
                 seen.add(b.action)
                 keys = self.get_key_display(b)
-                yield SystemCommand(b.description, f"{screen.__class__.__name__}: key {keys}",
-                                    partial(self.run_action, b.action, active.node))
+                yield SystemCommand(
+                    b.description,
+                    f"{screen.__class__.__name__}: key {keys}",
+                    partial(self.run_action, b.action, active.node),
+                )
 
     def toggle_dark(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
@@ -206,16 +247,25 @@ class EfficientLLMApp(App[None]):
         if isinstance(error, EfficientLLMError):
             self.notify(error.msg, title=error.title, severity="error", timeout=8)
         elif isinstance(error, DaemonError):
-            self.notify(f"{error}. Start it with: efficientllm daemon start",
-                        title="Profiling daemon", severity="warning", timeout=8)
+            self.notify(
+                f"{error}. Start it with: efficientllm daemon start",
+                title="Profiling daemon",
+                severity="warning",
+                timeout=8,
+            )
         elif isinstance(error, OSError):
             what = f" ({error.filename})" if error.filename else ""
-            self.notify(f"{error.strerror or error}{what}", title="File error",
-                        severity="error", timeout=8)
+            self.notify(
+                f"{error.strerror or error}{what}", title="File error", severity="error", timeout=8
+            )
         else:
             path = self._log_exception(error, where)
-            self.notify(f"{type(error).__name__}: {error}. Details in {path}",
-                        title="Unexpected error", severity="error", timeout=10)
+            self.notify(
+                f"{type(error).__name__}: {error}. Details in {path}",
+                title="Unexpected error",
+                severity="error",
+                timeout=10,
+            )
 
     def _log_exception(self, error: BaseException, where: str) -> Path:
         path = self.home / "tui.log"
@@ -234,19 +284,40 @@ class EfficientLLMApp(App[None]):
     def stream_samples(self) -> None:
         worker = get_current_worker()
         since = self.now_ns() - int(REPLAY_S * 1e9)
-        pump(self.sample_source, since,
-             on_batch=lambda batch: self.post_message(SamplesArrived(batch)),
-             on_state=lambda st: self.post_message(FeedChanged(st.connected, st.detail)),
-             stopped=lambda: worker.is_cancelled or self._stopping.is_set())
+
+        def on_batch(batch: list[Sample]) -> None:
+            self.post_message(SamplesArrived(batch))
+
+        def on_state(state: FeedState) -> None:
+            self.post_message(FeedChanged(state.connected, state.detail))
+
+        pump(
+            self.sample_source,
+            since,
+            on_batch=on_batch,
+            on_state=on_state,
+            stopped=lambda: worker.is_cancelled or self._stopping.is_set(),
+        )
 
     @on(SamplesArrived)
     def _take_samples(self, message: SamplesArrived) -> None:
-        self.history.extend(message.samples)
+        if self.history.extend(message.samples):
+            hook = getattr(self.screen, "samples_arrived", None)
+            if callable(hook):
+                hook()
         if self.history.simulated and not self.simulated:
             self.simulated = True
 
     @on(FeedChanged)
     def _feed_changed(self, message: FeedChanged) -> None:
+        if self.feed_state.connected and not message.connected:
+            self.notify(
+                f"Lost the profiling daemon ({message.detail}). The graphs pause; "
+                "start it again with `efficientllm daemon start` (retrying).",
+                title="Profiling daemon",
+                severity="warning",
+                timeout=8,
+            )
         self.feed_state = FeedState(message.connected, message.detail)
 
     # ------------------------------------------------------------------ active runs
@@ -268,21 +339,22 @@ class EfficientLLMApp(App[None]):
             run.launched_here = run.run_id in self._launched
             self.active.setdefault(run.run_id, run)
         for run_id, evs in update.events.items():
-            run = self.active.get(run_id)
-            if run is not None:
+            tracked = self.active.get(run_id)
+            if tracked is not None:
                 for ev in evs:
-                    run.apply(ev)
+                    tracked.apply(ev)
         for run_id in update.ended:
-            run = self.active.pop(run_id, None)
-            self.ingest_finished(run_id, run.launched_here if run else False)
+            ended = self.active.pop(run_id, None)
+            self.ingest_finished(run_id, ended.launched_here if ended else False)
             nxt = self.queue.finished(run_id)
             if nxt is not None:
                 self.spawn_runs([nxt])
 
     @work(thread=True, exit_on_error=False, group="ingest", name="ingest")
     def ingest_finished(self, run_id: str, launched_here: bool) -> None:
-        from . import ingest
         from profiling import home as homes
+
+        from . import ingest
 
         run_dir = homes.runs_dir(self.home) / run_id
         if not launched_here:
@@ -296,12 +368,17 @@ class EfficientLLMApp(App[None]):
     @on(RunIngested)
     def _run_ingested(self, message: RunIngested) -> None:
         if message.status == "ok":
-            self.notify(f"{message.run_id} finished and is stored. Runs (3) has it.",
-                        title="Run finished")
+            self.notify(
+                f"{message.run_id} finished and is stored. Runs (3) has it.", title="Run finished"
+            )
         else:
-            self.notify(f"{message.run_id}: {message.status}: {message.error or 'no reason'}."
-                        " Details on the Runs screen (3).", title=f"Run {message.status}",
-                        severity="error", timeout=10)
+            self.notify(
+                f"{message.run_id}: {message.status}: {message.error or 'no reason'}."
+                " Details on the Runs screen (3).",
+                title=f"Run {message.status}",
+                severity="error",
+                timeout=10,
+            )
         self.post_message(StoreChanged())
 
     @on(StoreChanged)
@@ -318,10 +395,13 @@ class EfficientLLMApp(App[None]):
             from .ingest import recover
 
             done = recover(self.store(), self.home)
-            stored = [r for r, s in done if not s.startswith("skipped")]
-            if stored:
-                self.call_from_thread(self.notify, f"stored {len(stored)} run(s) that ended "
-                                      "while no one watched", title="Recovered")
+            ended = [r for r, s in done if s != "running" and not s.startswith("skipped")]
+            if ended:
+                self.call_from_thread(
+                    self.notify,
+                    f"stored {len(ended)} run(s) that ended while no one watched",
+                    title="Recovered",
+                )
         self.post_message(RecentRunsLoaded(self.store().list_runs(limit=8)))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="recent", name="recent runs")
@@ -338,8 +418,12 @@ class EfficientLLMApp(App[None]):
     def submit_runs(self, specs: list[RunSpec]) -> tuple[int, int]:
         """Queue specs per device; start those whose device is free. Returns (started, queued)."""
         # A simulated GPU is no CUDA device: `auto` runs land on the CPU there.
-        have_gpu = any(name.startswith("gpu") and (s := self.history.latest(name)) is not None
-                       and not s.simulated for name in self.history.devices)
+        have_gpu = any(
+            name.startswith("gpu")
+            and (s := self.history.latest(name)) is not None
+            and not s.simulated
+            for name in self.history.devices
+        )
         start = self.queue.submit(specs, have_gpu)
         if start:
             self.spawn_runs(start)
@@ -354,17 +438,21 @@ class EfficientLLMApp(App[None]):
         try:
             client.ensure_daemon(self.home, idle_exit_s=300.0)
         except client.DaemonError as e:
-            self.call_from_thread(self.notify, f"no live profiling for this run: {e}. Start it "
-                                  "with: efficientllm daemon start", title="Profiling daemon",
-                                  severity="warning", timeout=8)
+            self.call_from_thread(
+                self.notify,
+                f"no live profiling for this run: {e}. Start it with: efficientllm daemon start",
+                title="Profiling daemon",
+                severity="warning",
+                timeout=8,
+            )
         for spec in specs:
+            self._launched.add(spec.run_id)  # before the watcher can see its dir
             try:
                 run_dir = launcher.prepare_run_dir(spec, self.home)
                 launcher.spawn_runner(run_dir)
             except (EfficientLLMError, OSError) as e:
                 self.call_from_thread(self._spawn_failed, spec, e)
                 continue
-            self._launched.add(spec.run_id)
             self.watcher.add(run_dir)
 
     def _spawn_failed(self, spec: RunSpec, error: BaseException) -> None:

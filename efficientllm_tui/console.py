@@ -64,8 +64,7 @@ class ConsoleQuery:
             except Exception:  # noqa: BLE001 - closing races with the end of the query
                 pass
 
-    def arrow(self, limit: int | None = None) -> tuple[pa.Table | None, list[str], list[str],
-                                                        bool]:
+    def arrow(self, limit: int | None = None) -> tuple[pa.Table | None, list[str], list[str], bool]:
         """Run it: (Arrow table of at most `limit` rows or None, columns, types, truncated)."""
         import pyarrow as pa
 
@@ -110,8 +109,9 @@ class ConsoleQuery:
         return ConsoleResult(columns, types, rows, truncated, time.perf_counter() - t0)
 
 
-def export_query(store: Store, sql: str, path: Path, *, read_only: bool = True,
-                 fmt: str | None = None) -> int:
+def export_query(
+    store: Store, sql: str, path: Path, *, read_only: bool = True, fmt: str | None = None
+) -> int:
     """Run `sql` without a row limit and write every row to `path` (atomically).
 
     The format comes from `fmt` or the file extension (.csv, .json, .parquet). JSON is one
@@ -122,8 +122,9 @@ def export_query(store: Store, sql: str, path: Path, *, read_only: bool = True,
     path = Path(path).expanduser()
     fmt = fmt or EXPORT_FORMATS.get(path.suffix.lower())
     if fmt not in ("csv", "json", "parquet"):
-        raise BadInput(f"cannot tell the format of {path.name!r}: end it in .csv, .json or "
-                       ".parquet")
+        raise BadInput(
+            f"cannot tell the format of {path.name!r}: end it in .csv, .json or .parquet"
+        )
     if path.is_dir():
         raise BadInput(f"export path {path} is a directory")
     if not path.parent.is_dir():
@@ -142,8 +143,9 @@ def export_query(store: Store, sql: str, path: Path, *, read_only: bool = True,
 
             pq.write_table(table, tmp)
         else:
-            tmp.write_text(json.dumps(table.to_pylist(), default=str, indent=1) + "\n",
-                           encoding="utf-8")
+            tmp.write_text(
+                json.dumps(table.to_pylist(), default=str, indent=1) + "\n", encoding="utf-8"
+            )
         os.replace(tmp, path)
     except OSError as e:
         raise BadInput(f"cannot write {path}: {e.strerror or e}") from None
@@ -164,8 +166,9 @@ class SqlHistory:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             items = data.get("entries", []) if isinstance(data, dict) else []
-            self.entries = [e["sql"] for e in items if isinstance(e, dict)
-                            and isinstance(e.get("sql"), str)]
+            self.entries = [
+                e["sql"] for e in items if isinstance(e, dict) and isinstance(e.get("sql"), str)
+            ]
         except (OSError, ValueError):
             self.entries = []
         return self
@@ -189,5 +192,4 @@ class SqlHistory:
             tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
             os.replace(tmp, self.path)
         except OSError as e:
-            raise BadInput(f"cannot save SQL history to {self.path}: {e.strerror or e}"
-                           ) from None
+            raise BadInput(f"cannot save SQL history to {self.path}: {e.strerror or e}") from None

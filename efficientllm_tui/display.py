@@ -67,6 +67,16 @@ def gib(n_bytes: float | None) -> str:
     return "-" if n_bytes is None else f"{n_bytes / GIB:.1f}"
 
 
+def joules(value: float | None) -> str:
+    """Energy with a readable prefix: `812 J`, `22.3 kJ`, `1.4 MJ`."""
+    if value is None:
+        return "-"
+    for scale, unit in ((1e6, "MJ"), (1e3, "kJ")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g} J"
+
+
 def duration(seconds: float | None) -> str:
     """`42s`, `3m05s`, `2h04m`; `-` when unknown."""
     if seconds is None or seconds < 0 or math.isnan(seconds):
@@ -94,7 +104,7 @@ def ago(seconds: float | None) -> str:
 
 def short_id(run_id: str, width: int = 22) -> str:
     """A run id cut from the left when long (the tail names the pair, the head the time)."""
-    return run_id if len(run_id) <= width else "…" + run_id[-(width - 1):]
+    return run_id if len(run_id) <= width else "…" + run_id[-(width - 1) :]
 
 
 def status_style(status: str | None) -> str:

@@ -52,11 +52,15 @@ class FeedState:
     detail: str
 
 
-def pump(source: SampleSource, since_ns: int | None, *,
-         on_batch: Callable[[list[Sample]], None],
-         on_state: Callable[[FeedState], None],
-         stopped: Callable[[], bool],
-         retry_s: float = RETRY_S) -> None:
+def pump(
+    source: SampleSource,
+    since_ns: int | None,
+    *,
+    on_batch: Callable[[list[Sample]], None],
+    on_state: Callable[[FeedState], None],
+    stopped: Callable[[], bool],
+    retry_s: float = RETRY_S,
+) -> None:
     """Move samples from `source` to `on_batch` until `stopped()`; reconnect when it ends.
 
     A reader thread blocks on the stream and hands samples over a queue, so a batch is
@@ -72,15 +76,16 @@ def pump(source: SampleSource, since_ns: int | None, *,
             continue
         on_state(FeedState(True, "streaming"))
         inbox: queue.SimpleQueue[Sample | _End] = queue.SimpleQueue()
-        reader = threading.Thread(target=_read, args=(stream, inbox), daemon=True,
-                                  name="efficientllm-sample-reader")
+        reader = threading.Thread(
+            target=_read, args=(stream, inbox), daemon=True, name="efficientllm-sample-reader"
+        )
         reader.start()
         end: _End | None = None
         batch: list[Sample] = []
         first_at = 0.0
         try:
             while not stopped():
-                wait = BATCH_MAX_AGE_S - (time.monotonic() - first_at) if batch else 0.25
+                wait = BATCH_MAX_AGE_S - (time.monotonic() - first_at) if batch else 0.05
                 try:
                     item = inbox.get(timeout=max(0.001, wait))
                 except queue.Empty:
@@ -150,8 +155,15 @@ class SyntheticFeed:
         live: Keep producing samples in real time after the history.
     """
 
-    def __init__(self, n_gpus: int = 2, rate_hz: float = 10.0, *, t0_ns: int | None = None,
-                 history_s: float = 60.0, live: bool = False) -> None:
+    def __init__(
+        self,
+        n_gpus: int = 2,
+        rate_hz: float = 10.0,
+        *,
+        t0_ns: int | None = None,
+        history_s: float = 60.0,
+        live: bool = False,
+    ) -> None:
         self.n_gpus = n_gpus
         self.rate_hz = rate_hz
         self.t0_ns = time.time_ns() - int(history_s * 1e9) if t0_ns is None else t0_ns
@@ -183,19 +195,35 @@ class SyntheticFeed:
     def sample(self, device: str, t_ns: int) -> Sample:
         t = (t_ns - self.t0_ns) / 1e9
         if device == "cpu":
-            return Sample(t_ns=t_ns, host="sim", device="cpu", source="simulated",
-                          mem_used_bytes=int((24 + 2 * math.sin(t / 20)) * 2**30),
-                          mem_total_bytes=64 * 2**30, util_pct=35 + 15 * math.sin(t / 7),
-                          cpu_pct=90 + 40 * math.sin(t / 5), rss_bytes=3 * 2**30)
+            return Sample(
+                t_ns=t_ns,
+                host="sim",
+                device="cpu",
+                source="simulated",
+                mem_used_bytes=int((24 + 2 * math.sin(t / 20)) * 2**30),
+                mem_total_bytes=64 * 2**30,
+                util_pct=35 + 15 * math.sin(t / 7),
+                cpu_pct=90 + 40 * math.sin(t / 5),
+                rss_bytes=3 * 2**30,
+            )
         i = int(device[3:] or 0)
         phase = t / 12 + i
         busy = 0.5 + 0.5 * math.sin(phase)
-        return Sample(t_ns=t_ns, host="sim", device=device, source="simulated",
-                      mem_used_bytes=int((20 + 40 * busy + 2 * i) * 2**30),
-                      mem_total_bytes=81559 * 2**20, util_pct=40 + 59 * busy,
-                      sm_active_pct=20 + 69 * busy, tensor_active_pct=5 + 52 * busy,
-                      dram_active_pct=10 + 34 * busy, power_w=90 + 495 * busy,
-                      sm_clock_mhz=1410 + 570 * busy, temp_c=35 + 32 * busy)
+        return Sample(
+            t_ns=t_ns,
+            host="sim",
+            device=device,
+            source="simulated",
+            mem_used_bytes=int((20 + 40 * busy + 2 * i) * 2**30),
+            mem_total_bytes=81559 * 2**20,
+            util_pct=40 + 59 * busy,
+            sm_active_pct=20 + 69 * busy,
+            tensor_active_pct=5 + 52 * busy,
+            dram_active_pct=10 + 34 * busy,
+            power_w=90 + 495 * busy,
+            sm_clock_mhz=1410 + 570 * busy,
+            temp_c=35 + 32 * busy,
+        )
 
     def __call__(self, since_ns: int | None) -> Iterator[Sample]:
         return _Stream(self, since_ns)
@@ -219,6 +247,8 @@ class SyntheticFeed:
             delay = due - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 return
+            if delay < -1.0:  # fell behind (a busy machine): skip ticks, as the daemon does
+                k += int(-delay * self.rate_hz)
             yield from self._take_burst()
             for s in self.tick(k):
                 self.produced += 1

@@ -23,8 +23,9 @@ _SECOND_NS = 1_000_000_000
 class DeviceSeries:
     """The samples of one device, oldest first, in a fine and a coarse ring."""
 
-    def __init__(self, fine_capacity: int = FINE_CAPACITY,
-                 coarse_capacity: int = COARSE_CAPACITY) -> None:
+    def __init__(
+        self, fine_capacity: int = FINE_CAPACITY, coarse_capacity: int = COARSE_CAPACITY
+    ) -> None:
         self.fine: deque[Sample] = deque(maxlen=fine_capacity)
         self.coarse: deque[Sample] = deque(maxlen=coarse_capacity)
         self.last_t_ns = -1
@@ -77,8 +78,9 @@ def _clip(samples: list[Sample], t1_ns: int | None) -> list[Sample]:
 class SampleHistory:
     """Every device's series; `version` grows with each accepted sample (redraw when it moves)."""
 
-    def __init__(self, fine_capacity: int = FINE_CAPACITY,
-                 coarse_capacity: int = COARSE_CAPACITY) -> None:
+    def __init__(
+        self, fine_capacity: int = FINE_CAPACITY, coarse_capacity: int = COARSE_CAPACITY
+    ) -> None:
         self._fine = fine_capacity
         self._coarse = coarse_capacity
         self.devices: dict[str, DeviceSeries] = {}
@@ -104,10 +106,12 @@ class SampleHistory:
 
     def device_names(self) -> list[str]:
         """GPUs in index order, then the host (`cpu`), then anything else."""
+
         def key(name: str) -> tuple[int, int, str]:
             if name.startswith("gpu") and name[3:].isdigit():
                 return (0, int(name[3:]), name)
             return (1 if name == "cpu" else 2, 0, name)
+
         return sorted(self.devices, key=key)
 
     def latest(self, device: str) -> Sample | None:

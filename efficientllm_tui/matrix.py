@@ -34,18 +34,19 @@ class Group:
         return f"{family}/{GROUP_TITLES.get(self.group, self.group)}"
 
 
-def groups() -> list[Group]:
-    """Techniques grouped by family then group, in catalog order."""
+def groups(catalog: dict[str, Any] | None = None) -> list[Group]:
+    """Techniques grouped by family then group, in catalog order (the shipped catalog unless
+    another is given)."""
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for t in efficientllm_data.catalog()["techniques"]:
+    for t in (catalog or efficientllm_data.catalog())["techniques"]:
         out.setdefault((t["family"], t["group"]), []).append(t)
-    keys = sorted(out, key=lambda k: (FAMILY_ORDER.index(k[0]) if k[0] in FAMILY_ORDER else 9))
+    keys = sorted(out, key=lambda k: FAMILY_ORDER.index(k[0]) if k[0] in FAMILY_ORDER else 9)
     return [Group(f, g, tuple(out[(f, g)])) for f, g in keys]
 
 
-def models() -> list[dict[str, Any]]:
+def models(catalog: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Model cards, available ones first (catalog order within each)."""
-    cards = list(efficientllm_data.catalog()["models"])
+    cards = list((catalog or efficientllm_data.catalog())["models"])
     return [m for m in cards if m.get("available")] + [m for m in cards if not m.get("available")]
 
 
@@ -63,8 +64,13 @@ def technique_reason(tech: dict[str, Any]) -> str | None:
     return None if tech.get("available") else "not implemented yet"
 
 
-def pair_reason(tech: dict[str, Any], card: dict[str, Any], *, seq_len: int | None = None,
-                new_tokens: int | None = None) -> str | None:
+def pair_reason(
+    tech: dict[str, Any],
+    card: dict[str, Any],
+    *,
+    seq_len: int | None = None,
+    new_tokens: int | None = None,
+) -> str | None:
     """Why this technique x model pair cannot run (with the form's lengths), or None."""
     reason = technique_reason(tech)
     if reason:
@@ -73,8 +79,10 @@ def pair_reason(tech: dict[str, Any], card: dict[str, Any], *, seq_len: int | No
     if reason:
         return f"{card['id']}: {reason}"
     if tech["family"] == "pretraining" and card.get("weights") == "real":
-        return (f"pretraining trains from random weights; {card['id']} is a real-weights "
-                "model (pick an architecture shape)")
+        return (
+            f"pretraining trains from random weights; {card['id']} is a real-weights "
+            "model (pick an architecture shape)"
+        )
     max_pos = card.get("max_position")
     if max_pos and seq_len:
         need = seq_len + ((new_tokens or 0) if tech["family"] == "inference" else 0)

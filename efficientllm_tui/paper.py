@@ -19,22 +19,47 @@ import efficientllm_data
 from .matrix import estimate_params
 
 METHOD_NAMES: dict[str, str] = {
-    "bf16": "bfloat16", "fp16": "float16", "int4": "int4",
-    "lora": "LoRA", "lora-plus": "LoRA-Plus", "rslora": "RSLoRA", "dora": "DoRA",
-    "pissa": "PiSSA", "freeze": "Freeze", "full": "Full*",
-    "mqa": "MQA", "gqa": "GQA", "mla": "MLA",
-    "rope": "RoPE", "absolute": "Absolute", "learned": "Learnable Absolute",
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "int4": "int4",
+    "lora": "LoRA",
+    "lora-plus": "LoRA-Plus",
+    "rslora": "RSLoRA",
+    "dora": "DoRA",
+    "pissa": "PiSSA",
+    "freeze": "Freeze",
+    "full": "Full*",
+    "mqa": "MQA",
+    "gqa": "GQA",
+    "mla": "MLA",
+    "rope": "RoPE",
+    "absolute": "Absolute",
+    "learned": "Learnable Absolute",
     "relative": "Relate",
-    "mamba": "Mamba", "pythia": "Pythia", "rwkv": "RWKV", "transformer": "Transformer",
+    "mamba": "Mamba",
+    "pythia": "Pythia",
+    "rwkv": "RWKV",
+    "transformer": "Transformer",
 }
 """Our technique id -> the paper's method name."""
 
-PAPER_FAMILY = {"inference": "quantization", "finetuning": "finetuning",
-                "pretraining": "pretraining"}
+PAPER_FAMILY = {
+    "inference": "quantization",
+    "finetuning": "finetuning",
+    "pretraining": "pretraining",
+}
 
 METRIC_COLUMNS: dict[str, str] = {
-    "amu": "AMU", "pcu": "PCU", "al_s": "AL", "tt": "TT", "st": "ST", "it": "IT",
-    "aec_w": "AEC", "mcr": "MCR", "eval_ppl": "performance", "loss": "performance",
+    "amu": "AMU",
+    "pcu": "PCU",
+    "al_s": "AL",
+    "tt": "TT",
+    "st": "ST",
+    "it": "IT",
+    "aec_w": "AEC",
+    "mcr": "MCR",
+    "eval_ppl": "performance",
+    "loss": "performance",
 }
 """Our metric id -> the paper's rank column."""
 
@@ -79,8 +104,9 @@ def _pick_group(groups: list[str], params: int | None) -> tuple[str, bool]:
     return min(ranges, key=distance), True
 
 
-def paper_rank(family: str, group: str | None, technique: str, model: str | None,
-               metric: str) -> PaperRank | None:
+def paper_rank(
+    family: str, group: str | None, technique: str, model: str | None, metric: str
+) -> PaperRank | None:
     """The paper's rank for this run's technique and metric, or None where it has none."""
     method = METHOD_NAMES.get(technique)
     column = METRIC_COLUMNS.get(metric)

@@ -16,9 +16,20 @@ from .errors import BadInput
 if TYPE_CHECKING:
     from .store import Store
 
-_KEYS = {"m": "model", "model": "model", "t": "technique", "tech": "technique",
-         "technique": "technique", "f": "family", "family": "family", "s": "status",
-         "status": "status", "since": "since", "date": "date", "on": "date"}
+_KEYS = {
+    "m": "model",
+    "model": "model",
+    "t": "technique",
+    "tech": "technique",
+    "technique": "technique",
+    "f": "family",
+    "family": "family",
+    "s": "status",
+    "status": "status",
+    "since": "since",
+    "date": "date",
+    "on": "date",
+}
 
 
 @dataclass
@@ -41,8 +52,7 @@ class RunFilter:
         return not self.words and self.since is None and self.on is None
 
     @classmethod
-    def parse(cls, text: str, *, family: str | None = None,
-              status: str | None = None) -> RunFilter:
+    def parse(cls, text: str, *, family: str | None = None, status: str | None = None) -> RunFilter:
         """`model:tiny t:fp32,bf16 since:2026-11-01 oom` -> a filter; BadInput when malformed."""
         out = cls()
         for token in text.split():
@@ -71,15 +81,27 @@ class RunFilter:
         return out
 
 
-def fetch_runs(store: Store, flt: RunFilter, *, order_by: str = "started_at",
-               descending: bool = True, limit: int = 200, offset: int = 0
-               ) -> list[dict[str, Any]]:
+def fetch_runs(
+    store: Store,
+    flt: RunFilter,
+    *,
+    order_by: str = "started_at",
+    descending: bool = True,
+    limit: int = 200,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
     """One page of runs rows with the list metrics, filtered and ordered."""
     if flt.exact_only:
-        return store.list_runs(family=flt.family or None, model=flt.model or None,
-                               technique=flt.technique or None, status=flt.status or None,
-                               limit=limit, offset=offset, order_by=order_by,
-                               descending=descending)
+        return store.list_runs(
+            family=flt.family or None,
+            model=flt.model or None,
+            technique=flt.technique or None,
+            status=flt.status or None,
+            limit=limit,
+            offset=offset,
+            order_by=order_by,
+            descending=descending,
+        )
     from .store import LIST_METRIC_COLUMNS, RUN_COLUMNS
 
     if order_by not in RUN_COLUMNS and order_by not in LIST_METRIC_COLUMNS:
@@ -92,8 +114,10 @@ def fetch_runs(store: Store, flt: RunFilter, *, order_by: str = "started_at",
             where.append(f"list_contains(?, r.{col})")
             params.append(list(values))
     for word in flt.words:
-        where.append("contains(lower(concat_ws(' ', r.run_id, r.model, r.technique, "
-                     "coalesce(r.error_text, ''))), ?)")
+        where.append(
+            "contains(lower(concat_ws(' ', r.run_id, r.model, r.technique, "
+            "coalesce(r.error_text, ''))), ?)"
+        )
         params.append(word)
     if flt.since is not None:
         where.append("r.started_at >= CAST(? AS DATE)")
@@ -103,8 +127,9 @@ def fetch_runs(store: Store, flt: RunFilter, *, order_by: str = "started_at",
         params.append(flt.on.isoformat())
     cond = "WHERE " + " AND ".join(where)
     direction = "DESC" if descending else "ASC"
-    pivot = ", ".join(f"max(m.value) FILTER (WHERE m.name = '{n}') AS \"{n}\""
-                      for n in LIST_METRIC_COLUMNS)
+    pivot = ", ".join(
+        f"max(m.value) FILTER (WHERE m.name = '{n}') AS \"{n}\"" for n in LIST_METRIC_COLUMNS
+    )
     metric_cols = ", ".join(f'p."{n}"' for n in LIST_METRIC_COLUMNS)
     if order_by in RUN_COLUMNS:
         order = f'"{order_by}" {direction} NULLS LAST, run_id {direction}'
@@ -128,13 +153,14 @@ ORDER BY {order} LIMIT ? OFFSET ?"""
 
 def describe(flt: RunFilter) -> str:
     """The filter in words, for the status line."""
-    parts = [f"{k}={','.join(v)}" for k in ("family", "model", "technique", "status")
-             if (v := getattr(flt, k))]
+    parts = [
+        f"{k}={','.join(v)}"
+        for k in ("family", "model", "technique", "status")
+        if (v := getattr(flt, k))
+    ]
     parts += [f'"{w}"' for w in flt.words]
     if flt.since:
         parts.append(f"since {flt.since}")
     if flt.on:
         parts.append(f"on {flt.on}")
     return " ".join(parts) or "all runs"
-
-

@@ -53,7 +53,8 @@ class ActiveRun:
     ended: bool = False
     launched_here: bool = False
     recent: deque[tuple[float, int | None, int | None]] = field(
-        default_factory=lambda: deque(maxlen=_RECENT_STEPS))
+        default_factory=lambda: deque(maxlen=_RECENT_STEPS)
+    )
     """(latency_s, tokens, samples) of the latest steps of the current phase."""
 
     @classmethod
@@ -122,8 +123,9 @@ class ActiveRun:
         counts = [r[2] if use_samples else r[1] for r in self.recent]
         if wall <= 0 or any(c is None for c in counts):
             return None, ""
-        return sum(c for c in counts if c is not None) / wall, ("samples/s" if use_samples
-                                                                else "tokens/s")
+        return sum(c for c in counts if c is not None) / wall, (
+            "samples/s" if use_samples else "tokens/s"
+        )
 
 
 def _sample_device(device: str) -> str | None:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from runners.catalog import ModelCard
-from runners.decoder import LossOut, ParamCounts, chunked_cross_entropy
+from runners.decoder import LossOut, ParamCounts, lm_loss
 
 KINDS = ("mamba", "rwkv", "pythia")
 WIDTH_MULTIPLE = 64
@@ -101,7 +101,7 @@ def kernels(kind: str) -> str:
 
 class LanguageModel(nn.Module):
     """A transformers causal LM trained through the same loss as the decoder: its base model's
-    final hidden states through `chunked_cross_entropy` with its output embedding."""
+    final hidden states through the chunked `lm_loss` with its output embedding."""
 
     def __init__(self, kind: str, hf_model: Any, width: int) -> None:
         super().__init__()
@@ -109,11 +109,10 @@ class LanguageModel(nn.Module):
         self.hf = hf_model
         self.width = width
 
-    def forward_loss(self, inputs: Tensor, targets: Tensor, *, chunk_tokens: int | None = None,
-                     compiled: bool = False) -> LossOut:
+    def forward_loss(self, inputs: Tensor, targets: Tensor, *,
+                     chunk_rows: int | None = None) -> LossOut:
         h = self.hf.base_model(input_ids=inputs, use_cache=False).last_hidden_state
-        ce = chunked_cross_entropy(h, self.hf.get_output_embeddings().weight, targets,
-                                   chunk_tokens=chunk_tokens, compiled=compiled)
+        ce = lm_loss(h, self.hf.get_output_embeddings().weight, targets, chunk_rows=chunk_rows)
         return LossOut(ce, ce, None)
 
     def param_counts(self) -> ParamCounts:

@@ -17,7 +17,9 @@ is executed and timed.
   segfaulted on the H100 image (torch 2.11, transformers 5.17), see DESIGN.md section 9.
 
 Every engine produces the same tokens (greedy, EOS ignored) up to floating-point
-reassociation, so runs of different engines do the same work.
+reassociation, so runs of different engines do the same work. Engines run under
+`torch.no_grad()`, not inference mode: quanto's packed int4 weights fail under inference
+mode ("Cannot set version_counter for inference tensor", optimum-quanto 0.2.7).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 import torch
 
-from runners.errors import Unsupported, one_line
+from runners.errors import Unsupported, is_oom, one_line
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,7 @@ class Engine:
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Prefill only: the prompt's forward and the first token's argmax (the unit the
         runner's prefill energy window repeats). Returns the first tokens [batch, 1]."""
-        with torch.inference_mode():
+        with torch.no_grad():
             out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
                              **{self._kw: new_cache(self.model)})
             return out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
@@ -112,7 +114,7 @@ class LoopEngine(Engine):
 
     def __call__(self, input_ids: torch.Tensor) -> tuple[RequestTiming, torch.Tensor]:
         model, sync, kw = self.model, self._sync, self._kw
-        with torch.inference_mode():
+        with torch.no_grad():
             sync()
             t0 = time.perf_counter_ns()
             cache = new_cache(model)
@@ -166,7 +168,7 @@ class GenerateEngine(Engine):
                                   eos_token_id=model.config.eos_token_id)
         clock = _FirstTokenClock(sync)
         mask = torch.ones_like(input_ids)
-        with torch.inference_mode():
+        with torch.no_grad():
             sync()
             t0 = time.perf_counter_ns()
             out = model.generate(input_ids=input_ids, attention_mask=mask,
@@ -212,7 +214,7 @@ class StaticEngine(Engine):
         from transformers import StaticCache
 
         device = input_ids.device
-        with torch.inference_mode():
+        with torch.no_grad():
             # One slot per prompt token and per generated token but the last (never fed back).
             self._cache = StaticCache(config=self.model.config,
                                       max_cache_len=seq_len + self.new_tokens)
@@ -223,7 +225,7 @@ class StaticEngine(Engine):
             self._setup(input_ids)
 
     def _setup(self, input_ids: torch.Tensor) -> None:
-        """Subclass hook, run once per request shape under inference mode."""
+        """Subclass hook, run once per request shape with gradients off."""
 
     def _emit(self, logits: torch.Tensor) -> None:
         token = logits[:, -1, :].argmax(dim=-1, keepdim=True)
@@ -249,14 +251,14 @@ class StaticEngine(Engine):
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         self.prepare(input_ids)
-        with torch.inference_mode():
+        with torch.no_grad():
             self._prefill(input_ids)
         return self._tok
 
     def __call__(self, input_ids: torch.Tensor) -> tuple[RequestTiming, torch.Tensor]:
         self.prepare(input_ids)
         sync = self._sync
-        with torch.inference_mode():
+        with torch.no_grad():
             sync()
             t0 = time.perf_counter_ns()
             self._prefill(input_ids)
@@ -313,6 +315,8 @@ class GraphEngine(StaticEngine):
             with torch.cuda.graph(graph):
                 step()
         except RuntimeError as e:
+            if is_oom(e):
+                raise  # out of memory is a result of its own, not an unsupported engine
             raise Unsupported(f"engine {self.name!r}: this model's decode step cannot be "
                               f"captured in a CUDA graph: {one_line(e)}") from None
         torch.cuda.synchronize(device)
@@ -326,7 +330,7 @@ class GraphEngine(StaticEngine):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "decode": "CUDA graph replay of one decode step",
-                "capture_s": self.capture_s}
+                "cuda_graph": self._graph is not None, "capture_s": self.capture_s}
 
 
 class CompileEngine(GraphEngine):
@@ -339,16 +343,21 @@ class CompileEngine(GraphEngine):
     compiled = True
 
     def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
-                 pad_token_id: int | None = None) -> None:
+                 pad_token_id: int | None = None, mode: str = "default") -> None:
         super().__init__(model, new_tokens, sync, pad_token_id)
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {mode!r} not in {COMPILE_MODES}")
+        self.mode = mode
         self._compiled: Callable[[], None] | None = None
         self.compile_s: float | None = None
 
     def _step_fn(self) -> Callable[[], None]:
         if self._compiled is None:
-            # mode=None: inductor's default (fusion, no autotuning, no cudagraph trees);
-            # graph breaks are allowed rather than failing the run.
-            self._compiled = torch.compile(self._step, fullgraph=False, dynamic=False)
+            # Graph breaks are allowed rather than failing the run; the capture around the
+            # compiled step is this engine's, so modes with inductor's own cudagraph trees
+            # are not offered.
+            self._compiled = torch.compile(self._step, mode=self.mode, fullgraph=False,
+                                           dynamic=False)
         return self._compiled
 
     def _setup(self, input_ids: torch.Tensor) -> None:
@@ -364,6 +373,8 @@ class CompileEngine(GraphEngine):
         except Unsupported:
             raise
         except Exception as e:  # noqa: BLE001 - a compiler failure means unsupported here
+            if is_oom(e):
+                raise
             raise Unsupported(f"engine 'compile': torch.compile failed on this model: "
                               f"{one_line(e)}") from None
         self.compile_s = time.perf_counter() - t0
@@ -380,9 +391,13 @@ class CompileEngine(GraphEngine):
         out = super().describe()
         out["decode"] = ("CUDA graph replay of one torch.compile'd decode step"
                          if self._graph is not None else "torch.compile'd decode step")
-        out["compile_s"] = self.compile_s
+        out.update(compile_s=self.compile_s, compile_mode=self.mode)
         return out
 
+
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+"""torch.compile modes `compile` offers: inductor's default (fusion, cuBLAS matmuls) and
+autotuned Triton matmul templates with fused epilogues (minutes of compilation)."""
 
 ENGINES: dict[str, type[Engine]] = {e.name: e for e in (
     LoopEngine, GenerateEngine, StaticEngine, GraphEngine, CompileEngine)}

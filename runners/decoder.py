@@ -16,14 +16,14 @@ the small K/V tensors), so every variant reaches the same kernel. ALiBi is the e
 flash takes no bias, so its bias goes in as `attn_mask` (the memory-efficient kernel on CUDA,
 the math kernel on CPU) and the [heads, T, T] bias is built once per length and device.
 
-The loss is `chunked_cross_entropy`: logits are made one chunk of tokens at a time and each
-chunk's gradient is computed at once, so the [tokens, vocab] logits never exist whole (at the
-0.5B shape and batch 8 x 2048 the fp32 logits alone would take 10 GB).
+The loss is the shared chunked cross-entropy of runners.training (`lm_loss`): logits are made
+one chunk of tokens at a time and each chunk's gradient is computed at once, so the [tokens,
+vocab] logits never exist whole (at the 0.5B shape and batch 8 x 2048 the fp32 logits alone
+would take 10 GB).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,16 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from runners.errors import is_oom
-
-log = logging.getLogger("runners.decoder")
+from runners.training import IGNORE_INDEX, chunked_cross_entropy
 
 ATTENTIONS = ("mha", "mqa", "gqa", "mla")
 POSITIONS = ("rope", "absolute", "learned", "relative", "nope")
 FFNS = ("dense", "moe")
-IGNORE_INDEX = -100
-LOSS_CHUNK_ELEMENTS = 2**28
-"""Most logits one loss chunk holds (1 GiB in fp32): 1766 tokens at a 151936 vocabulary."""
 
 
 @dataclass(frozen=True)
@@ -129,9 +124,9 @@ class Positional(NamedTuple):
     """What attention needs to know about positions, built once per forward."""
 
     rope: tuple[Tensor, Tensor] | None
-    """(cos, sin) [T, head_dim] for rotary q/k; None when positions are not rotary."""
+    """(cos, sin) [T, 1, head_dim] for rotary q/k; None when positions are not rotary."""
     rope_latent: tuple[Tensor, Tensor] | None
-    """(cos, sin) [T, rope width] for MLA's decoupled rotary part."""
+    """(cos, sin) [T, 1, rope width] for MLA's decoupled rotary part."""
     bias: Tensor | None
     """ALiBi attention bias [1, heads, T, T] with the causal -inf; None: causal SDPA."""
 
@@ -169,11 +164,35 @@ def rope_tables(seq_len: int, dim: int, theta: float, device: torch.device,
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x [..., T, dim] by position: x cos + rotate_half(x) sin."""
+def _rotated(x: Tensor, sin: Tensor, sign: float) -> Tensor:
+    """swap_halves(x) x sign x (-sin | sin): rotate_half(x) x sin without a negation pass
+    over x (the tables are symmetric across halves, so the sign moves onto them)."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return torch.cat((x[..., half:], x[..., :half]), dim=-1) * (signed * sign)
+
+
+class _Rotary(torch.autograd.Function):
+    """y = x cos + rotate_half(x) sin in three passes; its backward is the inverse rotation,
+    g cos - rotate_half(g) sin (rotate_half is antisymmetric and the tables commute with it),
+    three passes again, with nothing saved but the tables."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        return torch.addcmul(_rotated(x, sin, 1.0), x, cos)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return torch.addcmul(_rotated(grad, sin, -1.0), grad, cos), None, None
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x [..., dim] by position: x cos + rotate_half(x) sin, the tables broadcast to x
+    ([T, 1, dim] for the [B, T, heads, dim] layout the attention modules use, before their
+    transpose: elementwise passes over a contiguous layout rather than a transposed view)."""
+    return _Rotary.apply(x, cos, sin)
 
 
 def sinusoid_table(seq_len: int, dim: int, device: torch.device) -> Tensor:
@@ -241,13 +260,12 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, pos: Positional) -> Tensor:
         b, t, _ = x.shape
         h, kv, d = self.n_heads, self.n_kv, self.head_dim
-        q, k, v = self.qkv(x).split((h * d, kv * d, kv * d), dim=-1)
-        q = q.view(b, t, h, d).transpose(1, 2)
-        k = k.view(b, t, kv, d).transpose(1, 2)
-        v = v.view(b, t, kv, d).transpose(1, 2)
+        qkv = self.qkv(x).view(b, t, h + 2 * kv, d)
+        qk, v = qkv[:, :, : h + kv], qkv[:, :, h + kv:]
         if pos.rope is not None:
-            q, k = apply_rope(q, *pos.rope), apply_rope(k, *pos.rope)
-        y = attend(q, expand_kv(k, h), expand_kv(v, h), pos.bias)
+            qk = apply_rope(qk, *pos.rope)  # q and k heads in one pass
+        q, k = qk[:, :, :h].transpose(1, 2), qk[:, :, h:].transpose(1, 2)
+        y = attend(q, expand_kv(k, h), expand_kv(v.transpose(1, 2), h), pos.bias)
         return self.out(y.transpose(1, 2).reshape(b, t, h * d))
 
 
@@ -279,19 +297,18 @@ class LatentAttention(nn.Module):
     def forward(self, x: Tensor, pos: Positional) -> Tensor:
         b, t, _ = x.shape
         h, d, r, n = self.n_heads, self.head_dim, self.rope_dim, self.nope_dim
-        q = self.q(x).view(b, t, h, d).transpose(1, 2)
+        q_nope, q_rope = self.q(x).view(b, t, h, d).split((n, r), dim=-1)
         latent, k_rope = self.kv_down(x).split((self.rank, r), dim=-1)
         # fp32 into the norm: its weight is fp32, and mixed dtypes miss the fused kernel.
-        kv = self.kv_up(self.kv_norm(latent.float())).view(b, t, h, n + d).transpose(1, 2)
+        kv = self.kv_up(self.kv_norm(latent.float())).view(b, t, h, n + d)
         k_nope, v = kv.split((n, d), dim=-1)
-        q_nope, q_rope = q.split((n, r), dim=-1)
-        k_rope = k_rope.view(b, 1, t, r)
+        k_rope = k_rope.view(b, t, 1, r)
         if pos.rope_latent is not None:
             q_rope = apply_rope(q_rope, *pos.rope_latent)
             k_rope = apply_rope(k_rope, *pos.rope_latent)
-        q = torch.cat((q_nope, q_rope), dim=-1)
-        k = torch.cat((k_nope, k_rope.expand(b, h, t, r)), dim=-1)
-        y = attend(q, k, v, pos.bias)
+        q = torch.cat((q_nope, q_rope), dim=-1).transpose(1, 2)
+        k = torch.cat((k_nope, k_rope.expand(b, t, h, r)), dim=-1).transpose(1, 2)
+        y = attend(q, k, v.transpose(1, 2), pos.bias)
         return self.out(y.transpose(1, 2).reshape(b, t, h * d))
 
 
@@ -441,14 +458,17 @@ class Decoder(nn.Module):
         cfg, dtype = self.cfg, self._act_dtype(device)
         rope = rope_latent = bias = None
         if cfg.position == "rope":
+            dim = cfg.mla_rope_dim if cfg.attention == "mla" else cfg.head_dim
+
+            def build() -> tuple[Tensor, Tensor]:
+                cos, sin = rope_tables(seq_len, dim, cfg.rope_theta, device, dtype)
+                return cos[:, None], sin[:, None]
+
+            tables = self._table(("rope", seq_len, dim, device, dtype), build)
             if cfg.attention == "mla":
-                rope_latent = self._table(("rope", seq_len, cfg.mla_rope_dim, device, dtype),
-                                          lambda: rope_tables(seq_len, cfg.mla_rope_dim,
-                                                              cfg.rope_theta, device, dtype))
+                rope_latent = tables
             else:
-                rope = self._table(("rope", seq_len, cfg.head_dim, device, dtype),
-                                   lambda: rope_tables(seq_len, cfg.head_dim, cfg.rope_theta,
-                                                       device, dtype))
+                rope = tables
         elif cfg.position == "relative":
             bias = self._table(("alibi", seq_len, device, dtype),
                                lambda: alibi_bias(cfg.n_heads, seq_len, device, dtype))
@@ -484,11 +504,10 @@ class Decoder(nn.Module):
         h, _ = self.hidden(ids)
         return F.linear(h, self.head_weight())
 
-    def forward_loss(self, inputs: Tensor, targets: Tensor, *, chunk_tokens: int | None = None,
-                     compiled: bool = False) -> LossOut:
+    def forward_loss(self, inputs: Tensor, targets: Tensor, *,
+                     chunk_rows: int | None = None) -> LossOut:
         h, aux = self.hidden(inputs)
-        ce = chunked_cross_entropy(h, self.head_weight(), targets, chunk_tokens=chunk_tokens,
-                                   compiled=compiled)
+        ce = lm_loss(h, self.head_weight(), targets, chunk_rows=chunk_rows)
         loss = ce if aux is None else ce + self.cfg.aux_loss_coef * aux
         return LossOut(loss, ce, aux)
 
@@ -515,135 +534,12 @@ class Decoder(nn.Module):
 # --- loss -----------------------------------------------------------------------------------
 
 
-def loss_chunk_tokens(n_tokens: int, vocab_size: int,
-                      max_elements: int = LOSS_CHUNK_ELEMENTS) -> int:
-    """Tokens per loss chunk: at most max_elements logits, equal chunks where a divisor
-    allows (one compiled kernel shape instead of two)."""
-    most = max(1, max_elements // vocab_size)
-    if n_tokens <= most:
-        return n_tokens
-    n = -(-n_tokens // most)
-    for m in range(n, 2 * n + 1):
-        if n_tokens % m == 0:
-            return n_tokens // m
-    return -(-n_tokens // n)
-
-
-def _ce_chunk_eager(logits: Tensor, targets: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """(summed NLL, d(scale x NLL)/d logits) of one chunk; fp32 math, in place to save memory."""
-    valid = targets != IGNORE_INDEX
-    safe = torch.where(valid, targets, 0)[:, None]
-    lf = logits.float()  # a fresh tensor (or the chunk's own fp32 logits, used only here)
-    lse = torch.logsumexp(lf, dim=-1)
-    nll = ((lse - lf.gather(1, safe).squeeze(1)) * valid).sum()
-    lf.sub_(lse[:, None]).exp_()  # softmax
-    lf.scatter_add_(1, safe, -valid[:, None].to(lf.dtype))  # minus the one-hot target
-    lf.mul_((valid * scale)[:, None])
-    return nll, lf.to(logits.dtype)
-
-
-def _ce_chunk_pure(logits: Tensor, targets: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """The same as _ce_chunk_eager written for torch.compile, which fuses it into a reduction
-    and one pointwise pass over the bf16 logits (the eager form makes ~8 passes in fp32)."""
-    valid = targets != IGNORE_INDEX
-    safe = torch.where(valid, targets, 0)
-    lf = logits.float()
-    lse = torch.logsumexp(lf, dim=-1)
-    nll = ((lse - lf.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
-    hot = torch.arange(lf.shape[1], device=lf.device)[None, :] == safe[:, None]
-    grad = (torch.exp(lf - lse[:, None]) - hot.float()) * (valid * scale)[:, None]
-    return nll, grad.to(logits.dtype)
-
-
-_compiled_kernel: Callable[..., tuple[Tensor, Tensor]] | None = None
-_compile_failed = False
-
-
-def _kernel(compiled: bool) -> Callable[..., tuple[Tensor, Tensor]]:
-    global _compiled_kernel
-    if not compiled or _compile_failed:
-        return _ce_chunk_eager
-    if _compiled_kernel is None:
-        _compiled_kernel = torch.compile(_ce_chunk_pure, dynamic=False)
-    return _compiled_kernel
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean CE of h @ w.T whose backward was computed during forward, chunk by chunk
-    (the fused linear-cross-entropy idea of Liger-Kernel): no chunk's logits outlive it."""
-
-    @staticmethod
-    def forward(ctx: Any, h: Tensor, weight: Tensor, targets: Tensor, chunk: int,
-                dtype: torch.dtype, kernel: Callable[..., tuple[Tensor, Tensor]]) -> Tensor:
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            scale = 1.0 / (targets != IGNORE_INDEX).sum().clamp_min(1).float()
-            w = weight.to(dtype)
-            grad_h = torch.empty_like(h)
-            grad_w = torch.zeros_like(weight, dtype=torch.float32)
-            nll = torch.zeros((), device=h.device, dtype=torch.float32)
-            for start in range(0, h.shape[0], chunk):
-                hc = h[start:start + chunk].to(dtype)
-                part, g = kernel(hc @ w.t(), targets[start:start + chunk], scale)
-                nll += part
-                grad_h[start:start + chunk] = g @ w
-                grad_w += g.t() @ hc
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.weight_dtype = weight.dtype
-        return nll * scale
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        grad_h, grad_w = ctx.saved_tensors
-        return (grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.weight_dtype),
-                None, None, None, None)
-
-
-def chunked_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, *,
-                          chunk_tokens: int | None = None, compiled: bool = False) -> Tensor:
-    """Mean next-token cross-entropy of the logits h @ weight.T, never all held at once.
-
-    Args:
-        h: hidden states [..., d] (any float dtype).
-        weight: the output embedding [vocab, d].
-        targets: token ids shaped like h without its last dim; IGNORE_INDEX is skipped.
-        chunk_tokens: tokens per chunk; None: at most LOSS_CHUNK_ELEMENTS logits a chunk.
-        compiled: fuse each chunk's softmax gradient with torch.compile (CUDA); falls back
-            to eager, with a log line, if compiling fails.
-
-    Logits are computed in the autocast dtype when autocast is on (bf16 matmuls), and the
-    softmax, loss and its gradient in fp32. With gradients enabled the backward of each chunk
-    is computed in its forward, so the extra memory is one chunk of logits plus a grad of h
-    and an fp32 grad of weight; without, it is one chunk of logits.
-    """
-    global _compile_failed
-    h2 = h.reshape(-1, h.shape[-1])
-    t = targets.reshape(-1)
-    if h2.shape[0] != t.shape[0]:
-        raise ValueError(f"{h2.shape[0]} hidden states but {t.shape[0]} targets")
-    chunk = chunk_tokens or loss_chunk_tokens(t.shape[0], weight.shape[0])
-    device_type = h.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
-        else weight.dtype
-    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        try:
-            return _LinearCrossEntropy.apply(h2, weight, t, chunk, dtype, _kernel(compiled))
-        except Exception as e:
-            if not compiled or _compile_failed or is_oom(e):
-                raise
-            _compile_failed = True
-            log.warning("compiled loss kernel failed (%s: %s); using the eager one",
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            return _LinearCrossEntropy.apply(h2, weight, t, chunk, dtype, _ce_chunk_eager)
-    nll = torch.zeros((), device=h.device, dtype=torch.float32)
-    with torch.autocast(device_type=device_type, enabled=False):
-        w = weight.to(dtype)
-        for start in range(0, t.shape[0], chunk):
-            logits = (h2[start:start + chunk].to(dtype) @ w.t()).float()
-            nll += F.cross_entropy(logits, t[start:start + chunk], ignore_index=IGNORE_INDEX,
-                                   reduction="sum")
-    return nll / (t != IGNORE_INDEX).sum().clamp_min(1)
-
-
-def compile_failed() -> bool:
-    """Whether a compiled loss kernel failed in this process (the eager one runs instead)."""
-    return _compile_failed
+def lm_loss(h: Tensor, weight: Tensor, targets: Tensor, *,
+            chunk_rows: int | None = None) -> Tensor:
+    """Mean next-token cross-entropy of the logits h @ weight.T over the targets that are not
+    IGNORE_INDEX, through the shared chunked loss (runners.training): logits are made a chunk
+    of rows at a time and each chunk's gradient is computed at once, so the [tokens, vocab]
+    logits never exist whole; bf16 matmuls under autocast, fp32 softmax and loss."""
+    total, count = chunked_cross_entropy(h, weight, targets, chunk_rows=chunk_rows,
+                                         ignore_index=IGNORE_INDEX)
+    return total / max(count, 1)

@@ -1,12 +1,12 @@
 """The finetuning family: train one model under one technique (full, freeze, or a peft
 method) on instruction data, and measure the step: ST, AL, memory, energy, MFU, loss.
 
-Shape of a run (the nanoGPT bench.py pattern, as in inference): read and tokenise the data
-and build every micro-batch first, so data prep is never timed; build the model, apply the
-technique, make the optimizer; run `warmup` optimizer steps in a window of their own (they
-train, but are not measured); reset the peak-memory counters; run `steps` optimizer steps
-inside the `measure` window (energy read at its edges, after a device sync); score the
-held-out examples; save what was trained under RUN_DIR/adapter/.
+Shape of a run (the nanoGPT bench.py pattern, as in inference): load the model and apply
+the technique; read and tokenise the data and build every micro-batch before any window
+opens, so data prep is never timed; make the optimizer; run `warmup` optimizer steps in a
+window of their own (they train, but are not measured); reset the peak-memory counters; run
+`steps` optimizer steps inside the `measure` window (energy read at its edges, after a
+device sync); score the held-out examples; save what was trained under RUN_DIR/adapter/.
 
 The loop is `runners.training.TrainStep` (no transformers Trainer in the measured path);
 the loss is the chunked cross-entropy of `runners.training`, so large vocabularies never
@@ -23,7 +23,8 @@ conventions of Kaplan et al. 2020 and PaLM appendix B):
   + 4 L d T + 8 L_path d T attention scores and values, forward and backward
 
 For `full` this is the DESIGN's 6N + 12 L d T. A PEFT arm still pays the ~4N of the
-frozen base's forward and activation backward, so its ceiling over `full` is about 1.5x.
+frozen base's forward and activation backward, and all of the attention term, so its FLOP
+ceiling over `full` is about 1.3x at seq 2048 on Qwen2.5-0.5B/1.5B shapes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -45,7 +45,6 @@ from runners import peft_methods, sft, training
 from runners.errors import BadInput
 from runners.family import Family, FamilyConfig, register
 from runners.protocol import Event, Metric, RunResult
-from runners.tokenizer import ByteTokenizer
 
 SOURCE = "runner"
 DISTINCT_MICRO_BATCHES = 64
@@ -96,8 +95,9 @@ class FinetuningConfig(FamilyConfig):
     grad_ckpt: bool = False
     """Activation (gradient) checkpointing of the decoder blocks."""
     precision: str = "auto"
-    """auto (bf16 on a bf16 GPU, else fp32), fp32, bf16 (autocast, fp32 trainable weights),
-    bf16-pure (all weights and optimizer state bf16)."""
+    """auto (bf16 on a bf16 GPU, else fp32), fp32, bf16 (bf16 compute, fp32 updates: full
+    and freeze keep fp32 master copies, peft adapters train in fp32 under autocast),
+    bf16-pure (all weights and optimizer state bf16, no master copy)."""
     packing: bool = True
     """Pack examples end to end into rows of exactly seq_len (no padding); false: one
     example a row, right-padded."""
@@ -223,23 +223,38 @@ class FinetuningFamily(Family[FinetuningConfig]):
         threads = dev.set_threads(c.threads)
         precision = training.resolve_precision(c.precision, c.device)
         data = self._data if self._data is not None else sft.load(c.dataset, c.heldout_fraction)
-        tokenizer = ByteTokenizer()
-        train_batches, eval_batches, data_facts = self._batches(data, tokenizer)
 
         torch.manual_seed(c.seed)
         base_dtype = self._base_dtype(method, precision)
-        built = model_mod.build(self.card, base_dtype, c.device, c.seed)
+        built = model_mod.load(self.card, base_dtype, c.device, c.seed, home=ctx.home,
+                               on_phase=ctx.phase)
+        # After `load`: converting a packaged GGUF writes its tokenizer too.
+        tokenizer = model_mod.tokenizer_for(self.card, ctx.home)
+        train_batches, eval_batches, data_facts = self._batches(data, tokenizer)
         facts = self._facts
         facts.update(weights=built.weights, base_dtype=built.dtype, precision=precision,
-                     base_params=built.size.total_params, attn_impl=built.attn_impl)
+                     base_params=built.size.total_params, attn_impl=built.attn_impl,
+                     weights_source=getattr(built, "source", None),
+                     tokenizer=getattr(tokenizer, "name", type(tokenizer).__name__))
         if method.quantized_base:
-            facts["quantization"] = peft_methods.quantize_base(built.model)
+            facts["quantization"] = peft_methods.quantize_base(built.model, c.device,
+                                                               ctx.phase)
+        # bf16 for full and freeze: trained weights stay bf16 in the model (no autocast
+        # casts) with fp32 master copies in the optimizer; for peft: fp32 adapters under
+        # bf16 autocast, peft's own scheme.
+        use_master = precision == "bf16" and method.kind in ("full", "freeze")
+        amp = precision == "bf16" and not use_master
         prepared = peft_methods.prepare(c.technique, built.model, c.hyper(),
-                                        adapter_dtype_fp32=precision != "bf16-pure")
+                                        adapter_dtype_fp32=amp or precision == "fp32")
         lm = prepared.lm
         lm.config.use_cache = False
         if c.grad_ckpt:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.x renamed the switch; older 5.x releases have only the old name.
+            kwargs = {"use_reentrant": False}
+            if hasattr(lm, "activation_checkpointing_enable"):
+                lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if c.compile:
             lm.model.compile()
         prepared.model.train()
@@ -251,9 +266,12 @@ class FinetuningFamily(Family[FinetuningConfig]):
         n_total = sum(p.numel() for p in prepared.model.parameters())
         lr = c.lr if c.lr is not None else method.default_lr
         facts.update(trainable_params=n_trainable, total_params=n_total, lr=lr,
-                     adapter_config=prepared.adapter_config)
+                     adapter_config=prepared.adapter_config, autocast=amp,
+                     master_weights=use_master)
 
-        optimizer = prepared.make_optimizer(lr, c.weight_decay, c.device)
+        master = training.MasterWeights(trainable) if use_master else None
+        optimizer = prepared.make_optimizer(lr, c.weight_decay, c.device,
+                                            params=master.params if master else None)
         total_steps = c.warmup + c.steps
         scheduler = training.cosine_schedule(
             optimizer, total_steps=total_steps,
@@ -268,11 +286,11 @@ class FinetuningFamily(Family[FinetuningConfig]):
         loss_ctx = (contextlib.nullcontext() if chunk == 0
                     else training.chunked_lm_loss(lm, chunk_rows=chunk))
         with loss_ctx as tap:
-            step = training.TrainStep(prepared.model, optimizer, device=c.device,
-                                      precision=precision, scheduler=scheduler,
-                                      max_grad_norm=c.max_grad_norm,
-                                      after_backward=prepared.after_backward, params=trainable,
-                                      tap=tap)
+            step = training.TrainStep(prepared.model, optimizer, device=c.device, amp=amp,
+                                      scheduler=scheduler, max_grad_norm=c.max_grad_norm,
+                                      after_backward=prepared.after_backward,
+                                      params=master.params if master else trainable,
+                                      tap=tap, master=master)
             self._steps("warmup", 0, c.warmup, train_batches, step, meter)
             dev.reset_peak_memory(c.device)
             stats, window = self._steps("measure", c.warmup, c.steps, train_batches, step, meter)
@@ -283,7 +301,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
                 ctx.phase("eval", batches=len(eval_batches))
                 eval_model = prepared.model if _prompt_learning(prepared) else lm
                 eval_loss = training.evaluate_loss(eval_model, eval_batches, device=c.device,
-                                                   precision=precision)
+                                                   amp=amp)
 
         saved: list[str] = []
         if c.save:
@@ -296,10 +314,12 @@ class FinetuningFamily(Family[FinetuningConfig]):
             **facts, **data_facts, "device": c.device, "batch_size": c.batch_size,
             "seq_len": c.seq_len, "grad_accum": c.grad_accum,
             "samples_per_step": c.batch_size * c.grad_accum, "arch": self.card.arch,
-            "tokenizer": "byte", "threads": threads, "grad_ckpt": c.grad_ckpt,
+            "threads": threads, "grad_ckpt": c.grad_ckpt,
             "compile": c.compile, "loss_chunk_rows": chunk, "packing": c.packing,
             "optimizer": type(optimizer).__name__,
             "optimizer_fused": bool(optimizer.defaults.get("fused")),
+            "param_group_lrs": sorted({g["initial_lr"] for g in optimizer.param_groups
+                                       if g["params"]}),
             "schedule": "cosine", "hyper": peft_methods.hyper_dict(c.hyper()),
             "measure_s": window.elapsed_s, "measured_steps": len(stats),
             "energy_note": window.energy_note, "adapter_files": saved,
@@ -311,20 +331,18 @@ class FinetuningFamily(Family[FinetuningConfig]):
     # -- pieces of run -------------------------------------------------------------------------
 
     def _base_dtype(self, method: peft_methods.Method, precision: str) -> torch.dtype:
-        """fp32 for fp32 runs and for `full` under bf16 autocast (fp32 master weights);
-        bf16 for frozen bases under bf16 and for everything under bf16-pure."""
-        if precision == "fp32" or (precision == "bf16" and method.kind == "full"):
-            return torch.float32
-        return torch.bfloat16
+        """fp32 for fp32 runs, bf16 otherwise (trained fp32 copies live outside the model,
+        or are peft's fp32 adapters)."""
+        return torch.float32 if precision == "fp32" else torch.bfloat16
 
-    def _batches(self, data: sft.Dataset, tokenizer: ByteTokenizer
+    def _batches(self, data: sft.Dataset, tokenizer: Any
                  ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]],
                             dict[str, Any]]:
         c = self.config
         encode = sft.encoder_for(tokenizer)
         eos = tokenizer.eos_token_id
-        pad = self.card.pad_token_id if self.card.pad_token_id is not None else \
-            tokenizer.pad_token_id
+        pad = next((p for p in (self.card.pad_token_id, tokenizer.pad_token_id, eos)
+                    if p is not None), 0)
         train_items = [sft.tokenize(e, encode, eos) for e in data.train]
         held_items = [sft.tokenize(e, encode, eos) for e in data.heldout]
         rows_fn = sft.packed_rows if c.packing else sft.padded_rows
@@ -334,8 +352,12 @@ class FinetuningFamily(Family[FinetuningConfig]):
             raise BadInput(f"dataset {data.source!r} has no training tokens")
         train = [self._tensors(b) for b in sft.batches(train_rows, c.batch_size, pad,
                                                        packed=c.packing)]
-        held_rows = rows_fn(held_items, c.seq_len, c.eval_batches * c.batch_size, c.seed,
-                            wrap=False) if c.eval_batches else []
+        held_rows: list[tuple[list[int], list[int]]] = []
+        if c.eval_batches:
+            # Held-out rows in order, each once (no wrap), the first eval_batches of them.
+            every = rows_fn(held_items, c.seq_len, len(held_items) + sum(
+                len(t.ids) for t in held_items) // c.seq_len + 1, c.seed, wrap=False)
+            held_rows = every[:c.eval_batches * c.batch_size]
         held = [self._tensors(b) for b in sft.batches(held_rows, c.batch_size, pad,
                                                       packed=c.packing)]
         facts = {"dataset": data.source, "train_examples": len(data.train),
@@ -473,8 +495,3 @@ def _prompt_learning(prepared: peft_methods.Prepared) -> bool:
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
-
-
-def adapter_path(run_dir: Path) -> Path:
-    """Where a run's trained weights are saved."""
-    return run_dir / ADAPTER_DIR

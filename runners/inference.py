@@ -13,7 +13,8 @@ decoding exactly `new_tokens` tokens (EOS ignored), so runs of different techniq
 same work.
 
 MCR (DESIGN.md section 6) = (reference bytes / stored bytes) x (reference ppl / ppl), with
-the reference the same weights in `mcr_reference` (bf16 by default), scored in this run.
+the reference the same weights in `mcr_reference` (by default bf16 on CUDA, fp32 on CPU),
+scored in this run.
 """
 
 from __future__ import annotations
@@ -30,8 +31,16 @@ from runners import corpus as corpus_mod
 from runners import device as dev
 from runners import model as model_mod
 from runners import quantize as quant
-from runners.decode import ENGINES, Engine, LoopEngine, RequestTiming, default_engine
-from runners.errors import BadInput, Unsupported
+from runners.decode import (
+    COMPILE_MODES,
+    ENGINES,
+    CompileEngine,
+    Engine,
+    LoopEngine,
+    RequestTiming,
+    default_engine,
+)
+from runners.errors import BadInput, OutOfMemory, Unsupported, is_oom, one_line
 from runners.family import Family, FamilyConfig, register
 from runners.inference_metrics import Measured, inference_metrics
 from runners.protocol import Event, RunResult
@@ -58,11 +67,19 @@ class Technique:
     """torch dtype name of a float technique; None: the run's `--set dtype` (quantized)."""
     quantization: quant.Quantization | None = None
 
-    def compute_dtype(self, requested: str) -> torch.dtype:
-        """The dtype activations and unquantized tensors run in."""
+    def compute_dtype(self, requested: str, device: str) -> torch.dtype:
+        """The dtype activations and unquantized tensors run in (quantized techniques:
+        `requested`, where `auto` is the device's natural float, see `float_default`)."""
         if self.dtype is not None:
             return getattr(torch, self.dtype)
-        return getattr(torch, DTYPES["bf16" if requested == "auto" else requested])
+        return getattr(torch, DTYPES[float_default(device) if requested == "auto" else requested])
+
+
+def float_default(device: str) -> str:
+    """bf16 on CUDA (what the kernels and the paper use), fp32 on CPU (where most CPUs
+    lack fast bf16 matmuls: SmolLM2-135M decoded about 2x slower in bf16 than in fp32 on
+    a 2-core x86 VM)."""
+    return "bf16" if device.startswith("cuda") else "fp32"
 
 
 TECHNIQUES: dict[str, Technique] = {
@@ -83,12 +100,16 @@ class InferenceConfig(FamilyConfig):
     default), `loop` (own loop over a dynamic cache; the CPU default), `static` (own loop
     over a static cache), `compile` (`graph` over a torch.compile'd step) or `eager`
     (`model.generate()`, the library baseline). `auto` picks the device's default."""
+    compile_mode: str = "default"
+    """torch.compile mode of `engine=compile`: default or max-autotune-no-cudagraphs."""
     dtype: str = "auto"
-    """Compute dtype of quantized techniques: bf16 (`auto`), fp16 or fp32."""
+    """Compute dtype of quantized techniques: bf16, fp16 or fp32; `auto`: bf16 on CUDA,
+    fp32 on CPU."""
     exclude: str = ",".join(quant.DEFAULT_EXCLUDE)
     """Comma-separated module-name patterns left unquantized; `none` quantizes every linear."""
-    mcr_reference: str = "bf16"
-    """Dtype of the uncompressed reference MCR compares against: bf16, fp32 or none."""
+    mcr_reference: str = "auto"
+    """Dtype of the uncompressed reference MCR compares against: bf16, fp32 or none;
+    `auto`: bf16 on CUDA, fp32 on CPU."""
     calibration_tokens: int = 1024
     """Prompt-pool tokens run through the model to calibrate activation scales (w8a8)."""
     peak_tflops: float | None = field(default=None, metadata={"kind": float})
@@ -111,8 +132,13 @@ class InferenceConfig(FamilyConfig):
         if self.engine not in ENGINES:
             raise BadInput(f"unknown engine {self.engine!r} (choose from auto, "
                            f"{', '.join(ENGINES)})")
+        if self.compile_mode not in COMPILE_MODES:
+            raise BadInput(f"unknown compile_mode {self.compile_mode!r} (choose from "
+                           f"{', '.join(COMPILE_MODES)})")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise BadInput(f"unknown dtype {self.dtype!r} (choose from auto, {', '.join(DTYPES)})")
+        if self.mcr_reference == "auto":
+            object.__setattr__(self, "mcr_reference", float_default(self.device))
         if self.mcr_reference not in ("bf16", "fp32", "none"):
             raise BadInput(f"mcr_reference must be bf16, fp32 or none, got {self.mcr_reference!r}")
         for name in ("peak_tflops", "mem_bw_gbps"):
@@ -136,6 +162,7 @@ class InferenceFamily(Family[InferenceConfig]):
     techniques = frozenset(TECHNIQUES)
 
     _built: model_mod.BuiltModel | None = None
+    _reference_note: str | None = None
 
     @property
     def technique(self) -> Technique:
@@ -164,11 +191,22 @@ class InferenceFamily(Family[InferenceConfig]):
         c, ctx, tech = self.config, self.ctx, self.technique
         ctx.phase("load", model=c.model, technique=c.technique)
         threads = dev.set_threads(c.threads)
-        compute = tech.compute_dtype(c.dtype)
+        compute = tech.compute_dtype(c.dtype, c.device)
         ref_dtype = self._reference_dtype()
         base = compute if ref_dtype in (None, compute) else torch.float32
-        built = model_mod.load(self.card, base, c.device, c.seed, home=ctx.home,
-                               trust_remote_code=c.trust_remote_code, on_phase=ctx.phase)
+        try:
+            built = model_mod.load(self.card, base, c.device, c.seed, home=ctx.home,
+                                   trust_remote_code=c.trust_remote_code, on_phase=ctx.phase)
+        except OutOfMemory as e:
+            if base == compute:
+                raise
+            # The float32 original that both the reference and the run's dtype derive from
+            # does not fit: run without the reference rather than not at all.
+            self._reference_note = f"no MCR reference: {e}"
+            ctx.emit(Event.log(self._reference_note))
+            ref_dtype = None
+            built = model_mod.load(self.card, compute, c.device, c.seed, home=ctx.home,
+                                   trust_remote_code=c.trust_remote_code, on_phase=ctx.phase)
         self._built = built
         tokenizer = model_mod.tokenizer_for(self.card, ctx.home, c.trust_remote_code)
         text = corpus_mod.load(c.dataset, c.eval_tokens, tokenizer)
@@ -238,6 +276,7 @@ class InferenceFamily(Family[InferenceConfig]):
             "energy_note": window.energy_note,
             "quantization": self._quant_info(kernels),
             "mcr_reference": None if reference is None else reference.dtype,
+            "mcr_reference_note": self._reference_note,
             "reference_weight_bytes": None if reference is None else reference.weight_bytes,
         }
         return RunResult(run_id=c.run_id, status="ok", metrics=tuple(inference_metrics(measured)),
@@ -252,13 +291,23 @@ class InferenceFamily(Family[InferenceConfig]):
         return getattr(torch, DTYPES[c.mcr_reference])
 
     def _reference(self, built: model_mod.BuiltModel, dtype: torch.dtype,
-                   heldout: Sequence[int]) -> Reference:
-        """Perplexity and bytes of the model's weights in `dtype` (cast for the block only)."""
+                   heldout: Sequence[int]) -> Reference | None:
+        """Perplexity and bytes of the model's weights in `dtype` (cast for the block only);
+        None, with a note, when the second copy does not fit."""
         c = self.config
         self.ctx.phase("reference", dtype=model_mod.dtype_name(dtype), tokens=len(heldout))
         chunk = min(PPL_CHUNK_TOKENS, self.card.max_position)
-        with model_mod.cast_temporarily(built.model, dtype) as size:
-            ppl = perplexity(built.model, heldout, c.device, chunk)
+        try:
+            with model_mod.cast_temporarily(built.model, dtype) as size:
+                ppl = perplexity(built.model, heldout, c.device, chunk)
+        except Exception as e:  # noqa: BLE001 - only memory is forgiven here
+            if not is_oom(e):
+                raise
+            self._reference_note = f"no MCR reference: out of memory scoring it ({one_line(e)})"
+            self.ctx.emit(Event.log(self._reference_note))
+            if c.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            return None
         return Reference(model_mod.dtype_name(dtype), size.weight_bytes, ppl)
 
     def _quantize(self, built: model_mod.BuiltModel, q: quant.Quantization,
@@ -275,7 +324,7 @@ class InferenceFamily(Family[InferenceConfig]):
             def calibrate() -> None:
                 ctx.phase("calibrate", tokens=sum(b.shape[1] for b in batches),
                           batches=len(batches))
-                with torch.inference_mode():
+                with torch.no_grad():
                     for batch in batches:
                         built.model(input_ids=batch, use_cache=False)
 
@@ -301,7 +350,7 @@ class InferenceFamily(Family[InferenceConfig]):
         c = self.config
         x = torch.zeros((1, 2), dtype=torch.long, device=c.device)
         try:
-            with torch.inference_mode():
+            with torch.no_grad():
                 built.model(input_ids=x, use_cache=False)
         except (RuntimeError, NotImplementedError) as e:
             text = str(e)
@@ -320,7 +369,11 @@ class InferenceFamily(Family[InferenceConfig]):
         captured), the run falls back to `loop` and says why; a requested engine fails.
         """
         c, ctx = self.config, self.ctx
-        engine = ENGINES[c.engine](built.model, c.new_tokens, sync, pad)
+        engine: Engine
+        if c.engine == CompileEngine.name:
+            engine = CompileEngine(built.model, c.new_tokens, sync, pad, mode=c.compile_mode)
+        else:
+            engine = ENGINES[c.engine](built.model, c.new_tokens, sync, pad)
         ctx.phase("prepare", engine=engine.name)
         try:
             engine.prepare(first)
@@ -365,7 +418,7 @@ class InferenceFamily(Family[InferenceConfig]):
                                 tokens=c.batch_size * c.new_tokens, samples=c.batch_size,
                                 ttft_s=timing.ttft_s, prompt_tokens=c.batch_size * c.seq_len,
                                 tpot_s=pm.tpot_s(timing.latency_s, timing.ttft_s, c.new_tokens)))
-        window = meter.end(phase)
+        window = _counted(meter.end(phase))
         ctx.emit(Event.window(**window.to_dict()))
         return timings, window
 
@@ -385,7 +438,7 @@ class InferenceFamily(Family[InferenceConfig]):
             latency = (time.perf_counter_ns() - t0) / 1e9
             ctx.emit(Event.step(step=i, phase="prefill", latency_s=latency, tokens=0,
                                 samples=c.batch_size, prompt_tokens=c.batch_size * c.seq_len))
-        window = meter.end("prefill")
+        window = _counted(meter.end("prefill"))
         ctx.emit(Event.window(**window.to_dict()))
         return window
 
@@ -397,3 +450,17 @@ class InferenceFamily(Family[InferenceConfig]):
             info.update(dtype=self._built.dtype, total_params=self._built.size.total_params,
                         weight_bytes=self._built.size.weight_bytes, weights=self._built.weights)
         return info
+
+
+def _counted(window: WindowResult) -> WindowResult:
+    """`window` with a counter that did not advance read as unknown, not as 0 J.
+
+    A GPU always draws power, so a zero delta means the window was shorter than the
+    counter's update period (NVML's energy counter moved in steps over ~50 ms windows on an
+    H100), not that it cost nothing.
+    """
+    if window.energy_j is None or window.energy_j > 0:
+        return window
+    note = (f"the energy counter did not advance over this {window.elapsed_s:.3f} s window "
+            "(shorter than its update period); measure longer for energy")
+    return replace(window, energy_j=None, energy_note=note)

@@ -53,7 +53,7 @@ METHODS: dict[str, Method] = {m.id: m for m in (
     Method("lokr", "peft", _LORA_LR),
     Method("adalora", "peft", _LORA_LR),
     Method("prompt-tuning", "peft", 3e-2),
-    Method("qlora", "peft", _LORA_LR),
+    Method("qlora", "peft", _LORA_LR, quantized_base=True),
 )}
 """Every technique of the `finetuning` family, by catalog id."""
 
@@ -91,8 +91,9 @@ class Prepared:
     lm: Any
     """The transformers causal LM inside (`lm_head`, gradient checkpointing, saving)."""
     method: Method
-    make_optimizer: Callable[[float, float, str], torch.optim.Optimizer]
-    """(lr, weight_decay, device) -> optimizer over the trainable parameters."""
+    make_optimizer: Callable[..., torch.optim.Optimizer]
+    """(lr, weight_decay, device, params=None) -> optimizer over the trainable parameters
+    (or over `params`, e.g. their fp32 master copies)."""
     after_backward: Callable[[int], None] | None = None
     """Called with the 0-based optimizer step after the backward passes (AdaLoRA)."""
     adapter_config: dict[str, Any] = field(default_factory=dict)
@@ -130,9 +131,17 @@ def decoder_blocks(lm: Any) -> Any:
     return blocks
 
 
-def quantize_base(lm: Any) -> dict[str, Any]:
+def quantize_base(lm: Any, device: str = "cpu",
+                  on_phase: Callable[..., None] | None = None) -> dict[str, Any]:
     """Quantize every linear layer but the output head to int4 with optimum-quanto, in
-    place, and freeze the quantized weights (QLoRA's frozen base). Returns facts to report."""
+    place, and freeze the quantized weights (QLoRA's frozen base). Returns facts to report.
+
+    On CUDA, quanto's backward pass through an int4 weight unpacks it with quanto's own
+    CUDA kernels, which torch builds (ninja + nvcc) the first time they are used: seen on
+    an H100 machine (2026-11-27), that first backward sat in the build for over a minute.
+    So the build happens here, in the load phase, announced as its own phase, instead of
+    inside the first training step; a build that fails makes the run `unsupported`.
+    """
     try:
         from optimum import quanto
     except ImportError as e:
@@ -141,14 +150,46 @@ def quantize_base(lm: Any) -> dict[str, Any]:
     quanto.quantize(lm, weights=quanto.qint4, exclude=["lm_head"])
     quanto.freeze(lm)
     lm.requires_grad_(False)
-    return {"quantizer": "optimum-quanto", "weights": "qint4", "excluded": ["lm_head"]}
+    facts: dict[str, Any] = {"quantizer": "optimum-quanto", "weights": "qint4",
+                             "excluded": ["lm_head"]}
+    if device.startswith("cuda"):
+        facts["cuda_kernels"] = _quanto_cuda_kernels(on_phase)
+    return facts
 
 
-def _adamw_factory(model: Any) -> Callable[[float, float, str], torch.optim.Optimizer]:
+def _quanto_cuda_kernels(on_phase: Callable[..., None] | None) -> str:
+    """Build (or load the cached build of) optimum-quanto's CUDA extension."""
+    import time
+
+    from optimum.quanto.library.extensions import get_extension, is_extension_available
+
+    if not is_extension_available("quanto_cuda"):
+        return "not registered"
+    ext = get_extension("quanto_cuda")
+    built = Path(ext.build_directory, "pytorch_version.txt")
+    cached = built.is_file() and built.read_text().strip() == torch.__version__
+    if not cached and on_phase is not None:
+        on_phase("compile_kernels", what="optimum-quanto CUDA extension (first use: minutes)",
+                 build_dir=ext.build_directory)
+    t0 = time.monotonic()
+    try:
+        ext.lib  # noqa: B018 - the property builds or loads the extension
+    except Exception as e:  # noqa: BLE001 - any build failure means no qlora here
+        from runners.errors import one_line
+
+        raise Unsupported(f"qlora on CUDA needs optimum-quanto's CUDA kernels (its backward "
+                          f"pass unpacks the int4 weights with them), and building them "
+                          f"failed: {one_line(e)}") from None
+    return "cached" if cached else f"built in {time.monotonic() - t0:.0f}s"
+
+
+def _adamw_factory(model: Any) -> Callable[..., torch.optim.Optimizer]:
     from runners.training import adamw
 
-    def make(lr: float, weight_decay: float, device: str) -> torch.optim.Optimizer:
-        params = [p for p in model.parameters() if p.requires_grad]
+    def make(lr: float, weight_decay: float, device: str,
+             params: list[torch.Tensor] | None = None) -> torch.optim.Optimizer:
+        if params is None:
+            params = [p for p in model.parameters() if p.requires_grad]
         return adamw(params, lr=lr, weight_decay=weight_decay, device=device)
 
     return make
@@ -199,6 +240,8 @@ def _peft_config(m: Method, h: Hyper) -> Any:
 def _jsonable(config: Any) -> dict[str, Any]:
     out = {}
     for key, value in config.to_dict().items():
+        if isinstance(value, (set, frozenset)):
+            value = sorted(value)
         try:
             json.dumps(value)
         except TypeError:
@@ -212,8 +255,9 @@ def prepare(technique: str, lm: Any, hyper: Hyper, *, adapter_dtype_fp32: bool =
     """Make `lm` (a transformers causal LM, gradients off) trainable under `technique`.
 
     Args:
-        adapter_dtype_fp32: keep new trainable weights in float32 (mixed precision) even
-            when the base is bf16; False keeps them in the base dtype (`bf16-pure`).
+        adapter_dtype_fp32: keep trained weights in float32 (autocast mixed precision) even
+            when the base is bf16: peft's adapters, and `freeze`'s blocks; False keeps them
+            in the base dtype (`bf16-pure`, or bf16 with fp32 master copies outside).
     """
     m = method(technique)
     if m.kind == "full":
@@ -256,9 +300,11 @@ def prepare(technique: str, lm: Any, hyper: Hyper, *, adapter_dtype_fp32: bool =
                     _jsonable(config))
 
 
-def _loraplus_factory(model: Any, ratio: float
-                      ) -> Callable[[float, float, str], torch.optim.Optimizer]:
-    def make(lr: float, weight_decay: float, device: str) -> torch.optim.Optimizer:
+def _loraplus_factory(model: Any, ratio: float) -> Callable[..., torch.optim.Optimizer]:
+    def make(lr: float, weight_decay: float, device: str,
+             params: list[torch.Tensor] | None = None) -> torch.optim.Optimizer:
+        if params is not None:
+            raise ValueError("LoRA+ groups the model's own adapter weights")
         from peft.optimizers import create_loraplus_optimizer
 
         cuda = device.startswith("cuda")

@@ -11,7 +11,7 @@ first, so data prep is never timed; measure the device's bf16 matmul peak (CUDA)
 optimizer steps in a window of their own; reset the peak-memory counters; run `steps` steps in
 the `measure` window (energy read only at its edges, after a device sync), each step synced so
 its latency is real; then the held-out perplexity. Steps: bf16 autocast on CUDA (fp32
-master weights), chunked fused cross-entropy, gradient clipping, fused AdamW on CUDA, linear
+master weights), the shared chunked cross-entropy, gradient clipping, fused AdamW on CUDA, linear
 warm-up then cosine decay of the learning rate over warmup + steps.
 
 MFU = tokens/s x FLOPs per token / peak, FLOPs per token = 6 N + 12 L d T (Kaplan et al. 2020;
@@ -36,12 +36,20 @@ from profiling import metrics as pm
 from profiling.window import WindowMeter, WindowResult, rapl_energy_reader
 from runners import baselines, textstream
 from runners import device as dev
-from runners.catalog import ModelCard
-from runners.decoder import Decoder, DecoderConfig, ParamCounts, compile_failed
+from runners.architecture import (
+    BASELINE,
+    BASELINE_RULE,
+    MOE_MATCHES,
+    VARIANTS,
+    Variant,
+    decoder_config,
+    decoder_rule,
+    facts,
+)
+from runners.decoder import Decoder, ParamCounts
 from runners.errors import BadInput
 from runners.family import Family, FamilyConfig, register
 from runners.protocol import Event, Metric, RunResult
-from runners.tokenizer import ByteTokenizer
 
 SOURCE = "runner"
 LOSS_TAIL_STEPS = 5
@@ -50,39 +58,7 @@ PEAK_MATMUL_N = 8192
 """Side of the square bf16 matmul whose rate is the measured peak."""
 
 
-@dataclass(frozen=True, slots=True)
-class Variant:
-    """A pretraining technique: the switches it sets, or the transformers baseline it runs."""
-
-    id: str
-    group: str
-    attention: str = "gqa"
-    position: str = "rope"
-    ffn: str = "dense"
-    baseline: str | None = None
-    """`mamba`, `rwkv` or `pythia`; None for the decoder."""
-
-
-VARIANTS: dict[str, Variant] = {v.id: v for v in (
-    Variant("mha", "attention", attention="mha"),
-    Variant("mqa", "attention", attention="mqa"),
-    Variant("gqa", "attention"),
-    Variant("mla", "attention", attention="mla"),
-    Variant("rope", "positional_encoding"),
-    Variant("absolute", "positional_encoding", position="absolute"),
-    Variant("learned", "positional_encoding", position="learned"),
-    Variant("relative", "positional_encoding", position="relative"),
-    Variant("nope", "positional_encoding", position="nope"),
-    Variant("dense", "moe"),
-    Variant("moe", "moe", ffn="moe"),
-    Variant("transformer", "attention_free"),
-    Variant("mamba", "attention_free", baseline="mamba"),
-    Variant("rwkv", "attention_free", baseline="rwkv"),
-    Variant("pythia", "attention_free", baseline="pythia"),
-)}
-BASELINE = Variant("gqa", "attention")
 PRECISIONS = ("auto", "bf16", "fp32")
-MOE_MATCHES = ("flops", "expert")
 
 
 @dataclass(frozen=True)
@@ -116,13 +92,10 @@ class PretrainingConfig(FamilyConfig):
     experts: int = 8
     top_k: int = 2
     moe_match: str = "flops"
-    """`flops`: expert width = FFN / top_k, so active FLOPs equal the dense FFN's;
-    `expert`: each expert as wide as the dense FFN (the paper's '0.5B x 8')."""
+    """`flops` (equal active FLOPs) or `expert` (experts as wide as the dense FFN)."""
     aux_loss_coef: float = 0.01
     loss_chunk_tokens: int = 0
-    """Tokens per cross-entropy chunk; 0: at most 2^28 logits a chunk."""
-    compile_loss: bool = True
-    """Fuse the loss's softmax gradient with torch.compile on CUDA (eager on CPU)."""
+    """Tokens per cross-entropy chunk; 0: about 1 GiB of fp32 logits a chunk."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -148,22 +121,6 @@ class PretrainingConfig(FamilyConfig):
         for name, ok in checks:
             if not ok:
                 raise BadInput(f"{name} out of range: {getattr(self, name)!r}")
-
-
-def decoder_config(card: ModelCard, variant: Variant, seq_len: int,
-                   config: PretrainingConfig | None = None) -> DecoderConfig:
-    """The decoder of a card with the variant's switches (the baseline for `transformer`)."""
-    c = config
-    experts, top_k = (c.experts, c.top_k) if c else (8, 2)
-    return DecoderConfig(
-        vocab_size=card.vocab_size, d_model=card.hidden_size, n_layers=card.num_layers,
-        n_heads=card.num_heads, n_kv_heads=card.num_kv_heads,
-        ffn_hidden=card.intermediate_size, max_seq_len=seq_len, attention=variant.attention,
-        position=variant.position, ffn=variant.ffn, rope_theta=card.rope_theta,
-        qkv_bias=card.arch == "qwen2", tie_embeddings=card.tie_embeddings,
-        n_experts=experts, top_k=top_k,
-        expert_hidden=card.intermediate_size if c and c.moe_match == "expert" else None,
-        aux_loss_coef=c.aux_loss_coef if c else 0.01)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
@@ -269,8 +226,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
                 group["lr"] = lr
             with self._autocast(autocast_dtype):
                 out = model.forward_loss(rows[:, :-1], rows[:, 1:],
-                                         chunk_tokens=c.loss_chunk_tokens or None,
-                                         compiled=cuda and c.compile_loss)
+                                         chunk_rows=c.loss_chunk_tokens or None)
             out.loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip) \
                 if c.grad_clip > 0 else None
@@ -291,7 +247,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
         measured, window = self._steps("measure", range(c.warmup, total_steps), step, meter)
         assert window is not None  # steps >= 1 (RunSpec checks it)
         peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
-        facts = self._model_facts(model, variant)  # before eval: MoE load of training steps
+        model_facts = facts(model, variant, c.moe_match)  # before eval: the MoE load of training
 
         ppl = None
         if c.eval_tokens and len(text.heldout) >= 2:
@@ -302,7 +258,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
         metrics = self._metrics(measured, window, counts, flops_per_token, peak_tflops,
                                 peak_alloc, peak_reserved, ppl)
         info: dict[str, Any] = {
-            "weights": "random", "group": variant.group, "variant": _describe(variant),
+            "weights": "random", "group": variant.group, "variant": variant.describe(),
             "matching": matching, "total_params": counts.total, "active_params": counts.active,
             "flop_params": counts.flop, "flops_per_token": flops_per_token,
             "mfu_formula": "6*flop_params + 12*layers*d_attn*seq_len per trained token "
@@ -312,17 +268,17 @@ class PretrainingFamily(Family[PretrainingConfig]):
             "batch_size": c.batch_size, "seq_len": c.seq_len, "steps": c.steps,
             "warmup": c.warmup, "lr": c.lr, "lr_warmup_steps": warm_lr,
             "optimizer": "AdamW (fused)" if cuda else "AdamW (foreach)",
-            "loss_kernel": "compiled" if cuda and c.compile_loss and not compile_failed()
-            else "eager",
+            "loss_impl": "chunked linear cross-entropy (runners.training), "
+                    f"{c.loss_chunk_tokens or 'auto'} rows a chunk",
             "tokenizer": "byte", "vocab_size": self.card.vocab_size, "text": text.source,
             "train_tokens": len(text.train), "documents": text.documents,
             "dataset_truncated": text.truncated, "epochs": plan.epochs(total_steps),
             "eval_tokens": len(text.heldout) if ppl is not None else 0, "threads": threads,
             "measure_s": window.elapsed_s, "warmup_steps_run": len(warm),
-            "energy_note": window.energy_note, "checkpoint": checkpoint,
+            "energy_note": window_energy(window)[1], "checkpoint": checkpoint,
             "final_loss": measured[-1].loss,
         }
-        info.update(facts)
+        info.update(model_facts)
         return RunResult(run_id=c.run_id, status="ok", metrics=tuple(metrics), info=info)
 
     # -- pieces of run -----------------------------------------------------------------------
@@ -341,7 +297,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
     def _build(self, variant: Variant) -> tuple[Any, dict[str, Any]]:
         """The model on the device (fp32 weights, training mode) and its matching facts."""
         c, card = self.config, self.card
-        base_cfg = decoder_config(card, BASELINE, c.seq_len, c)
+        base_cfg = self._decoder_config(BASELINE)
         with torch.device("meta"):
             base = Decoder(base_cfg)
         base_counts = base.param_counts()
@@ -351,13 +307,12 @@ class PretrainingFamily(Family[PretrainingConfig]):
         if variant.baseline is not None:
             model: Any = baselines.build(variant.baseline, card, c.seq_len, c.device, c.seed,
                                          base_counts.total)
-            rule = ("equal-params: same width, depth, vocabulary and tying as the baseline "
-                    f"decoder; {model.describe()['width_name']} solved to match its parameters")
+            rule = BASELINE_RULE.format(width=model.describe()["width_name"])
         else:
-            cfg = decoder_config(card, variant, c.seq_len, c)
+            cfg = self._decoder_config(variant)
             with torch.device(c.device):
                 model = Decoder(cfg)
-            rule = _decoder_rule(variant, cfg)
+            rule = decoder_rule(variant, cfg)
         self._model = model
         counts = model.param_counts()
         layers, d_attn = model.attention_shape()
@@ -372,6 +327,11 @@ class PretrainingFamily(Family[PretrainingConfig]):
             "delta_flops_pct": 100.0 * (flops - base_flops) / base_flops,
         }
         return model, matching
+
+    def _decoder_config(self, variant: Variant) -> Any:
+        c = self.config
+        return decoder_config(self.card, variant, c.seq_len, experts=c.experts, top_k=c.top_k,
+                              moe_match=c.moe_match, aux_loss_coef=c.aux_loss_coef)
 
     def _optimizer(self, model: Any, cuda: bool) -> torch.optim.Optimizer:
         """AdamW; matrices decay, vectors (norms, biases) do not; fused kernels on CUDA."""
@@ -433,12 +393,12 @@ class PretrainingFamily(Family[PretrainingConfig]):
                     rows = ids[: full * c.seq_len + 1]
                     x = rows[:-1].view(full, c.seq_len)
                     y = rows[1:].view(full, c.seq_len)
-                    out = model.forward_loss(x, y, compiled=False)
+                    out = model.forward_loss(x, y)
                     nll += float(out.ce) * x.numel()
                     count += x.numel()
                 rest = ids[full * c.seq_len:]
                 if len(rest) >= 2:
-                    out = model.forward_loss(rest[None, :-1], rest[None, 1:], compiled=False)
+                    out = model.forward_loss(rest[None, :-1], rest[None, 1:])
                     nll += float(out.ce) * (len(rest) - 1)
                     count += len(rest) - 1
         finally:
@@ -452,33 +412,10 @@ class PretrainingFamily(Family[PretrainingConfig]):
         c = self.config
         path = self.ctx.run_dir / "checkpoint.pt"
         cfg = asdict(model.cfg) if isinstance(model, Decoder) else model.hf.config.to_dict()
-        torch.save({"technique": c.technique, "model": c.model, "variant": _describe(variant),
+        torch.save({"technique": c.technique, "model": c.model, "variant": variant.describe(),
                     "config": cfg, "steps": c.warmup + c.steps,
                     "state_dict": model.state_dict()}, path)
         return str(path)
-
-    def _model_facts(self, model: Any, variant: Variant) -> dict[str, Any]:
-        if isinstance(model, Decoder):
-            cfg = model.cfg
-            facts: dict[str, Any] = {
-                "arch": "decoder", "layers": cfg.n_layers, "d_model": cfg.d_model,
-                "heads": cfg.n_heads, "kv_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
-                "ffn_hidden": cfg.ffn_hidden, "tie_embeddings": cfg.tie_embeddings,
-                "attention_kernel": "sdpa attn_mask (ALiBi bias: no flash)"
-                if cfg.position == "relative" else "sdpa causal (flash where available)"}
-            if cfg.attention == "mla":
-                facts["mla"] = {"kv_lora_rank": cfg.mla_rank, "rope_head_dim": cfg.mla_rope_dim,
-                                "nope_head_dim": cfg.head_dim - cfg.mla_rope_dim,
-                                "v_head_dim": cfg.head_dim, "q_compression": None,
-                                "cache_per_token": cfg.mla_rank + cfg.mla_rope_dim}
-            if cfg.ffn == "moe":
-                facts["moe"] = {"experts": cfg.n_experts, "top_k": cfg.top_k,
-                                "expert_hidden": cfg.moe_hidden, "routing": "dropless",
-                                "aux_loss_coef": cfg.aux_loss_coef,
-                                "match": self.config.moe_match,
-                                "load_max_over_mean": _load_imbalance(model)}
-            return facts
-        return {"arch": variant.baseline, **model.describe()}
 
     def _metrics(self, steps: Sequence[StepOut], window: WindowResult, counts: ParamCounts,
                  flops_per_token: float, peak_tflops: float | None, peak_alloc: float | None,
@@ -488,7 +425,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
         tokens = len(steps) * c.batch_size * c.seq_len
         seconds = window.elapsed_s
         tokens_per_s = pm.it_tokens_per_s(tokens, seconds)
-        energy = window.energy_j
+        energy, _ = window_energy(window)
         energy_source = window.energy_source or SOURCE
         flops_per_s = None if tokens_per_s is None else tokens_per_s * flops_per_token
         peak = peak_tflops * 1e12 if peak_tflops else None
@@ -534,37 +471,17 @@ class PretrainingFamily(Family[PretrainingConfig]):
         return info
 
 
-def _decoder_rule(variant: Variant, cfg: DecoderConfig) -> str:
-    if variant.ffn == "moe":
-        if cfg.moe_hidden * cfg.top_k == cfg.ffn_hidden:
-            return (f"equal-FLOP: {cfg.n_experts} experts of width ffn/{cfg.top_k} = "
-                    f"{cfg.moe_hidden}, so a token's active FFN FLOPs equal the dense FFN's")
-        return (f"expert-sized: {cfg.n_experts} experts as wide as the dense FFN "
-                f"({cfg.moe_hidden}); {cfg.top_k}x the dense FFN FLOPs per token")
-    what = {"mha": "K/V projections for every head", "mqa": "K/V projections for one head",
-            "mla": "the latent K/V path (down- and up-projections) replaces the K/V "
-                   "projections", "learned": "a learned position table",
-            }.get(variant.attention if variant.attention != "gqa" else variant.position,
-                  "no parameters")
-    return ("equal-shape: same layers, width, heads, head width and FFN as the baseline; "
-            f"only the switched component differs ({what})")
+def window_energy(window: WindowResult) -> tuple[float | None, str | None]:
+    """(energy_j, note) of a window; a counter that did not advance is no measurement.
 
-
-def _describe(variant: Variant) -> dict[str, Any]:
-    if variant.baseline is not None:
-        return {"baseline": variant.baseline}
-    return {"attention": variant.attention, "position": variant.position, "ffn": variant.ffn}
-
-
-def _load_imbalance(model: Decoder) -> float | None:
-    """Most-loaded expert's slots over the mean, the worst layer of the last forward."""
-    worst = None
-    for block in model.blocks:
-        counts = getattr(block.ffn, "last_counts", None)
-        if counts is not None and counts.sum() > 0:
-            ratio = float(counts.max()) / float(counts.float().mean())
-            worst = ratio if worst is None else max(worst, ratio)
-    return worst
+    NVML's energy counter moves about every 100 ms, so a window of a few short steps can read
+    0 J; that is reported as None (with the reason), never as a free run.
+    """
+    if window.energy_j is not None and window.energy_j <= 0:
+        return None, (f"the {window.energy_source} energy counter did not advance over the "
+                      f"{window.elapsed_s:.3f} s window (it updates about every 100 ms): "
+                      "measure more steps")
+    return window.energy_j, window.energy_note
 
 
 def _to_tensor(ids: Sequence[int], device: str) -> torch.Tensor:

@@ -33,7 +33,7 @@ def perplexity(model: Any, ids: Sequence[int], device: str, chunk_tokens: int) -
         return None
     nll_sum = 0.0
     count = 0
-    with torch.inference_mode():
+    with torch.no_grad():
         for start in range(0, len(ids), chunk_tokens):
             chunk = ids[start:start + chunk_tokens]
             if len(chunk) < 2:

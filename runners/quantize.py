@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from runners.errors import Unsupported, one_line
+from runners.errors import Unsupported, is_oom, one_line
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ the most quantization-sensitive layer, and on tied-embedding models quantizing i
 untie it from the embedding and store a second copy, growing the model."""
 
 
-# -- bytes -------------------------------------------------------------------------------------
+# -- bytes ------------------------------------------------------------------------------------
 
 def stored_bytes(t: torch.Tensor) -> int:
     """Bytes a tensor keeps in memory: plain tensors by element size, subclasses (quantized
@@ -87,7 +87,7 @@ def model_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-# -- availability ------------------------------------------------------------------------------
+# -- availability -----------------------------------------------------------------------------
 
 def check_available(q: Quantization, device: str) -> None:
     """Raise Unsupported when the technique's backend cannot run here (before any loading)."""
@@ -105,7 +105,7 @@ def check_available(q: Quantization, device: str) -> None:
                           f"device (got {device})")
 
 
-# -- quantizing --------------------------------------------------------------------------------
+# -- quantizing -------------------------------------------------------------------------------
 
 def exclude_patterns(text: str) -> tuple[str, ...]:
     """`lm_head,model.layers.0.*` -> patterns; `none` or empty -> no exclusions."""
@@ -137,15 +137,22 @@ def _quanto(model: torch.nn.Module, q: Quantization, exclude: Sequence[str],
             calibrate: Callable[[], None] | None) -> None:
     from optimum import quanto
 
-    quanto.quantize(model, weights=q.weights, activations=q.activations,
-                    exclude=list(exclude) or None)
-    if q.calibrated:
-        if calibrate is None:
-            raise ValueError(f"{q.id} quantizes activations and needs calibration data")
-        # absmax scales, averaged over the calibration batches with quanto's default momentum
-        with quanto.Calibration(momentum=0.9):
-            calibrate()
-    quanto.freeze(model)
+    if q.calibrated and calibrate is None:
+        raise ValueError(f"{q.id} quantizes activations and needs calibration data")
+    try:
+        quanto.quantize(model, weights=q.weights, activations=q.activations,
+                        exclude=list(exclude) or None)
+        if calibrate is not None and q.calibrated:
+            # absmax scales, averaged over the batches with quanto's default momentum
+            with quanto.Calibration(momentum=0.9):
+                calibrate()
+        quanto.freeze(model)
+    except RuntimeError as e:
+        if is_oom(e):
+            raise
+        # e.g. tinygemm's int4 packing wants output sizes divisible by 16 (a 260-token head)
+        raise Unsupported(f"{q.id}: quanto cannot quantize this model here: "
+                          f"{one_line(e)}") from None
 
 
 def _torchao(model: torch.nn.Module, q: Quantization, exclude: Sequence[str]) -> None:
@@ -161,6 +168,8 @@ def _torchao(model: torch.nn.Module, q: Quantization, exclude: Sequence[str]) ->
     try:
         quantize_(model, config, filter_fn=only_linears)
     except (RuntimeError, NotImplementedError, ValueError, AssertionError) as e:
+        if is_oom(e):
+            raise
         raise Unsupported(f"{q.id}: torchao cannot quantize this model here: "
                           f"{one_line(e)}") from None
 
@@ -183,7 +192,7 @@ def _torchao_config(q: Quantization) -> Any:
     raise Unsupported(f"{q.id}: this torchao has none of {', '.join(n for n, _ in names)}")
 
 
-# -- what ran ----------------------------------------------------------------------------------
+# -- what ran ---------------------------------------------------------------------------------
 
 def _linear_weights(model: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
     for name, module in model.named_modules():

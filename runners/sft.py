@@ -213,13 +213,12 @@ Encoder = Callable[[str], list[int]]
 
 
 def encoder_for(tokenizer: Any) -> Encoder:
-    """A text -> ids function for the project's ByteTokenizer or a transformers tokenizer
-    (no special tokens added: the template and the EOS id frame each example)."""
-    from runners.tokenizer import ByteTokenizer
-
-    if isinstance(tokenizer, ByteTokenizer):
-        return tokenizer.encode
-    return lambda text: list(tokenizer.encode(text, add_special_tokens=False))
+    """A text -> ids function, no special tokens added (the template and the EOS id frame
+    each example): the runners' tokenizers (ByteTokenizer, weights.HFTokenizer) already
+    encode that way; a bare transformers tokenizer is told so."""
+    if callable(getattr(tokenizer, "convert_tokens_to_ids", None)):  # a transformers one
+        return lambda text: list(tokenizer.encode(text, add_special_tokens=False))
+    return tokenizer.encode
 
 
 def tokenize(example: Example, encode: Encoder, eos_id: int | None) -> Tokenized:
@@ -249,35 +248,53 @@ def _epochs(items: Sequence[Tokenized], seed: int, wrap: bool) -> Iterator[Token
             return
 
 
+def scores(labels: Sequence[int]) -> bool:
+    """Whether a row has a token the next-token loss scores (labels past the first)."""
+    return any(x != IGNORE_INDEX for x in labels[1:])
+
+
+def _trainable(items: Sequence[Tokenized]) -> list[Tokenized]:
+    return [t for t in items if t.ids and any(x != IGNORE_INDEX for x in t.labels)]
+
+
 def packed_rows(items: Sequence[Tokenized], seq_len: int, count: int, seed: int, *,
                 wrap: bool = True) -> list[tuple[list[int], list[int]]]:
     """`count` rows of exactly `seq_len` tokens cut from the examples laid end to end (each
     closed by its EOS), the examples in seeded order. Rows may start mid-example and attend
-    across example boundaries, as packed SFT does. With `wrap` the stream restarts (in a new
-    order) when it runs out; without, fewer rows come back (the last one shorter)."""
-    if not items or not any(t.ids for t in items):
+    across example boundaries, as packed SFT does; a row with nothing to score (all prompt,
+    when prompts are longer than rows) is dropped. With `wrap` the stream restarts (in a
+    new order) when it runs out; without, fewer rows come back (the last one shorter)."""
+    usable = _trainable(items)
+    if not usable:
         return []
     rows: list[tuple[list[int], list[int]]] = []
     ids: list[int] = []
     labels: list[int] = []
-    for item in _epochs(items, seed, wrap):
+    budget = max(64, 8 * count) * (1 + sum(len(t.ids) for t in usable) // seq_len)
+    for item in _epochs(usable, seed, wrap):
         ids.extend(item.ids)
         labels.extend(item.labels)
-        while len(ids) >= seq_len and len(rows) < count:
-            rows.append((ids[:seq_len], labels[:seq_len]))
+        while len(ids) >= seq_len and len(rows) < count and budget > 0:
+            budget -= 1
+            if scores(labels[:seq_len]):
+                rows.append((ids[:seq_len], labels[:seq_len]))
             del ids[:seq_len], labels[:seq_len]
-        if len(rows) >= count:
+        if len(rows) >= count or budget <= 0:
             return rows
-    if ids and len(rows) < count:
+    if ids and len(rows) < count and scores(labels):
         rows.append((ids, labels))
     return rows
 
 
 def padded_rows(items: Sequence[Tokenized], seq_len: int, count: int, seed: int, *,
                 wrap: bool = True) -> list[tuple[list[int], list[int]]]:
-    """`count` rows of one example each, cut to `seq_len` tokens (padding happens later)."""
+    """`count` rows of one example each, cut to `seq_len` tokens (padding happens later);
+    an example with nothing to score within its first `seq_len` tokens is skipped."""
+    usable = [t for t in _trainable(items) if scores(t.labels[:seq_len])]
     rows: list[tuple[list[int], list[int]]] = []
-    for item in _epochs([t for t in items if t.ids], seed, wrap):
+    if not usable:
+        return rows
+    for item in _epochs(usable, seed, wrap):
         rows.append((list(item.ids[:seq_len]), list(item.labels[:seq_len])))
         if len(rows) >= count:
             break

@@ -32,9 +32,11 @@ CHUNK_BYTES = 1 << 30
 
 Precision = Literal["fp32", "bf16", "bf16-pure"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "bf16-pure")
-"""fp32: everything in float32. bf16: matmuls under bf16 autocast, trainable weights (and
-optimizer state) in float32, frozen weights stored in bf16. bf16-pure: every weight, trainable
-or not, and the optimizer state in bf16 (less memory and traffic, coarser updates)."""
+"""fp32: everything in float32. bf16: bf16 compute, fp32 updates: frozen weights in bf16;
+trained weights either in bf16 with an fp32 master copy the optimizer steps (`MasterWeights`,
+the Megatron-LM / DeepSpeed scheme) or in fp32 under bf16 autocast (peft adapters).
+bf16-pure: every weight and the optimizer state in bf16, no master copy (least memory and
+traffic; updates smaller than a bf16 ulp of the weight are lost)."""
 
 
 # -- precision and optimizer -----------------------------------------------------------------
@@ -57,11 +59,39 @@ def resolve_precision(requested: str, device: str) -> Precision:
     return requested  # type: ignore[return-value]
 
 
-def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast for `bf16`; nothing for `fp32` and `bf16-pure` (weights already bf16)."""
-    if precision != "bf16":
+def autocast(device: str, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on `device` when `amp`, else nothing."""
+    if not amp:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+class MasterWeights:
+    """fp32 master copies of low-precision trained weights.
+
+    The model keeps its trained weights in bf16, so forward and backward run entirely in
+    bf16 with no casts; the optimizer steps fp32 copies, so small updates are not rounded
+    away. Per step: `pull_grads` (bf16 grads -> fp32 master grads, freeing the bf16 ones),
+    clip and step on `params`, then `push` (fp32 masters -> bf16 weights).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+        self.model_params = list(params)
+        self.params = [nn.Parameter(p.detach().float().clone()) for p in self.model_params]
+        for master in self.params:
+            master.grad = torch.zeros_like(master)
+
+    def pull_grads(self) -> None:
+        for p, master in zip(self.model_params, self.params, strict=True):
+            if p.grad is None:
+                master.grad.zero_()
+            else:
+                master.grad.copy_(p.grad)
+                p.grad = None
+
+    @torch.no_grad()
+    def push(self) -> None:
+        torch._foreach_copy_(self.model_params, self.params)
 
 
 def adamw(params: Any, *, lr: float, device: str, weight_decay: float = 0.0,
@@ -75,12 +105,12 @@ def adamw(params: Any, *, lr: float, device: str, weight_decay: float = 0.0,
 def cosine_lr_factor(step: int, *, total_steps: int, warmup_steps: int,
                      min_ratio: float = 0.0) -> float:
     """Learning-rate multiplier at optimizer step `step` (0-based): linear warm-up from
-    1/(warmup+1) to 1 over `warmup_steps`, then a half cosine from 1 down to `min_ratio` at
-    the last step (the schedule of transformers' `get_cosine_schedule_with_warmup`, with a
-    floor)."""
+    1/(warmup+1) to 1 over `warmup_steps`, then a half cosine from 1 towards `min_ratio`,
+    reached one step after the last (the decay of transformers'
+    `get_cosine_schedule_with_warmup`, with a floor; its warm-up starts at 0 instead)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / (warmup_steps + 1)
-    span = max(1, total_steps - warmup_steps - 1)
+    span = max(1, total_steps - warmup_steps)
     progress = min(1.0, max(0.0, (step - warmup_steps) / span))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -329,24 +359,27 @@ def hf_loss(model: Any, batch: MicroBatch, num_items: int) -> torch.Tensor:
 class TrainStep:
     """Runs one optimizer step over a list of micro-batches and times it.
 
-    Per step: sync; for each micro-batch forward (under autocast) and backward, the loss
-    normalised by the step's total target tokens; `after_backward(step)` (AdaLoRA's rank
-    allocation); gradient clipping; optimizer and scheduler step; zero grads; sync. The
-    loss is read back once per step. With a `tap` (from `chunked_lm_loss`) the reported
-    loss is the task cross-entropy even when the objective carries a penalty.
+    Per step: sync; for each micro-batch forward (under bf16 autocast when `amp`) and
+    backward, the loss normalised by the step's total target tokens; `after_backward(step)`
+    (AdaLoRA's rank allocation); with `master`, gradients move to the fp32 master copies;
+    gradient clipping; optimizer and scheduler step; zero grads (or push the masters back);
+    sync. The loss is read back once per step. With a `tap` (from `chunked_lm_loss`) the
+    reported loss is the task cross-entropy even when the objective carries a penalty.
+    `params` (default: the optimizer's) are the tensors whose gradients are clipped.
     """
 
     def __init__(self, model: Any, optimizer: torch.optim.Optimizer, *, device: str,
-                 precision: str, scheduler: Any = None, max_grad_norm: float = 1.0,
+                 amp: bool = False, scheduler: Any = None, max_grad_norm: float = 1.0,
                  loss_fn: Callable[[Any, MicroBatch, int], torch.Tensor] = hf_loss,
                  after_backward: Callable[[int], None] | None = None,
                  params: Sequence[torch.Tensor] | None = None,
-                 tap: LossTap | None = None) -> None:
+                 tap: LossTap | None = None, master: MasterWeights | None = None) -> None:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.device = device
-        self.precision = precision
+        self.amp = amp
+        self.master = master
         self.max_grad_norm = max_grad_norm
         self.loss_fn = loss_fn
         self.after_backward = after_backward
@@ -368,7 +401,7 @@ class TrainStep:
         for batch in micro_batches:
             if self.tap is not None:
                 self.tap.last = None
-            with autocast(self.device, self.precision):
+            with autocast(self.device, self.amp):
                 loss = self.loss_fn(self.model, batch, num_items)
             loss.backward()
             objective += loss.detach().float()
@@ -376,13 +409,18 @@ class TrainStep:
             task += (tapped if tapped is not None else loss.detach()).float()
         if self.after_backward is not None:
             self.after_backward(self.steps_done)
+        if self.master is not None:
+            self.master.pull_grads()
         norm = None
         if self.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.master is not None:
+            self.master.push()  # master grads are overwritten by the next pull
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         values = torch.stack((task, objective)).tolist()
         grad_norm = float(norm) if norm is not None else None
         self._sync()
@@ -394,7 +432,7 @@ class TrainStep:
 
 
 def evaluate_loss(model: Any, batches: Sequence[MicroBatch], *, device: str,
-                  precision: str) -> float | None:
+                  amp: bool = False) -> float | None:
     """Mean next-token loss over `batches`, weighted by target tokens; None without targets."""
     total, count = 0.0, 0
     was_training = model.training
@@ -405,7 +443,7 @@ def evaluate_loss(model: Any, batches: Sequence[MicroBatch], *, device: str,
                 _, n, _ = count_tokens(batch)
                 if n == 0:
                     continue
-                with autocast(device, precision):
+                with autocast(device, amp):
                     loss = model(**batch, use_cache=False, num_items_in_batch=n).loss
                 total += float(loss) * n
                 count += n

@@ -42,7 +42,7 @@ def _no_phase(name: str, **extra: Any) -> None:
     return None
 
 
-# -- where weights are ----------------------------------------------------------------------------
+# -- where weights are ------------------------------------------------------------------------
 
 def cache_root(home: Path | None) -> Path:
     """The conversion cache: `$EFFICIENTLLM_CACHE_DIR`, else `<data dir>/cache`."""
@@ -170,7 +170,7 @@ def gguf_file(card: ModelCard) -> Path:
     return found[0]
 
 
-# -- converting and loading -------------------------------------------------------------------------
+# -- converting and loading -------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -240,7 +240,9 @@ def _convert(gguf: Path, out: Path) -> None:
     """Dequantize `gguf` with transformers and save model and tokenizer to `out`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
@@ -270,7 +272,9 @@ def source_for(card: ModelCard, home: Path | None, phase: Phase = _no_phase) -> 
 def load_model(source: Source, dtype: Any, device: str, trust_remote_code: bool = False) -> Any:
     """The causal LM in `source`, in `dtype`, on `device`, offline, in eval mode."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a run's stderr.log is for problems, not progress
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code)
@@ -291,7 +295,7 @@ def load_model(source: Source, dtype: Any, device: str, trust_remote_code: bool 
     return model
 
 
-# -- tokenizers -------------------------------------------------------------------------------------
+# -- tokenizers -------------------------------------------------------------------------------
 
 class HFTokenizer:
     """A transformers tokenizer behind the interface the corpus uses (`encode` -> ids)."""

@@ -11,7 +11,7 @@ from textual.widget import Widget
 from textual.widgets import Footer
 
 if TYPE_CHECKING:
-    from ..app import EfficientLLMApp
+    from efficientllm_tui.app import EfficientLLMApp
 
 
 class NavBar(Widget):
@@ -27,11 +27,14 @@ class NavBar(Widget):
         self.current = current
 
     def on_mount(self) -> None:
-        self.watch(self.app, "feed_state", lambda *_: self.refresh(), init=False)
-        self.watch(self.app, "simulated", lambda *_: self.refresh(), init=False)
+        self.watch(self.app, "feed_state", self._changed, init=False)
+        self.watch(self.app, "simulated", self._changed, init=False)
+
+    def _changed(self) -> None:
+        self.refresh()
 
     def render(self) -> Text:
-        from ..app import SCREENS_ORDER
+        from efficientllm_tui.app import SCREENS_ORDER
 
         app = cast("EfficientLLMApp", self.app)
         narrow = self.size.width < 100
@@ -48,8 +51,10 @@ class NavBar(Widget):
         state = app.feed_state
         if state.connected:
             out.append("● live", style="green")
-        else:
+        elif state.detail:
             out.append("○ no daemon", style="yellow")
+        else:
+            out.append("○ connecting", style="dim")
         if app.simulated:
             out.append("  ")
             out.append(" SIMULATED ", style="bold black on yellow")
@@ -80,10 +85,11 @@ class AppScreen(Screen[None]):
 
     def on_screen_resume(self) -> None:
         app = self.elapp
-        for signal, callback in ((app.runs_changed, self._runs_signal),
-                                 (app.recent_changed, self.recent_changed)):
-            signal.unsubscribe(self)  # a hidden screen may have lost its subscription
-            signal.subscribe(self, callback)
+        # A hidden screen may have lost its subscriptions: make them afresh.
+        app.runs_changed.unsubscribe(self)
+        app.runs_changed.subscribe(self, self._runs_signal)
+        app.recent_changed.unsubscribe(self)
+        app.recent_changed.subscribe(self, self.recent_changed)
         if self._runs_seen != app.runs_version:
             self._runs_signal(None)
         self.resumed()

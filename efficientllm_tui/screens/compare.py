@@ -14,19 +14,25 @@ from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
-from ..display import METRIC_LABELS, metric_label, num
-from ..paper import paper_rank
-from ..widgets.bars import Bar, BarChart
-from ..widgets.scatter import Point, ScatterPlot
+from efficientllm_tui.display import METRIC_LABELS, metric_label, num
+from efficientllm_tui.paper import paper_rank
+from efficientllm_tui.widgets.bars import Bar, BarChart
+from efficientllm_tui.widgets.scatter import Point, ScatterPlot
+
 from .base import AppScreen
 
 PAPER_METRICS = ("amu", "pcu", "al_s", "tt", "st", "it", "aec_w", "mcr", "eval_ppl", "loss")
 """Metrics the paper scores, in its order (quality last)."""
-AXES = (("it", "aec_w"), ("al_s", "amu"), ("st", "aec_w"), ("tt", "aec_w"), ("al_s", "aec_w"),
-        ("it", "amu"))
+AXES = (
+    ("it", "aec_w"),
+    ("al_s", "amu"),
+    ("st", "aec_w"),
+    ("tt", "aec_w"),
+    ("al_s", "aec_w"),
+    ("it", "amu"),
+)
 """Trade-off plots: (x, y) metric pairs, cycled with `a`."""
-PALETTE = ("#4ea1ff", "#ffa24e", "#3fbf7f", "#e8556b", "#b57bff", "#d6c43b", "#35c6c6",
-           "#ff7fd1")
+PALETTE = ("#4ea1ff", "#ffa24e", "#3fbf7f", "#e8556b", "#b57bff", "#d6c43b", "#35c6c6", "#ff7fd1")
 """Mid-tone run colors readable on dark and light backgrounds."""
 
 
@@ -96,8 +102,14 @@ class CompareScreen(AppScreen):
             run = store.get_run(run_id)
             (runs.append(run) if run is not None else missing.append(run_id))
         board = store.leaderboard(run_ids=[r["run_id"] for r in runs]) if runs else []
-        runs.sort(key=lambda r: (r.get("family") or "", r.get("started_at") is None,
-                                 r.get("started_at"), r["run_id"]))
+        runs.sort(
+            key=lambda r: (
+                r.get("family") or "",
+                r.get("started_at") is None,
+                r.get("started_at"),
+                r["run_id"],
+            )
+        )
         self.post_message(CompareLoaded(runs, board, missing))
 
     @on(CompareLoaded)
@@ -107,16 +119,22 @@ class CompareScreen(AppScreen):
         tabs = self.query_one("#cmp-tabs", TabbedContent)
         tabs.display = bool(message.runs)
         if not message.runs:
-            head.update("No runs marked. On the Runs screen (3), press space on the runs to "
-                        "compare, then come back here (4).")
+            head.update(
+                "No runs marked. On the Runs screen (3), press space on the runs to "
+                "compare, then come back here (4)."
+            )
             return
         sim = any(r.get("simulated") for r in message.runs)
         head.update(
             f"[b]{len(message.runs)} runs[/b] · score: the paper's min-max to [0.1, 1] over "
             "these runs, higher is better · rank 1 = best per family/group/model/device"
             + (" · [b black on yellow] includes SIMULATED data [/]" if sim else "")
-            + (f" · [red]{len(message.missing)} marked run(s) no longer stored[/]"
-               if message.missing else ""))
+            + (
+                f" · [red]{len(message.missing)} marked run(s) no longer stored[/]"
+                if message.missing
+                else ""
+            )
+        )
         self._raw()
         self._ranks()
         self._bars()
@@ -143,8 +161,9 @@ class CompareScreen(AppScreen):
         table.clear(columns=True)
         table.add_column("metric", key="metric")
         for i, run in enumerate(self.data.runs):
-            table.add_column(Text(self._run_label(i, run), style=PALETTE[i % len(PALETTE)]),
-                             key=run["run_id"])
+            table.add_column(
+                Text(self._run_label(i, run), style=PALETTE[i % len(PALETTE)]), key=run["run_id"]
+            )
         table.add_column("unit", key="unit")
         for name in self._names():
             values, unit = [], ""
@@ -165,17 +184,24 @@ class CompareScreen(AppScreen):
         table.clear(columns=True)
         table.add_column("metric", key="metric")
         for i, run in enumerate(self.data.runs):
-            table.add_column(Text(self._run_label(i, run), style=PALETTE[i % len(PALETTE)]),
-                             key=run["run_id"])
-        metrics = [m for m in PAPER_METRICS if any((r["run_id"], m) in board
-                                                  for r in self.data.runs)]
+            table.add_column(
+                Text(self._run_label(i, run), style=PALETTE[i % len(PALETTE)]), key=run["run_id"]
+            )
+        metrics = [
+            m for m in PAPER_METRICS if any((r["run_id"], m) in board for r in self.data.runs)
+        ]
         for name in metrics:
             cells: list[Any] = []
             for run in self.data.runs:
                 b = board.get((run["run_id"], name))
                 ours = f"{b['score']:.2f} #{b['rank']}" if b else "-"
-                paper = paper_rank(run.get("family") or "", run.get("group_name"),
-                                   run.get("technique") or "", run.get("model"), name)
+                paper = paper_rank(
+                    run.get("family") or "",
+                    run.get("group_name"),
+                    run.get("technique") or "",
+                    run.get("model"),
+                    name,
+                )
                 text = Text(ours, style="bold" if b and b["rank"] == 1 else "")
                 if paper is not None:
                     near = "≈" if paper.nearest else ""
@@ -184,8 +210,10 @@ class CompareScreen(AppScreen):
             direction = "↑" if board_direction(self.data.board, name) else "↓"
             table.add_row(f"{metric_label(name)} {direction}", *cells, key=name)
         if not metrics:
-            table.add_row("no scores: only runs with status ok and paper metrics are ranked",
-                          *([""] * len(self.data.runs)))
+            table.add_row(
+                "no scores: only runs with status ok and paper metrics are ranked",
+                *([""] * len(self.data.runs)),
+            )
 
     def _bars(self) -> None:
         assert self.data is not None
@@ -200,8 +228,14 @@ class CompareScreen(AppScreen):
             for i, run in enumerate(self.data.runs):
                 value = (run.get("metrics") or {}).get(name, (None,))[0]
                 b = board.get((run["run_id"], name))
-                bars.append(Bar(self._run_label(i, run), value, PALETTE[i % len(PALETTE)],
-                                note=f"#{b['rank']}" if b else ""))
+                bars.append(
+                    Bar(
+                        self._run_label(i, run),
+                        value,
+                        PALETTE[i % len(PALETTE)],
+                        note=f"#{b['rank']}" if b else "",
+                    )
+                )
             better = "higher" if board_direction(self.data.board, name) else "lower"
             chart = BarChart(f"{metric_label(name)} ({better} is better)")
             charts.append((chart, bars))
@@ -222,14 +256,18 @@ class CompareScreen(AppScreen):
             y = metrics.get(y_name, (None,))[0]
             color = PALETTE[i % len(PALETTE)]
             points.append(Point(self._letter(i), self._run_label(i, run), x, y, color))
-            legend.append(f"[b {color}]{self._letter(i)}[/] {run.get('technique')} × "
-                          f"{run.get('model')}  {metric_label(x_name)}={num(x)} "
-                          f"{metric_label(y_name)}={num(y)}")
+            legend.append(
+                f"[b {color}]{self._letter(i)}[/] {run.get('technique')} × "
+                f"{run.get('model')}  {metric_label(x_name)}={num(x)} "
+                f"{metric_label(y_name)}={num(y)}"
+            )
         self.query_one("#cmp-scatter", ScatterPlot).update_points(
-            points, metric_label(x_name), metric_label(y_name))
+            points, metric_label(x_name), metric_label(y_name)
+        )
         others = ", ".join(f"{metric_label(a)}×{metric_label(b)}" for a, b in usable)
         self.query_one("#cmp-legend", Static).update(
-            "\n".join(legend) + f"\n[dim]a: next axes ({others})[/]")
+            "\n".join(legend) + f"\n[dim]a: next axes ({others})[/]"
+        )
 
     # ------------------------------------------------------------------ actions
 
@@ -252,7 +290,7 @@ def board_direction(board: list[dict[str, Any]], metric: str) -> bool:
     for b in board:
         if b["metric"] == metric:
             return bool(b["higher_is_better"])
-    from ..store import METRIC_DIRECTIONS
+    from efficientllm_tui.store import METRIC_DIRECTIONS
 
     return METRIC_DIRECTIONS.get(metric, True)
 

@@ -10,27 +10,46 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
+from textual.content import Content
 from textual.reactive import reactive
+from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
+from efficientllm_tui.display import (
+    THROUGHPUT_METRIC,
+    ago,
+    duration,
+    gib,
+    joules,
+    num,
+    status_style,
+)
+from efficientllm_tui.history import energy_integral_j, source_label
+from efficientllm_tui.tracker import ActiveRun
+from efficientllm_tui.widgets.bars import bar_line
+from efficientllm_tui.widgets.chart import Series, TimeChart, nice_max
+from efficientllm_tui.widgets.devices import DeviceList
 from profiling.sample import Sample
 
-from ..display import THROUGHPUT_METRIC, ago, duration, gib, num, short_id, status_style
-from ..history import energy_integral_j, source_label
-from ..tracker import ActiveRun
-from ..widgets.bars import bar_line
-from ..widgets.chart import Series, TimeChart, nice_max
-from ..widgets.devices import DeviceList
 from .base import AppScreen
 
-WINDOWS: tuple[tuple[str, float | None], ...] = (("1 min", 60.0), ("5 min", 300.0),
-                                                 ("whole run", None))
-REDRAW_S = 0.1
-"""Redraws at most 10 times a second, only when new samples came (or once a second)."""
-_MAX_POINTS = 400
-_ACTIVE_COLUMNS = (("pair", "model × technique"), ("phase", "phase"), ("progress", "progress"),
-                   ("rate", "rate"), ("energy", "energy"), ("loss", "loss"),
-                   ("device", "device"))
+WINDOWS: tuple[tuple[str, float | None], ...] = (
+    ("1 min", 60.0),
+    ("5 min", 300.0),
+    ("whole run", None),
+)
+REDRAW_S = 0.09
+"""Shortest time between redraws: new samples are drawn as they come, at most ~11 times a
+second (a slower screen skips frames; the samples wait in the rings), else once a second."""
+_MIN_POINTS = 60
+_ACTIVE_COLUMNS = (
+    ("pair", "model × technique"),
+    ("device", "device"),
+    ("phase", "phase"),
+    ("progress", "progress · ETA"),
+    ("rate", "rate · loss"),
+    ("energy", "energy"),
+)
 
 
 class DashboardScreen(AppScreen):
@@ -50,12 +69,13 @@ class DashboardScreen(AppScreen):
         super().__init__()
         self._drawn_version = -1
         self._drawn_at = 0.0
+        self._pending: Any = None
         self._device: str | None = None
         self._ncpu = os.cpu_count() or 1
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="feed-banner")
-        yield Static(id="dash-status")
+        yield StatusLine(id="dash-status")
         yield DeviceList(self.elapp.history, id="devices")
         with Grid(id="charts"):
             yield TimeChart("memory GiB", id="chart-mem")
@@ -75,11 +95,15 @@ class DashboardScreen(AppScreen):
             active.add_column(label, key=key)
         recent = self.query_one("#recent", DataTable)
         recent.border_title = "recent runs"
-        for key, label in (("when", "when"), ("pair", "model × technique"),
-                           ("status", "status"), ("metric", "key")):
+        for key, label in (
+            ("when", "when"),
+            ("pair", "model × technique"),
+            ("status", "status"),
+            ("metric", "key"),
+        ):
             recent.add_column(label, key=key)
         self.query_one("#active-empty", Static).border_title = "active runs"
-        self.set_interval(REDRAW_S, self.redraw_if_needed)
+        self.set_interval(1.0, self.redraw_if_needed)
         self.redraw()
         if self.elapp.recent is not None:
             self.recent_changed(self.elapp.recent)
@@ -90,7 +114,8 @@ class DashboardScreen(AppScreen):
         self.window_index = (self.window_index + 1) % len(WINDOWS)
 
     def watch_window_index(self) -> None:
-        self._drawn_version = -1
+        if self.is_mounted:
+            self.redraw()
 
     def action_device(self, delta: int) -> None:
         self.query_one(DeviceList).action_move(delta)
@@ -98,7 +123,7 @@ class DashboardScreen(AppScreen):
     @on(DeviceList.Selected)
     def _device_selected(self, message: DeviceList.Selected) -> None:
         self._device = message.device
-        self._drawn_version = -1
+        self.redraw()
 
     def action_stop_run(self) -> None:
         table = self.query_one("#active", DataTable)
@@ -112,19 +137,36 @@ class DashboardScreen(AppScreen):
             if ok and not self.elapp.cancel_run(run_id):
                 self.notify(f"{run_id} is not running any more", severity="warning")
 
-        self.app.push_screen(ConfirmScreen(
-            "Stop run?", f"Send SIGTERM to {run_id}? It stops at once and is stored as "
-            "cancelled.", yes="Stop"), done)
+        self.app.push_screen(
+            ConfirmScreen(
+                "Stop run?",
+                f"Send SIGTERM to {run_id}? It stops at once and is stored as cancelled.",
+                yes="Stop",
+            ),
+            done,
+        )
 
     # ------------------------------------------------------------------ drawing
 
+    def samples_arrived(self) -> None:
+        """New samples are in the rings: draw now, or as soon as the throttle allows."""
+        if not self.is_current or self._pending is not None:
+            return
+        wait = REDRAW_S - (time.monotonic() - self._drawn_at)
+        if wait <= 0:
+            self.redraw()
+        else:
+            self._pending = self.set_timer(wait, self._draw_pending)
+
+    def _draw_pending(self) -> None:
+        self._pending = None
+        if self.is_current and self.elapp.history.version != self._drawn_version:
+            self.redraw()
+
     def redraw_if_needed(self) -> None:
-        if not self.is_current:
-            return
-        now = time.monotonic()
-        if self.elapp.history.version == self._drawn_version and now - self._drawn_at < 1.0:
-            return
-        self.redraw()
+        """Once a second: windows slide and ETAs change even when no sample comes."""
+        if self.is_current and time.monotonic() - self._drawn_at >= 1.0:
+            self.redraw()
 
     def redraw(self) -> None:
         app = self.elapp
@@ -144,8 +186,11 @@ class DashboardScreen(AppScreen):
         label, seconds = WINDOWS[self.window_index]
         if seconds is not None:
             return t_end - int(seconds * 1e9), t_end, label
-        starts = [r.started_ns for r in self.elapp.active.values()
-                  if r.started_ns and (r.sample_device == device or r.sample_device is None)]
+        starts = [
+            r.started_ns
+            for r in self.elapp.active.values()
+            if r.started_ns and (r.sample_device == device or r.sample_device is None)
+        ]
         if starts:
             return min(starts), t_end, f"whole run ({duration((t_end - min(starts)) / 1e9)})"
         series = self.elapp.history.devices.get(device or "")
@@ -156,32 +201,39 @@ class DashboardScreen(AppScreen):
         app = self.elapp
         banner = self.query_one("#feed-banner", Static)
         parts = []
-        if not app.feed_state.connected:
-            parts.append(f"No live samples: {app.feed_state.detail}. Start the profiling "
-                         "daemon: `efficientllm daemon start` (a launch starts it too). "
-                         "Retrying every few seconds.")
+        if not app.feed_state.connected and app.feed_state.detail:
+            parts.append(
+                f"No live samples: {app.feed_state.detail}. Start the profiling "
+                "daemon: `efficientllm daemon start` (a launch starts it too). "
+                "Retrying every few seconds."
+            )
         if app.simulated:
             parts.append("SIMULATED DATA: samples from the simulated GPU backend, not hardware")
-        banner.update("\n".join(parts))
+        _update(banner, "\n".join(parts))
         banner.set_class(bool(parts), "-shown")
         banner.set_class(app.simulated and app.feed_state.connected, "-simulated")
-        status = self.query_one("#dash-status", Static)
+        status = self.query_one("#dash-status", StatusLine)
         t0, t1, label = self._window(self._device)
         host = app.history.latest("cpu")
         text = f"window [b]{label}[/b] (w)"
         if self._device:
             text += f" · {self._device} via [b]{source_label(app.history.latest(self._device))}[/b]"
         if host is not None:
-            text += f" · host CPU {num(host.util_pct, 3)}% RAM {gib(host.mem_used_bytes)}/" \
-                    f"{gib(host.mem_total_bytes)} GiB"
-        status.update(text)
+            text += (
+                f" · host CPU {num(host.util_pct, 3)}% RAM {gib(host.mem_used_bytes)}/"
+                f"{gib(host.mem_total_bytes)} GiB"
+            )
+        status.set_text(text)
 
     def _draw_charts(self) -> None:
         device = self._device
         t0, t1, _ = self._window(device)
         samples = self.elapp.history.window(device, t0, t1) if device else []
-        if len(samples) > _MAX_POINTS:
-            samples = samples[:: len(samples) // _MAX_POINTS]
+        # About one sample per braille dot column: more would be drawn over each other.
+        limit = max(_MIN_POINTS, 2 * self.query_one("#chart-mem", TimeChart).content_size.width)
+        if len(samples) > limit:
+            step = -(-len(samples) // limit)
+            samples = samples[len(samples) - 1 - (len(samples) - 1) // step * step :: step]
         x0 = (t0 - t1) / 1e9
         latest = samples[-1] if samples else None
         theme = self.app.current_theme
@@ -197,32 +249,55 @@ class DashboardScreen(AppScreen):
         gib_scale = 1 / 2**30
         mem = self.query_one("#chart-mem", TimeChart)
         total = latest.mem_total_bytes if latest else None
-        mem.plot([Series("used", pts("mem_used_bytes", gib_scale), c1, area=True)], x0, 0.0,
-                 y_max=total * gib_scale if total else None,
-                 summary=_mem_summary(latest))
+        mem.plot(
+            [Series("used", pts("mem_used_bytes", gib_scale), c1, area=True)],
+            x0,
+            0.0,
+            y_max=total * gib_scale if total else None,
+            summary=_mem_summary(latest),
+        )
         act = self.query_one("#chart-act", TimeChart)
         if device == "cpu":
-            act.plot([Series("host", pts("util_pct"), c1),
-                      Series("runners/core", pts("cpu_pct", 1 / self._ncpu), c2)], x0, 0.0,
-                     summary=_act_summary(latest, self._ncpu), title="CPU %")
+            act.plot(
+                [
+                    Series("host", pts("util_pct"), c1),
+                    Series("runners/core", pts("cpu_pct", 1 / self._ncpu), c2),
+                ],
+                x0,
+                0.0,
+                summary=_act_summary(latest, self._ncpu),
+                title="CPU %",
+            )
         else:
-            series = [Series("SM", pts("sm_active_pct"), c1),
-                      Series("tensor", pts("tensor_active_pct"), c2)]
+            series = [
+                Series("SM", pts("sm_active_pct"), c1),
+                Series("tensor", pts("tensor_active_pct"), c2),
+            ]
             if latest is not None and latest.sm_active_pct is None:
                 series = [Series("util", pts("util_pct"), c1)]
-            act.plot(series, x0, 0.0, summary=_act_summary(latest, self._ncpu),
-                     title="activity %")
+            act.plot(series, x0, 0.0, summary=_act_summary(latest, self._ncpu), title="activity %")
         power = self.query_one("#chart-power", TimeChart)
         peak_w = max((s.power_w for s in samples if s.power_w is not None), default=None)
-        power.plot([Series("W", pts("power_w"), c2, area=True)], x0, 0.0,
-                   y_max=nice_max(peak_w) if peak_w else None,
-                   summary=f"{latest.power_w:.0f} W" if latest and latest.power_w is not None
-                   else "no power reading")
+        power.plot(
+            [Series("W", pts("power_w"), c2, area=True)],
+            x0,
+            0.0,
+            y_max=nice_max(peak_w) if peak_w else None,
+            summary=f"{latest.power_w:.0f} W"
+            if latest and latest.power_w is not None
+            else "no power reading",
+        )
         clock = self.query_one("#chart-clock", TimeChart)
         peak_mhz = max((s.sm_clock_mhz for s in samples if s.sm_clock_mhz), default=None)
-        clock.plot([Series("clock", pts("sm_clock_mhz", 100 / peak_mhz) if peak_mhz else [],
-                           c1), Series("temp", pts("temp_c"), c3)], x0, 0.0,
-                   summary=_clock_summary(latest))
+        clock.plot(
+            [
+                Series("clock", pts("sm_clock_mhz", 100 / peak_mhz) if peak_mhz else [], c1),
+                Series("temp", pts("temp_c"), c3),
+            ],
+            x0,
+            0.0,
+            summary=_clock_summary(latest),
+        )
 
     def _draw_active(self) -> None:
         runs = list(self.elapp.active.values())
@@ -232,9 +307,13 @@ class DashboardScreen(AppScreen):
         empty.display = not runs
         if not runs:
             pending = self.elapp.queue.pending_count
-            empty.update("No run is going." + (f" {pending} queued." if pending else "")
-                         + " Press 2 to launch one, or from a shell:\n"
-                         "efficientllm run -m tiny -t fp32 --device cpu")
+            _update(
+                empty,
+                "No run is going."
+                + (f" {pending} queued." if pending else "")
+                + " Press 2 to launch one, or from a shell:\n"
+                "efficientllm run -m tiny -t fp32 --device cpu",
+            )
             if table.row_count:
                 table.clear()
             return
@@ -245,30 +324,51 @@ class DashboardScreen(AppScreen):
         for run in runs:
             cells = self._active_cells(run)
             if run.run_id in table.rows:
-                for (col, _), value in zip(_ACTIVE_COLUMNS, cells, strict=True):
-                    table.update_cell(run.run_id, col, value)
+                old = table.get_row(run.run_id)
+                for (col, _), value, before in zip(_ACTIVE_COLUMNS, cells, old, strict=True):
+                    if value != before:
+                        table.update_cell(run.run_id, col, value, update_width=True)
             else:
                 table.add_row(*cells, key=run.run_id)
 
     def _active_cells(self, run: ActiveRun) -> tuple[str, ...]:
         prog = run.progress
         eta = run.eta_s()
-        bar = (bar_line(prog, 6) + f" {prog * 100:3.0f}%") if prog is not None else "-"
+        bar = (bar_line(prog, 5) + f" {prog * 100:3.0f}%") if prog is not None else "-"
         if eta is not None and prog is not None and prog < 1:
-            bar += f" ETA {duration(eta)}"
+            bar += f" {duration(eta)}"
         rate, unit = run.rate()
-        energy = self._energy(run)
-        return (f"{run.model} × {run.technique}", run.phase, bar,
-                f"{num(rate, 3)} {unit.replace('tokens', 'tok')}" if rate else "-", energy,
-                num(run.loss, 3), run.device)
+        speed = (
+            f"{num(rate, 3)} {unit.replace('tokens', 'tok').replace('samples', 'smp')}"
+            if rate
+            else "-"
+        )
+        if run.loss is not None:
+            speed += f" · {num(run.loss, 3)}"
+        return (
+            f"{run.model} × {run.technique}",
+            run.device,
+            run.phase,
+            bar,
+            speed,
+            self._energy(run),
+        )
 
     def _energy(self, run: ActiveRun) -> str:
         if run.sample_device and run.started_ns:
             samples = self.elapp.history.window(run.sample_device, run.started_ns)
-            joules = energy_integral_j(samples, run.started_ns)
-            if joules is not None:
-                return f"≈{num(joules, 3)} J"
-        return f"{num(run.window_energy_j, 3)} J" if run.window_energy_j else "-"
+            energy = energy_integral_j(samples, run.started_ns)
+            if energy is not None:
+                return f"≈{joules(energy)}"
+        return joules(run.window_energy_j) if run.window_energy_j else "-"
+
+    @on(DataTable.RowSelected, "#recent")
+    def _open_recent(self, event: DataTable.RowSelected) -> None:
+        run_id = event.row_key.value
+        if run_id and self.elapp.recent and any(r["run_id"] == run_id for r in self.elapp.recent):
+            from .detail import RunDetailScreen
+
+            self.app.push_screen(RunDetailScreen(str(run_id)))
 
     def recent_changed(self, rows: list[dict[str, Any]]) -> None:
         table = self.query_one("#recent", DataTable)
@@ -280,12 +380,41 @@ class DashboardScreen(AppScreen):
             status = row.get("status") or "-"
             metric = THROUGHPUT_METRIC.get(row.get("family") or "", "it")
             value = row.get(metric)
-            key = f"{metric.upper()} {num(value, 4)}" if value is not None else (
-                short_id(row.get("error_text") or "", 24) if row.get("error_text") else "-")
-            table.add_row(when, f"{row.get('model')} × {row.get('technique')}",
-                          f"[{status_style(status)}]{status}[/]", key, key=row["run_id"])
+            key = f"{metric.upper()} {num(value, 3)}" if value is not None else "-"
+            table.add_row(
+                when,
+                f"{row.get('model')} × {row.get('technique')}",
+                f"[{status_style(status)}]{status}[/]",
+                key,
+                key=row["run_id"],
+            )
         if not rows:
             table.add_row("-", "nothing stored yet", "", "")
+
+
+class StatusLine(Widget):
+    """One line of markup that changes often: a refresh, never a layout pass."""
+
+    DEFAULT_CSS = "StatusLine { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }"
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._text = ""
+
+    def set_text(self, text: str) -> None:
+        if text != self._text:
+            self._text = text
+            self.refresh()
+
+    def render(self) -> Content:
+        return Content.from_markup(self._text)
+
+
+def _update(widget: Static, text: str) -> None:
+    """Update a Static only when its text changes (an update costs a layout pass)."""
+    if getattr(widget, "_shown_text", None) != text:
+        widget._shown_text = text  # type: ignore[attr-defined]
+        widget.update(text)
 
 
 def _mem_summary(s: Sample | None) -> str:

@@ -12,11 +12,11 @@ from textual.containers import Grid, Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from efficientllm_tui.display import duration, metric_label, num, status_style
+from efficientllm_tui.history import source_label
+from efficientllm_tui.widgets.chart import Series, TimeChart, nice_max
 from profiling.sample import FIELD_NAMES, Sample
 
-from ..display import duration, metric_label, num, status_style
-from ..history import source_label
-from ..widgets.chart import Series, TimeChart, nice_max
 from .base import AppScreen
 
 
@@ -90,8 +90,9 @@ class RunDetailScreen(AppScreen):
         devices = sorted(message.samples, key=lambda d: (d == "cpu", d))
         want = run.get("device") or ""
         preferred = f"gpu{want.partition(':')[2] or 0}" if want.startswith("cuda") else "cpu"
-        self.device = preferred if preferred in message.samples else (devices[0] if devices
-                                                                      else None)
+        self.device = (
+            preferred if preferred in message.samples else (devices[0] if devices else None)
+        )
         head.update(self._head(run))
         error = self.query_one("#detail-error", Static)
         if run.get("error_text"):
@@ -111,11 +112,13 @@ class RunDetailScreen(AppScreen):
             badges += " [dim](random weights: cost metrics only)[/]"
         mark = " [b green]✓ marked[/]" if self.run_id in self.elapp.marked else ""
         when = started.strftime("%Y-%m-%d %H:%M:%S") if started else "-"
-        return (f"[b]{run.get('model')} × {run.get('technique')}[/b] · {run.get('family')}"
-                f"/{run.get('group_name') or '-'} · [{status_style(status)}]{status}[/]"
-                f"{badges}{mark}\n{self.run_id} · {run.get('device')} on {run.get('host') or '-'}"
-                f" · {when} · took {took} · batch {run.get('batch_size')} seq {run.get('seq_len')}"
-                f" new {run.get('new_tokens')} steps {run.get('steps')} (+{run.get('warmup')})")
+        return (
+            f"[b]{run.get('model')} × {run.get('technique')}[/b] · {run.get('family')}"
+            f"/{run.get('group_name') or '-'} · [{status_style(status)}]{status}[/]"
+            f"{badges}{mark}\n{self.run_id} · {run.get('device')} on {run.get('host') or '-'}"
+            f" · {when} · took {took} · batch {run.get('batch_size')} seq {run.get('seq_len')}"
+            f" new {run.get('new_tokens')} steps {run.get('steps')} (+{run.get('warmup')})"
+        )
 
     def _metrics(self, run: dict[str, Any]) -> None:
         table = self.query_one("#detail-metrics", DataTable)
@@ -136,25 +139,42 @@ class RunDetailScreen(AppScreen):
         x1 = (samples[-1].t_ns - t_first) / 1e9 if samples else 1.0
 
         def pts(attr: str, scale: float = 1.0) -> list[tuple[float, float | None]]:
-            return [((s.t_ns - t_first) / 1e9,
-                     None if (v := getattr(s, attr)) is None else v * scale) for s in samples]
+            return [
+                ((s.t_ns - t_first) / 1e9, None if (v := getattr(s, attr)) is None else v * scale)
+                for s in samples
+            ]
 
         where = f"{self.device} via {source_label(samples[-1])}" if samples else "no samples"
         mem = self.query_one("#d-mem", TimeChart)
         total = samples[-1].mem_total_bytes if samples else None
-        mem.plot([Series("used", pts("mem_used_bytes", 1 / 2**30), c1, area=True)], 0.0,
-                 max(x1, 1.0), y_max=total / 2**30 if total else None, summary=where)
+        mem.plot(
+            [Series("used", pts("mem_used_bytes", 1 / 2**30), c1, area=True)],
+            0.0,
+            max(x1, 1.0),
+            y_max=total / 2**30 if total else None,
+            summary=where,
+        )
         act = self.query_one("#d-act", TimeChart)
         if samples and samples[-1].sm_active_pct is not None:
-            act.plot([Series("SM", pts("sm_active_pct"), c1),
-                      Series("tensor", pts("tensor_active_pct"), c2)], 0.0, max(x1, 1.0))
+            act.plot(
+                [
+                    Series("SM", pts("sm_active_pct"), c1),
+                    Series("tensor", pts("tensor_active_pct"), c2),
+                ],
+                0.0,
+                max(x1, 1.0),
+            )
         else:
             act.plot([Series("util", pts("util_pct"), c1)], 0.0, max(x1, 1.0))
         power = self.query_one("#d-power", TimeChart)
         peak = max((s.power_w for s in samples if s.power_w is not None), default=None)
-        power.plot([Series("W", pts("power_w"), c2, area=True)], 0.0, max(x1, 1.0),
-                   y_max=nice_max(peak) if peak else None,
-                   summary=f"peak {peak:.0f} W" if peak else "no power samples")
+        power.plot(
+            [Series("W", pts("power_w"), c2, area=True)],
+            0.0,
+            max(x1, 1.0),
+            y_max=nice_max(peak) if peak else None,
+            summary=f"peak {peak:.0f} W" if peak else "no power samples",
+        )
         self._steps_chart()
 
     def _steps_chart(self) -> None:
@@ -162,15 +182,20 @@ class RunDetailScreen(AppScreen):
         chart = self.query_one("#d-steps", TimeChart)
         has_loss = any(s.get("loss") is not None for s in steps)
         use_loss = self.show_loss and has_loss
-        key, title = ("loss", "loss per step") if use_loss else ("latency_s",
-                                                                  "latency ms per step")
+        key, title = ("loss", "loss per step") if use_loss else ("latency_s", "latency ms per step")
         scale = 1.0 if use_loss else 1000.0
-        points = [(float(i), None if s.get(key) is None else s[key] * scale)
-                  for i, s in enumerate(steps)]
+        points = [
+            (float(i), None if s.get(key) is None else s[key] * scale) for i, s in enumerate(steps)
+        ]
         phases = sorted({s.get("phase") or "?" for s in steps})
-        chart.plot([Series(key, points, self.app.current_theme.success or "green")], 0.0,
-                   float(max(1, len(steps) - 1)), legend=False, title=title,
-                   summary=f"{len(steps)} steps ({', '.join(phases)})" if steps else "no steps")
+        chart.plot(
+            [Series(key, points, self.app.current_theme.success or "green")],
+            0.0,
+            float(max(1, len(steps) - 1)),
+            legend=False,
+            title=title,
+            summary=f"{len(steps)} steps ({', '.join(phases)})" if steps else "no steps",
+        )
 
     def action_back(self) -> None:
         self.app.pop_screen()

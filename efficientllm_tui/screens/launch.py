@@ -11,14 +11,27 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Select, Static
 
+from efficientllm_tui.errors import BadInput
+from efficientllm_tui.matrix import (
+    Group,
+    groups,
+    model_reason,
+    models,
+    pair_reason,
+    technique_reason,
+)
 from runners.protocol import ProtocolError, RunSpec, parse_set
 
-from ..errors import BadInput
-from ..matrix import Group, groups, model_reason, models, pair_reason, technique_reason
 from .base import AppScreen
 
-_INT_FIELDS = (("steps", "steps", 8), ("warmup", "warmup", 2), ("batch_size", "batch", 1),
-               ("seq_len", "seq len", 64), ("new_tokens", "new tok", 32), ("seed", "seed", 0))
+_INT_FIELDS = (
+    ("steps", "steps", 8),
+    ("warmup", "warmup", 2),
+    ("batch_size", "batch", 1),
+    ("seq_len", "seq len", 64),
+    ("new_tokens", "new tok", 32),
+    ("seed", "seed", 0),
+)
 _SELECTED = Text("●", style="bold green", justify="center")
 _FREE = Text("·", style="dim", justify="center")
 _INVALID = Text("✗", style="red dim", justify="center")
@@ -29,7 +42,7 @@ class LaunchScreen(AppScreen):
 
     NAME = "launch"
     BINDINGS = [
-        Binding("space", "toggle", "Toggle pair"),
+        Binding("space", "toggle_pair", "Toggle pair"),
         Binding("s", "start", "Start"),
         Binding("ctrl+s", "start", "Start", show=False, priority=True),
         Binding("c", "clear", "Clear"),
@@ -40,11 +53,13 @@ class LaunchScreen(AppScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.groups: list[Group] = groups()
-        self.models: list[dict[str, Any]] = models()
-        self.rows: list[tuple[Group, dict[str, Any]]] = [(g, t) for g in self.groups
-                                                        for t in g.techniques]
+        self.groups: list[Group] = groups(self.elapp.catalog)
+        self.models: list[dict[str, Any]] = models(self.elapp.catalog)
+        self.rows: list[tuple[Group, dict[str, Any]]] = [
+            (g, t) for g in self.groups for t in g.techniques
+        ]
         self.selected: set[tuple[str, str]] = set()
+        self._queue_drawn = False
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="matrix-box"):
@@ -53,8 +68,13 @@ class LaunchScreen(AppScreen):
         with Vertical(id="form"):
             with Horizontal(classes="form-row"):
                 yield Label("device")
-                yield Select([("auto", "auto"), ("cpu", "cpu")], value="auto",
-                             allow_blank=False, compact=True, id="device")
+                yield Select(
+                    [("auto", "auto"), ("cpu", "cpu")],
+                    value="auto",
+                    allow_blank=False,
+                    compact=True,
+                    id="device",
+                )
                 for name, label, default in _INT_FIELDS[:3]:
                     yield Label(label)
                     yield Input(str(default), type="integer", compact=True, id=name)
@@ -80,17 +100,28 @@ class LaunchScreen(AppScreen):
             title = group.title if group is not previous else ""
             previous = group
             label = Text(tech["id"], style="" if tech.get("available") else "dim")
-            table.add_row(Text(title, style="bold"), label,
-                          *(self._cell(tech, card) for card in self.models), key=tech["id"])
+            table.add_row(
+                Text(title, style="bold"),
+                label,
+                *(self._cell(tech, card) for card in self.models),
+                key=tech["id"],
+            )
         table.move_cursor(row=0, column=2)
         self.set_interval(0.5, self._draw_queue)
         self._draw_queue()
 
     def resumed(self) -> None:
-        gpus = [d for d in self.elapp.history.device_names() if d.startswith("gpu")]
+        history = self.elapp.history
+        # Simulated GPUs are no CUDA devices: a run can only go to real ones (or cpu/auto).
+        gpus = [
+            d
+            for d in history.device_names()
+            if d.startswith("gpu") and (s := history.latest(d)) is not None and not s.simulated
+        ]
         select = self.query_one("#device", Select)
-        options = [("auto", "auto"), ("cpu", "cpu")] + [(f"cuda:{g[3:]}", f"cuda:{g[3:]}")
-                                                        for g in gpus]
+        options = [("auto", "auto"), ("cpu", "cpu")] + [
+            (f"cuda:{g[3:]}", f"cuda:{g[3:]}") for g in gpus
+        ]
         value = select.value
         select.set_options(options)
         if value in [v for _, v in options]:
@@ -126,17 +157,19 @@ class LaunchScreen(AppScreen):
         return tech, card
 
     def _refresh_cell(self, tech: dict[str, Any], card: dict[str, Any]) -> None:
-        self.query_one("#matrix", DataTable).update_cell(tech["id"], card["id"],
-                                                          self._cell(tech, card))
+        self.query_one("#matrix", DataTable).update_cell(
+            tech["id"], card["id"], self._cell(tech, card)
+        )
 
-    def action_toggle(self) -> None:
+    def action_toggle_pair(self) -> None:
         tech, card = self._at_cursor()
         if tech is None:
             return
         cards = [card] if card is not None else self.models
         seq_len, new_tokens = self._lengths()
-        valid = [c for c in cards
-                 if not pair_reason(tech, c, seq_len=seq_len, new_tokens=new_tokens)]
+        valid = [
+            c for c in cards if not pair_reason(tech, c, seq_len=seq_len, new_tokens=new_tokens)
+        ]
         if not valid:
             self._explain()
             self.app.bell()
@@ -150,7 +183,7 @@ class LaunchScreen(AppScreen):
 
     @on(DataTable.CellSelected, "#matrix")
     def _cell_selected(self) -> None:
-        self.action_toggle()
+        self.action_toggle_pair()
 
     @on(DataTable.CellHighlighted, "#matrix")
     def _explain(self) -> None:
@@ -163,22 +196,31 @@ class LaunchScreen(AppScreen):
         about = f"{tech['id']}: {tech.get('description', '')}"
         if card is None:
             reason = technique_reason(tech)
-            info.update(count + about + (f" — [red]{reason}[/]" if reason else
-                                         " — space selects every valid model"))
+            info.update(
+                count
+                + about
+                + (f" — [red]{reason}[/]" if reason else " — space selects every valid model")
+            )
             return
         seq_len, new_tokens = self._lengths()
         reason = pair_reason(tech, card, seq_len=seq_len, new_tokens=new_tokens)
         pair = f"{tech['id']} × {card['id']}"
-        info.update(count + (f"{pair}: [red]cannot run: {reason}[/]" if reason
-                             else f"{pair}: {tech.get('description', '')}"
-                             + (f" ({model_reason(card)})" if model_reason(card) else "")))
+        info.update(
+            count
+            + (
+                f"{pair}: [red]cannot run: {reason}[/]"
+                if reason
+                else f"{pair}: {tech.get('description', '')}"
+                + (f" ({model_reason(card)})" if model_reason(card) else "")
+            )
+        )
 
     @on(Input.Changed, "#seq_len, #new_tokens")
     def _lengths_changed(self) -> None:
         # A length change can make pairs invalid (positions): redraw the free/invalid marks.
         table = self.query_one("#matrix", DataTable)
         seq_len, new_tokens = self._lengths()
-        for group, tech in self.rows:
+        for _, tech in self.rows:
             for card in self.models:
                 if pair_reason(tech, card, seq_len=seq_len, new_tokens=new_tokens):
                     self.selected.discard((tech["id"], card["id"]))
@@ -203,7 +245,7 @@ class LaunchScreen(AppScreen):
 
     def build_specs(self) -> list[RunSpec]:
         """Validated specs of the selected pairs; BadInput (one line) on the first problem."""
-        from ..launcher import build_spec
+        from efficientllm_tui.launcher import build_spec
 
         if not self.selected:
             raise BadInput("select pairs first: space on a cell of the matrix")
@@ -225,13 +267,20 @@ class LaunchScreen(AppScreen):
         cards = {c["id"]: c for c in self.models}
         specs = []
         for tech_id, model_id in sorted(self.selected):
-            reason = pair_reason(by_id[tech_id], cards[model_id], seq_len=fields["seq_len"],
-                                 new_tokens=fields["new_tokens"])
+            reason = pair_reason(
+                by_id[tech_id],
+                cards[model_id],
+                seq_len=fields["seq_len"],
+                new_tokens=fields["new_tokens"],
+            )
             if reason:
                 raise BadInput(f"{tech_id} × {model_id} cannot run: {reason}")
             try:
-                specs.append(build_spec(model=model_id, technique=tech_id, device=device,
-                                        params=params, **fields))
+                specs.append(
+                    build_spec(
+                        model=model_id, technique=tech_id, device=device, params=params, **fields
+                    )
+                )
             except BadInput as e:
                 raise BadInput(f"{tech_id} × {model_id}: {e}") from None
         return specs
@@ -247,8 +296,9 @@ class LaunchScreen(AppScreen):
         error.update("")
         error.remove_class("-shown")
         started, queued = self.elapp.submit_runs(specs)
-        self.notify(f"started {started}, queued {queued}; watch them on the Dashboard (1)",
-                    title="Launch")
+        self.notify(
+            f"started {started}, queued {queued}; watch them on the Dashboard (1)", title="Launch"
+        )
         self.action_clear()
         self._draw_queue()
 
@@ -258,8 +308,9 @@ class LaunchScreen(AppScreen):
         self._draw_queue()
 
     def _draw_queue(self) -> None:
-        if not self.is_current and self.is_mounted and self.query_one("#queue").renderable:
+        if not self.is_current and self._queue_drawn:
             return
+        self._queue_drawn = True
         app = self.elapp
         lines = []
         for key, q in sorted(app.queue.devices.items()):
@@ -269,16 +320,21 @@ class LaunchScreen(AppScreen):
                 now = f"▶ {q.running}"
                 if running is not None:
                     prog = running.progress
-                    now = (f"▶ {running.model} × {running.technique} {running.phase}"
-                           + (f" {prog:.0%}" if prog is not None else ""))
+                    now = f"▶ {running.model} × {running.technique} {running.phase}" + (
+                        f" {prog:.0%}" if prog is not None else ""
+                    )
             waiting = ", ".join(f"{s.model} × {s.technique}" for s in q.pending)
             lines.append(f"[b]{key}[/b]  {now}" + (f"  · queued: {waiting}" if waiting else ""))
         others = [r for r in app.active.values() if not r.launched_here]
         if others:
-            lines.append("also running (started elsewhere): " + ", ".join(
-                f"{r.model} × {r.technique} on {r.device}" for r in others))
-        text = "\n".join(lines) or ("Nothing queued. One run per device at a time: pairs on a "
-                                    "busy device wait here and start when it is free.")
+            lines.append(
+                "also running (started elsewhere): "
+                + ", ".join(f"{r.model} × {r.technique} on {r.device}" for r in others)
+            )
+        text = "\n".join(lines) or (
+            "Nothing queued. One run per device at a time: pairs on a "
+            "busy device wait here and start when it is free."
+        )
         self.query_one("#queue", Static).update(text)
 
 

@@ -13,12 +13,12 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Input, Select, Static
 
+from efficientllm_tui.display import THROUGHPUT_METRIC, metric_label, num, short_id, status_style
+from efficientllm_tui.errors import EfficientLLMError
+from efficientllm_tui.messages import StoreChanged
+from efficientllm_tui.runlist import RunFilter, describe, fetch_runs
 from runners.protocol import FAMILIES, STATUSES
 
-from ..display import THROUGHPUT_METRIC, metric_label, num, short_id, status_style
-from ..errors import EfficientLLMError
-from ..messages import StoreChanged
-from ..runlist import RunFilter, describe, fetch_runs
 from .base import AppScreen
 
 PAGE = 200
@@ -29,9 +29,15 @@ FAMILY_METRICS: dict[str | None, tuple[str, ...]] = {
     "pretraining": ("tt", "al_s", "loss", "amu", "pcu", "aec_w"),
 }
 """Metric columns shown for a family filter (None: every family, throughput merged)."""
-_BASE_COLUMNS = (("mark", "✓"), ("started_at", "started"), ("family", "family"),
-                 ("model", "model"), ("technique", "technique"), ("device", "device"),
-                 ("status", "status"))
+_BASE_COLUMNS = (
+    ("mark", "✓"),
+    ("started_at", "started"),
+    ("family", "family"),
+    ("model", "model"),
+    ("technique", "technique"),
+    ("device", "device"),
+    ("status", "status"),
+)
 
 
 @dataclass
@@ -69,15 +75,30 @@ class RunsScreen(AppScreen):
         self._loading = False
         self._metrics: tuple[str, ...] = FAMILY_METRICS[None]
         self._filter_timer: Any = None
+        self._applied: tuple[Any, ...] | None = None
+        """The filter of the rows shown or loading (skip reloads that change nothing)."""
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="runs-filters"):
-            yield Select([("all families", None)] + [(f, f) for f in FAMILIES], value=None,
-                         allow_blank=False, compact=True, id="f-family")
-            yield Select([("any status", None)] + [(s, s) for s in STATUSES], value=None,
-                         allow_blank=False, compact=True, id="f-status")
-            yield Input(placeholder="/ filter: model:tiny t:fp32,bf16 since:2026-11-01 words",
-                        compact=True, id="f-text")
+            yield Select(
+                [("all families", None)] + [(f, f) for f in FAMILIES],
+                value=None,
+                allow_blank=False,
+                compact=True,
+                id="f-family",
+            )
+            yield Select(
+                [("any status", None)] + [(s, s) for s in STATUSES],
+                value=None,
+                allow_blank=False,
+                compact=True,
+                id="f-status",
+            )
+            yield Input(
+                placeholder="/ filter: model:tiny t:fp32,bf16 since:2026-11-01 words",
+                compact=True,
+                id="f-text",
+            )
         yield DataTable(id="runs", cursor_type="cell", zebra_stripes=True)
         yield Static(id="runs-status")
 
@@ -93,16 +114,22 @@ class RunsScreen(AppScreen):
     def _filter(self) -> RunFilter:
         family = self.query_one("#f-family", Select).value
         status = self.query_one("#f-status", Select).value
-        return RunFilter.parse(self.query_one("#f-text", Input).value,
-                               family=family if isinstance(family, str) else None,
-                               status=status if isinstance(status, str) else None)
+        return RunFilter.parse(
+            self.query_one("#f-text", Input).value,
+            family=family if isinstance(family, str) else None,
+            status=status if isinstance(status, str) else None,
+        )
 
-    def reload(self) -> None:
+    def reload(self, force: bool = True) -> None:
         try:
             flt = self._filter()
         except EfficientLLMError as e:
             self._status(f"[red]{e}[/]")
             return
+        key = (repr(flt), self.order_by, self.descending)
+        if not force and key == self._applied:
+            return
+        self._applied = key
         family = flt.family[0] if len(flt.family) == 1 else None
         if family != self.family:
             self.family = family
@@ -117,8 +144,14 @@ class RunsScreen(AppScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-page", name="runs page")
     def load_page(self, request: int, flt: RunFilter, offset: int) -> None:
-        rows = fetch_runs(self.elapp.store(), flt, order_by=self.order_by,
-                          descending=self.descending, limit=PAGE, offset=offset)
+        rows = fetch_runs(
+            self.elapp.store(),
+            flt,
+            order_by=self.order_by,
+            descending=self.descending,
+            limit=PAGE,
+            offset=offset,
+        )
         self.post_message(RunsPageLoaded(request, offset, rows))
 
     @on(RunsPageLoaded)
@@ -128,6 +161,7 @@ class RunsScreen(AppScreen):
         self._loading = False
         table = self.query_one("#runs", DataTable)
         if message.offset == 0:
+            keep = table.cursor_coordinate
             self.rows.clear()
             table.clear()
         for row in message.rows:
@@ -136,9 +170,16 @@ class RunsScreen(AppScreen):
             self.rows[row["run_id"]] = row
             table.add_row(*self._cells(row), key=row["run_id"])
         self.more = len(message.rows) == PAGE
+        if message.offset == 0 and self.rows:
+            # Reloads (sort, filter, delete) keep the cursor where it was, within bounds.
+            table.move_cursor(
+                row=min(keep.row, len(self.rows) - 1), column=keep.column, animate=False
+            )
         if not self.rows:
-            self._status("No runs match. Start one on the Launch screen (2), or from a shell: "
-                         "efficientllm run -m tiny -t fp32 --device cpu")
+            self._status(
+                "No runs match. Start one on the Launch screen (2), or from a shell: "
+                "efficientllm run -m tiny -t fp32 --device cpu"
+            )
         else:
             self._status()
 
@@ -151,17 +192,20 @@ class RunsScreen(AppScreen):
 
     @on(Select.Changed)
     def _select_changed(self) -> None:
-        if self.is_mounted:
-            self.reload()
+        if self._applied is not None:  # not the initial values, before the first load
+            self.reload(force=False)
 
     @on(Input.Changed, "#f-text")
     def _text_changed(self) -> None:
         if self._filter_timer is not None:
             self._filter_timer.stop()
-        self._filter_timer = self.set_timer(0.3, self.reload)
+        self._filter_timer = self.set_timer(0.3, lambda: self.reload(force=False))
 
     @on(Input.Submitted, "#f-text")
     def _text_submitted(self) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self.reload(force=False)
         self.action_focus_table()
 
     # ------------------------------------------------------------------ table
@@ -190,8 +234,11 @@ class RunsScreen(AppScreen):
         cells: list[Any] = [
             Text("✓", style="bold green") if row["run_id"] in self.elapp.marked else "",
             started.strftime("%m-%d %H:%M") if started is not None else "-",
-            row.get("family") or "-", row.get("model") or "-", row.get("technique") or "-",
-            row.get("device") or "-", Text(status, style=status_style(status)),
+            row.get("family") or "-",
+            row.get("model") or "-",
+            row.get("technique") or "-",
+            row.get("device") or "-",
+            Text(status, style=status_style(status)),
         ]
         for name in self._metrics:
             if name == "thrpt":
@@ -212,8 +259,10 @@ class RunsScreen(AppScreen):
             except EfficientLLMError:
                 what = "?"
             arrow = "▼" if self.descending else "▲"
-            text = (f"{len(self.rows)}{'+' if self.more else ''} runs · {what} · sorted by "
-                    f"{self.order_by} {arrow} · {len(self.elapp.marked)} marked")
+            text = (
+                f"{len(self.rows)}{'+' if self.more else ''} runs · {what} · sorted by "
+                f"{self.order_by} {arrow} · {len(self.elapp.marked)} marked"
+            )
         self.query_one("#runs-status", Static).update(text)
 
     def _cursor_run(self) -> str | None:
@@ -243,8 +292,7 @@ class RunsScreen(AppScreen):
         marked = self.elapp.marked
         marked.symmetric_difference_update({run_id})
         table = self.query_one("#runs", DataTable)
-        table.update_cell(run_id, "mark", Text("✓", style="bold green")
-                          if run_id in marked else "")
+        table.update_cell(run_id, "mark", Text("✓", style="bold green") if run_id in marked else "")
         table.action_cursor_down()
         self._status()
 
@@ -254,14 +302,20 @@ class RunsScreen(AppScreen):
             return
         column = list(table.columns)[table.cursor_coordinate.column].value
         if column in ("mark", "thrpt"):
-            self.notify("pick a family filter to sort by IT/ST/TT" if column == "thrpt"
-                        else "this column does not sort", severity="warning")
+            self.notify(
+                "pick a family filter to sort by IT/ST/TT"
+                if column == "thrpt"
+                else "this column does not sort",
+                severity="warning",
+            )
             return
         if column == self.order_by:
             self.descending = not self.descending
         else:
             self.order_by, self.descending = str(column), column != "model"
+        where = table.cursor_coordinate
         self._columns()
+        table.move_cursor(row=where.row, column=where.column, animate=False)
         self.reload()
 
     def action_compare(self) -> None:
@@ -289,9 +343,15 @@ class RunsScreen(AppScreen):
             if ok:
                 self.delete_runs(ids)
 
-        self.app.push_screen(ConfirmScreen(
-            f"Delete {len(ids)} {what}?", f"{shown} and all their samples, steps and metrics "
-            "leave the database. Their run dirs stay on disk.", yes="Delete"), done)
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Delete {len(ids)} {what}?",
+                f"{shown} and all their samples, steps and metrics "
+                "leave the database. Their run dirs stay on disk.",
+                yes="Delete",
+            ),
+            done,
+        )
 
     @work(thread=True, exit_on_error=False, group="store-write", name="delete runs")
     def delete_runs(self, ids: list[str]) -> None:

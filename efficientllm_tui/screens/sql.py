@@ -14,14 +14,23 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Static, TextArea
 
-from ..console import HISTORY_FILE, ConsoleQuery, ConsoleResult, SqlHistory, export_query
-from ..display import num
-from ..errors import EfficientLLMError
+from efficientllm_tui.console import (
+    HISTORY_FILE,
+    ConsoleQuery,
+    ConsoleResult,
+    SqlHistory,
+    export_query,
+)
+from efficientllm_tui.display import num
+from efficientllm_tui.errors import EfficientLLMError
+
 from .base import AppScreen
 
 ROW_LIMIT = 1000
-STARTER = ("SELECT technique, model, status, it, al_s, amu, aec_w\n"
-           "FROM run_metrics ORDER BY started_at DESC LIMIT 20")
+STARTER = (
+    "SELECT technique, model, status, it, al_s, amu, aec_w\n"
+    "FROM run_metrics ORDER BY started_at DESC LIMIT 20"
+)
 
 
 @dataclass
@@ -44,11 +53,15 @@ class ExportScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static("[b]Export results[/b] — the whole result, not only the rows shown",
-                         id="dialog-title")
+            yield Static(
+                "[b]Export results[/b] — the whole result, not only the rows shown",
+                id="dialog-title",
+            )
             yield Input(str(self.default), id="export-path")
-            yield Static("the file name's extension picks the format: .csv, .json or .parquet",
-                         classes="muted")
+            yield Static(
+                "the file name's extension picks the format: .csv, .json or .parquet",
+                classes="muted",
+            )
             yield Static(id="export-error")
             with Horizontal(id="dialog-buttons"):
                 yield Button("Export", id="ok", variant="primary")
@@ -64,7 +77,8 @@ class ExportScreen(ModalScreen[Path | None]):
         path = Path(text).expanduser()
         if not text or path.suffix.lower() not in (".csv", ".json", ".parquet", ".pq"):
             self.query_one("#export-error", Static).update(
-                "give a file path ending in .csv, .json or .parquet")
+                "give a file path ending in .csv, .json or .parquet"
+            )
             return
         self.dismiss(path)
 
@@ -96,8 +110,9 @@ class SqlScreen(AppScreen):
         self.last_sql: str | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield TextArea(STARTER, id="editor", soft_wrap=True, show_line_numbers=False,
-                       tab_behavior="indent")
+        yield TextArea(
+            STARTER, id="editor", soft_wrap=True, show_line_numbers=False, tab_behavior="indent"
+        )
         yield Static(id="sql-status")
         yield Static(id="sql-error")
         yield DataTable(id="results", zebra_stripes=True)
@@ -109,16 +124,17 @@ class SqlScreen(AppScreen):
         if self.history.entries:
             editor.text = self.history.entries[-1]
         editor.focus()
-        self._status("ctrl+enter or ctrl+r runs · tables: runs samples steps windows events "
-                     "metrics · views: run_metrics leaderboard · F1-F5 switch screens")
+        self._status(
+            "ctrl+enter or ctrl+r runs · tables: runs samples steps windows events "
+            "metrics · views: run_metrics leaderboard · F1-F5 switch screens"
+        )
 
     def on_unmount(self) -> None:
         if self.running is not None:
             self.running.cancel()
 
     def _status(self, text: str) -> None:
-        mode = ("[b black on yellow] WRITE [/]" if not self.read_only
-                else "[b]read-only[/b]")
+        mode = "[b black on yellow] WRITE [/]" if not self.read_only else "[b]read-only[/b]"
         self.query_one("#sql-status", Static).update(f"{mode} · {text}")
 
     def _error(self, text: str | None) -> None:
@@ -218,10 +234,15 @@ class SqlScreen(AppScreen):
                 self.read_only = False
                 self._status("statements may now change the database (ctrl+t: read-only)")
 
-        self.app.push_screen(ConfirmScreen(
-            "Allow writes?", "Statements will be able to change or delete stored runs. The "
-            "database is opened read-write for each query (an ingest waits meanwhile).",
-            yes="Allow writes"), done)
+        self.app.push_screen(
+            ConfirmScreen(
+                "Allow writes?",
+                "Statements will be able to change or delete stored runs. The "
+                "database is opened read-write for each query (an ingest waits meanwhile).",
+                yes="Allow writes",
+            ),
+            done,
+        )
 
     def action_focus_results(self) -> None:
         self.query_one("#results", DataTable).focus()

@@ -31,9 +31,11 @@ def bar_line(fraction: float, width: int) -> str:
     return out.ljust(width)
 
 
-def render_bars(bars: Sequence[Bar], width: int,
-                fmt: Callable[[float | None], str] = lambda v: "-" if v is None else f"{v:.4g}"
-                ) -> Text:
+def render_bars(
+    bars: Sequence[Bar],
+    width: int,
+    fmt: Callable[[float | None], str] = lambda v: "-" if v is None else f"{v:.4g}",
+) -> Text:
     """Bars scaled to the largest value; label column and value column sized to fit."""
     if not bars:
         return Text("nothing to show", style="dim")
@@ -69,8 +71,9 @@ class BarChart(Widget):
         self._bars: list[Bar] = []
         self._fmt: Callable[[float | None], str] | None = None
 
-    def update_bars(self, bars: list[Bar], fmt: Callable[[float | None], str] | None = None,
-                    subtitle: str = "") -> None:
+    def update_bars(
+        self, bars: list[Bar], fmt: Callable[[float | None], str] | None = None, subtitle: str = ""
+    ) -> None:
         self._bars = bars
         self._fmt = fmt
         self.border_subtitle = subtitle

@@ -6,8 +6,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
+from textual.strip import Strip
 from textual.widget import Widget
 
 _BRAILLE = 0x2800
@@ -26,8 +27,9 @@ class Series:
     area: bool = False
 
 
-def braille_grid(series: Sequence[Series], cols: int, rows: int, x0: float, x1: float,
-                 y0: float, y1: float) -> list[list[tuple[int, str | None]]]:
+def braille_grid(
+    series: Sequence[Series], cols: int, rows: int, x0: float, x1: float, y0: float, y1: float
+) -> list[list[tuple[int, str | None]]]:
     """Rasterise series onto `rows` x `cols` cells: (dot bits, color of the last series)."""
     grid: list[list[tuple[int, str | None]]] = [[(0, None)] * cols for _ in range(rows)]
     if cols <= 0 or rows <= 0 or x1 <= x0:
@@ -51,8 +53,11 @@ def braille_grid(series: Sequence[Series], cols: int, rows: int, x0: float, x1: 
                 prev = None
                 continue
             py = int(max(0.0, min(1.0, (y - y0) / span_y)) * (h - 1) + 0.5)
-            lo, hi = (0, py) if s.area else ((min(prev, py), max(prev, py)) if prev is not None
-                                             else (py, py))
+            lo, hi = (
+                (0, py)
+                if s.area
+                else ((min(prev, py), max(prev, py)) if prev is not None else (py, py))
+            )
             for dot_y in range(lo, hi + 1):
                 top = h - 1 - dot_y
                 r, c = top // 4, px // 2
@@ -77,30 +82,36 @@ def _fill_gaps(column: list[float | None], max_gap: int) -> None:
         last = i
 
 
-def grid_text(grid: list[list[tuple[int, str | None]]], left: list[str] | None = None,
-              axis_style: str = "dim") -> list[Text]:
-    """Lines of rich Text from a braille grid, with optional left axis labels per row."""
-    lines: list[Text] = []
+Run = tuple[str, str | None]
+"""A stretch of text and its color (None: axis text, drawn dim)."""
+
+
+def grid_rows(
+    grid: list[list[tuple[int, str | None]]], left: list[str] | None = None
+) -> list[list[Run]]:
+    """Rows of (text, color) runs from a braille grid, with optional left axis labels."""
+    rows: list[list[Run]] = []
     for i, row in enumerate(grid):
-        line = Text(no_wrap=True, overflow="crop")
+        runs: list[Run] = []
         if left is not None:
-            line.append(left[i], style=axis_style)
+            runs.append((left[i], None))
         run_color: str | None = None
-        run = []
+        chars: list[str] = []
         for bits, color in row:
-            if color != run_color and run:
-                line.append("".join(run), style=run_color or "")
-                run = []
+            if color != run_color and chars:
+                runs.append(("".join(chars), run_color or ""))
+                chars = []
             run_color = color
-            run.append(chr(_BRAILLE + bits) if bits else " ")
-        if run:
-            line.append("".join(run), style=run_color or "")
-        lines.append(line)
-    return lines
+            chars.append(chr(_BRAILLE + bits) if bits else " ")
+        if chars:
+            runs.append(("".join(chars), run_color or ""))
+        rows.append(runs)
+    return rows
 
 
-def sparkline(values: Sequence[float | None], width: int, lo: float = 0.0,
-              hi: float | None = None) -> str:
+def sparkline(
+    values: Sequence[float | None], width: int, lo: float = 0.0, hi: float | None = None
+) -> str:
     """Block sparkline of the last `width` values (gaps as spaces)."""
     vals = list(values)[-width:]
     known = [v for v in vals if v is not None]
@@ -160,8 +171,15 @@ class TimeChart(Widget):
                 text-wrap: nowrap; text-overflow: clip; }
     """
 
-    def __init__(self, title: str, *, id: str | None = None, classes: str | None = None,
-                 y_max: float | None = None, x_axis: str = "time") -> None:
+    def __init__(
+        self,
+        title: str,
+        *,
+        id: str | None = None,
+        classes: str | None = None,
+        y_max: float | None = None,
+        x_axis: str = "time",
+    ) -> None:
         super().__init__(id=id, classes=classes)
         self.border_title = title
         self._title = title
@@ -170,58 +188,106 @@ class TimeChart(Widget):
         self._y_max = y_max
         self._fixed_y = y_max
         self._x_axis = x_axis
+        self._heading = title
+        self._summary = ""
+        self._strips: list[Strip] | None = None
+        self._strips_key: tuple[int, int, Style] | None = None
 
-    def plot(self, series: list[Series], x0: float, x1: float, *, summary: str = "",
-             y_max: float | None = None, legend: bool = True, title: str | None = None) -> None:
+    def plot(
+        self,
+        series: list[Series],
+        x0: float,
+        x1: float,
+        *,
+        summary: str = "",
+        y_max: float | None = None,
+        legend: bool = True,
+        title: str | None = None,
+    ) -> None:
         """Set the data and redraw (cheap: the raster is built at render time)."""
         if title is not None:
             self._title = title
-        self.border_title = self._title
         self._series = series
         self._x0, self._x1 = x0, x1
         self._y_max = y_max if y_max is not None else self._fixed_y
+        heading = self._title
         if legend and len(series) > 1:
-            keys = " ".join(f"[{s.color}]■[/] {s.label}" for s in series)
-            self.border_title = f"{self._title} {keys}"
-        self.border_subtitle = summary
+            heading += " " + " ".join(f"[{s.color}]■[/] {s.label}" for s in series)
+        # Border labels are parsed markup: set them only when they change.
+        if heading != self._heading:
+            self._heading = self.border_title = heading
+        if summary != self._summary:
+            self._summary = self.border_subtitle = summary
+        self._strips = None
         self.refresh()
 
-    def render(self) -> Text:
-        width, height = self.content_size.width, self.content_size.height
+    def rows(self, width: int, height: int) -> list[list[Run]]:
+        """The chart as rows of (text, color) runs for a content area of width x height."""
         if width < 8 or height < 1:
-            return Text("")
+            return [[("", None)] for _ in range(max(0, height))]
         show_x = height >= 3
-        rows = height - (1 if show_x else 0)
+        n_rows = height - (1 if show_x else 0)
         label_w = 5
         cols = max(1, width - label_w - 1)
         known = [y for s in self._series for _, y in s.points if y is not None]
-        top = self._y_max if self._y_max is not None else nice_max(max(known) if known else 1.0)
-        grid = braille_grid(self._series, cols, rows, self._x0, self._x1, 0.0, top)
-        left = [" " * label_w + "│" for _ in range(rows)]
-        left[0] = axis_label(top, label_w) + "┤"
-        if rows >= 3:
-            left[rows // 2] = axis_label(top / 2, label_w) + "┤"
-        left[-1] = axis_label(0.0, label_w) + "┤"
-        lines = grid_text(grid, left)
-        if show_x:
-            lines.append(self._x_axis_line(label_w, cols))
-        out = Text("\n", no_wrap=True, overflow="crop").join(lines)
         if not known:
             msg = "no data in this window"
-            out = Text("\n" * (rows // 2) + msg.center(width), style="dim")
+            out: list[list[Run]] = [[("", None)] for _ in range(height)]
+            out[min(height - 1, n_rows // 2)] = [(msg.center(width), None)]
+            return out
+        top = self._y_max if self._y_max is not None else nice_max(max(known))
+        grid = braille_grid(self._series, cols, n_rows, self._x0, self._x1, 0.0, top)
+        left = [" " * label_w + "│" for _ in range(n_rows)]
+        left[0] = axis_label(top, label_w) + "┤"
+        if n_rows >= 3:
+            left[n_rows // 2] = axis_label(top / 2, label_w) + "┤"
+        left[-1] = axis_label(0.0, label_w) + "┤"
+        out = grid_rows(grid, left)
+        if show_x:
+            out.append([(self._x_axis_line(label_w, cols), None)])
         return out
 
-    def _x_axis_line(self, label_w: int, cols: int) -> Text:
+    def text(self) -> str:
+        """The chart as plain text at its current size (tests, logs)."""
+        size = self.content_size
+        return "\n".join("".join(t for t, _ in row) for row in self.rows(size.width, size.height))
+
+    def render_line(self, y: int) -> Strip:
+        # Line API: strips are built once per plot() and size, straight from segments
+        # (no markup or Content conversion), which keeps 10 redraws a second cheap.
+        size = self.content_size
+        base = self.visual_style.rich_style
+        key = (size.width, size.height, base)  # the theme is in the base style
+        if self._strips is None or self._strips_key != key:
+            dim = base + Style(dim=True)
+            styles: dict[str | None, Style] = {None: dim, "": base}
+
+            def style(color: str | None) -> Style:
+                found = styles.get(color)
+                if found is None:
+                    found = styles[color] = base + Style.parse(color or "")
+                return found
+
+            self._strips = [
+                Strip([Segment(t, style(c)) for t, c in row]).adjust_cell_length(size.width, base)
+                for row in self.rows(size.width, size.height)
+            ]
+            self._strips_key = key
+        if 0 <= y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(size.width, self.visual_style.rich_style)
+
+    def _x_label(self, x: float) -> str:
+        if self._x_axis == "time":
+            return time_label(x)
+        if self._x_axis == "elapsed":
+            return f"{x:.0f}s" if x < 120 else f"{x / 60:.1f}m"
+        return f"{self._x_axis} {x:.0f}"
+
+    def _x_axis_line(self, label_w: int, cols: int) -> str:
         line = [" "] * cols
         mid = (self._x0 + self._x1) / 2
-        if self._x_axis == "time":
-            label = time_label
-        elif self._x_axis == "elapsed":
-            def label(x: float) -> str:
-                return f"{x:.0f}s" if x < 120 else f"{x / 60:.1f}m"
-        else:
-            def label(x: float) -> str:
-                return f"{self._x_axis} {x:.0f}"
+        label = self._x_label
         marks = [(0, label(self._x0)), (cols // 2, label(mid)), (cols - 1, label(self._x1))]
         for pos, text in marks:
             start = max(0, min(cols - len(text), pos - len(text) // 2))
@@ -230,4 +296,4 @@ class TimeChart(Widget):
             for i, ch in enumerate(text):
                 if 0 <= start + i < cols:
                     line[start + i] = ch
-        return Text(" " * (label_w + 1) + "".join(line), style=Style(dim=True), no_wrap=True)
+        return " " * (label_w + 1) + "".join(line)

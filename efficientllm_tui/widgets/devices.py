@@ -10,10 +10,12 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
 from textual.reactive import reactive
+from textual.strip import Strip
 from textual.widget import Widget
 
-from ..display import gib, pct
-from ..history import SampleHistory, source_label
+from efficientllm_tui.display import gib, pct
+from efficientllm_tui.history import SampleHistory, source_label
+
 from .bars import bar_line
 from .chart import sparkline
 
@@ -52,6 +54,8 @@ class DeviceList(Widget, can_focus=True):
         self.devices: list[str] = []
         self.border_title = "devices"
         self._ncpu = os.cpu_count() or 1
+        self._strips: list[Strip] | None = None
+        self._strips_key: tuple[object, ...] | None = None
 
     @property
     def selected(self) -> str | None:
@@ -64,11 +68,15 @@ class DeviceList(Widget, can_focus=True):
             self.devices = names
             if current in names:
                 self.cursor = names.index(current)
+            self._strips = None
             self.refresh(layout=True)
             if current is None and names:
                 self.post_message(self.Selected(names[self.cursor]))
         else:
             self.refresh()
+
+    def watch_cursor(self) -> None:
+        self.refresh()
 
     def action_move(self, delta: int) -> None:
         if not self.devices:
@@ -79,18 +87,34 @@ class DeviceList(Widget, can_focus=True):
     def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
         return max(1, len(self.devices))
 
-    def render(self) -> Text:
+    def lines(self) -> list[Text]:
+        """The visible lines (more devices than lines: the selected one stays in view)."""
         if not self.devices:
-            return Text("no samples yet", style="dim")
+            return [Text("no samples yet", style="dim")]
         width, height = self.content_size.width, max(1, self.content_size.height)
-        # More devices than lines: keep the selected one in view.
         first = max(0, min(self.cursor - height // 2, len(self.devices) - height))
-        out = Text(no_wrap=True, overflow="crop")
-        for i, name in enumerate(self.devices[first:first + height], first):
-            if i > first:
-                out.append("\n")
-            out.append_text(self._line(name, self.history.latest(name), i == self.cursor, width))
-        return out
+        return [
+            self._line(name, self.history.latest(name), i == self.cursor, width)
+            for i, name in enumerate(self.devices[first : first + height], first)
+        ]
+
+    def render_line(self, y: int) -> Strip:
+        # Line API: the lines are built once per redraw and turned into strips directly.
+        size = self.content_size
+        base = self.visual_style.rich_style
+        key = (self.history.version, self.cursor, tuple(self.devices), size, base)
+        if self._strips is None or self._strips_key != key:
+            console = self.app.console
+            self._strips = [
+                Strip(list(line.render(console)))
+                .apply_style(base)
+                .adjust_cell_length(size.width, base)
+                for line in self.lines()
+            ]
+            self._strips_key = key
+        if 0 <= y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(size.width, base)
 
     def _line(self, name: str, s: Sample | None, selected: bool, width: int) -> Text:
         line = Text(no_wrap=True, overflow="crop")
@@ -98,10 +122,11 @@ class DeviceList(Widget, can_focus=True):
         line.append(f"{name:<5}", style="bold" if selected else "")
         src = source_label(s)
         if src == "simulated":
+            line.append(" ")
             line.append(" SIM ", style="bold black on yellow")
             line.append(" ")
         else:
-            line.append(f" {src[:5]:<5} ", style="dim")
+            line.append(f" {src[:6]:<6} ", style="dim")
         if s is None:
             return line
         used, total = s.mem_used_bytes, s.mem_total_bytes
@@ -130,7 +155,8 @@ class DeviceList(Widget, can_focus=True):
             series = self.history.devices.get(name)
             if series is not None:
                 recent = list(islice(reversed(series.fine), room * 2))[::-2]
-                vals = [(r.sm_active_pct if r.sm_active_pct is not None else r.util_pct)
-                        for r in recent]
+                vals = [
+                    (r.sm_active_pct if r.sm_active_pct is not None else r.util_pct) for r in recent
+                ]
                 line.append("  " + sparkline(vals, room, 0.0, 100.0), style="green")
         return line

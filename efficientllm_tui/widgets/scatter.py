@@ -28,8 +28,9 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def render_scatter(points: Sequence[Point], width: int, height: int, x_label: str,
-                   y_label: str) -> Text:
+def render_scatter(
+    points: Sequence[Point], width: int, height: int, x_label: str, y_label: str
+) -> Text:
     """Plot area with min/max ticks on both axes; points without both values are listed."""
     usable = [p for p in points if p.x is not None and p.y is not None]
     if width < 16 or height < 4:
@@ -67,8 +68,10 @@ def render_scatter(points: Sequence[Point], width: int, height: int, x_label: st
     lo, hi = _fmt(x_lo), _fmt(x_hi)
     mid = f" {x_label} → "
     gap = max(1, cols - len(lo) - len(hi) - len(mid))
-    out.append("\n" + " " * (label_w + 1) + lo + " " * (gap // 2) + mid
-               + " " * (gap - gap // 2) + hi, style="dim")
+    out.append(
+        "\n" + " " * (label_w + 1) + lo + " " * (gap // 2) + mid + " " * (gap - gap // 2) + hi,
+        style="dim",
+    )
     return out
 
 
@@ -93,5 +96,4 @@ class ScatterPlot(Widget):
 
     def render(self) -> Text:
         size = self.content_size
-        return render_scatter(self._points, size.width, size.height, self._x_label,
-                              self._y_label)
+        return render_scatter(self._points, size.width, size.height, self._x_label, self._y_label)

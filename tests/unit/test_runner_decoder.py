@@ -18,8 +18,7 @@ from runners.decoder import (
     alibi_slopes,
     apply_rope,
     attend,
-    chunked_cross_entropy,
-    loss_chunk_tokens,
+    lm_loss,
     rope_tables,
     sinusoid_table,
 )
@@ -91,6 +90,15 @@ def test_rope_scores_depend_only_on_the_offset() -> None:
     assert torch.dot(qs[0], ks[0]).item() == pytest.approx(torch.dot(q, k).item(), rel=1e-5)
 
 
+def test_rope_function_matches_the_formula_and_its_gradient() -> None:
+    cos, sin = rope_tables(5, 8, 10000.0, torch.device("cpu"), torch.float64)
+    x = torch.randn(2, 5, 3, 8, dtype=torch.float64, requires_grad=True)
+    rotate_half = torch.cat((-x[..., 4:], x[..., :4]), dim=-1)
+    expected = x * cos[:, None] + rotate_half * sin[:, None]  # [B, T, heads, D] layout
+    torch.testing.assert_close(apply_rope(x, cos[:, None], sin[:, None]), expected)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos[:, None], sin[:, None]), (x,))
+
+
 def test_sinusoid_table_follows_vaswani() -> None:
     table = sinusoid_table(3, 4, torch.device("cpu"))
     assert table[0].tolist() == [0.0, 1.0, 0.0, 1.0]
@@ -160,65 +168,29 @@ def test_config_rejects_bad_switches(bad: dict[str, object]) -> None:
         DecoderConfig(**{**TINY, **bad})  # type: ignore[arg-type]
 
 
-# --- chunked cross-entropy ------------------------------------------------------------------
+# --- loss -----------------------------------------------------------------------------------
 
 
-def _reference(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(h @ w.t(), t, ignore_index=IGNORE_INDEX)
-
-
-@pytest.mark.parametrize("chunk", [None, 1, 7, 64])
-def test_chunked_cross_entropy_matches_reference_value_and_grads(chunk: int | None) -> None:
+@pytest.mark.parametrize("chunk", [None, 1, 7])
+def test_lm_loss_is_the_mean_over_scored_targets(chunk: int | None) -> None:
     torch.manual_seed(5)
-    h = torch.randn(23, 16, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(23, 16, requires_grad=True)
+    w = torch.randn(40, 16, requires_grad=True)
     t = torch.randint(0, 40, (23,))
     t[[2, 11]] = IGNORE_INDEX
-    ours = chunked_cross_entropy(h, w, t, chunk_tokens=chunk)
-    (gh, gw) = torch.autograd.grad(3.0 * ours, (h, w))
-    ref = _reference(h, w, t)
-    (rh, rw) = torch.autograd.grad(3.0 * ref, (h, w))
-    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
-    torch.testing.assert_close(gh, rh)
-    torch.testing.assert_close(gw, rw)
-
-
-def test_chunked_cross_entropy_without_grad_and_shapes() -> None:
-    torch.manual_seed(6)
-    h, w = torch.randn(2, 5, 8), torch.randn(30, 8)
-    t = torch.randint(0, 30, (2, 5))
-    with torch.no_grad():
-        ours = chunked_cross_entropy(h, w, t, chunk_tokens=3)
-    assert ours.item() == pytest.approx(_reference(h.view(10, 8), w, t.view(10)).item(),
-                                        rel=1e-5)
-    with pytest.raises(ValueError, match="targets"):
-        chunked_cross_entropy(h, w, t[:, :4])
-
-
-def test_chunked_cross_entropy_under_bf16_autocast_is_close() -> None:
-    torch.manual_seed(7)
-    h = torch.randn(32, 16, requires_grad=True)
-    w = torch.randn(50, 16, requires_grad=True)
-    t = torch.randint(0, 50, (32,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours = chunked_cross_entropy(h, w, t, chunk_tokens=10)
-    ours.backward()
-    assert ours.dtype == torch.float32 and h.grad is not None and w.grad is not None
-    assert w.grad.dtype == torch.float32
-    assert ours.item() == pytest.approx(_reference(h, w, t).item(), rel=2e-2)
-
-
-def test_loss_chunk_tokens() -> None:
-    assert loss_chunk_tokens(100, 260) == 100  # one chunk when everything fits
-    assert loss_chunk_tokens(16384, 151936) == 1024  # equal chunks of at most 1766 tokens
-    assert loss_chunk_tokens(10, 10, max_elements=30) == 2  # 3 fit; 5 chunks of 2 divide 10
-    assert loss_chunk_tokens(13, 10, max_elements=30) == 3  # prime: unequal chunks
+    ours = lm_loss(h, w, t, chunk_rows=chunk)
+    gh, gw = torch.autograd.grad(ours, (h, w))
+    ref = F.cross_entropy(h @ w.t(), t, ignore_index=IGNORE_INDEX)
+    rh, rw = torch.autograd.grad(ref, (h, w))
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(gh, rh, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-6)
 
 
 def test_forward_loss_equals_cross_entropy_of_full_logits() -> None:
     model = make()
     ids = torch.randint(0, 61, (3, 9), generator=torch.Generator().manual_seed(8))
-    out = model.forward_loss(ids[:, :-1], ids[:, 1:], chunk_tokens=5)
+    out = model.forward_loss(ids[:, :-1], ids[:, 1:], chunk_rows=5)
     ref = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
     assert out.aux is None and out.loss is out.ce
     assert out.ce.item() == pytest.approx(ref.item(), rel=1e-5)

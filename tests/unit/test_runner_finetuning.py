@@ -12,7 +12,7 @@ import torch
 
 from profiling import metrics as pm
 from runners import catalog, peft_methods, training
-from runners.errors import BadInput
+from runners.errors import BadInput, Unsupported
 from runners.eventlog import EventLog
 from runners.family import RunContext, family_class
 from runners.finetuning import FinetuningConfig, FinetuningFamily, train_flops_per_token
@@ -87,17 +87,21 @@ def test_every_technique_trains_reports_and_saves(tmp_path: Path, technique: str
         assert "adapter_model.safetensors" in files
         assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"]
     assert result.info["lr"] == peft_methods.METHODS[technique].default_lr
+    if technique == "qlora":
+        assert result.info["quantization"]["weights"] == "qint4"
     assert result.info["flops_per_token"] > 0
 
 
 def test_lora_plus_optimizer_has_the_ratio(tmp_path: Path) -> None:
     result, _ = _run(tmp_path, _spec("lora-plus", params={"loraplus_ratio": 4, "lr": 1e-3}))
-    steps_lr = result.info["lr"]
-    assert steps_lr == 1e-3 and result.info["hyper"]["loraplus_ratio"] == 4.0
+    assert result.info["lr"] == 1e-3 and result.info["hyper"]["loraplus_ratio"] == 4.0
+    assert result.info["param_group_lrs"] == [1e-3, 4e-3]  # A at lr, B at 4 x lr
+    plain, _ = _run(tmp_path, _spec("lora", params={"lr": 1e-3}))
+    assert plain.info["param_group_lrs"] == [1e-3]
 
 
 def test_settable_hyper_parameters_reach_peft(tmp_path: Path) -> None:
-    result, _ = _run(tmp_path, _spec("rslora", params={
+    result, _ = _run(tmp_path, _spec("rslora", seq_len=256, params={
         "rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": "q_proj,v_proj",
         "grad_accum": 2, "grad_ckpt": True, "packing": False, "save": False}))
     cfg = result.info["adapter_config"]
@@ -116,10 +120,9 @@ def test_freeze_trains_only_the_last_k_blocks(tmp_path: Path) -> None:
 
 
 def test_unchunked_loss_gives_the_same_training(tmp_path: Path) -> None:
-    a, _ = _run(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path,
-                _spec("full", params={"save": False}))
-    b, _ = _run(tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
-                _spec("full", params={"save": False, "loss_chunk_rows": 0}))
+    a, _ = _run(tmp_path, _spec("full", run_id="chunked", params={"save": False}))
+    b, _ = _run(tmp_path, _spec("full", run_id="unchunked",
+                                params={"save": False, "loss_chunk_rows": 0}))
     assert a.metric("loss") == pytest.approx(b.metric("loss"), rel=1e-4)
     assert a.metric("eval_loss") == pytest.approx(b.metric("eval_loss"), rel=1e-4)
 
@@ -199,3 +202,22 @@ def test_oom_is_a_result_with_batch_size_and_memory(tmp_path: Path,
     assert result.info["batch_size"] == 3 and result.info["technique"] == "lora"
     assert {"peak_allocated_gib", "peak_reserved_gib", "peak_rss_gib"} <= set(result.info)
     assert result.info["trainable_params"] > 0
+
+
+def test_qlora_kernel_build_failure_on_cuda_is_unsupported(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from optimum.quanto.library import extensions
+
+    class Broken:
+        build_directory = "/nonexistent"
+
+        @property
+        def lib(self) -> Any:
+            raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(extensions, "is_extension_available", lambda name: True)
+    monkeypatch.setattr(extensions, "get_extension", lambda name: Broken())
+    phases: list[str] = []
+    with pytest.raises(Unsupported, match="building them failed: RuntimeError: Ninja"):
+        peft_methods._quanto_cuda_kernels(lambda name, **extra: phases.append(name))
+    assert phases == ["compile_kernels"]

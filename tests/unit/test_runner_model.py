@@ -66,3 +66,45 @@ def test_too_big_fails_before_allocating(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(model_mod, "free_bytes", lambda device: 10 * 2**20)
     with pytest.raises(OutOfMemory, match="needs 0.01 GiB"):
         model_mod.build(catalog.model_card("tiny"), torch.float32, "cpu", seed=0)
+
+
+def test_load_of_a_random_card_is_build() -> None:
+    card = catalog.model_card("tiny")
+    a = model_mod.load(card, torch.bfloat16, "cpu", 3)
+    b = model_mod.build(card, torch.bfloat16, "cpu", 3)
+    w = "model.layers.1.self_attn.q_proj.weight"
+    assert a.size == b.size and torch.equal(a.model.state_dict()[w], b.model.state_dict()[w])
+    assert a.source is None and a.weights == "random"
+
+
+def test_cast_and_cast_temporarily() -> None:
+    built = model_mod.build(catalog.model_card("tiny"), torch.float32, "cpu", seed=3)
+    w = built.model.model.layers[0].mlp.up_proj.weight
+    original = w.data.clone()
+    with model_mod.cast_temporarily(built.model, torch.bfloat16) as size:
+        assert w.dtype == torch.bfloat16
+        assert size.weight_bytes == 2 * _tiny_params() + 2 * 32 * 4  # rotary buffers stay fp32
+    assert w.dtype == torch.float32 and torch.equal(w.data, original)
+    half = model_mod.cast(built, torch.bfloat16)
+    assert half.dtype == "bfloat16" and half.size.weight_bytes == 2 * _tiny_params() + 256
+    assert built.model.lm_head.weight is built.model.model.embed_tokens.weight  # still tied
+    assert torch.equal(w.data, original.to(torch.bfloat16))
+
+
+def test_measure_counts_quantized_storage() -> None:
+    from runners import quantize as quant
+
+    built = model_mod.build(catalog.model_card("tiny"), torch.bfloat16, "cpu", seed=0)
+    quant.quantize(built.model, quant.QUANTIZATIONS["int8"], quant.DEFAULT_EXCLUDE)
+    size = model_mod.measure(built.model)
+    assert size.total_params == _tiny_params()
+    assert size.weight_bytes < built.size.weight_bytes * 0.6
+
+
+def test_real_weights_too_big_fail_before_loading(tmp_path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+                                                  ) -> None:
+    built = model_mod.build(catalog.model_card("tiny"), torch.float32, "cpu", seed=0)
+    built.model.save_pretrained(tmp_path)
+    monkeypatch.setattr(model_mod, "free_bytes", lambda device: 4 * 2**20)
+    with pytest.raises(OutOfMemory, match="needs about 0.01 GiB"):
+        model_mod.load(catalog.model_card(str(tmp_path)), torch.float32, "cpu", 0)

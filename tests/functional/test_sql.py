@@ -1,0 +1,105 @@
+"""SQL console: results, inline errors, read-only by default, history, cancel, export."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from textual.widgets import DataTable, Static, TextArea
+
+from efficientllm_tui.app import EfficientLLMApp
+from efficientllm_tui.screens.sql import SqlScreen
+from efficientllm_tui.store import Store
+
+from .scenes import settle
+
+
+async def _sql(app: EfficientLLMApp, pilot, text: str) -> SqlScreen:  # type: ignore[no-untyped-def]
+    if not isinstance(app.screen, SqlScreen):
+        await settle(app, pilot)
+        await pilot.press("f5")
+        await settle(app, pilot)
+    screen = app.screen
+    assert isinstance(screen, SqlScreen)
+    screen.query_one("#editor", TextArea).text = text
+    await pilot.press("ctrl+r")
+    await settle(app, pilot)
+    return screen
+
+
+def _error(screen: SqlScreen) -> str:
+    return str(screen.query_one("#sql-error", Static).render())
+
+
+async def test_query_error_and_read_only(new_app: Callable[..., EfficientLLMApp]) -> None:
+    app = new_app(mode="sql")
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = await _sql(
+            app, pilot, "select technique, it from run_metrics where it is not null order by it"
+        )
+        table = screen.query_one("#results", DataTable)
+        assert table.row_count == 3
+        assert [str(c) for c in table.get_row_at(0)] == ["fp32", "101.5"]
+        assert "3 row(s)" in str(screen.query_one("#sql-status", Static).render())
+        screen = await _sql(app, pilot, "selec 1")
+        assert "Parser Error" in _error(screen) and table.row_count == 3
+        screen = await _sql(app, pilot, "delete from runs")
+        assert "read-only" in _error(screen) and "ctrl+t" in _error(screen)
+        assert len(Store(app.db_path).run_ids()) == 5
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+        assert not screen.read_only
+        assert "WRITE" in str(screen.query_one("#sql-status", Static).render())
+        screen = await _sql(app, pilot, "delete from runs where status = 'oom'")
+        assert _error(screen) == ""
+        assert len(Store(app.db_path).run_ids()) == 4
+
+
+async def test_history_is_kept_and_export_writes(new_app: Callable[..., EfficientLLMApp]) -> None:
+    app = new_app(mode="sql")
+    out = app.home / "out.json"
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _sql(app, pilot, "select 1 as one")
+        screen = await _sql(app, pilot, "select run_id from runs order by run_id")
+        await pilot.press("ctrl+up")
+        editor = screen.query_one("#editor", TextArea)
+        assert editor.text == "select run_id from runs order by run_id"
+        await pilot.press("ctrl+up")
+        assert screen.query_one("#editor", TextArea).text == "select 1 as one"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        export = app.screen
+        export.query_one("#export-path").value = str(out)  # type: ignore[attr-defined]
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert len(json.loads(out.read_text())) == 5
+    history = json.loads((app.home / "sql_history.json").read_text())
+    assert [e["sql"] for e in history["entries"]][-2:] == [
+        "select 1 as one",
+        "select run_id from runs order by run_id",
+    ]
+    again = new_app(seed=False, mode="sql")
+    async with again.run_test(size=(80, 24)) as pilot:
+        await settle(again, pilot)
+        editor = again.screen.query_one("#editor", TextArea)
+        assert editor.text == "select run_id from runs order by run_id"
+
+
+async def test_long_query_cancels(new_app: Callable[..., EfficientLLMApp]) -> None:
+    app = new_app(mode="sql")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, SqlScreen)
+        screen.query_one("#editor", TextArea).text = "select count(*) from range(100000000000)"
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.1)
+        assert screen.running is not None
+        query = screen.running
+        await pilot.press("escape")
+        await pilot.pause()
+        assert screen.running is None and query.cancelled
+        assert "cancelled" in str(screen.query_one("#sql-status", Static).render())
+        await settle(app, pilot)  # the interrupted worker ends promptly
