@@ -390,6 +390,7 @@ def svg_to_png(svg: str, png: Path, width_px: int) -> bool:
 async def _shoot(out: Path, name: str, size: tuple[int, int], theme: str | None = None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         app, feed = scene_app(Path(tmp) / "home", name)
+        app.catalog = None  # the docs show the shipped catalog, as a user sees it
         try:
             async with app.run_test(size=size) as pilot:
                 if theme:

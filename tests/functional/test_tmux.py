@@ -24,7 +24,7 @@ def _tmux(*args: str) -> str:
     ).stdout
 
 
-def _wait(session: str, check: Callable[[str], bool], timeout_s: float = 15.0) -> str:
+def _wait(session: str, check: Callable[[str], bool], timeout_s: float = 30.0) -> str:
     """The pane's text (lines joined by spaces, so wrapped phrases match) once check passes."""
     end = time.monotonic() + timeout_s
     screen = ""
@@ -33,7 +33,9 @@ def _wait(session: str, check: Callable[[str], bool], timeout_s: float = 15.0) -
         if check(screen):
             return screen
         time.sleep(0.1)
-    raise AssertionError(f"timed out; the screen was:\n{screen}")
+    raise AssertionError(
+        f"timed out waiting for {check.__doc__ or 'the screen'}; it showed: {screen[:2000]}"
+    )
 
 
 def test_real_app_in_tmux(tmp_path: Path) -> None:
@@ -45,7 +47,16 @@ def test_real_app_in_tmux(tmp_path: Path) -> None:
         f"cd {ROOT} && EFFICIENTLLM_HOME={home} TERM=xterm-256color "
         f"{sys.executable} -m efficientllm_tui.cli; sleep 0.2"
     )
-    _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "36", command)
+    for attempt in range(5):  # a tmux server that is shutting down refuses new sessions
+        started = subprocess.run(
+            ["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "36", command],
+            capture_output=True,
+            check=False,
+            timeout=10,
+        )
+        if started.returncode == 0:
+            break
+        time.sleep(0.3 * (attempt + 1))
     _tmux("resize-window", "-t", session, "-x", "120", "-y", "36")
     try:
         screen = _wait(session, lambda s: "no daemon" in s and "daemon start" in s)
