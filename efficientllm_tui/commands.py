@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     doc = _run_doc(run, state.status)
     if args.json:
         emit_json(doc)
-    else:
+    elif state.error_type != "bad_input":  # bad input gets its one line below, no table
         _print_run(doc)
     if state.status == "ok":
         return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -60,8 +61,10 @@ def resolve_model(model: str) -> dict[str, Any] | None:
         return card
     if os.path.isdir(os.path.expanduser(model)):
         return None
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model):
+        return None  # an offline Hugging Face cache id (org/name): the runner resolves it
     ids = sorted(m["id"] for m in efficientllm_data.catalog()["models"])
-    raise BadInput(f"unknown model {model!r}; known: {', '.join(ids)} (or a local weights dir)")
+    raise BadInput(f"unknown model {model!r}; known: {', '.join(ids)} (or a local weights dir, or an org/name entry of the offline Hugging Face cache)")
 
 
 def build_spec(*, model: str, technique: str, family: str | None = None, device: str = "auto",
