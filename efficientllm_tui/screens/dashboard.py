@@ -42,13 +42,13 @@ REDRAW_S = 0.09
 """Shortest time between redraws: new samples are drawn as they come, at most ~11 times a
 second (a slower screen skips frames; the samples wait in the rings), else once a second."""
 _MIN_POINTS = 60
-_ACTIVE_COLUMNS = (
+_ACTIVE_COLUMNS = (  # most telling first: narrow terminals see the left columns
     ("pair", "model × technique"),
-    ("device", "device"),
-    ("phase", "phase"),
     ("progress", "progress · ETA"),
     ("rate", "rate · loss"),
+    ("phase", "phase"),
     ("energy", "energy"),
+    ("device", "device"),
 )
 
 
@@ -347,11 +347,11 @@ class DashboardScreen(AppScreen):
             speed += f" · {num(run.loss, 3)}"
         return (
             f"{run.model} × {run.technique}",
-            run.device,
-            run.phase,
             bar,
             speed,
+            run.phase,
             self._energy(run),
+            run.device,
         )
 
     def _energy(self, run: ActiveRun) -> str:

@@ -21,7 +21,7 @@ from runners.protocol import FAMILIES, STATUSES
 
 from .base import AppScreen
 
-PAGE = 200
+PAGE = 100
 FAMILY_METRICS: dict[str | None, tuple[str, ...]] = {
     None: ("thrpt", "al_s", "amu", "pcu", "aec_w", "eval_ppl"),
     "inference": ("it", "al_s", "ttft_s", "amu", "pcu", "aec_w", "mcr", "eval_ppl"),

@@ -311,7 +311,7 @@ async def settle(
     redraw = getattr(app.screen, "redraw", None)
     if callable(redraw):
         redraw()
-    for _ in range(3):  # tables measure new rows when idle: let them
+    for _ in range(2):  # tables measure new rows when idle: let them
         await pilot.pause()
 
 
@@ -339,7 +339,7 @@ async def to_scene(app: EfficientLLMApp, pilot: Pilot, name: str) -> None:
     """Drive an app made by scene_app to its scene, settled."""
     await settle(app, pilot, active=1 if name == "dashboard" else 0)
     if name == "launch":
-        await go(pilot, "space", "down", "space", "down", "right", "space")
+        await go(pilot, "space", "down", "right", "space")
     elif name == "detail":
         await go(pilot, "down", "down", "down", "enter")
         await settle(app, pilot)

@@ -72,7 +72,7 @@ async def test_active_run_found_in_run_dirs(new_app: Callable[..., EfficientLLMA
         await settle(app, pilot, active=1)
         table = app.screen.query_one("#active", DataTable)
         assert table.display and table.row_count == 1
-        pair, device, phase, progress, rate, energy = (str(c) for c in table.get_row_at(0))
+        pair, progress, rate, phase, energy, device = (str(c) for c in table.get_row_at(0))
         assert (pair, phase, device) == ("tiny × bf16", "measure", "cuda:0")
         assert "50%" in progress and progress.endswith("1s")  # 7 steps left x 0.18 s
         assert rate == "178 tok/s"  # 32 tokens / 0.18 s

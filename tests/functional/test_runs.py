@@ -132,3 +132,20 @@ async def test_empty_database_says_how_to_start(new_app: Callable[..., Efficient
         screen, table = await _runs(app, pilot)
         assert table.row_count == 0
         assert "efficientllm run -m tiny" in str(screen.query_one("#runs-status", Static).render())
+
+
+async def test_long_history_loads_page_by_page(new_app: Callable[..., EfficientLLMApp]) -> None:
+    app = new_app(seed=False, mode="runs")
+    with Store(app.db_path).connect() as con:
+        con.execute(
+            "INSERT INTO runs (run_id, family, technique, model, status, started_at) "
+            "SELECT 'r' || lpad(i::VARCHAR, 4, '0'), 'inference', 'fp32', 'tiny', 'ok', "
+            "TIMESTAMPTZ '2027-01-01 00:00:00+00' + to_minutes(i) FROM range(150) t(i)"
+        )
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen, table = await _runs(app, pilot)
+        assert table.row_count == 100 and screen.more
+        table.move_cursor(row=95)
+        await settle(app, pilot)
+        assert table.row_count == 150 and not screen.more
+        assert "150 runs" in str(screen.query_one("#runs-status", Static).render())
