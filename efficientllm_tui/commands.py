@@ -18,6 +18,7 @@ from runners.protocol import Event, ProtocolError, RunSpec, parse_set
 
 from . import ingest, launcher
 from .cli import db_path, emit_json, format_rows
+from .display import num as _fmt
 from .errors import BadInput, DatabaseLocked, EfficientLLMError
 from .store import Store
 
@@ -66,18 +67,6 @@ def _console(stderr: bool = False) -> Any:
     # Piped output keeps whole rows (scripts grep run ids); a terminal gets its own width.
     width = None if stream.isatty() else 200
     return Console(stderr=stderr, highlight=False, width=width)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if value == 0:
-            return "0"
-        if abs(value) >= 1e5 or abs(value) < 1e-3:
-            return f"{value:.3e}"
-        return f"{value:.4g}"
-    return str(value)
 
 
 def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
