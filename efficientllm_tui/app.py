@@ -28,7 +28,7 @@ from textual.signal import Signal
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from .errors import EfficientLLMError
-from .feed import FeedState, SampleSource, daemon_source, pump
+from .feed import FeedState, SampleSource, daemon_source, oldest_active_start_ns, pump
 from .history import SampleHistory
 from .messages import (
     FeedChanged,
@@ -284,6 +284,9 @@ class EfficientLLMApp(App[None]):
     def stream_samples(self) -> None:
         worker = get_current_worker()
         since = self.now_ns() - int(REPLAY_S * 1e9)
+        oldest = oldest_active_start_ns(self.home)
+        if oldest is not None:
+            since = min(since, oldest)  # reattach: the whole history of every live run
 
         def on_batch(batch: list[Sample]) -> None:
             self.post_message(SamplesArrived(batch))

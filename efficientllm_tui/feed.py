@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from profiling.sample import Sample
 
@@ -39,9 +39,63 @@ def daemon_source(home: Path) -> SampleSource:
     def open_stream(since_ns: int | None) -> Iterator[Sample]:
         from profiling import client
 
-        return client.subscribe(home, since_ns=since_ns)
+        if since_ns is None:
+            return client.subscribe(home, since_ns=None)
+        # The daemon's ring holds minutes; the spool holds every sample since the daemon
+        # started. Replay the spool first, then ask the daemon for what came after it, so a
+        # reattached dashboard shows a long run's whole history without a gap or a repeat.
+        replay = _spool_replay(home, since_ns)
+        tail_ns = replay[-1].t_ns if replay else since_ns
+        return _chain(replay, client.subscribe(home, since_ns=tail_ns))
 
     return open_stream
+
+
+def oldest_active_start_ns(home: Path) -> int | None:
+    """When the oldest still-running run started (its first event), so a reattached
+    dashboard can replay its whole history; None when nothing runs."""
+    from .launcher import iter_run_dirs, pid_alive, read_events, runner_pid
+
+    starts = []
+    for run_dir in iter_run_dirs(home):
+        if (run_dir / "ingested.json").exists() or not pid_alive(runner_pid(run_dir)):
+            continue
+        events, _ = read_events(run_dir)
+        if events:
+            starts.append(events[0].t_ns)
+    return min(starts) if starts else None
+
+
+def _spool_replay(home: Path, since_ns: int) -> list[Sample]:
+    from profiling import home as homes
+    from profiling import spool
+
+    try:
+        found = spool.read_samples(homes.spool_dir(home), since_ns + 1, time.time_ns())
+    except OSError:
+        return []
+    return sorted(found, key=lambda s: s.t_ns)
+
+
+class _chain:
+    """Spool samples, then a live subscription; `close()` closes the subscription."""
+
+    def __init__(self, first: list[Sample], live: Any) -> None:
+        self._first = iter(first)
+        self._live = live
+
+    def __iter__(self) -> _chain:
+        return self
+
+    def __next__(self) -> Sample:
+        for sample in self._first:
+            return sample
+        return next(self._live)
+
+    def close(self) -> None:
+        close = getattr(self._live, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass
