@@ -288,7 +288,7 @@ def make_app(
 
 
 async def settle(
-    app: EfficientLLMApp, pilot: Pilot, *, timeout_s: float = 10.0, active: int = 0
+    app: EfficientLLMApp, pilot: Pilot, *, timeout_s: float = 30.0, active: int = 0
 ) -> None:
     """Wait for the fake history to arrive, workers to finish and active runs to show."""
     feed = app.sample_source
@@ -311,7 +311,7 @@ async def settle(
     redraw = getattr(app.screen, "redraw", None)
     if callable(redraw):
         redraw()
-    for _ in range(2):  # tables measure new rows when idle: let them
+    for _ in range(3):  # tables measure new rows when idle: let them
         await pilot.pause()
 
 
