@@ -66,7 +66,7 @@ class ConsoleQuery:
 
     def arrow(self, limit: int | None = None) -> tuple[pa.Table | None, list[str], list[str], bool]:
         """Run it: (Arrow table of at most `limit` rows or None, columns, types, truncated)."""
-        import pyarrow as pa
+        from .store import fetch_arrow  # duckdb loads on the first query, not at start-up
 
         if not self.sql.strip():
             raise QueryError("empty query", "Query error")
@@ -77,16 +77,7 @@ class ConsoleQuery:
                         raise QueryCancelled("query cancelled", "Cancelled")
                     self._con = con
                 try:
-                    rel = con.sql(self.sql)
-                    if rel is None:
-                        return None, [], [], False
-                    columns, types = list(rel.columns), [str(t) for t in rel.types]
-                    batches, n = [], 0
-                    for batch in rel.to_arrow_reader(2048):
-                        batches.append(batch)
-                        n += batch.num_rows
-                        if limit is not None and n > limit:
-                            break
+                    return fetch_arrow(con, self.sql, limit=limit)
                 finally:
                     with self._lock:
                         self._con = None
@@ -94,11 +85,6 @@ class ConsoleQuery:
             if self.cancelled:
                 raise QueryCancelled("query cancelled", "Cancelled") from e
             raise
-        table = pa.Table.from_batches(batches, schema=batches[0].schema) if batches else None
-        truncated = limit is not None and n > limit
-        if table is not None and limit is not None:
-            table = table.slice(0, limit)
-        return table, columns, types, truncated
 
     def run(self, limit: int | None = 1000) -> ConsoleResult:
         t0 = time.perf_counter()

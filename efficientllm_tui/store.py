@@ -310,8 +310,8 @@ def _leaderboard_sql(selected: bool = False) -> str:
 
     Score is the paper's min-max normalisation to [0.1, 1] within (family, group_name, model,
     device, simulated, metric): runs on another device, or simulated ones, are never ranked
-    against each other. Lower-is-better metrics flipped, 1.0 when every value is equal; rank 1 is best
-    (ties share a rank). `simulated` is carried along so simulated rows can be labelled.
+    against each other. Lower-is-better metrics flipped, 1.0 when every value is equal;
+    rank 1 is best (ties share a rank). `simulated` is carried along so simulated rows can be labelled.
     """
     directions = ", ".join(f"('{k}', {str(v).lower()})" for k, v in METRIC_DIRECTIONS.items())
     only = "\n    AND list_contains(?, r.run_id)" if selected else ""
@@ -1014,24 +1014,11 @@ ORDER BY {order} LIMIT ? OFFSET ?"""
         if limit is not None and limit < 0:
             raise BadInput("limit must not be negative")
         with self.connect(read_only=read_only) as con:
-            rel = con.sql(sql, params=params)
-            if rel is None:
-                return QueryResult([], [], [], False)
-            columns = list(rel.columns)
-            types = [str(t) for t in rel.types]
-            batches, n = [], 0
-            for batch in rel.to_arrow_reader(2048):
-                batches.append(batch)
-                n += batch.num_rows
-                if limit is not None and n > limit:
-                    break
-        table = pa.Table.from_batches(batches, schema=batches[0].schema) if batches else None
+            table, columns, types, truncated = fetch_arrow(con, sql, params=params, limit=limit)
         rows: list[tuple[Any, ...]] = []
         if table is not None:
-            if limit is not None:
-                table = table.slice(0, limit)
             rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True))
-        return QueryResult(columns, types, rows, limit is not None and n > limit)
+        return QueryResult(columns, types, rows, truncated)
 
     # ------------------------------------------------------------------ export & stats
 
@@ -1124,3 +1111,25 @@ ORDER BY {order} LIMIT ? OFFSET ?"""
         wal = self.path.with_name(self.path.name + ".wal")
         out["wal_bytes"] = wal.stat().st_size if wal.exists() else 0
         return out
+
+
+def fetch_arrow(con: Any, sql: str, *, params: Any = None, limit: int | None = None
+                ) -> tuple[pa.Table | None, list[str], list[str], bool]:
+    """Run SQL on an open connection: (Arrow table of at most `limit` rows or None for a
+    statement without rows, columns, types, truncated). Reads in batches, so a huge result
+    stops at `limit + 1` rows."""
+    rel = con.sql(sql, params=params)
+    if rel is None:
+        return None, [], [], False
+    columns = list(rel.columns)
+    types = [str(t) for t in rel.types]
+    batches, n = [], 0
+    for batch in rel.to_arrow_reader(2048):
+        batches.append(batch)
+        n += batch.num_rows
+        if limit is not None and n > limit:
+            break
+    table = pa.Table.from_batches(batches, schema=batches[0].schema) if batches else None
+    if table is not None and limit is not None:
+        table = table.slice(0, limit)
+    return table, columns, types, limit is not None and n > limit
