@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from runners import catalog  # noqa: E402
 from runners import model as model_mod  # noqa: E402
 from runners import quantize as quant  # noqa: E402
-from runners.decode import ENGINES, CompileEngine  # noqa: E402
+from runners.decode import ENGINES, CompileEngine, FusedEngine  # noqa: E402
 
 GB = 1e9
 R: dict[str, Any] = {"cases": []}
@@ -129,9 +129,12 @@ def decode(model: Any, engine_name: str, batch: int, prompt: int, new_tokens: in
     """Prepare `engine_name`, run warm-up and measured requests; TPOT, TTFT, tokens/s."""
     gen = torch.Generator().manual_seed(batch * 1000 + prompt)
     ids = torch.randint(0, 256, (batch, prompt), generator=gen).to(device)
-    name, _, mode = engine_name.partition("@")  # compile@<torch.compile mode>
-    engine = (CompileEngine(model, new_tokens, sync_of(device), 0, mode=mode) if mode else
-              ENGINES[name](model, new_tokens, sync_of(device), pad_token_id=0))
+    name, _, mode = engine_name.partition("@")  # compile@<mode>, fused@<mode or none>
+    if mode:
+        engine = {"compile": CompileEngine, "fused": FusedEngine}[name](
+            model, new_tokens, sync_of(device), 0, mode=mode)
+    else:
+        engine = ENGINES[name](model, new_tokens, sync_of(device), pad_token_id=0)
     t0 = time.perf_counter()
     engine.prepare(ids)
     prepare_s = time.perf_counter() - t0
@@ -212,7 +215,8 @@ def engines_section(shapes: list[str], device: str, bw: float | None, engines: l
         static_tokens = None
         for name in engines:
             n = min(new_tokens, 48) if name == "eager" else new_tokens
-            need = 100.0 if "autotune" in name else 60.0 if name.startswith("compile") else 25.0
+            need = 100.0 if "autotune" in name else 60.0 if name.startswith(
+                ("compile", "fused")) and "@none" not in name else 25.0
 
             def run(name: str = name, n: int = n, model: Any = built.model) -> dict[str, Any]:
                 return decode(model, name, 1, prompt, n, device)
@@ -221,24 +225,29 @@ def engines_section(shapes: list[str], device: str, bw: float | None, engines: l
             if entry is not None:
                 entry.update(model=model_id, technique="bf16")
                 roofline(entry, nbytes, bw)
-        # Same tokens: the graph replays exactly the static loop's kernels; a compiled step
-        # fuses them, so its tokens may differ by bf16 rounding and are only recorded.
+        # Same tokens: the graph replays exactly the static loop's kernels; fused projections
+        # and a compiled step round differently in bf16, so their agreement is only recorded.
         if "graph" in engines and left_s() > 30:
             def agree(model: Any = built.model) -> dict[str, Any]:
                 a = decode(model, "static", 1, prompt, 32, device, requests=1, warmup=0)
                 b = decode(model, "graph", 1, prompt, 32, device, requests=1, warmup=0)
-                static_same = bool(torch.equal(a["tokens"], b["tokens"]))
-                return {"graph_tokens_equal_static": static_same,
-                        "decode_tokens_per_s": b["decode_tokens_per_s"], "tpot_s": b["tpot_s"]}
+                out = {"graph_tokens_equal_static": bool(torch.equal(a["tokens"], b["tokens"])),
+                       "decode_tokens_per_s": b["decode_tokens_per_s"], "tpot_s": b["tpot_s"]}
+                if any(e.startswith("fused") for e in engines):
+                    f = decode(model, "fused@none", 1, prompt, 32, device, requests=1, warmup=0)
+                    same = (f["tokens"] == a["tokens"]).flatten().tolist()
+                    out["fused_tokens_agree_static"] = same.index(False) if False in same \
+                        else len(same)
+                return out
             static_tokens = case("engines", f"{model_id} graph==static tokens", agree, 20)
         del built, static_tokens
         gc.collect()
 
 
 def quant_section(shapes: list[str], device: str, bw: float | None, techniques: list[str],
-                  batches: list[int], prompt: int, new_tokens: int, engine: str) -> None:
+                  batches: list[int], prompt: int, new_tokens: int, engines: list[str]) -> None:
     for model_id in shapes:
-        base: dict[int, float] = {}
+        base: dict[tuple[str, int], float] = {}
         for tech in techniques:
             if left_s() < 40:
                 log(f"skip {model_id} {tech}: budget")
@@ -264,11 +273,13 @@ def quant_section(shapes: list[str], device: str, bw: float | None, techniques: 
                 save()
                 log(f"{model_id} {tech}: FAILED {e}")
                 continue
-            for batch in batches:
-                def run(batch: int = batch, model: Any = built.model) -> dict[str, Any]:
+            for engine, batch in [(e, b) for e in engines for b in batches]:
+                def run(batch: int = batch, model: Any = built.model,
+                        engine: str = engine) -> dict[str, Any]:
                     return decode(model, engine, batch, prompt, new_tokens, device)
 
-                entry = case("quant", f"{model_id} {tech} b{batch} {engine}", run, 25)
+                need = 45.0 if engine.startswith("fused") and tech == "bf16" else 25.0
+                entry = case("quant", f"{model_id} {tech} b{batch} {engine}", run, need)
                 if entry is None:
                     continue
                 entry.update(model=model_id, technique=tech, quantize_s=quantize_s,
@@ -277,9 +288,9 @@ def quant_section(shapes: list[str], device: str, bw: float | None, techniques: 
                 roofline(entry, nbytes, bw)
                 tps = entry.get("decode_tokens_per_s")
                 if tech == "bf16" and tps:
-                    base[batch] = tps
-                elif tps and batch in base:
-                    entry["speedup_vs_bf16"] = tps / base[batch]
+                    base[engine, batch] = tps
+                elif tps and (engine, batch) in base:
+                    entry["speedup_vs_bf16"] = tps / base[engine, batch]
                 save()
             del built
             gc.collect()
@@ -322,13 +333,17 @@ def main() -> int:
     p.add_argument("--budget-s", type=float, default=420.0)
     p.add_argument("--only", default="bandwidth,engines,quant,compile")
     p.add_argument("--engine-shapes", default="qwen2.5-0.5b,qwen2.5-7b")
-    p.add_argument("--engines", default="eager,graph")
+    p.add_argument("--engines", default="eager,graph,fused@none,fused",
+                   help="engines of the engines section; NAME@MODE picks a torch.compile mode "
+                        "(compile@..., fused@... or fused@none)")
     p.add_argument("--compile-modes", default="default",
                    help="torch.compile modes of the compile section, e.g. "
                         "default,max-autotune-no-cudagraphs")
     p.add_argument("--quant-shapes", default="qwen2.5-1.5b,qwen2.5-7b")
     p.add_argument("--techniques", default="bf16,int8,int4")
     p.add_argument("--batches", default="1,16")
+    p.add_argument("--quant-engines", default="graph,fused",
+                   help="engines each quantization is decoded on (bf16 baseline per engine)")
     p.add_argument("--prompt", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny model: code paths only")
@@ -341,7 +356,8 @@ def main() -> int:
     device = "cpu" if args.dry_run else "cuda:0"
     if args.dry_run:
         args.engine_shapes = args.quant_shapes = "tiny"
-        args.engines = "eager,loop,static"
+        args.engines = "eager,loop,static,fused"
+        args.quant_engines = "static,fused"
         args.new_tokens, args.prompt, args.batches = 8, 16, "1,2"
     R["environment"] = environment(device)
     R["command"] = " ".join(sys.argv)
@@ -365,7 +381,7 @@ def main() -> int:
     if "quant" in only:
         quant_section(args.quant_shapes.split(","), device, bw, args.techniques.split(","),
                       [int(b) for b in args.batches.split(",")], args.prompt, args.new_tokens,
-                      "static" if args.dry_run else "graph")
+                      args.quant_engines.split(","))
     if compiling:  # last: the least certain and the slowest to set up
         engines_section(shapes[1:], device, bw, compiles, args.prompt, args.new_tokens)
     R["elapsed_s"] = time.monotonic() - START

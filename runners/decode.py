@@ -395,15 +395,95 @@ class CompileEngine(GraphEngine):
         return out
 
 
+class FusedEngine(CompileEngine):
+    """The lean decoder of runners.fused (fused QKV and gate/up projections, own static
+    cache, copy-free GQA decode attention) stepping the same weights; on CUDA its decode
+    step is compiled by inductor (float weights; `compile_mode=none` skips it) and captured
+    in a CUDA graph. On CPU the lean step runs eagerly.
+
+    Quantized projections are called as their own modules, unfused and uncompiled (their
+    kernels are the quantization's), still inside the captured graph.
+    """
+
+    name = "fused"
+
+    def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
+                 pad_token_id: int | None = None, mode: str = "default") -> None:
+        GraphEngine.__init__(self, model, new_tokens, sync, pad_token_id)
+        if mode not in COMPILE_MODES + ("none",):
+            raise ValueError(f"compile mode {mode!r} not in {COMPILE_MODES + ('none',)}")
+        self.mode = mode
+        self._compiled = None
+        self.compile_s = None
+        self._lean: Any = None
+        self._compiles = False
+
+    def prepare(self, input_ids: torch.Tensor) -> None:
+        batch, seq_len = input_ids.shape
+        if self._shape == (batch, seq_len):
+            return
+        from runners.fused import LeanDecoder
+
+        device = input_ids.device
+        with torch.no_grad():
+            self._lean = LeanDecoder(self.model, batch, seq_len + self.new_tokens)
+            self._tok = self._lean.tok
+            self._out = torch.zeros((batch, self.new_tokens), dtype=torch.long, device=device)
+            self._idx = torch.zeros((1,), dtype=torch.long, device=device)
+            self._compiled = None
+            self._compiles = (device.type == "cuda" and self.mode != "none"
+                              and self._lean.fused)
+            self._shape = (batch, seq_len)
+            self._setup(input_ids)
+
+    def _record(self) -> None:
+        self._out.index_copy_(1, self._idx, self._tok)
+        self._idx.add_(1)
+
+    def _prefill(self, input_ids: torch.Tensor) -> None:
+        self._idx.zero_()
+        self._lean.prefill(input_ids)
+        self._record()
+
+    def _step(self) -> None:
+        self._lean.step()
+        self._record()
+
+    def _step_fn(self) -> Callable[[], None]:
+        return super()._step_fn() if self._compiles else self._step
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        compiled = self._compiles and self._compiled is not None
+        graph = "CUDA graph replay of one " if self._graph is not None else ""
+        how = "torch.compile'd " if compiled else ""
+        out["decode"] = f"{graph}{how}lean decode step"
+        out.update(compiled=compiled, compile_mode=self.mode if compiled else "none",
+                   **(self._lean.describe() if self._lean is not None else {}))
+        if not compiled:
+            out["compile_s"] = None
+        return out
+
+
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 """torch.compile modes `compile` offers: inductor's default (fusion, cuBLAS matmuls) and
-autotuned Triton matmul templates with fused epilogues (minutes of compilation)."""
+autotuned Triton matmul templates with fused epilogues (minutes of compilation). `fused`
+also takes `none` (its lean step uncompiled)."""
 
 ENGINES: dict[str, type[Engine]] = {e.name: e for e in (
-    LoopEngine, GenerateEngine, StaticEngine, GraphEngine, CompileEngine)}
+    LoopEngine, GenerateEngine, StaticEngine, GraphEngine, CompileEngine, FusedEngine)}
 """Engine name (`--set engine=...`) -> class."""
+
+DEFAULT_CHAIN = {"cuda": ("fused", "graph", "loop"), "cpu": ("loop",)}
+"""Engines tried in order when none is asked for: the first that prepares runs, and the
+run says why the ones before it did not."""
 
 
 def default_engine(device: str) -> str:
-    """`graph` on CUDA (launch overhead removed), `loop` on CPU (no graphs to capture)."""
-    return "graph" if device.startswith("cuda") else "loop"
+    """`fused` on CUDA (launch overhead removed, fewer kernels), `loop` on CPU."""
+    return default_chain(device)[0]
+
+
+def default_chain(device: str) -> tuple[str, ...]:
+    """The engines tried, in order, for a run on `device` that asks for none."""
+    return DEFAULT_CHAIN["cuda" if device.startswith("cuda") else "cpu"]

@@ -36,9 +36,9 @@ from runners.decode import (
     ENGINES,
     CompileEngine,
     Engine,
-    LoopEngine,
+    FusedEngine,
     RequestTiming,
-    default_engine,
+    default_chain,
 )
 from runners.errors import BadInput, OutOfMemory, Unsupported, is_oom, one_line
 from runners.family import Family, FamilyConfig, register
@@ -96,12 +96,16 @@ class InferenceConfig(FamilyConfig):
     family: ClassVar[str] = "inference"
 
     engine: str = "auto"
-    """`graph` (static KV cache, one decode step replayed as a CUDA graph; the CUDA
-    default), `loop` (own loop over a dynamic cache; the CPU default), `static` (own loop
-    over a static cache), `compile` (`graph` over a torch.compile'd step) or `eager`
-    (`model.generate()`, the library baseline). `auto` picks the device's default."""
+    """`fused` (the lean decoder of runners.fused: fused QKV and gate/up projections, own
+    static cache, compiled step replayed as a CUDA graph; the CUDA default), `graph` (the
+    transformers forward over a static cache, one decode step replayed as a CUDA graph),
+    `loop` (own loop over a dynamic cache; the CPU default), `static` (own loop over a
+    static cache), `compile` (`graph` over a torch.compile'd step) or `eager`
+    (`model.generate()`, the library baseline). `auto` tries the device's defaults in order
+    (CUDA: fused, graph, loop) and records why any was passed over."""
     compile_mode: str = "default"
-    """torch.compile mode of `engine=compile`: default or max-autotune-no-cudagraphs."""
+    """torch.compile mode of `engine=compile` and `fused`: default or
+    max-autotune-no-cudagraphs; `none` (fused only) runs the lean step uncompiled."""
     dtype: str = "auto"
     """Compute dtype of quantized techniques: bf16, fp16 or fp32; `auto`: bf16 on CUDA,
     fp32 on CPU."""
@@ -127,14 +131,14 @@ class InferenceConfig(FamilyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.engine == "auto":
-            object.__setattr__(self, "engine", default_engine(self.device))
-        if self.engine not in ENGINES:
+        if self.engine != "auto" and self.engine not in ENGINES:
             raise BadInput(f"unknown engine {self.engine!r} (choose from auto, "
                            f"{', '.join(ENGINES)})")
-        if self.compile_mode not in COMPILE_MODES:
+        modes = COMPILE_MODES + ("none",)
+        if self.compile_mode not in modes or (self.compile_mode == "none"
+                                              and self.engine == CompileEngine.name):
             raise BadInput(f"unknown compile_mode {self.compile_mode!r} (choose from "
-                           f"{', '.join(COMPILE_MODES)})")
+                           f"{', '.join(modes)}; none only with engine=fused)")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise BadInput(f"unknown dtype {self.dtype!r} (choose from auto, {', '.join(DTYPES)})")
         if self.mcr_reference == "auto":
@@ -178,7 +182,7 @@ class InferenceFamily(Family[InferenceConfig]):
                            f"{tech.dtype}")
         if tech.quantization is not None:
             quant.check_available(tech.quantization, c.device)
-        if c.engine in ("graph",) and not c.device.startswith("cuda"):
+        if c.engine == "graph" and not c.device.startswith("cuda"):
             raise Unsupported(f"engine {c.engine!r} captures CUDA graphs and needs a CUDA device "
                               f"(got {c.device}); use engine=loop or static")
         if card.tokenizer == "byte" and card.vocab_size < 260:
@@ -363,29 +367,38 @@ class InferenceFamily(Family[InferenceConfig]):
 
     def _engine(self, built: model_mod.BuiltModel, sync: Any, pad: int | None,
                 first: torch.Tensor) -> tuple[Engine, str | None]:
-        """The decode engine, prepared (cache allocated, graph captured) outside any window.
+        """The decode engine, prepared (cache allocated, graph captured, step compiled)
+        outside any window.
 
-        When the engine was chosen by default and cannot prepare (a step that cannot be
-        captured), the run falls back to `loop` and says why; a requested engine fails.
+        A requested engine that cannot prepare fails the run (`unsupported`). With
+        `engine=auto` the device's engines are tried in order (CUDA: fused, graph, loop) and
+        the run's info says why each one passed over did not prepare.
         """
         c, ctx = self.config, self.ctx
-        engine: Engine
-        if c.engine == CompileEngine.name:
-            engine = CompileEngine(built.model, c.new_tokens, sync, pad, mode=c.compile_mode)
-        else:
-            engine = ENGINES[c.engine](built.model, c.new_tokens, sync, pad)
-        ctx.phase("prepare", engine=engine.name)
-        try:
-            engine.prepare(first)
-            return engine, None
-        except Unsupported as e:
-            if "engine" in self.ctx.spec.params and self.ctx.spec.params["engine"] != "auto":
-                raise
-            reason = f"engine {engine.name} unavailable, fell back to loop: {e}"
-            ctx.emit(Event.log(reason))
-            loop = LoopEngine(built.model, c.new_tokens, sync, pad)
-            loop.prepare(first)
-            return loop, reason
+        names = default_chain(c.device) if c.engine == "auto" else (c.engine,)
+        reasons: list[str] = []
+        for i, name in enumerate(names):
+            engine = self._make_engine(name, built, sync, pad)
+            ctx.phase("prepare", engine=engine.name)
+            try:
+                engine.prepare(first)
+            except Unsupported as e:
+                if i == len(names) - 1:
+                    raise
+                reason = f"engine {name} unavailable, fell back to {names[i + 1]}: {e}"
+                ctx.emit(Event.log(reason))
+                reasons.append(reason)
+                continue
+            return engine, "; ".join(reasons) or None
+        raise AssertionError("unreachable: the last engine raises")
+
+    def _make_engine(self, name: str, built: model_mod.BuiltModel, sync: Any,
+                     pad: int | None) -> Engine:
+        c = self.config
+        if name in (CompileEngine.name, FusedEngine.name):
+            cls = CompileEngine if name == CompileEngine.name else FusedEngine
+            return cls(built.model, c.new_tokens, sync, pad, mode=c.compile_mode)
+        return ENGINES[name](built.model, c.new_tokens, sync, pad)
 
     def _meter(self, sync: Any) -> WindowMeter:
         """Windows on this run's device: NVML energy for GPUs, RAPL for the CPU (where

@@ -7,6 +7,7 @@ the first time; set EFFICIENTLLM_GPU_FP8=1 to include it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -49,13 +50,17 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
 
 
 @pytest.mark.parametrize("technique", TECHNIQUES)
-def test_every_technique_runs_on_the_graph_engine(results: dict[str, RunResult],
+def test_every_technique_runs_on_the_fused_engine(results: dict[str, RunResult],
                                                  technique: str) -> None:
     result = results[technique]
     v = {m.name: m.value for m in result.metrics}
     assert result.status == "ok"
-    assert result.info["engine"] == "graph", result.info.get("engine_fallback")
-    assert result.info["engine_detail"]["cuda_graph"] is True
+    assert result.info["engine"] == "fused", result.info.get("engine_fallback")
+    detail = result.info["engine_detail"]
+    assert detail["cuda_graph"] is True
+    floating = technique in ("fp32", "bf16", "fp16")
+    # float weights: fused projections, compiled step; quantized: their own modules, eager
+    assert (detail["fused_projections"], detail["compiled"]) == (floating, floating)
     assert 0 < v["peak_allocated_gib"] <= v["peak_reserved_gib"]
     assert v["tpot_s"] > 0 and v["ttft_s"] > 0 and v["decode_tokens_per_s"] > 0
     assert v["eval_ppl"] is not None and v["mcr"] is not None
@@ -88,7 +93,85 @@ def test_loop_static_and_graph_agree_in_fp32() -> None:
         assert torch.equal(out, outs[0])
 
 
-def test_runner_subprocess_defaults_to_the_graph_engine(tmp_path: Path) -> None:
+def test_lean_decoder_matches_the_transformers_forward_in_bf16() -> None:
+    from transformers import DynamicCache
+
+    from runners.decode import cache_kwarg
+    from runners.fused import LeanDecoder
+
+    built = model_mod.build(catalog.model_card("qwen2.5-0.5b"), torch.bfloat16, "cuda:0", 0)
+    model = built.model
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0)).cuda()
+    feed = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(1)).cuda()
+    cache = DynamicCache()
+    with torch.no_grad():
+        ref = [model(input_ids=ids, use_cache=True, **{cache_kwarg(model): cache}).logits[:, -1]]
+        for j in range(feed.shape[1]):
+            ref.append(model(input_ids=feed[:, j:j + 1], use_cache=True,
+                             **{cache_kwarg(model): cache}).logits[:, -1])
+        lean = LeanDecoder(model, 2, 32)
+        lean.keep_logits = True
+        lean.prefill(ids)
+        got = [lean.logits]
+        for j in range(feed.shape[1]):
+            lean.tok.copy_(feed[:, j:j + 1])
+            lean.step()
+            got.append(lean.logits)
+    for r, g in zip(ref, got, strict=True):
+        assert g is not None
+        err = ((g.float() - r.float()).norm() / r.float().norm()).item()
+        assert err < 0.02, err  # bf16 rounding of fused vs separate matmuls
+
+
+@pytest.mark.parametrize(("model_id", "dtype", "tolerance"), [
+    ("tiny", torch.float32, 1e-4), ("qwen2.5-0.5b", torch.bfloat16, 0.02),
+    ("qwen2.5-7b", torch.bfloat16, 0.02)])
+def test_decode_attention_kernel_matches_the_torch_path(model_id: str, dtype: torch.dtype,
+                                                        tolerance: float) -> None:
+    """The Triton kernel (rotary + cache write + GQA attention) against the torch ops, over
+    more positions than one block of the kernel's loop, teacher-forced."""
+    from runners.fused import LeanDecoder
+
+    card = catalog.model_card(model_id)
+    if model_id == "qwen2.5-7b":  # the 7B shape's grouping (28 / 4) on 2 layers
+        card = dataclasses.replace(card, num_layers=2)
+    model = model_mod.build(card, dtype, "cuda:0", 0).model
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    feed = torch.randint(0, 256, (2, 100), generator=torch.Generator().manual_seed(1)).cuda()
+    ref = LeanDecoder(model, 2, 160, attention="torch")
+    ker = LeanDecoder(model, 2, 160, attention="triton")
+    ref.keep_logits = ker.keep_logits = True
+    worst = 0.0
+    with torch.no_grad():
+        ref.prefill(ids)
+        ker.prefill(ids)
+        for j in range(feed.shape[1]):
+            ref.tok.copy_(feed[:, j:j + 1])
+            ker.tok.copy_(feed[:, j:j + 1])
+            ref.step()
+            ker.step()
+            a, b = ref.logits.float(), ker.logits.float()  # type: ignore[union-attr]
+            worst = max(worst, ((a - b).norm() / a.norm()).item())
+    assert ker.describe()["decode_attention"] == "triton"
+    assert worst < tolerance, worst
+    for a, b in zip(ref.k_cache, ker.k_cache, strict=True):  # the kernel wrote the keys
+        assert ((a.float() - b.float()).norm() / a.float().norm()).item() < tolerance
+
+
+def test_fused_engine_compiled_and_captured_agrees_with_the_loop_in_fp32() -> None:
+    built = model_mod.build(catalog.model_card("tiny"), torch.float32, "cuda:0", 0)
+    ids = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(2)).cuda()
+    sync = torch.cuda.synchronize
+    _, loop = ENGINES["loop"](built.model, 12, sync, 258)(ids)
+    fused = ENGINES["fused"](built.model, 12, sync, 258)
+    _, first = fused(ids)
+    _, again = fused(ids)
+    detail = fused.describe()
+    assert detail["compiled"] and detail["cuda_graph"] and detail["fused_projections"]
+    assert torch.equal(first, loop) and torch.equal(again, loop)
+
+
+def test_runner_subprocess_defaults_to_the_fused_engine(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "gpu-sub"
     run_dir.mkdir(parents=True)
     spec = RunSpec(run_id="gpu-sub", family="inference", technique="int4", model="tiny",
@@ -104,7 +187,7 @@ def test_runner_subprocess_defaults_to_the_graph_engine(tmp_path: Path) -> None:
     assert phases[-4:] == ["measure", "prefill", "eval", "done"] and "quantize" in phases
     result = RunResult.from_dict(events[-1].fields)
     v = {m.name: m.value for m in result.metrics}
-    assert result.info["engine"] == "graph"
+    assert result.info["engine"] == "fused", result.info.get("engine_fallback")
     assert v["mfu"] is not None and 0 < v["mfu"] < 1
     assert v["roofline_fraction"] is not None and v["roofline_fraction"] > 0
     window = next(e for e in events if e.kind == "window" and e.get("name") == "measure")

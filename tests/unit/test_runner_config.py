@@ -25,7 +25,7 @@ def test_defaults() -> None:
     config = InferenceConfig.from_spec(_spec(), "cpu")
     assert isinstance(config, InferenceConfig)
     assert (config.device, config.engine, config.peak_tflops, config.threads) == (
-        "cpu", "loop", None, None)
+        "cpu", "auto", None, None)
     assert (config.batch_size, config.seq_len, config.new_tokens, config.steps,
             config.warmup, config.eval_tokens) == (1, 64, 32, 8, 2, 512)
 
@@ -48,8 +48,9 @@ def test_param_kinds() -> None:
 def test_device_defaults() -> None:
     cpu = InferenceConfig.from_spec(_spec(), "cpu")
     gpu = InferenceConfig.from_spec(_spec(), "cuda:0")
-    assert (cpu.engine, cpu.mcr_reference) == ("loop", "fp32")
-    assert (gpu.engine, gpu.mcr_reference) == ("graph", "bf16")
+    # `auto` stays auto: the runner tries the device's engines in order (runners.decode)
+    assert (cpu.engine, cpu.mcr_reference) == ("auto", "fp32")
+    assert (gpu.engine, gpu.mcr_reference) == ("auto", "bf16")
     assert InferenceConfig.from_spec(_spec(params={"engine": "eager"}), "cuda:0").engine == "eager"
 
 
@@ -57,6 +58,7 @@ def test_device_defaults() -> None:
     ({"engnie": "loop"}, r"unknown --set parameter\(s\) for inference: engnie \(valid: .*engine"),
     ({"dtype": "fp64"}, "unknown dtype 'fp64'"),
     ({"compile_mode": "reduce-overhead"}, "unknown compile_mode 'reduce-overhead'"),
+    ({"engine": "compile", "compile_mode": "none"}, "none only with engine=fused"),
     ({"mcr_reference": "int8"}, "mcr_reference must be bf16, fp32 or none"),
     ({"mem_bw_gbps": -1}, "mem_bw_gbps must be positive"),
     ({"calibration_tokens": 1}, "calibration_tokens must be at least 2"),

@@ -13,6 +13,7 @@ from runners import model as model_mod
 from runners.decode import (
     ENGINES,
     CompileEngine,
+    FusedEngine,
     GenerateEngine,
     GraphEngine,
     LoopEngine,
@@ -36,8 +37,8 @@ def _ids(batch: int, length: int, seed: int = 1, high: int = 256) -> torch.Tenso
 
 def test_engines_are_registered_by_name() -> None:
     assert ENGINES == {"loop": LoopEngine, "eager": GenerateEngine, "static": StaticEngine,
-                       "graph": GraphEngine, "compile": CompileEngine}
-    assert (default_engine("cpu"), default_engine("cuda:0")) == ("loop", "graph")
+                       "graph": GraphEngine, "compile": CompileEngine, "fused": FusedEngine}
+    assert (default_engine("cpu"), default_engine("cuda:0")) == ("loop", "fused")
 
 
 def test_own_loops_decode_what_generate_decodes(tiny: model_mod.BuiltModel) -> None:
