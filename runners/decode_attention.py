@@ -85,7 +85,8 @@ def _kernel() -> Any:
         q = tl.load(q_rows + d[None, :], mask=live[:, None], other=0.0).to(tl.float32)
         q_partner = tl.load(q_rows + partner[None, :], mask=live[:, None], other=0.0)
         q = (q * cos[None, :] + q_partner.to(tl.float32) * sin[None, :])
-        q = q.to(kc_ptr.dtype.element_ty).to(tl.float32) * scale
+        # (float32 explicitly: a float argument may arrive as float64 through inductor)
+        q = (q.to(kc_ptr.dtype.element_ty).to(tl.float32) * scale).to(tl.float32)
 
         # start the online softmax with the new token itself (not read back from the cache)
         m = tl.sum(q * k_new[None, :], axis=1)

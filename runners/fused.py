@@ -56,7 +56,17 @@ class _Layer:
 
 def _fuse(mods: tuple[nn.Linear, ...]) -> tuple[Tensor, Tensor | None]:
     """Concatenate the modules' weights (and biases) row-wise and re-point each module at its
-    slice, so the fused tensor is the only copy."""
+    slice, so the fused tensor is the only copy. Fusing the same modules again (a new request
+    shape) returns the tensors of the first fusion while the modules still use them."""
+    done = getattr(mods[0], "_lean_fused", None)
+    if done is not None:
+        weight, bias = done
+        row, same = 0, True
+        for m in mods:
+            same = same and m.weight.data_ptr() == weight[row].data_ptr()
+            row += m.out_features
+        if same:
+            return weight, bias
     with torch.no_grad():
         weight = torch.cat([m.weight for m in mods], dim=0).contiguous()
         has_bias = [m.bias is not None for m in mods]
@@ -73,6 +83,7 @@ def _fuse(mods: tuple[nn.Linear, ...]) -> tuple[Tensor, Tensor | None]:
                 assert bias is not None
                 m.bias = nn.Parameter(bias[row:row + n], requires_grad=False)
             row += n
+    mods[0]._lean_fused = (weight, bias)  # type: ignore[assignment]
     return weight, bias
 
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -123,39 +124,58 @@ def test_lean_decoder_matches_the_transformers_forward_in_bf16() -> None:
         assert err < 0.02, err  # bf16 rounding of fused vs separate matmuls
 
 
-@pytest.mark.parametrize(("model_id", "dtype", "tolerance"), [
-    ("tiny", torch.float32, 1e-4), ("qwen2.5-0.5b", torch.bfloat16, 0.02),
-    ("qwen2.5-7b", torch.bfloat16, 0.02)])
-def test_decode_attention_kernel_matches_the_torch_path(model_id: str, dtype: torch.dtype,
-                                                        tolerance: float) -> None:
-    """The Triton kernel (rotary + cache write + GQA attention) against the torch ops, over
-    more positions than one block of the kernel's loop, teacher-forced."""
+def _teacher_forced(decoder: Any, ids: torch.Tensor, feed: torch.Tensor) -> list[torch.Tensor]:
+    """Logits of the prefill and of each fed token, every one in float32."""
+    decoder.keep_logits = True
+    with torch.no_grad():
+        decoder.prefill(ids)
+        out = [decoder.logits.float()]
+        for j in range(feed.shape[1]):
+            decoder.tok.copy_(feed[:, j:j + 1])
+            decoder.step()
+            out.append(decoder.logits.float())
+    return out
+
+
+def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(((x - y).norm() / x.norm()).item() for x, y in zip(a, b, strict=True))
+
+
+def test_decode_attention_kernel_matches_the_torch_path_in_fp32() -> None:
+    """The Triton kernel (rotary + cache write + GQA attention) against the torch ops over
+    more positions than one block of the kernel's loop, teacher-forced, in float32."""
     from runners.fused import LeanDecoder
 
-    card = catalog.model_card(model_id)
-    if model_id == "qwen2.5-7b":  # the 7B shape's grouping (28 / 4) on 2 layers
-        card = dataclasses.replace(card, num_layers=2)
-    model = model_mod.build(card, dtype, "cuda:0", 0).model
+    model = model_mod.build(catalog.model_card("tiny"), torch.float32, "cuda:0", 0).model
     ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0)).cuda()
     feed = torch.randint(0, 256, (2, 100), generator=torch.Generator().manual_seed(1)).cuda()
     ref = LeanDecoder(model, 2, 160, attention="torch")
     ker = LeanDecoder(model, 2, 160, attention="triton")
-    ref.keep_logits = ker.keep_logits = True
-    worst = 0.0
-    with torch.no_grad():
-        ref.prefill(ids)
-        ker.prefill(ids)
-        for j in range(feed.shape[1]):
-            ref.tok.copy_(feed[:, j:j + 1])
-            ker.tok.copy_(feed[:, j:j + 1])
-            ref.step()
-            ker.step()
-            a, b = ref.logits.float(), ker.logits.float()  # type: ignore[union-attr]
-            worst = max(worst, ((a - b).norm() / a.norm()).item())
     assert ker.describe()["decode_attention"] == "triton"
-    assert worst < tolerance, worst
+    assert _rel(_teacher_forced(ref, ids, feed), _teacher_forced(ker, ids, feed)) < 1e-4
     for a, b in zip(ref.k_cache, ker.k_cache, strict=True):  # the kernel wrote the keys
-        assert ((a.float() - b.float()).norm() / a.float().norm()).item() < tolerance
+        assert ((a - b).norm() / a.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("model_id", ["qwen2.5-0.5b", "qwen2.5-7b"])
+def test_decode_attention_kernel_in_bf16_is_as_accurate_as_the_torch_ops(model_id: str) -> None:
+    """Against a float32 reference of the same weights, the kernel's bf16 logits are no
+    further off than the torch ops' bf16 logits (it rotates and scores in float32)."""
+    from runners.fused import LeanDecoder
+
+    card = catalog.model_card(model_id)
+    if model_id == "qwen2.5-7b":  # the 7B shape's grouping (28 / 4), on 4 layers
+        card = dataclasses.replace(card, num_layers=4)
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    feed = torch.randint(0, 256, (2, 100), generator=torch.Generator().manual_seed(1)).cuda()
+    exact = model_mod.build(card, torch.float32, "cuda:0", 0).model
+    ref = _teacher_forced(LeanDecoder(exact, 2, 160, attention="torch"), ids, feed)
+    del exact
+    model = model_mod.build(card, torch.bfloat16, "cuda:0", 0).model  # the rounding of it
+    ops = _rel(ref, _teacher_forced(LeanDecoder(model, 2, 160, attention="torch"), ids, feed))
+    ker = _rel(ref, _teacher_forced(LeanDecoder(model, 2, 160, attention="triton"), ids, feed))
+    print(f"{model_id}: bf16 vs fp32 logits, torch ops {ops:.4f}, kernel {ker:.4f}")
+    assert ker <= 1.1 * ops + 1e-3, (ker, ops)
 
 
 def test_fused_engine_compiled_and_captured_agrees_with_the_loop_in_fp32() -> None:

@@ -86,7 +86,8 @@ def test_fused_engine_decodes_what_the_loop_decodes() -> None:
     _, again = engine(_ids(2, 12, 5))
     assert engine._lean is lean and torch.equal(again, fused)  # one cache per request shape
     engine(_ids(1, 7, 6))
-    assert engine._lean is not lean  # a new shape gets its own cache
+    assert engine._lean is not lean  # a new shape gets its own cache, on the same weights
+    assert engine._lean.layers[0].qkv is lean.layers[0].qkv
     first = engine.prefill(_ids(2, 12, 4))
     assert torch.equal(first[:, 0], LoopEngine(model, 1, None)(_ids(2, 12, 4))[1][:, 0])
 
