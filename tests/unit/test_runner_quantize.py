@@ -132,12 +132,34 @@ def test_a_layer_the_kernel_cannot_pack_is_unsupported() -> None:
         quant.quantize(_tiny().model, quant.QUANTIZATIONS["int4"], ())
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchao") is not None, reason="torchao installed")
 @pytest.mark.parametrize("technique", ["int8-ao", "int4-ao"])
-def test_torchao_techniques_are_unsupported_without_torchao(technique: str) -> None:
+def test_torchao_techniques_are_unsupported_without_torchao(
+        technique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchao" else real(name, *a))
     with pytest.raises(Unsupported, match="needs torchao, which is not installed"):
-        quant.check_available(quant.QUANTIZATIONS[technique], "cpu")
+        quant.check_available(quant.QUANTIZATIONS[technique], "cuda:0")
     quant.check_available(quant.QUANTIZATIONS["int8"], "cpu")  # quanto is there
+
+
+def test_torchao_int8_weight_only_runs_on_the_cpu() -> None:
+    built = _tiny()
+    reference = _logits(built.model)
+    q = quant.QUANTIZATIONS["int8-ao"]
+    quant.check_available(q, "cpu")
+    quant.quantize(built.model, q, quant.DEFAULT_EXCLUDE)
+    assert quant.quantized_linear_count(built.model) == LINEARS
+    report = quant.kernel_report(built.model, "cpu")
+    assert report["weight_classes"]["Tensor"] == 1 and report["kernels"]
+    assert quant.model_bytes(built.model) < 0.6 * model_mod.measure(_tiny().model).weight_bytes
+    out = _logits(built.model)
+    assert ((out - reference).norm() / reference.norm()).item() < 0.05
+
+
+def test_torchao_int4_needs_cuda() -> None:
+    with pytest.raises(Unsupported, match="needs a CUDA device"):
+        quant.check_available(quant.QUANTIZATIONS["int4-ao"], "cpu")
 
 
 def test_out_of_memory_while_quantizing_stays_out_of_memory(
