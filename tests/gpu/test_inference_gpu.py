@@ -94,6 +94,25 @@ def test_loop_static_and_graph_agree_in_fp32() -> None:
         assert torch.equal(out, outs[0])
 
 
+@pytest.mark.parametrize("technique", ["int8-ao", "int4-ao"])
+def test_torchao_techniques_run_or_say_why(tmp_path: Path, technique: str) -> None:
+    """torchao's kernels depend on the build matching this torch: a technique either runs
+    through the runner with all its metrics or fails as `unsupported` naming torchao."""
+    from runners.errors import Unsupported
+
+    try:
+        result = _run(tmp_path, technique)
+    except Unsupported as e:
+        print(f"{technique}: unsupported here: {e}")
+        assert "torchao" in str(e) or technique in str(e)
+        return
+    v = {m.name: m.value for m in result.metrics}
+    assert result.status == "ok" and result.info["engine"] == "fused"
+    assert result.info["quantization"]["backend"] == "torchao"
+    assert v["weight_bytes"] < v["reference_weight_bytes"] and v["decode_tokens_per_s"] > 0
+    print(f"{technique}: ok, kernels {result.info['quantization']['kernels']}")
+
+
 def test_lean_decoder_matches_the_transformers_forward_in_bf16() -> None:
     from transformers import DynamicCache
 
