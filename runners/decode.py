@@ -211,18 +211,21 @@ class StaticEngine(Engine):
         batch, seq_len = input_ids.shape
         if self._shape == (batch, seq_len):
             return
-        from transformers import StaticCache
-
         device = input_ids.device
         with torch.no_grad():
             # One slot per prompt token and per generated token but the last (never fed back).
-            self._cache = StaticCache(config=self.model.config,
-                                      max_cache_len=seq_len + self.new_tokens)
-            self._tok = torch.zeros((batch, 1), dtype=torch.long, device=device)
+            self._allocate(batch, seq_len + self.new_tokens, device)
             self._out = torch.zeros((batch, self.new_tokens), dtype=torch.long, device=device)
             self._idx = torch.zeros((1,), dtype=torch.long, device=device)
             self._shape = (batch, seq_len)
             self._setup(input_ids)
+
+    def _allocate(self, batch: int, max_len: int, device: torch.device) -> None:
+        """The KV cache and the fed-back token buffer `_tok` for one request shape."""
+        from transformers import StaticCache
+
+        self._cache = StaticCache(config=self.model.config, max_cache_len=max_len)
+        self._tok = torch.zeros((batch, 1), dtype=torch.long, device=device)
 
     def _setup(self, input_ids: torch.Tensor) -> None:
         """Subclass hook, run once per request shape with gradients off."""
@@ -418,23 +421,13 @@ class FusedEngine(CompileEngine):
         self._lean: Any = None
         self._compiles = False
 
-    def prepare(self, input_ids: torch.Tensor) -> None:
-        batch, seq_len = input_ids.shape
-        if self._shape == (batch, seq_len):
-            return
+    def _allocate(self, batch: int, max_len: int, device: torch.device) -> None:
         from runners.fused import LeanDecoder
 
-        device = input_ids.device
-        with torch.no_grad():
-            self._lean = LeanDecoder(self.model, batch, seq_len + self.new_tokens)
-            self._tok = self._lean.tok
-            self._out = torch.zeros((batch, self.new_tokens), dtype=torch.long, device=device)
-            self._idx = torch.zeros((1,), dtype=torch.long, device=device)
-            self._compiled = None
-            self._compiles = (device.type == "cuda" and self.mode != "none"
-                              and self._lean.fused)
-            self._shape = (batch, seq_len)
-            self._setup(input_ids)
+        self._lean = LeanDecoder(self.model, batch, max_len)
+        self._tok = self._lean.tok
+        self._compiled = None
+        self._compiles = device.type == "cuda" and self.mode != "none" and self._lean.fused
 
     def _record(self) -> None:
         self._out.index_copy_(1, self._idx, self._tok)
