@@ -8,10 +8,15 @@ result. Then, per comparison group and metric, Kendall's tau-b between our rank 
 paper's published ranks (data/efficientllm_ranks.json).
 
     python benchmarks/bench_pretraining.py --out DIR [--budget-s 200]
+        [--only gqa@eager,gqa,mamba,...] [--compile auto|true|false]
     python benchmarks/bench_pretraining.py --dry-run      # tiny on CPU: the code paths
 
 Variants run baseline first (gqa = rope = dense = transformer: one model, measured once),
-the attention-free baselines last, the slow reference paths of Mamba and RWKV with one step.
+the attention-free baselines last; --only runs the listed ones in the listed order. A name
+with `@eager` or `@compiled` runs that variant with `compile` forced off or on (its own row,
+e.g. `gqa@eager` next to `gqa`, for a same-run compile ratio); otherwise `--compile` (default
+auto: the decoder variants compile on CUDA). Mamba (the chunked scan with activation
+checkpointing where mamba_ssm is absent) runs 1 + 2 steps, RWKV's reference loop one step.
 A variant that would start after --budget-s is recorded as skipped.
 """
 
@@ -49,8 +54,11 @@ ORDER = ("gqa", "mha", "mqa", "mla", "absolute", "learned", "relative", "nope", 
          "pythia", "mamba", "rwkv")
 ALIASES = {"gqa": ("rope", "dense", "transformer")}
 """Techniques that build the very same model as another: measured once, reported for all."""
-SLOW = {"mamba", "rwkv"}
-"""transformers' reference recurrences (Python loops over time steps): one step, no eval."""
+SLOW = {"rwkv"}
+"""transformers' reference recurrence (a Python loop over time steps): one step, no eval."""
+MEDIUM = {"mamba": (1, 2)}
+"""(warm-up, measured) steps of variants seconds a step slower than the decoder."""
+COMPILE_SUFFIXES = {"eager": "false", "compiled": "true"}
 FALLBACK = {"mamba": (1, 512)}
 """A reduced (batch, seq) tried when the full shape runs out of memory, reported apart."""
 PAPER = {
@@ -71,7 +79,8 @@ KEEP = ("tokens_per_s", "tt", "mfu", "al_s", "al_p50_s", "al_p90_s", "al_p99_s",
         "peak_allocated_gib", "peak_reserved_gib", "energy_j", "aec_w", "j_per_token",
         "eval_ppl", "loss", "total_params", "active_params", "aux_loss")
 INFO = ("matching", "flops_per_token", "flop_params", "loss_impl", "attention_kernel",
-        "kernels", "width", "mla", "moe", "energy_note", "measure_s", "epochs")
+        "kernels", "scan", "width", "mla", "moe", "energy_note", "measure_s", "epochs",
+        "compile", "activation_checkpointing")
 
 R: dict[str, Any] = {}
 OUT = Path(".")
@@ -190,19 +199,21 @@ def fmt(v: Any, spec: str) -> str:
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
-    head = (f"{'technique':<12} {'status':<7} {'tok/s':>9} {'TT':>9} {'MFU':>6} {'AL s':>7} "
-            f"{'p90 s':>7} {'peak GiB':>9} {'AEC W':>6} {'ppl':>7} {'params M':>9}")
+    head = (f"{'technique':<14} {'status':<7} {'tok/s':>9} {'TT':>9} {'MFU':>6} {'AL s':>7} "
+            f"{'p90 s':>7} {'peak GiB':>9} {'AEC W':>6} {'ppl':>7} {'params M':>9} "
+            f"{'compile s':>9}")
     lines = [head, "-" * len(head)]
     for t, r in rows.items():
         if r.get("alias_of"):
             continue
         lines.append(
-            f"{t:<12} {r['status']:<7} {fmt(r.get('tokens_per_s'), '9.0f')} "
+            f"{t:<14} {r['status']:<7} {fmt(r.get('tokens_per_s'), '9.0f')} "
             f"{fmt(r.get('tt'), '9.2e')} {fmt(r.get('mfu') and 100 * r['mfu'], '5.1f')}% "
             f"{fmt(r.get('al_s'), '7.3f')} {fmt(r.get('al_p90_s'), '7.3f')} "
             f"{fmt(r.get('peak_reserved_gib'), '9.1f')} {fmt(r.get('aec_w'), '6.0f')} "
             f"{fmt(r.get('eval_ppl'), '7.1f')} "
-            f"{fmt(r.get('total_params') and r['total_params'] / 1e6, '9.1f')}")
+            f"{fmt(r.get('total_params') and r['total_params'] / 1e6, '9.1f')} "
+            f"{fmt((r.get('compile') or {}).get('compile_s'), '9.1f')}")
     return "\n".join(lines)
 
 
@@ -217,7 +228,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--eval-tokens", type=int, default=2049)
     ap.add_argument("--budget-s", type=float, default=200.0)
-    ap.add_argument("--only", default="", help="comma-separated techniques (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated techniques, in this order, "
+                    "each optionally @eager or @compiled (default: all)")
+    ap.add_argument("--compile", default="auto", choices=("auto", "true", "false"),
+                    help="the `compile` parameter of variants without a suffix")
     ap.add_argument("--dry-run", action="store_true", help="tiny on CPU: exercise the paths")
     args = ap.parse_args()
     OUT = Path(args.out)
@@ -237,37 +251,51 @@ def main() -> int:
     R["peak_tflops"] = peak
     save()
 
-    chosen = [t for t in ORDER if not args.only or t in args.only.split(",")]
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(ORDER)
+    for name in chosen:
+        base, _, suffix = name.partition("@")
+        if base not in ORDER or (suffix and suffix not in COMPILE_SUFFIXES):
+            ap.error(f"unknown variant {name!r} (techniques: {', '.join(ORDER)}; suffixes: "
+                     f"{', '.join('@' + s for s in COMPILE_SUFFIXES)})")
     rows: dict[str, dict[str, Any]] = {}
-    for technique in chosen:
+    for name in chosen:
+        technique, _, suffix = name.partition("@")
         if time.monotonic() - t_start > args.budget_s:
-            rows[technique] = {"technique": technique, "status": "skipped",
-                               "error": f"budget of {args.budget_s:.0f} s spent"}
+            rows[name] = {"technique": technique, "status": "skipped",
+                          "error": f"budget of {args.budget_s:.0f} s spent"}
             continue
         slow = technique in SLOW
         params: dict[str, Any] = {"eval_tokens": 0 if slow else args.eval_tokens,
-                                  "measure_peak": False}
+                                  "measure_peak": False,
+                                  "compile": COMPILE_SUFFIXES.get(suffix, args.compile)}
         if peak:
             params["peak_tflops"] = peak
-        warmup, steps = (0, 1) if slow else (args.warmup, args.steps)
-        print(f"== {technique} ({args.batch_size} x {args.seq_len}, {warmup}+{steps} steps)",
-              flush=True)
+        warmup, steps = (0, 1) if slow else MEDIUM.get(technique, (args.warmup, args.steps))
+        print(f"== {name} ({args.batch_size} x {args.seq_len}, {warmup}+{steps} steps, "
+              f"compile={params['compile']})", flush=True)
         row = run_variant(technique, args.model, device, args.batch_size, args.seq_len, warmup,
                           steps, params)
-        rows[technique] = row
+        row["variant"] = name
+        rows[name] = row
+        comp = row.get("compile") or {}
+        fallback = f" (fallback: {comp['fallback']})" if comp.get("fallback") else ""
+        comp_text = (f"compiled in {comp['compile_s']:.0f} s ({comp.get('graphs')} graphs, "
+                     f"{comp.get('graph_breaks')} breaks)" if comp.get("enabled") else
+                     f"eager{fallback}")
         print(f"   {row['status']} in {row['wall_s']} s: "
               f"{fmt(row.get('tokens_per_s'), '.0f')} tok/s, mfu {fmt(row.get('mfu'), '.3f')}, "
-              f"peak {fmt(row.get('peak_reserved_gib'), '.1f')} GiB {row.get('error') or ''}",
-              flush=True)
+              f"AL {fmt(row.get('al_s'), '.4f')} s, "
+              f"peak {fmt(row.get('peak_reserved_gib'), '.1f')} GiB, {comp_text} "
+              f"{row.get('error') or ''}", flush=True)
         if row["status"] == "oom" and technique in FALLBACK and \
                 time.monotonic() - t_start < args.budget_s:
             b, s = FALLBACK[technique] if not args.dry_run else (1, 16)
             small = run_variant(technique, args.model, device, b, s, 0, 1, params)
             small["reduced_shape"] = True
-            rows[f"{technique}@{b}x{s}"] = small
+            rows[f"{name}@{b}x{s}"] = small
             print(f"   fallback {b} x {s}: {small['status']} "
                   f"{fmt(small.get('tokens_per_s'), '.0f')} tok/s", flush=True)
-        for alias in ALIASES.get(technique, ()):
+        for alias in ALIASES.get(technique, ()) if not suffix else ():
             rows[alias] = {**row, "technique": alias, "alias_of": technique}
         R["rows"] = rows
         save()

@@ -93,7 +93,21 @@ BASELINE_RULE = ("equal-params: same width, depth, vocabulary and tying as the b
                  "decoder; {width} solved to match its parameters")
 
 
-def facts(model: Any, variant: Variant, moe_match: str) -> dict[str, Any]:
+def attention_kernel(cfg: DecoderConfig, native_gqa: bool) -> str:
+    """How the decoder's attention reaches SDPA; `native_gqa`: CUDA with bf16/fp16 autocast,
+    where flash reads grouped K/V (runners.decoder.native_gqa)."""
+    if cfg.position == "relative":
+        grouped = ", K/V expanded to every head" if cfg.kv_heads < cfg.n_heads else ""
+        return f"sdpa attn_mask (ALiBi bias: no flash){grouped}"
+    if cfg.kv_heads == cfg.n_heads:
+        return "sdpa causal (flash where available)"
+    if native_gqa:
+        return "sdpa causal, flash with grouped K/V (enable_gqa: no K/V copy)"
+    return "sdpa causal, K/V expanded to every head"
+
+
+def facts(model: Any, variant: Variant, moe_match: str, *,
+          native_gqa: bool = False) -> dict[str, Any]:
     """What a result says about the model it trained (shape, MLA widths, MoE routing)."""
     if not isinstance(model, Decoder):
         return {"arch": variant.baseline, **model.describe()}
@@ -102,8 +116,7 @@ def facts(model: Any, variant: Variant, moe_match: str) -> dict[str, Any]:
         "arch": "decoder", "layers": cfg.n_layers, "d_model": cfg.d_model,
         "heads": cfg.n_heads, "kv_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
         "ffn_hidden": cfg.ffn_hidden, "tie_embeddings": cfg.tie_embeddings,
-        "attention_kernel": "sdpa attn_mask (ALiBi bias: no flash)"
-        if cfg.position == "relative" else "sdpa causal (flash where available)"}
+        "attention_kernel": attention_kernel(cfg, native_gqa)}
     if cfg.attention == "mla":
         out["mla"] = {"kv_lora_rank": cfg.mla_rank, "rope_head_dim": cfg.mla_rope_dim,
                       "nope_head_dim": cfg.head_dim - cfg.mla_rope_dim,

@@ -11,10 +11,18 @@ switch, so a comparison changes one thing:
 - ffn: `dense` (SwiGLU), `moe` (8 experts, top-2, dropless, see `MoE`).
 
 Attention runs through torch's `scaled_dot_product_attention`, so the flash kernel runs where
-the device has one. GQA and MQA expand their K/V heads to all query heads first (a copy of
-the small K/V tensors), so every variant reaches the same kernel. ALiBi is the exception:
-flash takes no bias, so its bias goes in as `attn_mask` (the memory-efficient kernel on CUDA,
-the math kernel on CPU) and the [heads, T, T] bias is built once per length and device.
+the device has one. On CUDA in bf16/fp16 without a bias, GQA and MQA pass their few K/V heads
+straight to SDPA (`enable_gqa=True`, which flash reads natively, with no copy); elsewhere
+(CPU, fp32, a bias) they expand K/V to all query heads first, because the other fused
+kernels refuse unequal head counts and SDPA would fall back to its math kernel. ALiBi is
+the exception to flash: flash takes no bias, so its bias goes in as `attn_mask` (the
+memory-efficient kernel on CUDA, the math kernel on CPU) and the [heads, T, T] bias is built
+once per length and device.
+
+Two run-time options leave the model's math unchanged: `compile_blocks` compiles each block
+with torch.compile (the blocks are identical, so one compiled graph serves all of them), and
+`checkpoint_blocks` recomputes each block's activations in the backward pass instead of
+keeping them (activation checkpointing: less memory, one more forward of compute).
 
 The loss is the shared chunked cross-entropy of runners.training (`lm_loss`): logits are made
 one chunk of tokens at a time and each chunk's gradient is computed at once, so the [tokens,
@@ -31,9 +39,10 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from runners.training import IGNORE_INDEX, chunked_cross_entropy
+from runners.training import IGNORE_INDEX, LossOptions, chunked_cross_entropy
 
 ATTENTIONS = ("mha", "mqa", "gqa", "mla")
 POSITIONS = ("rope", "absolute", "learned", "relative", "nope")
@@ -232,8 +241,25 @@ def alibi_bias(n_heads: int, seq_len: int, device: torch.device, dtype: torch.dt
 # --- attention ------------------------------------------------------------------------------
 
 
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+"""`enable_gqa` of scaled_dot_product_attention (torch 2.5+)."""
+
+
+def native_gqa(q: Tensor, bias: Tensor | None) -> bool:
+    """Whether SDPA can take fewer K/V heads than query heads without falling back to its math
+    kernel: the flash kernel (CUDA, bf16/fp16, no bias) reads grouped K/V natively; the
+    memory-efficient and CPU kernels refuse unequal head counts."""
+    return (_SDPA_HAS_GQA and bias is None and q.is_cuda
+            and q.dtype in (torch.bfloat16, torch.float16))
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
-    """Causal attention of [B, H, T, D] tensors: flash/efficient SDPA, with ALiBi's bias."""
+    """Causal attention of q [B, H, T, D] over k, v [B, KV, T, D] (KV divides H): flash SDPA
+    with grouped K/V where `native_gqa`, else K/V expanded to H heads; ALiBi's bias as mask."""
+    h, kv = q.shape[1], k.shape[1]
+    if kv != h and native_gqa(q, bias):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    k, v = expand_kv(k, h), expand_kv(v, h)
     if bias is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -265,7 +291,7 @@ class SelfAttention(nn.Module):
         if pos.rope is not None:
             qk = apply_rope(qk, *pos.rope)  # q and k heads in one pass
         q, k = qk[:, :, :h].transpose(1, 2), qk[:, :, h:].transpose(1, 2)
-        y = attend(q, expand_kv(k, h), expand_kv(v.transpose(1, 2), h), pos.bias)
+        y = attend(q, k, v.transpose(1, 2), pos.bias)
         return self.out(y.transpose(1, 2).reshape(b, t, h * d))
 
 
@@ -407,6 +433,10 @@ class Decoder(nn.Module):
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.checkpoint_blocks = False
+        """Recompute each block's activations in backward (set by the runner)."""
+        self.loss_options = LossOptions()
+        """How the chunked loss runs (set by the runner; the same math either way)."""
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_table = nn.Embedding(cfg.max_seq_len, cfg.d_model) \
             if cfg.position == "learned" else None
@@ -492,8 +522,12 @@ class Decoder(nn.Module):
             x = x + self.pos_table.weight[:seq_len]
         pos = self.positional(seq_len, ids.device)
         aux_sum: Tensor | None = None
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x, aux = block(x, pos)
+            if recompute:
+                x, aux = torch.utils.checkpoint.checkpoint(block, x, pos, use_reentrant=False)
+            else:
+                x, aux = block(x, pos)
             if aux is not None:
                 aux_sum = aux if aux_sum is None else aux_sum + aux
         aux_mean = None if aux_sum is None else aux_sum / cfg.n_layers
@@ -507,9 +541,31 @@ class Decoder(nn.Module):
     def forward_loss(self, inputs: Tensor, targets: Tensor, *,
                      chunk_rows: int | None = None) -> LossOut:
         h, aux = self.hidden(inputs)
-        ce = lm_loss(h, self.head_weight(), targets, chunk_rows=chunk_rows)
+        ce = lm_loss(h, self.head_weight(), targets, chunk_rows=chunk_rows,
+                     options=self.loss_options)
         loss = ce if aux is None else ce + self.cfg.aux_loss_coef * aux
         return LossOut(loss, ce, aux)
+
+    # -- compilation -----------------------------------------------------------------------
+
+    def compile_blocks(self, **options: Any) -> str:
+        """torch.compile each block in place (`nn.Module.compile`: the module object and its
+        parameters stay; the first call traces). The 24 blocks of a model share one
+        compiled graph: dynamo inlines nn modules and takes their parameters as inputs, so
+        identical blocks hit the same cache entry. MoE blocks compile their attention only:
+        dropless routing syncs with the host and sizes its matmuls by the routing counts, so
+        the expert FFN stays eager. Returns what was compiled, in words."""
+        moe = self.cfg.ffn == "moe"
+        for block in self.blocks:
+            (block.attn if moe else block).compile(**options)
+        what = "attention of each block" if moe else "each decoder block"
+        return f"{what} ({len(self.blocks)} x torch.compile)"
+
+    def uncompile_blocks(self) -> None:
+        """Back to eager (after a failed compile)."""
+        for module in self.modules():
+            if getattr(module, "_compiled_call_impl", None) is not None:
+                module._compiled_call_impl = None
 
     # -- facts -----------------------------------------------------------------------------
 
@@ -535,11 +591,12 @@ class Decoder(nn.Module):
 
 
 def lm_loss(h: Tensor, weight: Tensor, targets: Tensor, *,
-            chunk_rows: int | None = None) -> Tensor:
+            chunk_rows: int | None = None, options: LossOptions | None = None) -> Tensor:
     """Mean next-token cross-entropy of the logits h @ weight.T over the targets that are not
     IGNORE_INDEX, through the shared chunked loss (runners.training): logits are made a chunk
     of rows at a time and each chunk's gradient is computed at once, so the [tokens, vocab]
-    logits never exist whole; bf16 matmuls under autocast, fp32 softmax and loss."""
+    logits never exist whole; bf16 matmuls under autocast, fp32 softmax and loss. `options`:
+    a compiled chunk and fp32-accumulating GEMMs (see LossOptions); default: neither."""
     total, count = chunked_cross_entropy(h, weight, targets, chunk_rows=chunk_rows,
-                                         ignore_index=IGNORE_INDEX)
+                                         ignore_index=IGNORE_INDEX, options=options)
     return total / max(count, 1)

@@ -8,7 +8,9 @@ result says which rule held and what it cost in parameters and FLOPs.
 
 Shape of a run (nanoGPT's bench.py pattern): read the stream and plan every step's windows
 first, so data prep is never timed; measure the device's bf16 matmul peak (CUDA); run `warmup`
-optimizer steps in a window of their own; reset the peak-memory counters; run `steps` steps in
+optimizer steps in a window of their own (with `compile` on, a forward and backward pass before
+them, outside every window, compiles first: no optimizer step, so the weights the warm-up
+starts from are unchanged); reset the peak-memory counters; run `steps` steps in
 the `measure` window (energy read only at its edges, after a device sync), each step synced so
 its latency is real; then the held-out perplexity. Steps: bf16 autocast on CUDA (fp32
 master weights), the shared chunked cross-entropy, gradient clipping, fused AdamW on CUDA, linear
@@ -18,6 +20,14 @@ MFU = tokens/s x FLOPs per token / peak, FLOPs per token = 6 N + 12 L d T (Kapla
 the attention term of PaLM, Chowdhery et al. 2022, appendix B): N the parameters that multiply
 a token (MoE: the active ones; lookup tables excluded), L layers, d = heads x head width,
 T = seq_len (the full square, causal masking not halved, as PaLM and nanoGPT count it).
+Recomputation under activation checkpointing is not counted (model FLOPs, not hardware FLOPs).
+
+Run-time options that leave the model and its math alone (each resolved value is in the
+result's info): `compile` (torch.compile of each decoder block and of the loss's per-chunk
+softmax; `auto`: on for decoder variants on CUDA), `checkpointing` (activation checkpointing;
+`auto`: on for Mamba without its fused kernels, whose reference path cannot keep every
+layer's activations), and on CUDA the loss accumulates its weight gradient in fp32 inside
+the GEMM (`LossOptions.fp32_gemm`).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from runners.decoder import Decoder, ParamCounts
 from runners.errors import BadInput
 from runners.family import Family, FamilyConfig, register
 from runners.protocol import Event, Metric, RunResult
+from runners.training import LossOptions, fp32_gemm_status
 
 SOURCE = "runner"
 LOSS_TAIL_STEPS = 5
@@ -59,6 +70,8 @@ PEAK_MATMUL_N = 8192
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+SWITCHES = ("auto", "true", "false")
+"""Values of `compile` and `checkpointing`."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +109,22 @@ class PretrainingConfig(FamilyConfig):
     aux_loss_coef: float = 0.01
     loss_chunk_tokens: int = 0
     """Tokens per cross-entropy chunk; 0: about 1 GiB of fp32 logits a chunk."""
+    compile: str = "auto"
+    """torch.compile each decoder block and the loss chunk: `true`, `false`, or `auto` (on for
+    decoder variants on CUDA, off on CPU and for the transformers baselines). Compilation runs
+    before the warm-up window; if it fails the run goes on eager, the reason in the info."""
+    checkpointing: str = "auto"
+    """Activation checkpointing of every block: `true`, `false`, or `auto` (on for Mamba
+    without the fused mamba_ssm kernels, off otherwise)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("compile", "checkpointing"):
+            value = str(getattr(self, name)).lower()
+            if value not in SWITCHES:
+                raise BadInput(f"{name} must be one of {', '.join(SWITCHES)}, "
+                               f"got {getattr(self, name)!r}")
+            object.__setattr__(self, name, value)
         if not self.lr > 0:
             raise BadInput(f"lr must be positive, got {self.lr}")
         if self.precision not in PRECISIONS:
@@ -198,6 +224,9 @@ class PretrainingFamily(Family[PretrainingConfig]):
         autocast_dtype = self._autocast_dtype()
 
         model, matching = self._build(variant)
+        checkpointing = self._apply_checkpointing(model)
+        compile_on = self._compile_wanted(model)
+        model.loss_options = LossOptions(compiled=compile_on, fp32_gemm=cuda)
         counts = self._counts = model.param_counts()
         n_layers, d_attn = model.attention_shape()
         flops_per_token = pm.flops_per_token(counts.flop, training=True, n_layers=n_layers,
@@ -241,18 +270,26 @@ class PretrainingFamily(Family[PretrainingConfig]):
             aux = values[1] if out.aux is not None else None
             return StepOut(latency, values[0], aux, lr, values[-1] if norm is not None else None)
 
+        compiled = self._compile(model, compile_on, ids[(starts[0][:, None] + offsets)
+                                                         % ids.shape[0]],
+                                 autocast_dtype, sync)
         meter = self._meter(sync)
         warm, _ = self._steps("warmup", range(c.warmup), step, meter)
+        graphs_before = _dynamo_stats()[0]
         dev.reset_peak_memory(c.device)
         measured, window = self._steps("measure", range(c.warmup, total_steps), step, meter)
         assert window is not None  # steps >= 1 (RunSpec checks it)
         peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
-        model_facts = facts(model, variant, c.moe_match)  # before eval: the MoE load of training
+        if compiled["enabled"]:
+            compiled["graphs_compiled_in_measure"] = _dynamo_stats()[0] - graphs_before
+        model_facts = facts(model, variant, c.moe_match,
+                            native_gqa=cuda and autocast_dtype is not None)
 
         ppl = None
         if c.eval_tokens and len(text.heldout) >= 2:
             ctx.phase("eval", tokens=len(text.heldout))
-            ppl = self._perplexity(model, text.heldout, autocast_dtype)
+            with _eager_if(compiled["enabled"]):  # eval shapes and no_grad: no recompiles
+                ppl = self._perplexity(model, text.heldout, autocast_dtype)
         checkpoint = self._save(model, variant) if c.save else None
 
         metrics = self._metrics(measured, window, counts, flops_per_token, peak_tflops,
@@ -269,7 +306,9 @@ class PretrainingFamily(Family[PretrainingConfig]):
             "warmup": c.warmup, "lr": c.lr, "lr_warmup_steps": warm_lr,
             "optimizer": "AdamW (fused)" if cuda else "AdamW (foreach)",
             "loss_impl": "chunked linear cross-entropy (runners.training), "
-                    f"{c.loss_chunk_tokens or 'auto'} rows a chunk",
+                    f"{c.loss_chunk_tokens or 'auto'} rows a chunk, "
+                    f"{_loss_describe(model.loss_options)}",
+            "compile": compiled, "activation_checkpointing": checkpointing,
             "tokenizer": "byte", "vocab_size": self.card.vocab_size, "text": text.source,
             "train_tokens": len(text.train), "documents": text.documents,
             "dataset_truncated": text.truncated, "epochs": plan.epochs(total_steps),
@@ -327,6 +366,73 @@ class PretrainingFamily(Family[PretrainingConfig]):
             "delta_flops_pct": 100.0 * (flops - base_flops) / base_flops,
         }
         return model, matching
+
+    def _apply_checkpointing(self, model: Any) -> bool:
+        """Resolve `checkpointing` and turn it on in the model; returns whether it is on."""
+        c = self.config
+        if c.checkpointing == "auto":
+            on = isinstance(model, baselines.LanguageModel) and model.kind == "mamba" \
+                and not baselines.mamba_fused_available()
+        else:
+            on = c.checkpointing == "true"
+        if isinstance(model, Decoder):
+            model.checkpoint_blocks = on
+        else:
+            model.set_checkpointing(on)
+        return on
+
+    def _compile_wanted(self, model: Any) -> bool:
+        """`compile` resolved: only the decoder compiles (`auto`: on CUDA)."""
+        c = self.config
+        if not isinstance(model, Decoder) or c.compile == "false":
+            return False
+        return c.compile == "true" or c.device.startswith("cuda")
+
+    def _compile(self, model: Any, wanted: bool, rows: torch.Tensor,
+                 autocast_dtype: torch.dtype | None,
+                 sync: Callable[[], None] | None) -> dict[str, Any]:
+        """Compile the decoder's blocks and its loss chunk, then run one forward and backward
+        on the first batch (no optimizer step: the weights stay as they were) so every graph
+        is compiled before the warm-up window opens. A failure other than running out of
+        memory goes back to eager, its reason kept. Returns the `compile` info."""
+        c, ctx = self.config, self.ctx
+        info: dict[str, Any] = {"requested": c.compile, "enabled": False}
+        if not wanted:
+            if c.compile == "true":
+                info["reason"] = "only the decoder variants compile (transformers baselines " \
+                                 "run eager)"
+            return info
+        ctx.phase("compile")
+        t0 = time.perf_counter()
+        graphs0, breaks0 = _dynamo_stats()
+        try:
+            info["what"] = model.compile_blocks() + "; loss chunk (softmax, loss, gradient)"
+            with self._autocast(autocast_dtype):
+                out = model.forward_loss(rows[:, :-1], rows[:, 1:],
+                                         chunk_rows=c.loss_chunk_tokens or None)
+            out.loss.backward()
+            if sync is not None:
+                sync()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any compiler failure: run eager instead
+            reason = f"{type(e).__name__}: {e}"[:500]
+            model.uncompile_blocks()
+            model.loss_options = LossOptions(compiled=False,
+                                             fp32_gemm=model.loss_options.fp32_gemm)
+            with contextlib.suppress(Exception):
+                torch._dynamo.reset()
+            info.update(enabled=False, fallback=reason)
+            ctx.emit(Event.log(f"torch.compile failed, running eager: {reason}"))
+            return info
+        finally:
+            model.zero_grad(set_to_none=True)
+        graphs1, breaks1 = _dynamo_stats()
+        info.update(enabled=True, backend="inductor", compile_s=time.perf_counter() - t0,
+                    graphs=graphs1 - graphs0, graph_breaks=breaks1 - breaks0)
+        ctx.emit(Event.log(f"compiled in {info['compile_s']:.1f} s: {info['graphs']} graphs, "
+                           f"{info['graph_breaks']} graph breaks"))
+        return info
 
     def _decoder_config(self, variant: Variant) -> Any:
         c = self.config
@@ -469,6 +575,32 @@ class PretrainingFamily(Family[PretrainingConfig]):
         elif self._model is not None:
             info["total_params"] = sum(p.numel() for p in self._model.parameters())
         return info
+
+
+def _dynamo_stats() -> tuple[int, int]:
+    """(graphs compiled so far, graph breaks so far) in this process, from dynamo's counters."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - a torch without dynamo
+        return 0, 0
+    return (int(counters["stats"].get("unique_graphs", 0)),
+            int(sum(counters["graph_break"].values())))
+
+
+def _eager_if(on: bool) -> contextlib.AbstractContextManager[Any]:
+    """Compiled functions run eagerly inside (torch.compiler.set_stance, torch 2.6+)."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    if not on or stance is None:
+        return contextlib.nullcontext()
+    return stance("force_eager")
+
+
+def _loss_describe(options: LossOptions) -> str:
+    text = options.describe()
+    ok, error = fp32_gemm_status()
+    if options.fp32_gemm and ok is False:
+        text += f" (fp32 GEMM unavailable, plain accumulation: {error})"
+    return text
 
 
 def window_energy(window: WindowResult) -> tuple[float | None, str | None]:

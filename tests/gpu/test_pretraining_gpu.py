@@ -1,6 +1,8 @@
 """Pretraining on a CUDA device: bf16 autocast, flash / efficient SDPA, fused AdamW, the
-measured matmul peak (MFU) and NVML energy, in-process and through the runner process. Small
-shapes: seconds, not a benchmark (benchmarks/bench_pretraining.py).
+measured matmul peak (MFU) and NVML energy, in-process and through the runner process;
+torch.compile of the decoder (auto: on), grouped K/V on flash, the fp32-accumulating loss
+GEMM, Mamba's chunked scan. Small shapes: seconds (plus one compile of the tiny block), not a
+benchmark (benchmarks/bench_pretraining.py).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def test_measured_peak_and_bf16_on_the_baseline(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("technique", ["mla", "relative", "moe", "learned"])
 def test_switched_variants_train_on_cuda(tmp_path: Path, technique: str) -> None:
-    r = train(tmp_path, technique, peak_tflops=700.0)
+    r = train(tmp_path, technique, peak_tflops=700.0, compile="false")  # eager: seconds
     assert r.status == "ok"
     assert math.isfinite(r.metric("loss"))  # type: ignore[arg-type]
     energy = r.metric("energy_j")  # two short steps: None (with a note) rather than 0 J
@@ -68,7 +70,7 @@ def test_runner_process_on_cuda(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "gpu-mqa"
     run_dir.mkdir(parents=True)
     spec = RunSpec(run_id="gpu-mqa", family="pretraining", technique="mqa", model="tiny",
-                   device="cuda:0", params={"peak_tflops": 700.0},
+                   device="cuda:0", params={"peak_tflops": 700.0, "compile": "false"},
                    **SHAPE)  # type: ignore[arg-type]
     (run_dir / "spec.json").write_text(spec.to_json())
     env = dict(os.environ, EFFICIENTLLM_HOME=str(tmp_path))
@@ -82,3 +84,99 @@ def test_runner_process_on_cuda(tmp_path: Path) -> None:
     result = RunResult.from_dict(events[-1].fields)
     assert result.status == "ok" and result.info["precision"] == "bf16-autocast"
     assert result.metric("peak_allocated_gib") is not None
+
+
+# --- compile, grouped K/V, the loss options, Mamba's scan ------------------------------------
+
+
+def test_grouped_kv_reach_flash_eager_and_compiled() -> None:
+    """enable_gqa must land on the flash kernel (only flash is allowed here), eagerly and
+    under torch.compile, and equal attention over expanded K/V."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from runners.decoder import attend, expand_kv, native_gqa
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(2, 8, 256, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = (torch.randn(2, 2, 256, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+            for _ in range(2))
+    assert native_gqa(q, None)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), expand_kv(k, 8).float(), expand_kv(v, 8).float(), is_causal=True)
+    compiled = torch.compile(attend)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        for fn in (attend, compiled):
+            qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+            out = fn(qq, kk, vv, None)
+            out.float().square().sum().backward()
+            err = ((out.float() - ref).norm() / ref.norm()).item()
+            assert err < 1e-2, err
+            assert kk.grad is not None and kk.grad.shape == k.shape
+
+
+def test_compiled_run_matches_eager_and_compiles_before_the_windows(tmp_path: Path) -> None:
+    (tmp_path / "e").mkdir()
+    (tmp_path / "c").mkdir()
+    eager = train(tmp_path / "e", "gqa", peak_tflops=700.0, compile="false")
+    comp = train(tmp_path / "c", "gqa", peak_tflops=700.0)  # auto: on for CUDA decoders
+    info = comp.info["compile"]
+    assert info["enabled"] is True, info
+    assert info["graph_breaks"] == 0 and info["graphs_compiled_in_measure"] == 0
+    assert "compiled chunk" in comp.info["loss_impl"]
+    assert "fp32-accumulating GEMM" in comp.info["loss_impl"]
+    assert "unavailable" not in comp.info["loss_impl"]
+    assert "enable_gqa" in comp.info["attention_kernel"]
+    assert eager.info["compile"]["enabled"] is False
+    for name in ("loss", "eval_ppl"):
+        a, b = eager.metric(name), comp.metric(name)
+        assert a is not None and b is not None and abs(a - b) / abs(a) < 2e-2, (name, a, b)
+
+
+def test_fp32_gemm_loss_matches_the_plain_loss_on_cuda() -> None:
+    import torch
+
+    from runners.training import LossOptions, chunked_cross_entropy, fp32_gemm_status
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    h = torch.randn(3000, 256, device="cuda", generator=g)
+    w = torch.randn(5000, 256, device="cuda", generator=g) * 0.05
+    y = torch.randint(0, 5000, (3000,), device="cuda", generator=g)
+    outs = []
+    for options in (None, LossOptions(fp32_gemm=True)):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            total, _ = chunked_cross_entropy(hh, ww, y, chunk_rows=512, options=options)
+        total.backward()
+        outs.append((total.detach(), hh.grad, ww.grad))
+    assert fp32_gemm_status()[0] is True, fp32_gemm_status()
+    for a, b in zip(outs[0], outs[1], strict=True):
+        assert ((a.float() - b.float()).norm() / a.float().norm()).item() < 1e-2
+
+
+def test_mamba_scan_on_cuda_matches_float64_and_trains(tmp_path: Path) -> None:
+    import torch
+
+    from runners import baselines
+
+    g = torch.Generator().manual_seed(2)
+    b, d, T, n = 2, 64, 300, 16
+    u, delta, A, Bm, Cm = (torch.randn(b, d, T, generator=g).double(),
+                           torch.rand(b, d, T, generator=g).double() * 0.3 + 0.01,
+                           -torch.rand(d, n, generator=g).double() - 0.1,
+                           torch.randn(b, T, n, generator=g).double(),
+                           torch.randn(b, T, n, generator=g).double())
+    h = torch.zeros(b, d, n, dtype=torch.float64)
+    ys = []
+    for t in range(T):  # the recurrence in float64 on the CPU
+        h = torch.exp(delta[:, :, t, None] * A) * h + \
+            delta[:, :, t, None] * Bm[:, None, t] * u[:, :, t, None]
+        ys.append((h * Cm[:, None, t]).sum(-1))
+    ref = torch.stack(ys, -1)
+    y = baselines.selective_scan(*(x.float().cuda() for x in (u, delta, A, Bm, Cm))).cpu()
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+    r = train(tmp_path, "mamba", peak_tflops=700.0)
+    assert r.status == "ok" and math.isfinite(r.metric("loss"))  # type: ignore[arg-type]
+    assert r.info["activation_checkpointing"] is True
+    assert r.info["compile"]["enabled"] is False
+    assert ("selective_scan" in r.info["kernels"]) != ("fused" in r.info["kernels"])

@@ -194,3 +194,33 @@ def test_forward_loss_equals_cross_entropy_of_full_logits() -> None:
     ref = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
     assert out.aux is None and out.loss is out.ce
     assert out.ce.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+# --- grouped K/V and the run-time options ------------------------------------------------------
+
+
+def test_attend_takes_grouped_kv_and_equals_the_expanded_heads() -> None:
+    from runners.decoder import expand_kv, native_gqa
+
+    torch.manual_seed(3)
+    q = torch.randn(2, 4, 6, 8)
+    k, v = torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+    assert not native_gqa(q, None)  # CPU: K/V are expanded (the fused CPU kernel wants it)
+    expected = F.scaled_dot_product_attention(q, expand_kv(k, 4), expand_kv(v, 4),
+                                              is_causal=True)
+    torch.testing.assert_close(attend(q, k, v, None), expected)
+    bias = alibi_bias(4, 6, torch.device("cpu"), torch.float32)
+    expected = F.scaled_dot_product_attention(q, expand_kv(k, 4), expand_kv(v, 4),
+                                              attn_mask=bias)
+    torch.testing.assert_close(attend(q, k, v, bias), expected)
+
+
+def test_uncompile_restores_eager_blocks() -> None:
+    model = make()
+    assert model.compile_blocks.__doc__ and "share one" in model.compile_blocks.__doc__
+    for block in model.blocks:  # what nn.Module.compile leaves behind, without compiling
+        block._compiled_call_impl = lambda *a, **k: None
+    model.uncompile_blocks()
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in model.modules())
+    ids = torch.randint(0, TINY["vocab_size"], (1, 8))
+    assert model(ids).shape == (1, 8, TINY["vocab_size"])
