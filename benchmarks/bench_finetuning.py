@@ -6,9 +6,13 @@ PEFT arms on the Qwen2.5-0.5B and 1.5B shapes, each through the real runner code
     python benchmarks/bench_finetuning.py --smoke      # tiny model on CPU, checks the script
 
 Arms run in priority order (the paper's seven at 0.5B, then the 1.5B comparison, then the
-rest) and an arm is skipped, not cut short, when the time budget would run out. Prints a
-table last; writes every number to DIR/bench_finetuning.json. Compares the AL ranking of
-the paper's arms with the paper's published 1B-3B ranks.
+rest; or exactly `--arms`) and an arm is skipped, not cut short, when the time budget would
+run out; an arm still running when the budget ends is interrupted. Prints a table last;
+writes every number to DIR/bench_finetuning.json. Compares the AL ranking of the paper's
+arms with the paper's published 1B-3B ranks. `x full` divides by the `full` arm of the same
+model and the same compile mode. `--prebuild-quanto` builds optimum-quanto's CUDA extension
+in a background process from the start (4 compile jobs), so that a qlora arm later finds it
+built; each row records whether that build was running while the arm ran.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import gc
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +75,28 @@ def _alarm(signum: int, frame: Any) -> None:
     raise TimeoutError("arm ran past its time limit")
 
 
+def compile_mode(technique: str, params: dict[str, Any], device: str) -> str:
+    """The compile mode the runner will use for this arm."""
+    from runners.finetuning import COMPILE_ALIASES, resolve_compile
+
+    text = str(params.get("compile", "auto")).strip().lower()
+    return resolve_compile(COMPILE_ALIASES.get(text, text), device, technique)
+
+
+def start_quanto_build(out_dir: Path) -> subprocess.Popen[bytes] | None:
+    """optimum-quanto's CUDA extension, built in a background process (None if no CUDA)."""
+    code = ("import json, time; t = time.monotonic()\n"
+            "from optimum.quanto.library.extensions import get_extension, "
+            "is_extension_available\n"
+            "ok = is_extension_available('quanto_cuda')\n"
+            "ok and get_extension('quanto_cuda').lib\n"
+            "print('QUANTO_BUILD ' + json.dumps({'available': bool(ok), "
+            "'build_s': time.monotonic() - t}), flush=True)\n")
+    log = open(out_dir / "quanto_build.log", "wb")  # noqa: SIM115 - the child writes it
+    return subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "MAX_JOBS": "4"})
+
+
 def run_arm(model: str, batch: int, technique: str, params: dict[str, Any], *, device: str,
             seq_len: int, steps: int, warmup: int, peak: float | None,
             timeout_s: int = 0) -> dict[str, Any]:
@@ -114,7 +141,9 @@ def run_arm(model: str, batch: int, technique: str, params: dict[str, Any], *, d
             out["metrics"] = {m.name: m.value for m in result.metrics}
             keep = ("precision", "base_dtype", "lr", "flops_per_token", "first_trained_block",
                     "trainable_params", "total_params", "optimizer_fused", "attn_impl",
-                    "peak_tflops", "measure_s", "energy_note", "quantization")
+                    "peak_tflops", "measure_s", "energy_note", "quantization", "compile",
+                    "compile_requested", "compile_s", "compile_graphs", "compile_error",
+                    "compile_fallback_phase")
             out["info"] = {k: result.info.get(k) for k in keep}
             steps_ev = [json.loads(x) for x in (run_dir / "events.jsonl").read_text()
                         .splitlines() if '"kind":"step"' in x]
@@ -137,6 +166,9 @@ def run_arm(model: str, batch: int, technique: str, params: dict[str, Any], *, d
             log.close()
             family = None
     out["wall_s"] = time.monotonic() - t0
+    import torch._dynamo
+
+    torch._dynamo.reset()  # the next arm's model shares no graph with this one
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -164,17 +196,21 @@ def fmt(v: Any, spec: str) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'model':14s} {'arm':16s} {'status':11s} {'tok/s':>9s} {'x full':>6s} "
+    head = (f"{'model':14s} {'arm':28s} {'status':11s} {'tok/s':>9s} {'x full':>6s} "
             f"{'mfu':>6s} {'mfu6N':>6s} {'AL s':>7s} {'peakGiB':>7s} {'train%':>7s} "
-            f"{'loss':>6s} {'wall':>5s}")
+            f"{'loss':>6s} {'compile':>13s} {'wall':>5s}")
     lines = [head, "-" * len(head)]
-    full_tps = {r["model"]: r["metrics"]["tokens_per_s"] for r in rows
-                if r["status"] == "ok" and r["technique"] == "full" and not r["params"]}
+    full_tps: dict[tuple[str, str | None], float] = {}
+    for r in rows:  # the first ok `full` arm of each model and compile mode, no other params
+        if (r["status"] == "ok" and r["technique"] == "full"
+                and set(r["params"]) <= {"compile"}):
+            full_tps.setdefault((r["model"], r.get("compile_mode")),
+                                r["metrics"]["tokens_per_s"])
     for r in rows:
         m = r.get("metrics", {})
         label = r.get("label") or r["technique"]
         tps = m.get("tokens_per_s")
-        base = full_tps.get(r["model"])
+        base = full_tps.get((r["model"], r.get("compile_mode")))
         ratio = tps / base if tps and base else None
         info = r.get("info") or {}
         peak = info.get("peak_tflops")
@@ -182,11 +218,16 @@ def table(rows: list[dict[str, Any]]) -> str:
         mfu6 = tps * 6 * total / (peak * 1e12) if tps and total and peak else None
         train = 100 * m["trainable_params"] / total if total else None
         mem = m.get("peak_allocated_gib") or (r.get("memory") or {}).get("peak_allocated_gib")
+        mode = info.get("compile") or r.get("compile_mode") or "-"
+        if info.get("compile_s") is not None:
+            mode = f"{mode} {info['compile_s']:.0f}s"
+        if info.get("compile_error"):
+            mode = "FELL BACK"
         lines.append(
-            f"{r['model']:14s} {label:16s} {r['status']:11s} {fmt(tps, '9.0f')} "
+            f"{r['model']:14s} {label:28s} {r['status']:11s} {fmt(tps, '9.0f')} "
             f"{fmt(ratio, '6.2f')} {fmt(m.get('mfu'), '6.1%')} {fmt(mfu6, '6.1%')} "
             f"{fmt(m.get('al_s'), '7.3f')} {fmt(mem, '7.1f')} {fmt(train, '7.2f')} "
-            f"{fmt(m.get('loss'), '6.2f')} {r['wall_s']:5.0f}")
+            f"{fmt(m.get('loss'), '6.2f')} {mode:>13s} {r['wall_s']:5.0f}")
     return "\n".join(lines)
 
 
@@ -205,6 +246,8 @@ def main() -> int:
                    " run exactly these, in this order (batch sizes from --models)")
     p.add_argument("--arm-timeout-s", type=int, default=0,
                    help="interrupt an arm after this long (0: never)")
+    p.add_argument("--prebuild-quanto", action="store_true",
+                   help="build optimum-quanto's CUDA extension in the background from the start")
     p.add_argument("--smoke", action="store_true", help="tiny on CPU, to check the script")
     args = p.parse_args()
     if args.smoke:
@@ -238,37 +281,71 @@ def main() -> int:
         keep = set(args.only.split(","))
         arms = [a for a in arms if a[2] in keep]
     rows: list[dict[str, Any]] = []
-    last_cost: dict[str, float] = {}
+    last_cost: dict[tuple[str, bool], float] = {}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    build = start_quanto_build(out_dir) if args.prebuild_quanto else None
+    build_reported = False
+
+    def building() -> bool:
+        nonlocal build_reported
+        if build is None:
+            return False
+        if build.poll() is None:
+            return True
+        if not build_reported:
+            build_reported = True
+            print(f"[{time.monotonic() - t_start:6.1f}s] quanto prebuild ended, "
+                  f"rc={build.returncode}", flush=True)
+        return False
+
     for model, batch, technique, params, label in arms:
         elapsed = time.monotonic() - t_start
-        estimate = 1.3 * last_cost.get(model, 15.0)
+        mode = compile_mode(technique, params, args.device)
+        key = (model, mode != "off")
+        seen = [v for k, v in last_cost.items() if k[1] == key[1]]  # same kind, any model
+        estimate = 1.3 * last_cost.get(key, max(seen) if seen else 90.0 if key[1] else 15.0)
         if elapsed + estimate > args.budget_s:
             rows.append({"model": model, "technique": technique, "params": params,
-                         "status": "skipped", "wall_s": 0.0,
+                         "label": label, "compile_mode": mode, "status": "skipped",
+                         "wall_s": 0.0,
                          "error": f"time budget ({elapsed:.0f}s used, ~{estimate:.0f}s needed)"})
             continue
         params = dict(params)
         timeout_s = int(params.pop("timeout_s", args.arm_timeout_s))  # per-arm override
+        left = max(1, int(args.budget_s - elapsed))
+        timeout_s = min(timeout_s, left) if timeout_s else left
+        build_before = building()
         row = run_arm(model, batch, technique, params, device=args.device,
                       seq_len=args.seq_len, steps=args.steps, warmup=args.warmup, peak=peak,
                       timeout_s=timeout_s)
+        row["prebuild_running"] = [build_before, building()]
         if row["status"] == "ok":
-            last_cost[model] = max(row["wall_s"], last_cost.get(model, 0.0) * 0.5)
+            last_cost[key] = max(row["wall_s"], last_cost.get(key, 0.0) * 0.5)
         row["label"] = label
+        row["compile_mode"] = mode
         rows.append(row)
         if len(rows) == 2 and all(r["status"] == "crash" for r in rows):
             print("the first two arms crashed; stopping early:\n" + rows[0]["traceback"])
             break
-        m = row.get("metrics", {})
+        m, info = row.get("metrics", {}), row.get("info") or {}
         print(f"[{time.monotonic() - t_start:6.1f}s] {model} {label}: {row['status']} "
               f"tok/s={fmt(m.get('tokens_per_s'), '.0f')} mfu={fmt(m.get('mfu'), '.3f')} "
               f"al={fmt(m.get('al_s'), '.3f')} peak={fmt(m.get('peak_allocated_gib'), '.1f')} "
-              f"{row.get('error', '')}", flush=True)
+              f"compile={info.get('compile', mode)} compile_s={fmt(info.get('compile_s'), '.0f')}"
+              f" graphs={info.get('compile_graphs')} wall={row['wall_s']:.0f}s "
+              f"{info.get('compile_error') or ''} {row.get('error', '')}", flush=True)
         (out_dir / "bench_finetuning.json").write_text(
             json.dumps({"env": env, "args": vars(args), "rows": rows}, indent=1, default=str))
 
+    if build is not None:
+        building()
+        text = (out_dir / "quanto_build.log").read_text(errors="replace")
+        line = next((x for x in text.splitlines() if x.startswith("QUANTO_BUILD ")), None)
+        env["quanto_prebuild"] = (json.loads(line.split(" ", 1)[1]) if line else
+                                  {"running": build.poll() is None, "rc": build.returncode,
+                                   "tail": text[-1500:]})
+        print(f"quanto prebuild: {env['quanto_prebuild']}", flush=True)
     ranking = {model: al_ranking(rows, model) for model, _ in models}
     doc = {"env": env, "args": vars(args), "rows": rows, "al_ranking": ranking,
            "total_s": time.monotonic() - t_start}

@@ -71,9 +71,10 @@ def _run(tmp_path: Path, technique: str, **params: Any) -> RunResult:
 
 @pytest.mark.parametrize("technique", ["full", "lora", "dora", "freeze", "prompt-tuning"])
 def test_trains_on_cuda_in_bf16_with_memory_and_mfu(tmp_path: Path, technique: str) -> None:
-    result = _run(tmp_path, technique)
+    result = _run(tmp_path, technique, compile="off")  # eager: compiling is the next test's
     assert result.status == "ok"
     info = result.info
+    assert info["compile"] == "off"
     assert info["precision"] == "bf16" and info["optimizer_fused"] is True
     assert info["base_dtype"] == "bfloat16"
     assert info["master_weights"] is (technique in ("full", "freeze"))
@@ -87,6 +88,20 @@ def test_trains_on_cuda_in_bf16_with_memory_and_mfu(tmp_path: Path, technique: s
     if result.metric("energy_j") is None:
         assert info["energy_note"] is None or isinstance(info["energy_note"], str)
     assert info["adapter_files"]
+
+
+def test_compile_auto_compiles_lora_blocks_on_cuda_before_the_warmup(tmp_path: Path) -> None:
+    """`auto` is `layers` for lora on CUDA: the blocks compile in the compile phase (the first
+    block's input needs no gradient under LoRA, the others' do: two graphs), nothing
+    recompiles in the measured window, and it trains."""
+    result = _run(tmp_path, "lora")
+    assert result.status == "ok"
+    info = result.info
+    assert info["compile_requested"] == "auto" and info["compile"] == "layers"
+    assert info["compile_error"] is None, info["compile_error"]
+    assert info["compile_s"] > 0 and info["compile_graphs"]["compile"] >= 1
+    assert info["compile_graphs"]["measure"] == 0
+    assert result.metric("loss") is not None and result.metric("tokens_per_s") > 0
 
 
 @pytest.mark.slow

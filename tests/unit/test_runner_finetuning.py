@@ -15,7 +15,13 @@ from runners import catalog, peft_methods, training
 from runners.errors import BadInput, Unsupported
 from runners.eventlog import EventLog
 from runners.family import RunContext, family_class
-from runners.finetuning import FinetuningConfig, FinetuningFamily, train_flops_per_token
+from runners.finetuning import (
+    COMPILE_AUTO,
+    FinetuningConfig,
+    FinetuningFamily,
+    resolve_compile,
+    train_flops_per_token,
+)
 from runners.protocol import EVENTS_FILE, Event, RunResult, RunSpec
 
 TECHNIQUES = sorted(peft_methods.METHODS)
@@ -136,6 +142,7 @@ def test_unchunked_loss_gives_the_same_training(tmp_path: Path) -> None:
     ({"lr": -1}, "lr must be positive"),
     ({"nonsense": 1}, "unknown --set parameter"),
     ({"rank": "big"}, "expected int"),
+    ({"compile": "max-autotune"}, "compile must be one of"),
 ])
 def test_bad_parameters_are_bad_input(params: dict[str, Any], message: str) -> None:
     with pytest.raises(BadInput, match=message):
@@ -221,3 +228,125 @@ def test_qlora_kernel_build_failure_on_cuda_is_unsupported(
     with pytest.raises(Unsupported, match="building them failed: RuntimeError: Ninja"):
         peft_methods._quanto_cuda_kernels(lambda name, **extra: phases.append(name))
     assert phases == ["compile_kernels"]
+
+
+# -- torch.compile: plumbing, auto, fallback (no real compilation on CPU: minutes) ----------
+
+@pytest.mark.parametrize(("value", "mode"), [
+    (True, "layers"), (False, "off"), ("true", "layers"), ("off", "off"), ("Layers", "layers"),
+    ("model", "model"), ("auto", "auto")])
+def test_compile_values_normalise(value: Any, mode: str) -> None:
+    assert FinetuningConfig.from_spec(_spec(params={"compile": value}), "cpu").compile == mode
+    assert FinetuningConfig.from_spec(_spec(), "cpu").compile == "auto"  # the default
+
+
+def test_compile_auto_is_layers_on_cuda_for_the_lora_family_and_full_only() -> None:
+    for technique in TECHNIQUES:
+        assert resolve_compile("auto", "cpu", technique) == "off"
+        want = "layers" if technique in COMPILE_AUTO else "off"
+        assert resolve_compile("auto", "cuda:0", technique) == want, technique
+    assert {"full", "lora"} <= COMPILE_AUTO
+    assert not COMPILE_AUTO & {"qlora", "adalora", "prompt-tuning"}
+    for mode in ("off", "layers", "model"):  # explicit choices are kept, on any device
+        assert resolve_compile(mode, "cpu", "qlora") == mode
+
+
+def test_cpu_default_runs_eager_and_says_so(tmp_path: Path) -> None:
+    result, events = _run(tmp_path, _spec("lora", params={"save": False}))
+    info = result.info
+    assert info["compile"] == "off" and info["compile_requested"] == "auto"
+    assert info["compile_s"] is None and info["compile_error"] is None
+    assert "compile" not in [e.get("name") for e in events if e.kind == "phase"]
+
+
+def _fake_compile(monkeypatch: pytest.MonkeyPatch, fail_after: int | None) -> list[Any]:
+    """nn.Module.compile that runs eagerly and raises from call `fail_after` (1-based) on."""
+    compiled: list[Any] = []
+    calls = [0]
+
+    def compile_(self: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
+        compiled.append(self)
+
+        def call(*a: Any, **k: Any) -> Any:
+            calls[0] += 1
+            if fail_after is not None and calls[0] >= fail_after:
+                raise RuntimeError("BackendCompilerFailed: inductor exploded")
+            return self._call_impl(*a, **k)
+
+        self._compiled_call_impl = call
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_)
+    return compiled
+
+
+def test_layers_compiles_each_block_before_the_warmup(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = _fake_compile(monkeypatch, None)
+    result, events = _run(tmp_path, _spec("lora", params={"compile": "layers", "save": False}))
+    assert result.status == "ok"
+    assert len(compiled) == catalog.model_card("tiny").num_layers
+    assert all(type(m).__name__.endswith("DecoderLayer") for m in compiled)
+    info = result.info
+    assert info["compile"] == "layers" and info["compile_error"] is None
+    assert info["compile_s"] > 0 and set(info["compile_graphs"]) == {"compile", "warmup",
+                                                                    "measure"}
+    phases = [e.get("name") for e in events if e.kind == "phase"]
+    assert phases == ["load", "compile", "warmup", "measure", "eval"]
+
+
+def test_model_mode_compiles_the_decoder_stack(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = _fake_compile(monkeypatch, None)
+    result, _ = _run(tmp_path, _spec("full", params={"compile": "model", "save": False}))
+    assert result.status == "ok" and result.info["compile"] == "model"
+    assert [type(m).__name__ for m in compiled] == ["Qwen2Model"]  # tiny is a Qwen2
+
+
+@pytest.mark.parametrize(("fail_after", "phase"), [(1, "compile"), (6, "warmup")])
+def test_a_compiler_failure_falls_back_to_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                fail_after: int, phase: str) -> None:
+    # tiny has 4 blocks: calls 1-4 are the compile pass, 5-8 the first warm-up step.
+    _fake_compile(monkeypatch, fail_after)
+    result, events = _run(tmp_path, _spec("lora", params={"compile": "layers", "save": False}))
+    assert result.status == "ok"
+    info = result.info
+    assert info["compile"] == "off" and info["compile_requested"] == "layers"
+    assert "inductor exploded" in info["compile_error"]
+    assert info["compile_fallback_phase"] == phase
+    warned = [e for e in events if e.kind == "log" and e.get("level") == "warning"]
+    assert len(warned) == 1 and "running eager" in warned[0].get("message")
+    steps = [(e.get("phase"), e.get("step")) for e in events if e.kind == "step"]
+    assert steps == [("warmup", 0), ("measure", 0), ("measure", 1)]
+    assert result.metric("loss") > 0
+
+
+def test_a_time_limit_inside_the_compiler_is_not_a_compiler_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor wraps what interrupts it (seen on an H200, 2026-11-27: `InductorError:
+    TimeoutError`); the run must end, not fall back to eager."""
+    from runners.finetuning import _interrupted
+
+    class BackendCompilerFailed(RuntimeError):
+        def __init__(self, inner: Exception) -> None:
+            super().__init__(f"backend raised {inner!r}")
+            self.inner_exception = inner
+
+    assert _interrupted(BackendCompilerFailed(TimeoutError("arm ran past its time limit")))
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("wrapped") from e
+    except RuntimeError as wrapped:
+        assert _interrupted(wrapped)
+    assert not _interrupted(BackendCompilerFailed(RuntimeError("inductor exploded")))
+
+    def compile_(self: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
+        def call(*a: Any, **k: Any) -> Any:
+            raise BackendCompilerFailed(TimeoutError("arm ran past its time limit"))
+
+        self._compiled_call_impl = call
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_)
+    with pytest.raises(BackendCompilerFailed):
+        _run(tmp_path, _spec("lora", params={"compile": "layers", "save": False}))
