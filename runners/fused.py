@@ -22,8 +22,9 @@ model's own rotary module so any `rope_scaling` applies, SiLU-gated MLP, scale
 `head_dim ** -0.5`), so greedy tokens match the stock forward up to floating-point
 reassociation; the tests check that on the CPU in float32.
 
-Projections that are not plain `nn.Linear` (quantized modules from optimum-quanto) are called
-as they are, unfused: their kernels stay the quantization's own.
+Projections that are not plain `nn.Linear` with an ordinary weight (optimum-quanto's
+quantized modules, torchao's quantized weight tensors) are called as they are, unfused:
+their kernels stay the quantization's own.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ class _Layer:
     gate_up: Any
     """A weight [2 * ffn, hidden] (fused) or a (gate, up) tuple of modules."""
     down: nn.Module
+
+
+def _plain(module: nn.Module) -> bool:
+    """An `nn.Linear` holding an ordinary tensor: not a quantized module (optimum-quanto
+    swaps the class) nor a quantized weight in a plain Linear (torchao swaps the tensor)."""
+    weight = getattr(module, "weight", None)
+    return type(module) is nn.Linear and isinstance(weight, torch.Tensor) and \
+        type(weight.data) is torch.Tensor
 
 
 def _fuse(mods: tuple[nn.Linear, ...]) -> tuple[Tensor, Tensor | None]:
@@ -141,8 +150,7 @@ class LeanDecoder:
         for layer in body.layers:
             a, m = layer.self_attn, layer.mlp
             q_k_v = (a.q_proj, a.k_proj, a.v_proj)
-            if all(type(p) is nn.Linear for p in q_k_v) and type(m.gate_proj) is nn.Linear \
-                    and type(m.up_proj) is nn.Linear:
+            if all(_plain(p) for p in (*q_k_v, m.gate_proj, m.up_proj)):
                 qkv, qkv_bias = _fuse(q_k_v)
                 gate_up, gate_up_bias = _fuse((m.gate_proj, m.up_proj))
                 if gate_up_bias is not None:

@@ -167,6 +167,9 @@ def _torchao(model: torch.nn.Module, q: Quantization, exclude: Sequence[str]) ->
 
     try:
         quantize_(model, config, filter_fn=only_linears)
+    except ImportError as e:  # a kernel package this layout needs (e.g. int4's mslk)
+        raise Unsupported(f"{q.id}: torchao's {q.weights} layout needs a package that is "
+                          f"not installed here: {one_line(e)}") from None
     except (RuntimeError, NotImplementedError, ValueError, AssertionError) as e:
         if is_oom(e):
             raise

@@ -144,3 +144,16 @@ def test_fused_engine_on_real_llama_weights(smollm2_cache: Path) -> None:  # noq
     assert engine.describe()["fused_projections"] is True
     assert torch.equal(loop, fused)
     assert len(set(loop[0].tolist())) > 1  # real text, not one repeated token
+
+
+def test_torchao_weights_in_plain_linears_are_not_fused() -> None:
+    built = _tiny()
+    quant.quantize(built.model, quant.QUANTIZATIONS["int8-ao"], quant.DEFAULT_EXCLUDE)
+    attn = built.model.model.layers[0].self_attn
+    assert type(attn.q_proj) is torch.nn.Linear  # torchao swaps the tensor, not the module
+    ids = _ids(2, 12, 9)
+    _, loop = LoopEngine(built.model, 8, None)(ids)
+    engine = FusedEngine(built.model, 8, None)
+    _, fused = engine(ids)
+    assert engine.describe()["fused_projections"] is False
+    assert torch.equal(fused, loop)

@@ -173,3 +173,14 @@ def test_out_of_memory_while_quantizing_stays_out_of_memory(
     with pytest.raises(RuntimeError, match="out of memory") as e:
         quant.quantize(_tiny().model, quant.QUANTIZATIONS["int8"], quant.DEFAULT_EXCLUDE)
     assert not isinstance(e.value, Unsupported)  # classified as `oom` by the runner
+
+
+def test_a_missing_torchao_kernel_package_is_unsupported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchao.quantization
+
+    def needs(*args: object, **kwargs: object) -> None:
+        raise ImportError("Requires mslk >= 1.0.0")
+
+    monkeypatch.setattr(torchao.quantization, "quantize_", needs)
+    with pytest.raises(Unsupported, match="int4-ao: torchao's int4 layout needs a package.*mslk"):
+        quant.quantize(_tiny().model, quant.QUANTIZATIONS["int4-ao"], quant.DEFAULT_EXCLUDE)
