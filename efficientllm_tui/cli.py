@@ -30,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", metavar="PATH", help="database file (default: DATA_DIR/efficientllm.duckdb)")
+    p.add_argument("--db", metavar="PATH",
+                   help="database file (default: DATA_DIR/efficientllm.duckdb)")
 
 
 def build_parser() -> argparse.ArgumentParser:

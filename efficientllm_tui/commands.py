@@ -8,10 +8,12 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import efficientllm_data
+
 from profiling import client
 from profiling import home as homes
 from runners.protocol import Event, ProtocolError, RunSpec, parse_set
@@ -204,7 +206,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _queued_row(spec: Any, pid: int) -> dict[str, Any]:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     entry = efficientllm_data.find_technique(spec.technique) or {}
     return {"run_id": spec.run_id, "family": spec.family, "technique": spec.technique,
@@ -214,7 +216,7 @@ def _queued_row(spec: Any, pid: int) -> dict[str, Any]:
             "dataset": spec.dataset, "params": json.dumps(dict(spec.params), sort_keys=True),
             "group_name": entry.get("group"), "simulated": spec.simulate_gpu,
             "status": "running", "pid": pid,
-            "created_at": datetime.fromtimestamp(spec.created_ns / 1e9, tz=timezone.utc)}
+            "created_at": datetime.fromtimestamp(spec.created_ns / 1e9, tz=UTC)}
 
 
 class _Progress:

@@ -14,10 +14,12 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import efficientllm_data
+
 from profiling import home as homes
 from profiling import metrics as pm
 from profiling import spool
@@ -211,9 +213,9 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
 def _ts(t_ns: int | None) -> Any:
     if t_ns is None:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(t_ns / 1e9, tz=timezone.utc)
+    return datetime.fromtimestamp(t_ns / 1e9, tz=UTC)
 
 
 def _step_row(e: Event) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import efficientllm_data
+
 from profiling import home as homes
 from runners.protocol import (
     EVENTS_FILE,
@@ -64,7 +65,8 @@ def resolve_model(model: str) -> dict[str, Any] | None:
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model):
         return None  # an offline Hugging Face cache id (org/name): the runner resolves it
     ids = sorted(m["id"] for m in efficientllm_data.catalog()["models"])
-    raise BadInput(f"unknown model {model!r}; known: {', '.join(ids)} (or a local weights dir, or an org/name entry of the offline Hugging Face cache)")
+    raise BadInput(f"unknown model {model!r}; known: {', '.join(ids)} (or a local weights dir, "
+                   "or an org/name entry of the offline Hugging Face cache)")
 
 
 def build_spec(*, model: str, technique: str, family: str | None = None, device: str = "auto",

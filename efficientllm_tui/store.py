@@ -311,7 +311,8 @@ def _leaderboard_sql(selected: bool = False) -> str:
     Score is the paper's min-max normalisation to [0.1, 1] within (family, group_name, model,
     device, simulated, metric): runs on another device, or simulated ones, are never ranked
     against each other. Lower-is-better metrics flipped, 1.0 when every value is equal;
-    rank 1 is best (ties share a rank). `simulated` is carried along so simulated rows can be labelled.
+    rank 1 is best (ties share a rank). `simulated` is carried along so simulated rows can be
+    labelled.
     """
     directions = ", ".join(f"('{k}', {str(v).lower()})" for k, v in METRIC_DIRECTIONS.items())
     only = "\n    AND list_contains(?, r.run_id)" if selected else ""

@@ -241,8 +241,8 @@ class Event:
     @classmethod
     def started(cls, *, pid: int, host: str, device: str, versions: Mapping[str, str | None],
                 **extra: Any) -> Event:
-        return cls(time.time_ns(), "started",
-                   {"pid": pid, "host": host, "device": device, "versions": dict(versions), **extra})
+        return cls(time.time_ns(), "started", {"pid": pid, "host": host, "device": device,
+                                               "versions": dict(versions), **extra})
 
     @classmethod
     def phase(cls, name: str, **extra: Any) -> Event:
