@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="runs side by side with the paper's scores and ranks")
     p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--plot", metavar="FILE.svg",
+                   help="also write an SVG chart: one panel per metric, one bar per run")
+    p.add_argument("--metrics", metavar="A,B,C",
+                   help="the chart's metrics, comma-separated (default: every stored one)")
     p.add_argument("--json", action="store_true")
     _add_db(p)
 

@@ -21,6 +21,7 @@ from runners.protocol import Event, ProtocolError, RunSpec, parse_set
 from . import ingest, launcher
 from .cli import db_path, emit_json, format_rows
 from .display import num as _fmt
+from .display import run_label
 from .errors import BadInput, DatabaseLocked, EfficientLLMError
 from .store import Store
 
@@ -349,6 +350,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from . import plot
+
+    if args.metrics is not None and args.plot is None:
+        raise BadInput("--metrics chooses the chart's panels; give --plot FILE.svg with it")
+    plot_path = plot.check_path(args.plot) if args.plot is not None else None
     store = _store(args, _home())
     runs = []
     for rid in args.run_ids:
@@ -356,19 +362,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if run is None:
             raise BadInput(f"no run {rid!r} in {store.path}")
         runs.append(run)
+    chosen: list[str] = []
+    if plot_path is not None:  # written before any output: a failure leaves stdout empty
+        chosen = plot.choose_metrics(runs, args.metrics)
+        plot.write_svg(plot_path, plot.render_svg(runs, chosen))
     board = store.leaderboard(run_ids=args.run_ids)
     names = sorted({n for r in runs for n in (r.get("metrics") or {})})
     if args.json:
         emit_json({"runs": [_run_doc(r, r.get("status", "")) for r in runs],
                    "leaderboard": board})
-        return 0
-    cols = ["metric"] + [f"{r['technique']} ({r['run_id'][-12:]})" for r in runs]
-    rows = [[n] + [(r.get("metrics") or {}).get(n, (None,))[0] for r in runs] for n in names]
-    _table(cols, rows, title="raw metrics")
-    if board:
-        bcols = ["run_id", "technique", "metric", "value", "score", "rank"]
-        _table(bcols, [[b.get(c) for c in bcols] for b in board],
-               title="paper normalisation: score in [0.1, 1] (higher is better), rank 1 = best")
+    else:
+        cols = ["metric"] + [run_label(r) for r in runs]
+        rows = [[n] + [(r.get("metrics") or {}).get(n, (None,))[0] for r in runs]
+                for n in names]
+        _table(cols, rows, title="raw metrics")
+        if board:
+            bcols = ["run_id", "technique", "metric", "value", "score", "rank"]
+            _table(bcols, [[b.get(c) for c in bcols] for b in board],
+                   title="paper normalisation: score in [0.1, 1] (higher is better), "
+                   "rank 1 = best")
+    if plot_path is not None:
+        print(f"wrote a chart of {len(runs)} run(s) x {len(chosen)} metric(s) to {plot_path}",
+              file=sys.stderr)
     return 0
 
 

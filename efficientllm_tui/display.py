@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 GIB = 1024**3
@@ -105,6 +106,19 @@ def ago(seconds: float | None) -> str:
 def short_id(run_id: str, width: int = 22) -> str:
     """A run id cut from the left when long (the tail names the pair, the head the time)."""
     return run_id if len(run_id) <= width else "…" + run_id[-(width - 1) :]
+
+
+def run_label(run: Mapping[str, Any], width: int | None = None) -> str:
+    """`technique (id tail)`: how `compare` names a run in its table and its chart.
+
+    Args:
+        run: A runs record (technique, run_id).
+        width: Cut a long technique (never the id) so the label fits this many characters.
+    """
+    technique, tail = str(run.get("technique")), f" ({str(run.get('run_id'))[-12:]})"
+    if width is not None and len(technique) + len(tail) > width:
+        technique = technique[: max(1, width - len(tail) - 1)] + "…"
+    return technique + tail
 
 
 def status_style(status: str | None) -> str:
