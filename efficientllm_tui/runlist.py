@@ -1,8 +1,7 @@
 """The run history query behind the Runs screen: filters typed by a user, one page at a time.
 
-Exact filters (family, model, technique, status) go through `Store.list_runs`. Free text and
-dates are not among its parameters, so those pages come from an equivalent read-only SQL
-query through `Store.query` (same columns, same NULLS LAST ordering).
+Every filter (exact family, model, technique and status, free-text words, dates) is a
+parameter of `Store.list_runs`, which reads the page.
 """
 
 from __future__ import annotations
@@ -47,10 +46,6 @@ class RunFilter:
     on: date | None = None
     """Runs started on this day (UTC)."""
 
-    @property
-    def exact_only(self) -> bool:
-        return not self.words and self.since is None and self.on is None
-
     @classmethod
     def parse(cls, text: str, *, family: str | None = None, status: str | None = None) -> RunFilter:
         """`model:tiny t:fp32,bf16 since:2026-11-01 oom` -> a filter; BadInput when malformed."""
@@ -91,64 +86,19 @@ def fetch_runs(
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     """One page of runs rows with the list metrics, filtered and ordered."""
-    if flt.exact_only:
-        return store.list_runs(
-            family=flt.family or None,
-            model=flt.model or None,
-            technique=flt.technique or None,
-            status=flt.status or None,
-            limit=limit,
-            offset=offset,
-            order_by=order_by,
-            descending=descending,
-        )
-    from .store import LIST_METRIC_COLUMNS, RUN_COLUMNS
-
-    if order_by not in RUN_COLUMNS and order_by not in LIST_METRIC_COLUMNS:
-        raise BadInput(f"cannot order runs by {order_by!r}")
-    where: list[str] = []
-    params: list[Any] = []
-    for col in ("family", "model", "technique", "status"):
-        values = getattr(flt, col)
-        if values:
-            where.append(f"list_contains(?, r.{col})")
-            params.append(list(values))
-    for word in flt.words:
-        where.append(
-            "contains(lower(concat_ws(' ', r.run_id, r.model, r.technique, "
-            "coalesce(r.error_text, ''))), ?)"
-        )
-        params.append(word)
-    if flt.since is not None:
-        where.append("r.started_at >= CAST(? AS DATE)")
-        params.append(flt.since.isoformat())
-    if flt.on is not None:
-        where.append("CAST(r.started_at AS DATE) = CAST(? AS DATE)")
-        params.append(flt.on.isoformat())
-    cond = "WHERE " + " AND ".join(where)
-    direction = "DESC" if descending else "ASC"
-    pivot = ", ".join(
-        f"max(m.value) FILTER (WHERE m.name = '{n}') AS \"{n}\"" for n in LIST_METRIC_COLUMNS
+    return store.list_runs(
+        family=flt.family or None,
+        model=flt.model or None,
+        technique=flt.technique or None,
+        status=flt.status or None,
+        words=flt.words,
+        since=flt.since,
+        on=flt.on,
+        limit=limit,
+        offset=offset,
+        order_by=order_by,
+        descending=descending,
     )
-    metric_cols = ", ".join(f'p."{n}"' for n in LIST_METRIC_COLUMNS)
-    if order_by in RUN_COLUMNS:
-        order = f'"{order_by}" {direction} NULLS LAST, run_id {direction}'
-        sql = f"""
-WITH page AS (SELECT r.* FROM runs r {cond} ORDER BY {order} LIMIT ? OFFSET ?),
-p AS (SELECT m.run_id, {pivot} FROM metrics m
-      WHERE m.run_id IN (SELECT run_id FROM page) GROUP BY m.run_id)
-SELECT page.*, {metric_cols} FROM page LEFT JOIN p ON p.run_id = page.run_id ORDER BY {order}"""
-    else:
-        order = f'p."{order_by}" {direction} NULLS LAST, r.run_id {direction}'
-        sql = f"""
-WITH p AS (SELECT m.run_id, {pivot} FROM metrics m GROUP BY m.run_id)
-SELECT r.*, {metric_cols} FROM runs r LEFT JOIN p ON p.run_id = r.run_id {cond}
-ORDER BY {order} LIMIT ? OFFSET ?"""
-    params += [int(limit), int(offset)]
-    if not store.path.exists():
-        return []
-    result = store.query(sql, params=params)
-    return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
 
 def describe(flt: RunFilter) -> str:

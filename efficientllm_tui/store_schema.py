@@ -1,0 +1,241 @@
+"""The store's schema as text: the tables, views and migrations of the DuckDB file, and the
+column names the rest of the app uses to talk about it.
+
+No `duckdb` import here (efficientllm_tui.store is the only module with one): the migrations
+run on a connection the store opens and passes in. The schema is versioned (`schema_meta`);
+migrations run in one transaction on a write open, and a file written by a newer efficientllm
+is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from efficientllm_tui.errors import StoreError
+
+# --------------------------------------------------------------------------- constants
+
+METRIC_DIRECTIONS: dict[str, bool] = {
+    "amu": False,
+    "pcu": True,
+    "al_s": False,
+    "tt": True,
+    "st": True,
+    "it": True,
+    "aec_w": False,
+    "mcr": True,
+    "eval_ppl": False,
+    "loss": False,
+}
+"""Leaderboard metrics and their direction: True when a higher value is better."""
+
+RUN_METRIC_COLUMNS: tuple[str, ...] = tuple(
+    """amu amu_gib peak_allocated_gib peak_reserved_gib pcu al_s al_p50_s al_p90_s al_p99_s
+    tt st it ttft_s tpot_s aec_w energy_j energy_integral_j mcr tokens_per_s j_per_token mfu
+    trainable_params total_params loss eval_ppl""".split()
+)
+"""Metric names pivoted into columns of the `run_metrics` view (DESIGN.md section 6)."""
+
+LIST_METRIC_COLUMNS: tuple[str, ...] = tuple(
+    "amu amu_gib pcu al_s tt st it ttft_s aec_w energy_j mcr eval_ppl loss".split()
+)
+"""The metric columns `list_runs` adds to each runs row (what a run table shows)."""
+
+# Schema version 1, frozen: a later version adds columns in a new migration (ALTER TABLE)
+# and updates COLUMNS, so the meaning of an old migration never changes.
+_V1_TABLES: dict[str, str] = {
+    "runs": """run_id VARCHAR PRIMARY KEY, family VARCHAR, technique VARCHAR, model VARCHAR,
+        group_name VARCHAR, device VARCHAR, seed INTEGER, batch_size INTEGER, seq_len INTEGER,
+        new_tokens INTEGER, steps INTEGER, warmup INTEGER, dataset VARCHAR, params JSON,
+        simulated BOOLEAN, weights VARCHAR, status VARCHAR, error_type VARCHAR,
+        error_text VARCHAR, created_at TIMESTAMPTZ, started_at TIMESTAMPTZ,
+        ended_at TIMESTAMPTZ, host VARCHAR, pid INTEGER, contended BOOLEAN,
+        torch_version VARCHAR, transformers_version VARCHAR, peft_version VARCHAR,
+        quanto_version VARCHAR, driver_version VARCHAR, cuda_version VARCHAR, gpu_name VARCHAR,
+        pcu_source VARCHAR, info JSON, ingested_at TIMESTAMPTZ""",
+    # Exactly profiling.sample.FIELD_NAMES after run_id (a test holds them together).
+    "samples": """run_id VARCHAR NOT NULL, t_ns BIGINT NOT NULL, host VARCHAR,
+        device VARCHAR NOT NULL, source VARCHAR NOT NULL, mem_used_bytes BIGINT,
+        mem_total_bytes BIGINT, util_pct DOUBLE, sm_active_pct DOUBLE, tensor_active_pct DOUBLE,
+        dram_active_pct DOUBLE, power_w DOUBLE, sm_clock_mhz DOUBLE, temp_c DOUBLE,
+        cpu_pct DOUBLE, rss_bytes BIGINT""",
+    "steps": """run_id VARCHAR NOT NULL, step INTEGER, phase VARCHAR, t_ns BIGINT,
+        latency_s DOUBLE, tokens BIGINT, samples BIGINT, loss DOUBLE, lr DOUBLE, ttft_s DOUBLE,
+        extra JSON""",
+    "windows": """run_id VARCHAR NOT NULL, name VARCHAR, device VARCHAR, t0_ns BIGINT,
+        t1_ns BIGINT, energy_j DOUBLE, energy_source VARCHAR""",
+    # seq keeps file order for replay: t_ns alone ties when events come in one tick.
+    "events": """run_id VARCHAR NOT NULL, seq INTEGER NOT NULL, t_ns BIGINT, kind VARCHAR,
+        payload JSON""",
+    "metrics": """run_id VARCHAR NOT NULL, name VARCHAR NOT NULL, value DOUBLE, unit VARCHAR,
+        source VARCHAR, PRIMARY KEY (run_id, name)""",
+}
+
+
+def _columns(spec: str) -> dict[str, str]:
+    """Column name -> DuckDB type of a CREATE TABLE body; table constraints are skipped."""
+    out = {}
+    for part in re.split(r",(?![^()]*\))", spec):
+        name, typ = part.split()[:2]
+        if name.upper() not in ("PRIMARY", "UNIQUE", "CHECK", "FOREIGN"):
+            out[name] = typ
+    return out
+
+
+COLUMNS: dict[str, dict[str, str]] = {t: _columns(spec) for t, spec in _V1_TABLES.items()}
+"""Every table's columns (name -> DuckDB type) in the current schema version."""
+
+RUN_COLUMNS: dict[str, str] = COLUMNS["runs"]
+"""Columns of `runs`, the keys a run row may have."""
+
+WEIGHTS = ("random", "real")
+"""Allowed values of `runs.weights` (NULL when unknown)."""
+
+DATA_TABLES = ("samples", "steps", "windows", "events", "metrics")
+"""Tables holding rows of a run besides `runs`; each has a `run_id` column."""
+
+EXPORT_ORDER: dict[str, str] = {
+    "run_metrics": "run_id",
+    "runs": "run_id",
+    "metrics": "run_id, name",
+    "samples": "run_id, device, t_ns",
+    "steps": "run_id, t_ns, step",
+    "windows": "run_id, t0_ns",
+    "events": "run_id, seq",
+    "leaderboard": "family, group_name, model, metric, rank, run_id",
+}
+"""What `export` may write (table names never come from the user unchecked), and the order."""
+
+EXPORT_FORMATS = ("json", "csv", "parquet")
+
+_UTC = timezone.utc  # noqa: UP017 (datetime.UTC needs Python 3.11)
+_MIGRATION_LOCK = threading.Lock()  # two threads of one process share a DuckDB instance
+
+# --------------------------------------------------------------------------- views & migrations
+
+
+def _run_metrics_sql() -> str:
+    """The run_metrics view: one row a run, the metrics pivoted by conditional aggregation."""
+    pivot = ",\n  ".join(
+        f"max(m.value) FILTER (WHERE m.name = '{n}') AS \"{n}\"" for n in RUN_METRIC_COLUMNS
+    )
+    keys = "r.run_id, r.family, r.technique, r.model, r.group_name, r.status, r.simulated"
+    return f"""
+SELECT {keys}, r.started_at,
+  {pivot}
+FROM runs r LEFT JOIN metrics m ON m.run_id = r.run_id
+GROUP BY {keys}, r.started_at"""
+
+
+def leaderboard_sql(selected: bool = False) -> str:
+    """The leaderboard query; `selected` adds a `?` parameter: a list of run ids to rank.
+
+    Score is the paper's min-max normalisation to [0.1, 1] within (family, group_name, model,
+    device, simulated, metric): runs on another device, or simulated ones, are never ranked
+    against each other. Lower-is-better metrics flipped, 1.0 when every value is equal;
+    rank 1 is best (ties share a rank). `simulated` is carried along so simulated rows can be
+    labelled.
+    """
+    directions = ", ".join(f"('{k}', {str(v).lower()})" for k, v in METRIC_DIRECTIONS.items())
+    only = "\n    AND list_contains(?, r.run_id)" if selected else ""
+    return f"""
+WITH dirs(metric, higher_is_better) AS (VALUES {directions}),
+vals AS (
+  SELECT r.run_id, r.family, r.group_name, r.model, r.device, r.technique,
+         m.name AS metric, m.value, d.higher_is_better, coalesce(r.simulated, false) AS simulated
+  FROM runs r JOIN metrics m ON m.run_id = r.run_id JOIN dirs d ON d.metric = m.name
+  WHERE r.status = 'ok' AND m.value IS NOT NULL AND NOT isnan(m.value){only}
+),
+bounds AS (
+  SELECT *, min(value) OVER w AS lo, max(value) OVER w AS hi
+  FROM vals WINDOW w AS (PARTITION BY family, group_name, model, device, simulated, metric)
+),
+scored AS (
+  SELECT *, CASE WHEN hi = lo THEN 1.0
+                 WHEN higher_is_better THEN 0.1 + 0.9 * (value - lo) / (hi - lo)
+                 ELSE 0.1 + 0.9 * (hi - value) / (hi - lo) END AS score
+  FROM bounds
+)
+SELECT run_id, family, group_name, model, technique, metric, value, higher_is_better, score,
+       rank() OVER (PARTITION BY family, group_name, model, device, simulated, metric
+                    ORDER BY score DESC) AS rank,
+       simulated
+FROM scored"""
+
+
+def _migrate_to_1(con: Any) -> None:
+    """Version 1: the tables of DESIGN.md section 5."""
+    for table, spec in _V1_TABLES.items():
+        con.execute(f"CREATE TABLE {table} ({spec})")
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_migrate_to_1]
+"""MIGRATIONS[v] takes a database from schema version v to v + 1.
+
+Views are derived, not migrated: they are recreated from the current code after every
+migration, so a change to a view (or to METRIC_DIRECTIONS) ships as a new, possibly empty,
+migration that bumps the version."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this code writes and understands."""
+
+
+def schema_version(con: Any) -> int:
+    """The schema version of the open database (0 for a file without `schema_meta`)."""
+    row = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name = 'schema_meta'"
+    ).fetchall()
+    if not row[0][0]:
+        return 0
+    # fetchall, never fetchone: DuckDB 2 refuses new work while a result is unfinished.
+    rows = con.execute("SELECT value FROM schema_meta WHERE key = 'schema_version'").fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+def too_new(path: Path, version: int) -> StoreError:
+    """The error for a file whose schema `version` is newer than SCHEMA_VERSION."""
+    return StoreError(
+        f"database {path} has schema version {version}, newer than this efficientllm "
+        f"understands ({SCHEMA_VERSION}); upgrade efficientllm (pip install -U "
+        "efficientllm-tui) or pass --db with another path",
+        "Database too new",
+    )
+
+
+def migrate(con: Any, path: Path) -> None:
+    """Bring the open (read-write) database to SCHEMA_VERSION in one transaction.
+
+    Raises:
+        StoreError: The file's schema is newer than this code understands.
+    """
+    with _MIGRATION_LOCK:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            version = schema_version(con)
+            if version > SCHEMA_VERSION:
+                raise too_new(path, version)
+            if version < SCHEMA_VERSION:
+                con.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_meta "
+                    "(key VARCHAR PRIMARY KEY, value VARCHAR)"
+                )
+                for migration in MIGRATIONS[version:]:
+                    migration(con)
+                con.execute("CREATE OR REPLACE VIEW run_metrics AS" + _run_metrics_sql())
+                con.execute("CREATE OR REPLACE VIEW leaderboard AS" + leaderboard_sql())
+                con.execute(
+                    "INSERT OR REPLACE INTO schema_meta VALUES "
+                    "('schema_version', ?), ('migrated_at', ?)",
+                    [str(SCHEMA_VERSION), datetime.now(_UTC).isoformat()],
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
