@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from runners.catalog import ModelCard
 from runners.decoder import LossOut, ParamCounts, lm_loss
-from runners.training import LossOptions
+from runners.xent import LossOptions
 
 KINDS = ("mamba", "rwkv", "pythia")
 WIDTH_MULTIPLE = 64

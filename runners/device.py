@@ -1,5 +1,5 @@
-"""The device a run uses: resolving `auto`, syncing it, its memory counters, and the
-versions of the stack that ran on it (for the `started` event)."""
+"""The device a run uses: resolving `auto`, syncing it, its memory counters, its measurement
+windows, and the versions of the stack that ran on it (for the `started` event)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+from profiling.window import WindowMeter, rapl_energy_reader
 from runners.errors import Unsupported
 
 GIB = float(2**30)
@@ -136,3 +137,20 @@ def gpu_name(device: str) -> str | None:
     import torch
 
     return torch.cuda.get_device_name(torch.device(device))
+
+
+def window_meter(device: str, sync: Callable[[], None] | None, sample_device: str
+                 ) -> WindowMeter:
+    """Windows on `device`: NVML energy for GPUs, RAPL for the CPU (where readable), from
+    profiling.energy; without it (an older profiling package), RAPL on CPU only."""
+    reader, source = None, None
+    try:
+        from profiling.energy import energy_reader_for
+
+        reader, source = energy_reader_for(device)
+    except ImportError:
+        if device == "cpu":
+            reader = rapl_energy_reader()
+            source = "rapl" if reader is not None else None
+    return WindowMeter(sync=sync, energy_reader=reader, device=sample_device,
+                       energy_source=source)

@@ -14,7 +14,7 @@ materialise full fp32 logits. With `compile` (default `auto`: on CUDA, for full 
 plain-LoRA family) the decoder blocks are torch.compile'd, which fuses the elementwise work
 around the matmuls (norms, RoPE, SwiGLU, residual adds, and LoRA's dropout, scale and add);
 the compilation runs in a `compile` phase before the warm-up window, and a compiler failure
-falls back to eager.
+falls back to eager (runners.compilation).
 
 Model FLOPs per trained token, the numerator of `mfu` (N = every parameter of the model as
 trained, adapters included; L layers, d = heads x head dim, T = sequence length; the
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -47,6 +46,20 @@ from profiling.window import WindowMeter, WindowResult, rapl_energy_reader
 from runners import device as dev
 from runners import model as model_mod
 from runners import peft_methods, sft, training
+from runners.compilation import (
+    COMPILE_ALIASES,
+    COMPILE_MODES,
+    Compiler,
+    compile_pass,
+    fall_back,
+    resolve_compile,
+)
+
+# The compile orchestration moved to runners.compilation; these names stay importable here.
+from runners.compilation import COMPILE_AUTO as COMPILE_AUTO
+from runners.compilation import RECOMPILE_LIMIT as RECOMPILE_LIMIT
+from runners.compilation import graph_count as graph_count
+from runners.compilation import interrupted as _interrupted
 from runners.errors import BadInput
 from runners.family import Family, FamilyConfig, register
 from runners.protocol import Event, Metric, RunResult
@@ -56,111 +69,6 @@ DISTINCT_MICRO_BATCHES = 64
 """Distinct micro-batches built per run; longer runs cycle through them (content does not
 change what a step costs)."""
 ADAPTER_DIR = "adapter"
-
-COMPILE_MODES = ("auto", "off", "layers", "model")
-COMPILE_ALIASES = {"true": "layers", "on": "layers", "yes": "layers", "1": "layers",
-                   "false": "off", "no": "off", "0": "off", "none": "off"}
-COMPILE_AUTO = frozenset({"full", "lora", "lora-plus", "rslora", "pissa", "olora"})
-"""Techniques `compile=auto` compiles on CUDA. `full` and `lora` were measured compiled
-(docs/benchmarks.md, Fine-tuning; one H200, 2026-11-27): 1.27x and 1.41x the eager tokens/s
-on the Qwen2.5-1.5B shape, full 1.37x on 0.5B, the same loss curve, less memory, 2-11 s of
-compilation, nothing recompiled after the compile phase. lora-plus, rslora, pissa and olora
-run peft's very same LoRA layer (they differ in the optimizer, the scale or the
-initialisation). The others were not measured compiled, so they stay eager."""
-RECOMPILE_LIMIT = 32
-"""Dynamo's per-code cache limit while a run compiles (default 8): every compiled block
-shares nn.Module's call code, so variants (freeze's trained and frozen blocks, an input
-that turns dynamic) must never push blocks silently back to eager."""
-
-
-def resolve_compile(requested: str, device: str, technique: str) -> str:
-    """The compile mode a run uses: `requested` unless it is `auto`, which is `layers` on
-    CUDA for the techniques of COMPILE_AUTO and `off` otherwise (on CPU the compile time,
-    minutes for a small model, outweighs what a short run gains)."""
-    if requested != "auto":
-        return requested
-    return "layers" if device.startswith("cuda") and technique in COMPILE_AUTO else "off"
-
-
-class Compiler:
-    """torch.compile of a causal LM's decoder, and its fallback to eager.
-
-    `layers` compiles every decoder block (`nn.Module.compile`); the blocks run the same code
-    with parameters as graph inputs, so dynamo compiles one graph and every block reuses it.
-    `model` compiles the decoder stack (`lm.model`) as a whole. Nothing compiles until the
-    first call; `fallback` undoes the compilation, after which everything runs eagerly.
-    """
-
-    def __init__(self, mode: str, lm: Any, requested: str | None = None) -> None:
-        self.requested = requested or mode
-        self.mode = mode
-        self.modules: list[torch.nn.Module] = []
-        self.error: str | None = None
-        self.fallback_phase: str | None = None
-        self.compile_s: float | None = None
-        self.graphs: dict[str, int] = {}
-        if mode == "off":
-            return
-        import torch._dynamo
-
-        torch._dynamo.reset()  # graphs of an earlier model in this process are useless here
-        config = torch._dynamo.config
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(config, name):
-                setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
-                break
-        self.modules = (list(peft_methods.decoder_blocks(lm)) if mode == "layers"
-                        else [lm.model])
-        for module in self.modules:
-            module.compile()
-        self._last = graph_count()
-
-    @property
-    def active(self) -> bool:
-        return bool(self.modules)
-
-    def mark(self, name: str) -> None:
-        """Record how many graphs dynamo compiled since the previous mark, as `name`."""
-        if self.active:
-            now = graph_count()
-            self.graphs[name] = now - self._last
-            self._last = now
-
-    def fallback(self, exc: BaseException, phase: str) -> None:
-        """Undo the compilation after `exc` (raised in `phase`); later calls run eagerly."""
-        import torch._dynamo
-
-        from runners.errors import one_line
-
-        for module in self.modules:
-            module._compiled_call_impl = None
-        self.modules = []
-        torch._dynamo.reset()
-        self.error = one_line(exc)
-        self.fallback_phase = phase
-        self.mode = "off"
-
-    def eager(self) -> contextlib.AbstractContextManager[Any]:
-        """Within the block compiled modules run eagerly (evaluation: no grad-free
-        recompile)."""
-        if self.active and hasattr(torch.compiler, "set_stance"):
-            return torch.compiler.set_stance("force_eager")
-        return contextlib.nullcontext()
-
-    def facts(self) -> dict[str, Any]:
-        return {"compile": self.mode, "compile_requested": self.requested,
-                "compile_s": self.compile_s, "compile_graphs": dict(self.graphs) or None,
-                "compile_error": self.error, "compile_fallback_phase": self.fallback_phase}
-
-
-def graph_count() -> int:
-    """Graphs dynamo has compiled in this process."""
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:
-        return 0
-    return int(counters["stats"]["unique_graphs"])
-
 
 @dataclass(frozen=True)
 class FinetuningConfig(FamilyConfig):
@@ -414,7 +322,8 @@ class FinetuningFamily(Family[FinetuningConfig]):
                                       params=master.params if master else trainable,
                                       tap=tap, master=master)
             if compiler.active:
-                self._compile_pass(compiler, prepared.model, train_batches[0], amp)
+                compile_pass(compiler, prepared.model, train_batches[0], amp,
+                             device=c.device, ctx=ctx)
             self._steps("warmup", 0, c.warmup, train_batches, step, meter)
             compiler.mark("warmup")
             dev.reset_peak_memory(c.device)
@@ -539,43 +448,6 @@ class FinetuningFamily(Family[FinetuningConfig]):
         return WindowMeter(sync=dev.sync_fn(c.device), energy_reader=reader,
                            device=self.ctx.sample_device, energy_source=source)
 
-    def _compile_pass(self, compiler: Compiler, model: Any, batch: dict[str, torch.Tensor],
-                      amp: bool) -> None:
-        """Compile before the warm-up: one forward and backward through the compiled model,
-        its gradients discarded (no optimizer step, so nothing trains). A failure falls back
-        to eager."""
-        c, ctx = self.config, self.ctx
-        ctx.phase("compile", mode=compiler.mode, modules=len(compiler.modules))
-        t0 = time.perf_counter()
-        try:
-            n = max(1, training.count_tokens(batch)[1])
-            with training.autocast(c.device, amp):
-                loss = training.hf_loss(model, batch, n)
-            loss.backward()
-            del loss
-        except Exception as e:  # noqa: BLE001 - any compiler failure means eager
-            if _interrupted(e):
-                raise
-            self._fall_back(compiler, e, "compile", model)
-        finally:
-            for p in model.parameters():
-                p.grad = None
-            sync = dev.sync_fn(c.device)
-            if sync is not None:
-                sync()
-        compiler.compile_s = time.perf_counter() - t0
-        compiler.mark("compile")
-
-    def _fall_back(self, compiler: Compiler, exc: BaseException, phase: str,
-                   model: Any) -> None:
-        compiler.fallback(exc, phase)
-        for p in model.parameters():
-            p.grad = None
-        if self.config.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-        self.ctx.emit(Event.log(f"torch.compile failed in {phase}; running eager: "
-                                f"{compiler.error}", level="warning", phase=phase))
-
     def _steps(self, phase: str, first_step: int, count: int,
                batches: Sequence[dict[str, torch.Tensor]], step: training.TrainStep,
                meter: WindowMeter) -> tuple[list[training.StepStats], WindowResult | None]:
@@ -596,7 +468,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
                 # A recompile that fails: no optimizer step happened; redo the step eagerly.
                 if compiler is None or not compiler.active or _interrupted(e):
                     raise
-                self._fall_back(compiler, e, phase, step.model)
+                fall_back(compiler, e, phase, step.model, device=c.device, ctx=ctx)
                 stats = step(micro)
             out.append(stats)
             ctx.emit(Event.step(step=i, phase=phase, latency_s=stats.latency_s,
@@ -660,21 +532,6 @@ class FinetuningFamily(Family[FinetuningConfig]):
                      if k in ("precision", "base_dtype", "trainable_params", "total_params",
                               "base_params", "weights")})
         return info
-
-
-def _interrupted(exc: BaseException) -> bool:
-    """`exc` is, or wraps, a time limit running out (inductor wraps what interrupts it in
-    its own error): that must end the run, not send it to eager."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, (TimeoutError, KeyboardInterrupt)):
-            return True
-        seen.add(id(current))
-        inner = getattr(current, "inner_exception", None)  # dynamo's BackendCompilerFailed
-        current = (inner if isinstance(inner, BaseException)
-                   else current.__cause__ or current.__context__)
-    return False
 
 
 def _prompt_learning(prepared: peft_methods.Prepared) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from profiling import metrics as pm
-from profiling.window import WindowMeter, WindowResult, rapl_energy_reader
+from profiling.window import WindowMeter, WindowResult
 from runners import corpus as corpus_mod
 from runners import device as dev
 from runners import model as model_mod
@@ -238,7 +238,7 @@ class InferenceFamily(Family[InferenceConfig]):
         if pad is None:
             pad = getattr(tokenizer, "pad_token_id", None)
         engine, fallback = self._engine(built, sync, pad, requests[0])
-        meter = self._meter(sync)
+        meter = dev.window_meter(c.device, sync, ctx.sample_device)
 
         warm, _ = self._requests("warmup", requests[:c.warmup], engine, meter)
         dev.reset_peak_memory(c.device)
@@ -399,21 +399,6 @@ class InferenceFamily(Family[InferenceConfig]):
             cls = CompileEngine if name == CompileEngine.name else FusedEngine
             return cls(built.model, c.new_tokens, sync, pad, mode=c.compile_mode)
         return ENGINES[name](built.model, c.new_tokens, sync, pad)
-
-    def _meter(self, sync: Any) -> WindowMeter:
-        """Windows on this run's device: NVML energy for GPUs, RAPL for the CPU (where
-        readable), from profiling.energy; without it, RAPL on CPU only."""
-        reader, source = None, None
-        try:
-            from profiling.energy import energy_reader_for
-
-            reader, source = energy_reader_for(self.config.device)
-        except ImportError:
-            if self.config.device == "cpu":
-                reader = rapl_energy_reader()
-                source = "rapl" if reader is not None else None
-        return WindowMeter(sync=sync, energy_reader=reader, device=self.ctx.sample_device,
-                           energy_source=source)
 
     def _requests(self, phase: str, batches: Sequence[torch.Tensor], engine: Engine,
                   meter: WindowMeter) -> tuple[list[RequestTiming], WindowResult | None]:

@@ -43,7 +43,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 
 from profiling import metrics as pm
-from profiling.window import WindowMeter, WindowResult, rapl_energy_reader
+from profiling.window import WindowMeter, WindowResult
 from runners import baselines, textstream
 from runners import device as dev
 from runners.architecture import (
@@ -56,11 +56,12 @@ from runners.architecture import (
     decoder_rule,
     facts,
 )
+from runners.compilation import compile_decoder, dynamo_stats, eager_if
 from runners.decoder import Decoder, ParamCounts
 from runners.errors import BadInput
 from runners.family import Family, FamilyConfig, register
 from runners.protocol import Event, Metric, RunResult
-from runners.training import LossOptions, fp32_gemm_status
+from runners.xent import LossOptions, fp32_gemm_status
 
 SOURCE = "runner"
 LOSS_TAIL_STEPS = 5
@@ -270,25 +271,27 @@ class PretrainingFamily(Family[PretrainingConfig]):
             aux = values[1] if out.aux is not None else None
             return StepOut(latency, values[0], aux, lr, values[-1] if norm is not None else None)
 
-        compiled = self._compile(model, compile_on, ids[(starts[0][:, None] + offsets)
-                                                         % ids.shape[0]],
-                                 autocast_dtype, sync)
-        meter = self._meter(sync)
+        compiled = compile_decoder(model, compile_on,
+                                   ids[(starts[0][:, None] + offsets) % ids.shape[0]],
+                                   requested=c.compile, chunk_rows=c.loss_chunk_tokens or None,
+                                   autocast=lambda: self._autocast(autocast_dtype), sync=sync,
+                                   ctx=ctx)
+        meter = dev.window_meter(c.device, sync, ctx.sample_device)
         warm, _ = self._steps("warmup", range(c.warmup), step, meter)
-        graphs_before = _dynamo_stats()[0]
+        graphs_before = dynamo_stats()[0]
         dev.reset_peak_memory(c.device)
         measured, window = self._steps("measure", range(c.warmup, total_steps), step, meter)
         assert window is not None  # steps >= 1 (RunSpec checks it)
         peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
         if compiled["enabled"]:
-            compiled["graphs_compiled_in_measure"] = _dynamo_stats()[0] - graphs_before
+            compiled["graphs_compiled_in_measure"] = dynamo_stats()[0] - graphs_before
         model_facts = facts(model, variant, c.moe_match,
                             native_gqa=cuda and autocast_dtype is not None)
 
         ppl = None
         if c.eval_tokens and len(text.heldout) >= 2:
             ctx.phase("eval", tokens=len(text.heldout))
-            with _eager_if(compiled["enabled"]):  # eval shapes and no_grad: no recompiles
+            with eager_if(compiled["enabled"]):  # eval shapes and no_grad: no recompiles
                 ppl = self._perplexity(model, text.heldout, autocast_dtype)
         checkpoint = self._save(model, variant) if c.save else None
 
@@ -388,52 +391,6 @@ class PretrainingFamily(Family[PretrainingConfig]):
             return False
         return c.compile == "true" or c.device.startswith("cuda")
 
-    def _compile(self, model: Any, wanted: bool, rows: torch.Tensor,
-                 autocast_dtype: torch.dtype | None,
-                 sync: Callable[[], None] | None) -> dict[str, Any]:
-        """Compile the decoder's blocks and its loss chunk, then run one forward and backward
-        on the first batch (no optimizer step: the weights stay as they were) so every graph
-        is compiled before the warm-up window opens. A failure other than running out of
-        memory goes back to eager, its reason kept. Returns the `compile` info."""
-        c, ctx = self.config, self.ctx
-        info: dict[str, Any] = {"requested": c.compile, "enabled": False}
-        if not wanted:
-            if c.compile == "true":
-                info["reason"] = "only the decoder variants compile (transformers baselines " \
-                                 "run eager)"
-            return info
-        ctx.phase("compile")
-        t0 = time.perf_counter()
-        graphs0, breaks0 = _dynamo_stats()
-        try:
-            info["what"] = model.compile_blocks() + "; loss chunk (softmax, loss, gradient)"
-            with self._autocast(autocast_dtype):
-                out = model.forward_loss(rows[:, :-1], rows[:, 1:],
-                                         chunk_rows=c.loss_chunk_tokens or None)
-            out.loss.backward()
-            if sync is not None:
-                sync()
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any compiler failure: run eager instead
-            reason = f"{type(e).__name__}: {e}"[:500]
-            model.uncompile_blocks()
-            model.loss_options = LossOptions(compiled=False,
-                                             fp32_gemm=model.loss_options.fp32_gemm)
-            with contextlib.suppress(Exception):
-                torch._dynamo.reset()
-            info.update(enabled=False, fallback=reason)
-            ctx.emit(Event.log(f"torch.compile failed, running eager: {reason}"))
-            return info
-        finally:
-            model.zero_grad(set_to_none=True)
-        graphs1, breaks1 = _dynamo_stats()
-        info.update(enabled=True, backend="inductor", compile_s=time.perf_counter() - t0,
-                    graphs=graphs1 - graphs0, graph_breaks=breaks1 - breaks0)
-        ctx.emit(Event.log(f"compiled in {info['compile_s']:.1f} s: {info['graphs']} graphs, "
-                           f"{info['graph_breaks']} graph breaks"))
-        return info
-
     def _decoder_config(self, variant: Variant) -> Any:
         c = self.config
         return decoder_config(self.card, variant, c.seq_len, experts=c.experts, top_k=c.top_k,
@@ -449,20 +406,6 @@ class PretrainingFamily(Family[PretrainingConfig]):
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=c.lr,
                                  betas=(0.9, c.beta2), eps=1e-8,
                                  **({"fused": True} if cuda else {}))
-
-    def _meter(self, sync: Callable[[], None] | None) -> WindowMeter:
-        """Windows on this run's device; energy from NVML (GPU) or RAPL (CPU) where readable."""
-        reader, source = None, None
-        try:
-            from profiling.energy import energy_reader_for
-
-            reader, source = energy_reader_for(self.config.device)
-        except ImportError:  # an older profiling package: RAPL alone, CPU only
-            if self.config.device == "cpu":
-                reader = rapl_energy_reader()
-                source = "rapl" if reader is not None else None
-        return WindowMeter(sync=sync, energy_reader=reader, device=self.ctx.sample_device,
-                           energy_source=source)
 
     def _steps(self, phase: str, indices: range, step: Callable[[int], StepOut],
                meter: WindowMeter) -> tuple[list[StepOut], WindowResult | None]:
@@ -575,24 +518,6 @@ class PretrainingFamily(Family[PretrainingConfig]):
         elif self._model is not None:
             info["total_params"] = sum(p.numel() for p in self._model.parameters())
         return info
-
-
-def _dynamo_stats() -> tuple[int, int]:
-    """(graphs compiled so far, graph breaks so far) in this process, from dynamo's counters."""
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:  # pragma: no cover - a torch without dynamo
-        return 0, 0
-    return (int(counters["stats"].get("unique_graphs", 0)),
-            int(sum(counters["graph_break"].values())))
-
-
-def _eager_if(on: bool) -> contextlib.AbstractContextManager[Any]:
-    """Compiled functions run eagerly inside (torch.compiler.set_stance, torch 2.6+)."""
-    stance = getattr(torch.compiler, "set_stance", None)
-    if not on or stance is None:
-        return contextlib.nullcontext()
-    return stance("force_eager")
 
 
 def _loss_describe(options: LossOptions) -> str:

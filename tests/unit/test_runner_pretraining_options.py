@@ -141,10 +141,10 @@ def test_xent_chunk_matches_softmax_cross_entropy() -> None:
 
 
 def test_loss_options_path_equals_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runners import training
+    from runners import xent
 
     # The compiled-chunk loop with the chunk function run eagerly (no compile on CPU).
-    monkeypatch.setattr(training, "compiled_xent_chunk", lambda: training.xent_chunk)
+    monkeypatch.setattr(xent, "compiled_xent_chunk", lambda: xent.xent_chunk)
     torch.manual_seed(1)
     h = torch.randn(45, 16, requires_grad=True)
     w = torch.randn(70, 16, requires_grad=True)
