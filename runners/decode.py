@@ -344,12 +344,14 @@ class CompileEngine(GraphEngine):
 
     name = "compile"
     compiled = True
+    modes: tuple[str, ...] = ("default", "max-autotune-no-cudagraphs")
+    """torch.compile modes this engine takes (COMPILE_MODES below)."""
 
     def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
                  pad_token_id: int | None = None, mode: str = "default") -> None:
         super().__init__(model, new_tokens, sync, pad_token_id)
-        if mode not in COMPILE_MODES:
-            raise ValueError(f"compile mode {mode!r} not in {COMPILE_MODES}")
+        if mode not in self.modes:
+            raise ValueError(f"compile mode {mode!r} not in {self.modes}")
         self.mode = mode
         self._compiled: Callable[[], None] | None = None
         self.compile_s: float | None = None
@@ -409,15 +411,11 @@ class FusedEngine(CompileEngine):
     """
 
     name = "fused"
+    modes = (*CompileEngine.modes, "none")
 
     def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
                  pad_token_id: int | None = None, mode: str = "default") -> None:
-        GraphEngine.__init__(self, model, new_tokens, sync, pad_token_id)
-        if mode not in COMPILE_MODES + ("none",):
-            raise ValueError(f"compile mode {mode!r} not in {COMPILE_MODES + ('none',)}")
-        self.mode = mode
-        self._compiled = None
-        self.compile_s = None
+        super().__init__(model, new_tokens, sync, pad_token_id, mode)
         self._lean: Any = None
         self._compiles = False
 
@@ -458,7 +456,7 @@ class FusedEngine(CompileEngine):
         return out
 
 
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+COMPILE_MODES = CompileEngine.modes
 """torch.compile modes `compile` offers: inductor's default (fusion, cuBLAS matmuls) and
 autotuned Triton matmul templates with fused epilogues (minutes of compilation). `fused`
 also takes `none` (its lean step uncompiled)."""

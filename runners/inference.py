@@ -32,7 +32,6 @@ from runners import device as dev
 from runners import model as model_mod
 from runners import quantize as quant
 from runners.decode import (
-    COMPILE_MODES,
     ENGINES,
     CompileEngine,
     Engine,
@@ -134,8 +133,8 @@ class InferenceConfig(FamilyConfig):
         if self.engine != "auto" and self.engine not in ENGINES:
             raise BadInput(f"unknown engine {self.engine!r} (choose from auto, "
                            f"{', '.join(ENGINES)})")
-        modes = COMPILE_MODES + ("none",)
-        if self.compile_mode not in modes or (self.compile_mode == "none"
+        modes = FusedEngine.modes
+        if self.compile_mode not in modes or (self.compile_mode not in CompileEngine.modes
                                               and self.engine == CompileEngine.name):
             raise BadInput(f"unknown compile_mode {self.compile_mode!r} (choose from "
                            f"{', '.join(modes)}; none only with engine=fused)")
