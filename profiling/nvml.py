@@ -36,11 +36,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from profiling.backend import Backend, BackendUnavailable, WatchSet
+from profiling.backend import Backend, WatchSet
+from profiling.nvml_errors import (
+    NvmlDeviceLost,
+    NvmlError,
+    NvmlNoPermission,
+    NvmlNotSupported,
+    NvmlUnavailable,
+)
+from profiling.nvml_types import GpmReading, Gpu, GpuReading, pct
 from profiling.sample import Sample
+from profiling.visible_devices import VisibleDevicesError, parse_visible_devices
 
 try:
     import pynvml  # noqa: TID251 - the one module allowed to import it
@@ -94,30 +102,6 @@ POWER_AVERAGE = "average (nvmlDeviceGetPowerUsage, ~1 s window on Ampere and new
 
 
 # -- typed errors: the one mapping from NVML return codes -------------------------------------
-
-class NvmlError(Exception):
-    """An NVML call failed; `code` is the NVML return code (None when not from NVML)."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class NvmlUnavailable(NvmlError, BackendUnavailable):
-    """NVML cannot be used on this machine: no library, no driver, mismatch, no permission."""
-
-
-class NvmlNoPermission(NvmlUnavailable):
-    """NVML refused for lack of permission (a whole backend, or one reading)."""
-
-
-class NvmlDeviceLost(NvmlError):
-    """The GPU fell off the bus, needs a reset, or is no longer found."""
-
-
-class NvmlNotSupported(NvmlError):
-    """A feature the device or driver does not have (raised only where None cannot say it)."""
-
 
 _UNAVAILABLE_TEXT = {
     ERR_LIBRARY_NOT_FOUND: "NVML shared library not found (libnvidia-ml.so.1: no NVIDIA "
@@ -211,44 +195,6 @@ def _reset_process_session() -> None:
 
 # -- readings ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class GpuReading:
-    """One sweep of one GPU's NVML readings. None means unknown (unsupported or failed)."""
-
-    mem_used_bytes: int | None
-    """Device memory in use (nvmlDeviceGetMemoryInfo v2 where available, else v1)."""
-    mem_total_bytes: int | None
-    """Device memory size."""
-    mem_reserved_bytes: int | None
-    """Memory the driver and firmware set aside (v2 only)."""
-    util_pct: float | None
-    """utilization.gpu: percent of the last sample period in which a kernel ran."""
-    power_w: float | None
-    """Board power: instant field where supported, else the ~1 s average."""
-    sm_clock_mhz: float | None
-    """Current SM clock."""
-    temp_c: float | None
-    """GPU die temperature."""
-
-
-@dataclass(frozen=True, slots=True)
-class GpmReading:
-    """GPM metrics over one interval between two GPM samples."""
-
-    t_ns: int
-    """Wall clock of the later GPM sample."""
-    mono_s: float
-    """Monotonic clock of the later GPM sample (staleness check)."""
-    interval_s: float
-    """Seconds between the two GPM samples."""
-    sm_active_pct: float | None
-    """NVML_GPM_METRIC_SM_UTIL: percent of SMs busy, averaged over the interval."""
-    tensor_active_pct: float | None
-    """NVML_GPM_METRIC_ANY_TENSOR_UTIL."""
-    dram_active_pct: float | None
-    """NVML_GPM_METRIC_DRAM_BW_UTIL."""
-
-
 def _field_value(v: Any) -> float | None:
     """The number in one nvmlFieldValue_t, None when not supported."""
     if not _check_code(v.nvmlReturn):
@@ -257,34 +203,7 @@ def _field_value(v: Any) -> float | None:
     return float(getattr(v.value, attr)) if attr else None
 
 
-class _Gpu:
-    """One GPU: its handle, how each reading is taken, and what went wrong with it."""
-
-    def __init__(self, index: int, handle: Any) -> None:
-        self.index = index
-        self.device = f"gpu{index}"
-        self.handle = handle
-        self.name: str | None = None
-        self.uuid: str | None = None
-        self.memory_api: str | None = None
-        self.power_api: str | None = None
-        self.gpm_note: str | None = None
-        self.gpm_buffers: list[Any] = []
-        self.gpm_prev: tuple[Any, float, int] | None = None   # (buffer, mono_s, t_ns)
-        self.gpm: GpmReading | None = None
-        self.lost = False
-        self.lost_reason: str | None = None
-        self.read_errors = 0
-        self.last_error: str | None = None
-
-    def status(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "uuid": self.uuid,
-                "memory_api": self.memory_api, "power": self.power_api,
-                "gpm": self.gpm_note, "lost": self.lost, "lost_reason": self.lost_reason,
-                "read_errors": self.read_errors, "last_error": self.last_error}
-
-
-def _probe(gpu: _Gpu) -> None:
+def _probe(gpu: Gpu) -> None:
     """Decide, once, how each of this GPU's readings is taken."""
     h = gpu.handle
     gpu.name = _call(pynvml.nvmlDeviceGetName, h)
@@ -329,7 +248,7 @@ def _instant_power_mw(handle: Any) -> float | None:
     return _field_value(fields[0]) if fields else None
 
 
-def _read(gpu: _Gpu) -> GpuReading:
+def _read(gpu: Gpu) -> GpuReading:
     """One sweep of `gpu`; a failed reading is None (counted), a lost GPU raises."""
 
     def get(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -369,7 +288,7 @@ def _read(gpu: _Gpu) -> GpuReading:
                       temp_c=float(temp) if temp is not None else None)
 
 
-def _free_gpm(gpu: _Gpu) -> None:
+def _free_gpm(gpu: Gpu) -> None:
     for buf in gpu.gpm_buffers:
         try:
             _call(pynvml.nvmlGpmSampleFree, buf)
@@ -379,12 +298,7 @@ def _free_gpm(gpu: _Gpu) -> None:
     gpu.gpm_prev = None
 
 
-def _pct(v: float) -> float | None:
-    v = float(v)
-    return None if v != v else min(100.0, max(0.0, v))  # NaN is unknown, not 0
-
-
-def _gpm_poll(gpu: _Gpu, mono_s: float, t_ns: int, interval_s: float) -> GpmReading | None:
+def _gpm_poll(gpu: Gpu, mono_s: float, t_ns: int, interval_s: float) -> GpmReading | None:
     """Take a GPM sample; with an earlier one >= interval_s old, compute the metrics."""
     prev = gpu.gpm_prev
     if prev is not None and mono_s - prev[1] < interval_s - 1e-6:  # float slack only
@@ -411,7 +325,7 @@ def _gpm_poll(gpu: _Gpu, mono_s: float, t_ns: int, interval_s: float) -> GpmRead
     values: list[float | None] = []
     for i in range(len(_GPM_METRICS)):
         m = mg.metrics[i]
-        values.append(_pct(m.value) if _check_code(m.nvmlReturn) else None)
+        values.append(pct(m.value) if _check_code(m.nvmlReturn) else None)
     reading = GpmReading(t_ns=t_ns, mono_s=mono_s, interval_s=mono_s - prev[1],
                          sm_active_pct=values[0], tensor_active_pct=values[1],
                          dram_active_pct=values[2])
@@ -472,7 +386,7 @@ class NvmlBackend(Backend):
                 raise NvmlUnavailable(f"no GPU with NVML index {bad} (this machine has {count})")
             if not wanted:
                 raise NvmlUnavailable("NVML found no GPU on this machine")
-            self._gpus = [_Gpu(i, _call(pynvml.nvmlDeviceGetHandleByIndex, i)) for i in wanted]
+            self._gpus = [Gpu(i, _call(pynvml.nvmlDeviceGetHandleByIndex, i)) for i in wanted]
             for gpu in self._gpus:
                 try:
                     _probe(gpu)
@@ -561,7 +475,7 @@ class NvmlBackend(Backend):
             # A hair late rather than early: two samples < 100 ms apart are discarded.
             self._stop.wait(max(0.0, next_t - now) + 0.0005)
 
-    def _mark_lost(self, gpu: _Gpu, e: Exception) -> None:
+    def _mark_lost(self, gpu: Gpu, e: Exception) -> None:
         if not gpu.lost:
             gpu.lost = True
             gpu.lost_reason = f"{e}"
@@ -657,47 +571,6 @@ def nvml_energy_reader(index: int) -> Callable[[], float | None]:
 
 
 # -- CUDA device -> NVML index ----------------------------------------------------------------
-
-class VisibleDevicesError(ValueError):
-    """CUDA_VISIBLE_DEVICES does not let this CUDA device be mapped to an NVML index."""
-
-
-def parse_visible_devices(value: str, count: int, uuids: Callable[[], Sequence[str]]
-                          ) -> list[int]:
-    """NVML indices of the GPUs CUDA sees, in CUDA order, as CUDA reads CUDA_VISIBLE_DEVICES.
-
-    Entries are NVML indices or GPU UUIDs (`GPU-` followed by a unique prefix); like CUDA,
-    the list ends at the first entry that is invalid, out of range or repeated. MIG
-    instances (`MIG-...`) are refused with VisibleDevicesError: their NVML handles differ.
-    `uuids()` lists the UUIDs by NVML index; it is called only when an entry needs it.
-    """
-    out: list[int] = []
-    all_uuids: Sequence[str] | None = None
-    for raw in value.split(","):
-        entry = raw.strip()
-        if entry.upper().startswith("MIG-"):
-            raise VisibleDevicesError(
-                f"CUDA_VISIBLE_DEVICES={value!r} names a MIG instance; MIG devices are not "
-                "supported by the profiler (GPM and energy are per physical GPU)")
-        if entry.upper().startswith("GPU-"):
-            if all_uuids is None:
-                all_uuids = [u.upper() for u in uuids()]
-            hits = [i for i, u in enumerate(all_uuids) if u.startswith(entry.upper())]
-            if len(hits) != 1:
-                break  # unknown or ambiguous prefix ends the list, as in CUDA
-            index = hits[0]
-        else:
-            try:
-                index = int(entry)
-            except ValueError:
-                break
-            if not 0 <= index < count:
-                break
-        if index in out:
-            break
-        out.append(index)
-    return out
-
 
 @nvml_api
 def _gpu_uuids() -> list[str]:

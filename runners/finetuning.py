@@ -36,8 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -46,22 +45,19 @@ from profiling.window import WindowMeter, WindowResult, rapl_energy_reader
 from runners import device as dev
 from runners import model as model_mod
 from runners import peft_methods, sft, training
-from runners.compilation import (
-    COMPILE_ALIASES,
-    COMPILE_MODES,
-    Compiler,
-    compile_pass,
-    fall_back,
-    resolve_compile,
-)
 
-# The compile orchestration moved to runners.compilation; these names stay importable here.
+# The compile orchestration moved to runners.compilation and the config to
+# runners.finetuning_config; the `as` names and FinetuningConfig stay importable here.
+from runners.compilation import COMPILE_ALIASES as COMPILE_ALIASES
 from runners.compilation import COMPILE_AUTO as COMPILE_AUTO
+from runners.compilation import COMPILE_MODES as COMPILE_MODES
 from runners.compilation import RECOMPILE_LIMIT as RECOMPILE_LIMIT
+from runners.compilation import Compiler, compile_pass, fall_back, resolve_compile
 from runners.compilation import graph_count as graph_count
 from runners.compilation import interrupted as _interrupted
 from runners.errors import BadInput
-from runners.family import Family, FamilyConfig, register
+from runners.family import Family, register
+from runners.finetuning_config import FinetuningConfig
 from runners.protocol import Event, Metric, RunResult
 
 SOURCE = "runner"
@@ -69,128 +65,6 @@ DISTINCT_MICRO_BATCHES = 64
 """Distinct micro-batches built per run; longer runs cycle through them (content does not
 change what a step costs)."""
 ADAPTER_DIR = "adapter"
-
-@dataclass(frozen=True)
-class FinetuningConfig(FamilyConfig):
-    """A fine-tuning run: the RunSpec's fields plus the `--set` parameters below.
-
-    `batch_size` is the micro-batch (rows per forward); an optimizer step takes
-    `grad_accum` micro-batches. `steps` and `warmup` count optimizer steps.
-    """
-
-    family: ClassVar[str] = "finetuning"
-
-    rank: int = 64
-    """Adapter rank (LoRA family, VeRA, LoHa, LoKr; AdaLoRA's target rank)."""
-    alpha: float = 128.0
-    """LoRA alpha (scale alpha / rank; alpha / sqrt(rank) for rslora)."""
-    dropout: float = 0.1
-    """Adapter dropout (lora_dropout, vera_dropout; rank_dropout for LoHa/LoKr)."""
-    target_modules: str = "all-linear"
-    """`all-linear` or comma-separated module names the adapters wrap."""
-    freeze_k: int = peft_methods.DEFAULT_FREEZE_K
-    """`freeze`: how many of the last decoder blocks train."""
-    loraplus_ratio: float = 16.0
-    """`lora-plus`: learning rate of B over that of A."""
-    pissa_niter: int = 4
-    """`pissa`: fast-SVD iterations; 0 for the exact SVD."""
-    virtual_tokens: int = 20
-    """`prompt-tuning`: soft prompt length (added to every sequence)."""
-    adalora_init_r: int | None = field(default=None, metadata={"kind": int})
-    """`adalora`: starting rank; default 1.5 x rank."""
-    lr: float | None = field(default=None, metadata={"kind": float})
-    """Peak learning rate; default per technique (1e-4 for the LoRA family, 1e-5 full)."""
-    weight_decay: float = 0.0
-    lr_warmup_ratio: float = 0.1
-    """Share of all optimizer steps spent in the linear learning-rate warm-up."""
-    min_lr_ratio: float = 0.0
-    """Floor of the cosine decay, as a fraction of the peak learning rate."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping threshold; 0 disables clipping."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    grad_ckpt: bool = False
-    """Activation (gradient) checkpointing of the decoder blocks."""
-    precision: str = "auto"
-    """auto (bf16 on a bf16 GPU, else fp32), fp32, bf16 (bf16 compute, fp32 updates: full
-    and freeze keep fp32 master copies, peft adapters train in fp32 under autocast),
-    bf16-pure (all weights and optimizer state bf16, no master copy)."""
-    packing: bool = True
-    """Pack examples end to end into rows of exactly seq_len (no padding); false: one
-    example a row, right-padded."""
-    loss_chunk_rows: int | None = field(default=None, metadata={"kind": int})
-    """Rows per cross-entropy chunk; default about 1 GiB of fp32 logits; 0: the model's own
-    unchunked loss."""
-    eval_batches: int = 4
-    """Held-out micro-batches scored for eval_loss; 0 skips the evaluation."""
-    heldout_fraction: float = 0.1
-    """Share of the dataset's examples held out (never trained on)."""
-    save: bool = True
-    """Save what was trained under RUN_DIR/adapter/."""
-    compile: str = "auto"
-    """torch.compile: `layers` (each decoder block on its own; the blocks share one compiled
-    graph: PyTorch's regional compilation), `model` (the whole decoder as one graph), `off`,
-    or `auto`: `layers` on CUDA for the techniques of COMPILE_AUTO, off elsewhere. `true`
-    means `layers`, `false` means `off`. Compilation runs in a `compile` phase before the
-    warm-up (one forward and backward whose gradients are discarded); a compiler failure falls
-    back to eager (an event and `compile_error` in the result's info), never ends the run."""
-    peak_tflops: float | None = field(default=None, metadata={"kind": float})
-    """Dense bf16 peak in TFLOP/s for mfu; default: measured on the GPU at load; None on
-    CPU (no mfu)."""
-    threads: int | None = field(default=None, metadata={"kind": int})
-    """torch intra-op threads; default one fewer than the usable CPUs."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        checks = (
-            (self.rank >= 1, f"rank must be at least 1, got {self.rank}"),
-            (self.alpha > 0, f"alpha must be positive, got {self.alpha}"),
-            (0 <= self.dropout < 1, f"dropout must be within [0, 1), got {self.dropout}"),
-            (self.freeze_k >= 1, f"freeze_k must be at least 1, got {self.freeze_k}"),
-            (self.loraplus_ratio >= 1, f"loraplus_ratio must be >= 1, got {self.loraplus_ratio}"),
-            (self.pissa_niter >= 0, f"pissa_niter must be >= 0, got {self.pissa_niter}"),
-            (self.virtual_tokens >= 1, f"virtual_tokens must be >= 1, got {self.virtual_tokens}"),
-            (self.adalora_init_r is None or self.adalora_init_r >= self.rank,
-             f"adalora_init_r must be >= rank ({self.rank}), got {self.adalora_init_r}"),
-            (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.lr_warmup_ratio < 1,
-             f"lr_warmup_ratio must be within [0, 1), got {self.lr_warmup_ratio}"),
-            (0 <= self.min_lr_ratio <= 1,
-             f"min_lr_ratio must be within [0, 1], got {self.min_lr_ratio}"),
-            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
-            (self.grad_accum >= 1, f"grad_accum must be at least 1, got {self.grad_accum}"),
-            (self.precision in ("auto", *training.PRECISIONS),
-             f"unknown precision {self.precision!r} (choose from auto, "
-             f"{', '.join(training.PRECISIONS)})"),
-            (self.loss_chunk_rows is None or self.loss_chunk_rows >= 0,
-             f"loss_chunk_rows must be >= 0, got {self.loss_chunk_rows}"),
-            (self.eval_batches >= 0, f"eval_batches must be >= 0, got {self.eval_batches}"),
-            (0 <= self.heldout_fraction < 1,
-             f"heldout_fraction must be within [0, 1), got {self.heldout_fraction}"),
-            (self.peak_tflops is None or self.peak_tflops > 0,
-             f"peak_tflops must be positive, got {self.peak_tflops}"),
-            (self.threads is None or self.threads >= 1,
-             f"threads must be at least 1, got {self.threads}"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise BadInput(message)
-        peft_methods.parse_targets(self.target_modules)
-        text = str(self.compile).strip().lower()
-        mode = COMPILE_ALIASES.get(text, text)
-        if mode not in COMPILE_MODES:
-            raise BadInput(f"compile must be one of {', '.join(COMPILE_MODES)} (or true/false), "
-                           f"got {self.compile!r}")
-        object.__setattr__(self, "compile", mode)
-
-    def hyper(self) -> peft_methods.Hyper:
-        return peft_methods.Hyper(
-            rank=self.rank, alpha=self.alpha, dropout=self.dropout,
-            target_modules=self.target_modules, freeze_k=self.freeze_k,
-            loraplus_ratio=self.loraplus_ratio, pissa_niter=self.pissa_niter,
-            virtual_tokens=self.virtual_tokens, adalora_init_r=self.adalora_init_r,
-            total_steps=self.warmup + self.steps)
 
 
 def train_flops_per_token(*, total_params: int, trainable_params: int,
