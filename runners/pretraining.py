@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from dataclasses import asdict
+from typing import Any, NamedTuple
 
 import torch
 
@@ -49,7 +48,6 @@ from runners import device as dev
 from runners.architecture import (
     BASELINE,
     BASELINE_RULE,
-    MOE_MATCHES,
     VARIANTS,
     Variant,
     decoder_config,
@@ -59,127 +57,16 @@ from runners.architecture import (
 from runners.compilation import compile_decoder, dynamo_stats, eager_if
 from runners.decoder import Decoder, ParamCounts
 from runners.errors import BadInput
-from runners.family import Family, FamilyConfig, register
+from runners.family import Family, register
+
+# The config and its pure helpers moved to runners.pretraining_config; they stay importable here.
+from runners.pretraining_config import PretrainingConfig, lr_at, measure_matmul_tflops
 from runners.protocol import Event, Metric, RunResult
 from runners.xent import LossOptions, fp32_gemm_status
 
 SOURCE = "runner"
 LOSS_TAIL_STEPS = 5
 """`loss` is the mean cross-entropy of the last this-many measured steps."""
-PEAK_MATMUL_N = 8192
-"""Side of the square bf16 matmul whose rate is the measured peak."""
-
-
-PRECISIONS = ("auto", "bf16", "fp32")
-SWITCHES = ("auto", "true", "false")
-"""Values of `compile` and `checkpointing`."""
-
-
-@dataclass(frozen=True)
-class PretrainingConfig(FamilyConfig):
-    """A pretraining run: the RunSpec's fields plus the `--set` parameters below."""
-
-    family: ClassVar[str] = "pretraining"
-
-    lr: float = 6e-4
-    """Peak learning rate (AdamW)."""
-    lr_warmup_steps: int = -1
-    """Linear learning-rate warm-up steps; -1: a tenth of warmup + steps."""
-    min_lr_ratio: float = 0.1
-    """The cosine decay ends at this share of `lr` on the last step."""
-    weight_decay: float = 0.1
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    """Global gradient-norm clip; 0 turns it off."""
-    precision: str = "auto"
-    """`bf16` autocast (fp32 master weights), `fp32`, or `auto`: bf16 on CUDA, fp32 on CPU."""
-    peak_tflops: float | None = field(default=None, metadata={"kind": float})
-    """Dense bf16 peak for `mfu`; None: measured on the device before training (CUDA)."""
-    measure_peak: bool = True
-    """Measure the matmul peak when `peak_tflops` is not given (CUDA only)."""
-    eval_tokens: int = 4096
-    """Held-out tokens scored for `eval_ppl`; 0 skips the evaluation."""
-    save: bool = False
-    """Write RUN_DIR/checkpoint.pt (weights and config) after the run."""
-    threads: int | None = field(default=None, metadata={"kind": int})
-    """torch intra-op threads; None: one fewer than the CPUs this process may use."""
-    experts: int = 8
-    top_k: int = 2
-    moe_match: str = "flops"
-    """`flops` (equal active FLOPs) or `expert` (experts as wide as the dense FFN)."""
-    aux_loss_coef: float = 0.01
-    loss_chunk_tokens: int = 0
-    """Tokens per cross-entropy chunk; 0: about 1 GiB of fp32 logits a chunk."""
-    compile: str = "auto"
-    """torch.compile each decoder block and the loss chunk: `true`, `false`, or `auto` (on for
-    decoder variants on CUDA, off on CPU and for the transformers baselines). Compilation runs
-    before the warm-up window; if it fails the run goes on eager, the reason in the info."""
-    checkpointing: str = "auto"
-    """Activation checkpointing of every block: `true`, `false`, or `auto` (on for Mamba
-    without the fused mamba_ssm kernels, off otherwise)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("compile", "checkpointing"):
-            value = str(getattr(self, name)).lower()
-            if value not in SWITCHES:
-                raise BadInput(f"{name} must be one of {', '.join(SWITCHES)}, "
-                               f"got {getattr(self, name)!r}")
-            object.__setattr__(self, name, value)
-        if not self.lr > 0:
-            raise BadInput(f"lr must be positive, got {self.lr}")
-        if self.precision not in PRECISIONS:
-            raise BadInput(f"unknown precision {self.precision!r} "
-                           f"(choose from {', '.join(PRECISIONS)})")
-        if self.moe_match not in MOE_MATCHES:
-            raise BadInput(f"unknown moe_match {self.moe_match!r} "
-                           f"(choose from {', '.join(MOE_MATCHES)})")
-        if not 1 <= self.top_k <= self.experts:
-            raise BadInput(f"need 1 <= top_k <= experts, got top_k={self.top_k}, "
-                           f"experts={self.experts}")
-        checks = (("min_lr_ratio", 0 <= self.min_lr_ratio <= 1), ("beta2", 0 < self.beta2 < 1),
-                  ("weight_decay", self.weight_decay >= 0), ("grad_clip", self.grad_clip >= 0),
-                  ("aux_loss_coef", self.aux_loss_coef >= 0),
-                  ("loss_chunk_tokens", self.loss_chunk_tokens >= 0),
-                  ("lr_warmup_steps", self.lr_warmup_steps >= -1),
-                  ("eval_tokens", self.eval_tokens == 0 or self.eval_tokens >= 2),
-                  ("peak_tflops", self.peak_tflops is None or self.peak_tflops > 0),
-                  ("threads", self.threads is None or self.threads >= 1))
-        for name, ok in checks:
-            if not ok:
-                raise BadInput(f"{name} out of range: {getattr(self, name)!r}")
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to min_ratio x peak at the end."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    span = total - warmup - 1
-    progress = 1.0 if span <= 0 else min(1.0, (step - warmup) / span)
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def measure_matmul_tflops(device: str, n: int = PEAK_MATMUL_N, rounds: int = 5,
-                          reps: int = 10) -> float:
-    """Median rate of `rounds` x `reps` back-to-back n x n x n bf16 matmuls on random data, in
-    TFLOP/s (CUDA events). About 0.5 s on an H100; the MFU denominator of this run."""
-    dev_ = torch.device(device)
-    a = torch.randn(n, n, device=dev_, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=dev_, dtype=torch.bfloat16)
-    out = torch.empty(n, n, device=dev_, dtype=torch.bfloat16)
-    for _ in range(3):
-        torch.mm(a, b, out=out)
-    rates = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            torch.mm(a, b, out=out)
-        end.record()
-        end.synchronize()
-        rates.append(2 * n**3 * reps / (start.elapsed_time(end) / 1e3) / 1e12)
-    del a, b, out
-    return statistics.median(rates)
 
 
 class StepOut(NamedTuple):
