@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer
+from textual.worker import Worker, WorkerState
 
 if TYPE_CHECKING:
     from efficientllm_tui.app import EfficientLLMApp
@@ -97,6 +98,20 @@ class AppScreen(Screen[None]):
     def _runs_signal(self, _: Any) -> None:
         self._runs_seen = self.elapp.runs_version
         self.runs_changed()
+
+    @property
+    def pending(self) -> bool:
+        """True while data this screen asked for has not been shown yet."""
+        return False
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # The app turns the error into a notification (the event bubbles on to it); the
+        # screen only stops waiting for what will never come.
+        if event.state in (WorkerState.ERROR, WorkerState.CANCELLED):
+            self.load_failed(event.worker)
+
+    def load_failed(self, worker: Worker[Any]) -> None:
+        """A worker of this screen failed or was cancelled: show that, stop waiting."""
 
     def runs_changed(self) -> None:
         """Stored runs changed (or this screen shows them for the first time)."""

@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
 
 from efficientllm_tui.display import METRIC_LABELS, metric_label, num
 from efficientllm_tui.paper import paper_rank
@@ -64,6 +65,7 @@ class CompareScreen(AppScreen):
         self.data: CompareLoaded | None = None
         self.axes = 0
         self._loaded_for: frozenset[str] | None = None
+        self._waiting = False
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="cmp-head")
@@ -77,6 +79,18 @@ class CompareScreen(AppScreen):
             with TabPane("Trade-off", id="cmp-plot"):
                 yield ScatterPlot(id="cmp-scatter")
                 yield Static(id="cmp-legend")
+
+    @property
+    def pending(self) -> bool:
+        return self._waiting
+
+    def load_failed(self, worker: Worker[Any]) -> None:
+        if worker.group == "compare" and worker.state == WorkerState.ERROR:
+            self._waiting = False
+            self._loaded_for = None  # coming back here tries again
+            self.query_one("#cmp-head", Static).update(
+                f"[red]could not load the marked runs: {worker.error}[/] · r retries"
+            )
 
     def resumed(self) -> None:
         if frozenset(self.elapp.marked) != self._loaded_for:
@@ -92,6 +106,7 @@ class CompareScreen(AppScreen):
             self._show(CompareLoaded([]))
             return
         self.query_one("#cmp-head", Static).update(f"loading {len(marked)} run(s)…")
+        self._waiting = True
         self.load(marked)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="compare", name="compare")
@@ -115,6 +130,7 @@ class CompareScreen(AppScreen):
     @on(CompareLoaded)
     def _show(self, message: CompareLoaded) -> None:
         self.data = message
+        self._waiting = False
         head = self.query_one("#cmp-head", Static)
         tabs = self.query_one("#cmp-tabs", TabbedContent)
         tabs.display = bool(message.runs)

@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Static
+from textual.worker import Worker, WorkerState
 
 from efficientllm_tui.display import duration, metric_label, num, status_style
 from efficientllm_tui.history import source_label
@@ -46,6 +47,7 @@ class RunDetailScreen(AppScreen):
         self.data: RunLoaded | None = None
         self.device: str | None = None
         self.show_loss = True
+        self._failed = False
 
     def compose_body(self) -> ComposeResult:
         yield Static(f"loading {self.run_id}…", id="detail-head")
@@ -57,6 +59,17 @@ class RunDetailScreen(AppScreen):
                 yield TimeChart("activity %", id="d-act", y_max=100.0, x_axis="elapsed")
                 yield TimeChart("power W", id="d-power", x_axis="elapsed")
                 yield TimeChart("loss per step", id="d-steps", x_axis="step")
+
+    @property
+    def pending(self) -> bool:
+        return self.data is None and not self._failed
+
+    def load_failed(self, worker: Worker[Any]) -> None:
+        if worker.group == "detail" and worker.state == WorkerState.ERROR:
+            self._failed = True
+            self.query_one("#detail-head", Static).update(
+                f"[red]could not load {self.run_id}: {worker.error}[/]"
+            )
 
     def on_mount(self) -> None:
         table = self.query_one("#detail-metrics", DataTable)

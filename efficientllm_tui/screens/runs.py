@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Input, Select, Static
+from textual.worker import Worker, WorkerState
 
 from efficientllm_tui.display import THROUGHPUT_METRIC, metric_label, num, short_id, status_style
 from efficientllm_tui.errors import EfficientLLMError
@@ -105,6 +106,15 @@ class RunsScreen(AppScreen):
     def on_mount(self) -> None:
         self._columns()
         self.query_one("#runs", DataTable).focus()
+
+    @property
+    def pending(self) -> bool:
+        return self._applied is None or self._loading
+
+    def load_failed(self, worker: Worker[Any]) -> None:
+        if worker.group == "runs-page" and worker.state == WorkerState.ERROR:
+            self._loading = False
+            self._status(f"[red]could not load runs: {worker.error}[/] · r retries")
 
     def runs_changed(self) -> None:
         self.reload()

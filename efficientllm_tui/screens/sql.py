@@ -144,6 +144,10 @@ class SqlScreen(AppScreen):
 
     # ------------------------------------------------------------------ running
 
+    @property
+    def pending(self) -> bool:
+        return self.running is not None
+
     def action_run(self) -> None:
         sql = self.query_one("#editor", TextArea).text.strip()
         if not sql:

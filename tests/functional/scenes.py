@@ -304,7 +304,8 @@ async def settle(
         ]
         fed = expected is None or app.history.received >= expected
         runs_ok = len(app.active) >= active and all(r.steps_done for r in app.active.values())
-        if not busy and fed and runs_ok:
+        shown = not getattr(app.screen, "pending", False)  # e.g. a page of runs on its way
+        if not busy and fed and runs_ok and shown:
             break
         await pilot.pause(0.02)
     await pilot.pause()

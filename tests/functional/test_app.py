@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from textual.widgets import Static
+
 from efficientllm_tui.app import EfficientLLMApp
 from efficientllm_tui.screens.dashboard import DashboardScreen
 
@@ -61,6 +63,10 @@ async def test_a_corrupt_database_is_a_notification(tmp_path: Path) -> None:
             await pilot.press("3")
             await settle(app, pilot)
             assert app.is_running
+            # The Runs screen says its page failed (and stops waiting) instead of "loading…".
+            status = str(app.screen.query_one("#runs-status", Static).render())
+            assert "could not load runs" in status and "r retries" in status, status
+            assert not app.screen.pending
     finally:
         feed.stop()
 

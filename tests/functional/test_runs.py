@@ -149,3 +149,36 @@ async def test_long_history_loads_page_by_page(new_app: Callable[..., EfficientL
         await settle(app, pilot)
         assert table.row_count == 150 and not screen.more
         assert "150 runs" in str(screen.query_one("#runs-status", Static).render())
+
+
+async def test_a_failed_load_says_so_and_stops_waiting(
+    new_app: Callable[..., EfficientLLMApp], monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Detail and Compare show a store failure in place of "loading…", and `r` retries."""
+    from efficientllm_tui.screens.compare import CompareScreen
+
+    app = new_app(mode="runs")
+    async with app.run_test(size=SIZE) as pilot:
+        _, table = await _runs(app, pilot)
+        table.move_cursor(row=table.get_row_index(run_ids()[0]))
+        await pilot.press("space")
+
+        def broken(self, run_id):  # type: ignore[no-untyped-def]
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(Store, "get_run", broken)
+        await pilot.press("enter")
+        await settle(app, pilot)
+        detail = app.screen
+        assert isinstance(detail, RunDetailScreen) and not detail.pending
+        assert "could not load" in str(detail.query_one("#detail-head", Static).render())
+        await pilot.press("escape", "c")
+        await settle(app, pilot)
+        compare = app.screen
+        assert isinstance(compare, CompareScreen) and not compare.pending
+        head = compare.query_one("#cmp-head", Static)
+        assert "could not load the marked runs" in str(head.render())
+        monkeypatch.undo()
+        await pilot.press("r")
+        await settle(app, pilot)
+        assert "1 runs" in str(head.render())
