@@ -17,6 +17,8 @@ with `@eager` or `@compiled` runs that variant with `compile` forced off or on (
 e.g. `gqa@eager` next to `gqa`, for a same-run compile ratio); otherwise `--compile` (default
 auto: the decoder variants compile on CUDA). Mamba (the chunked scan with activation
 checkpointing where mamba_ssm is absent) runs 1 + 2 steps, RWKV's reference loop one step.
+`mamba@triton` and `rwkv@triton` run them with `recurrence=triton` (our Triton kernels for
+the scan and the WKV) for the usual warm-up and steps, in rows of their own.
 A variant that would start after --budget-s is recorded as skipped.
 """
 
@@ -59,6 +61,8 @@ SLOW = {"rwkv"}
 MEDIUM = {"mamba": (1, 2)}
 """(warm-up, measured) steps of variants seconds a step slower than the decoder."""
 COMPILE_SUFFIXES = {"eager": "false", "compiled": "true"}
+TRITON_SUFFIX = "triton"
+"""`<mamba|rwkv>@triton`: recurrence=triton."""
 FALLBACK = {"mamba": (1, 512)}
 """A reduced (batch, seq) tried when the full shape runs out of memory, reported apart."""
 PAPER = {
@@ -79,8 +83,8 @@ KEEP = ("tokens_per_s", "tt", "mfu", "al_s", "al_p50_s", "al_p90_s", "al_p99_s",
         "peak_allocated_gib", "peak_reserved_gib", "energy_j", "aec_w", "j_per_token",
         "eval_ppl", "loss", "total_params", "active_params", "aux_loss")
 INFO = ("matching", "flops_per_token", "flop_params", "loss_impl", "attention_kernel",
-        "kernels", "scan", "width", "mla", "moe", "energy_note", "measure_s", "epochs",
-        "compile", "activation_checkpointing")
+        "kernels", "scan", "recurrence", "width", "mla", "moe", "energy_note", "measure_s",
+        "epochs", "compile", "activation_checkpointing")
 
 R: dict[str, Any] = {}
 OUT = Path(".")
@@ -254,9 +258,11 @@ def main() -> int:
     chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(ORDER)
     for name in chosen:
         base, _, suffix = name.partition("@")
-        if base not in ORDER or (suffix and suffix not in COMPILE_SUFFIXES):
+        triton_ok = suffix == TRITON_SUFFIX and base in ("mamba", "rwkv")
+        if base not in ORDER or (suffix and suffix not in COMPILE_SUFFIXES and not triton_ok):
             ap.error(f"unknown variant {name!r} (techniques: {', '.join(ORDER)}; suffixes: "
-                     f"{', '.join('@' + s for s in COMPILE_SUFFIXES)})")
+                     f"{', '.join('@' + s for s in COMPILE_SUFFIXES)}, and @{TRITON_SUFFIX} "
+                     "for mamba and rwkv)")
     rows: dict[str, dict[str, Any]] = {}
     for name in chosen:
         technique, _, suffix = name.partition("@")
@@ -264,13 +270,17 @@ def main() -> int:
             rows[name] = {"technique": technique, "status": "skipped",
                           "error": f"budget of {args.budget_s:.0f} s spent"}
             continue
-        slow = technique in SLOW
+        triton = suffix == TRITON_SUFFIX
+        slow = technique in SLOW and not triton
         params: dict[str, Any] = {"eval_tokens": 0 if slow else args.eval_tokens,
                                   "measure_peak": False,
                                   "compile": COMPILE_SUFFIXES.get(suffix, args.compile)}
+        if triton:
+            params["recurrence"] = "triton"
         if peak:
             params["peak_tflops"] = peak
-        warmup, steps = (0, 1) if slow else MEDIUM.get(technique, (args.warmup, args.steps))
+        warmup, steps = (0, 1) if slow else (args.warmup, args.steps) if triton else \
+            MEDIUM.get(technique, (args.warmup, args.steps))
         print(f"== {name} ({args.batch_size} x {args.seq_len}, {warmup}+{steps} steps, "
               f"compile={params['compile']})", flush=True)
         row = run_variant(technique, args.model, device, args.batch_size, args.seq_len, warmup,

@@ -18,8 +18,14 @@ recurrence in fp32 (as mamba_ssm's kernel computes it), discretised chunk by chu
 keeping only each chunk's entry state for backward, which recomputes the chunk. The
 projections, convolution, gating and parameters are transformers' own, untouched, and
 activation checkpointing of the Mamba blocks (transformers' `gradient_checkpointing_enable`)
-bounds what the rest of each block keeps. `kernels` in the result says which path ran.
+bounds what the rest of each block keeps. `kernels` and `scan` in the result say which path
+ran.
 RWKV without its hub kernel runs transformers' Python loop over time steps.
+
+`recurrence` picks how those two recurrences run: `torch` (the default: the chunked torch
+scan above for Mamba, transformers' loop for RWKV) or `triton`, our own Triton kernels on
+CUDA (`runners.scan_triton` for Mamba's scan, `runners.rwkv_wkv` for RWKV's WKV), forward
+and backward in one launch each per layer, tested against the torch paths and float64.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from runners import rwkv_wkv, scan_triton
 from runners.catalog import ModelCard
 from runners.decoder import LossOut, ParamCounts, lm_loss
+from runners.errors import BadInput
 from runners.xent import LossOptions
 
 KINDS = ("mamba", "rwkv", "pythia")
@@ -104,17 +112,38 @@ def mamba_fused_available() -> bool:
 
 SCAN_PATH = ("runners.baselines.selective_scan: chunked fp32 recurrence, chunk states kept, "
              "chunks recomputed in backward (mamba_ssm/causal_conv1d not installed)")
+SCAN_PATH_TRITON = ("runners.scan_triton: triton selective scan, fp32 recurrence in "
+                    "registers, chunk states kept, chunks recomputed in backward "
+                    "(mamba_ssm/causal_conv1d not installed)")
+RECURRENCES = ("torch", "triton")
+"""Values of the pretraining parameter `recurrence` (see the module docstring)."""
 
 
-def kernels(kind: str) -> str:
+def check_recurrence(recurrence: str, device: str | torch.device) -> None:
+    """BadInput unless `recurrence` is known and, for `triton`, can run on `device`."""
+    if recurrence not in RECURRENCES:
+        raise BadInput(f"unknown recurrence {recurrence!r} (choose from "
+                       f"{', '.join(RECURRENCES)})")
+    if recurrence == "triton" and not (torch.device(device).type == "cuda"
+                                        and scan_triton.available()):
+        raise BadInput("recurrence=triton needs a CUDA device and the triton package "
+                       "(use recurrence=torch)")
+
+
+def kernels(kind: str, recurrence: str = "torch") -> str:
     """Which implementation of the recurrence runs (what the timings measure)."""
     if kind == "mamba":
-        return "mamba_ssm fused kernels" if mamba_fused_available() else SCAN_PATH
+        if mamba_fused_available():
+            return "mamba_ssm fused kernels"
+        return SCAN_PATH_TRITON if recurrence == "triton" else SCAN_PATH
     if kind == "rwkv":
         from transformers.models.rwkv import modeling_rwkv
 
-        return "RWKV CUDA kernel" if modeling_rwkv.rwkv_cuda_kernel is not None else \
-            "transformers Python loop over time steps (RWKV CUDA kernel not loaded)"
+        if modeling_rwkv.rwkv_cuda_kernel is not None:
+            return "RWKV CUDA kernel"
+        if recurrence == "triton":
+            return f"{rwkv_wkv.describe()} (RWKV hub kernel not loaded)"
+        return "transformers Python loop over time steps (RWKV CUDA kernel not loaded)"
     return "sdpa attention"
 
 
@@ -243,8 +272,22 @@ class _SelectiveScan(torch.autograd.Function):
                 gC.to(Cm.dtype))
 
 
+def scan_reference(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> Tensor:
+    """The textbook selective scan in float64, one step at a time under autograd: what the
+    chunked scan and the Triton kernels are tested against (small shapes only)."""
+    u, delta, A, Bm, Cm = (t.double() for t in (u, delta, A, Bm, Cm))
+    h = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64, device=u.device)
+    ys = []
+    for t in range(u.shape[2]):
+        h = torch.exp(delta[:, :, t, None] * A) * h + \
+            delta[:, :, t, None] * Bm[:, None, t] * u[:, :, t, None]
+        ys.append((h * Cm[:, None, t]).sum(-1))
+    return torch.stack(ys, -1)
+
+
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> Tensor:
-    """Mamba's selective scan (no D skip, no gate): see `_SelectiveScan`."""
+    """Mamba's selective scan (no D skip, no gate) in torch ops: see `_SelectiveScan`.
+    `runners.scan_triton.selective_scan_triton` computes the same on CUDA."""
     return _SelectiveScan.apply(u, delta, A, Bm, Cm)
 
 
@@ -267,17 +310,21 @@ def _mixer_forward(self: Any, hidden_states: Tensor, *args: Any, **kwargs: Any) 
         dt = dt + self.dt_proj.bias.float()
     delta = F.softplus(dt).transpose(1, 2)  # [b, inner, T] fp32
     A = -torch.exp(self.A_log.float())
-    y = selective_scan(x, delta, A, Bm, Cm)
+    y = self._scan(x, delta, A, Bm, Cm)
     y = (y + x.float() * self.D.float()[None, :, None]) * self.act(gate.float())
     return self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))
 
 
-def use_selective_scan(hf_model: Any) -> int:
-    """Route every MambaMixer of `hf_model` through `_mixer_forward`; returns how many."""
+def use_selective_scan(hf_model: Any, recurrence: str = "torch") -> int:
+    """Route every MambaMixer of `hf_model` through `_mixer_forward` on the scan of
+    `recurrence` (`torch`: `selective_scan`; `triton`: `runners.scan_triton`); returns how
+    many mixers were routed now (those routed before keep their scan)."""
+    scan = scan_triton.selective_scan_triton if recurrence == "triton" else selective_scan
     n = 0
     for module in hf_model.modules():
         if type(module).__name__ == "MambaMixer" and not hasattr(module, "_hf_forward"):
             module._hf_forward = module.forward
+            module._scan = scan
             module.forward = types.MethodType(_mixer_forward, module)
             n += 1
     return n
@@ -287,13 +334,15 @@ class LanguageModel(nn.Module):
     """A transformers causal LM trained through the same loss as the decoder: its base model's
     final hidden states through the chunked `lm_loss` with its output embedding."""
 
-    def __init__(self, kind: str, hf_model: Any, width: int, scan: str | None = None) -> None:
+    def __init__(self, kind: str, hf_model: Any, width: int, scan: str | None = None,
+                 recurrence: str = "torch") -> None:
         super().__init__()
         self.kind = kind
         self.hf = hf_model
         self.width = width
         self.scan = scan
-        """Mamba: which selective scan the mixers run (None: not Mamba)."""
+        """Mamba and RWKV: which recurrence their layers run (None: Pythia)."""
+        self.recurrence = recurrence
         self.checkpointing = False
         self.loss_options = LossOptions()
 
@@ -333,18 +382,22 @@ class LanguageModel(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         out = {"class": type(self.hf).__name__, "width_name": "intermediate_size",
-               "width": self.width, "kernels": kernels(self.kind),
+               "width": self.width, "kernels": kernels(self.kind, self.recurrence),
                "activation_checkpointing": self.checkpointing}
         if self.scan is not None:
             out["scan"] = self.scan
+            out["recurrence"] = self.recurrence
         return out
 
 
 def build(kind: str, card: ModelCard, seq_len: int, device: str, seed: int,
-          target_params: int) -> LanguageModel:
+          target_params: int, recurrence: str = "torch") -> LanguageModel:
     """`kind` at the card's shape, width matched to `target_params`, random init from `seed`,
-    fp32 parameters on `device`, in training mode; Mamba's mixers on `selective_scan` when
-    the fused kernels are absent."""
+    fp32 parameters on `device`, in training mode; Mamba's mixers on the selective scan and
+    RWKV's attention on the WKV of `recurrence` where their fused kernels are absent.
+    BadInput if `recurrence` cannot run on `device` (Mamba and RWKV only)."""
+    if kind in ("mamba", "rwkv"):
+        check_recurrence(recurrence, device)
     width = matched_width(kind, card, seq_len, target_params)
     config = _config(kind, card, seq_len, width)
     torch.manual_seed(seed)
@@ -353,6 +406,14 @@ def build(kind: str, card: ModelCard, seq_len: int, device: str, seed: int,
     hf_model.train()
     scan = None
     if kind == "mamba":
-        scan = "mamba_ssm selective_scan (fused)" if mamba_fused_available() else \
-            f"chunked selective_scan (runners.baselines), {use_selective_scan(hf_model)} mixers"
-    return LanguageModel(kind, hf_model, width, scan)
+        if mamba_fused_available():
+            scan = "mamba_ssm selective_scan (fused)"
+        else:
+            path = "triton selective scan (runners.scan_triton)" if recurrence == "triton" \
+                else "chunked selective_scan (runners.baselines)"
+            scan = f"{path}, {use_selective_scan(hf_model, recurrence)} mixers"
+    elif kind == "rwkv":
+        scan = "transformers' rwkv_linear_attention"
+        if recurrence == "triton":
+            scan = f"{rwkv_wkv.describe()}, {rwkv_wkv.use_wkv_kernel(hf_model)} layers"
+    return LanguageModel(kind, hf_model, width, scan, recurrence)

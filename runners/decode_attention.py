@@ -22,15 +22,14 @@ Only imported where Triton is available (CUDA builds of torch); `available()` sa
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 from typing import Any
 
 import torch
 
+from runners import triton_support
 
-def available() -> bool:
-    """Triton is importable and torch sees a CUDA device."""
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+available = triton_support.available
 
 
 def supports(head_dim: int, group: int) -> str | None:
@@ -42,14 +41,9 @@ def supports(head_dim: int, group: int) -> str | None:
     return None
 
 
-_KERNEL: Any = None
-
-
+@functools.cache
 def _kernel() -> Any:
     """The Triton kernel, defined on first use (Triton is not imported on CPU builds)."""
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
     import triton
     import triton.language as tl
 
@@ -118,8 +112,7 @@ def _kernel() -> Any:
         o_rows = out_ptr + b * o_sb + (kvh * G + g)[:, None] * D + d[None, :]
         tl.store(o_rows, out.to(out_ptr.dtype.element_ty), mask=live[:, None])
 
-    _KERNEL = decode_attention
-    return _KERNEL
+    return decode_attention
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,

@@ -235,7 +235,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
         torch.manual_seed(c.seed)
         if variant.baseline is not None:
             model: Any = baselines.build(variant.baseline, card, c.seq_len, c.device, c.seed,
-                                         base_counts.total)
+                                         base_counts.total, c.recurrence)
             rule = BASELINE_RULE.format(width=model.describe()["width_name"])
         else:
             cfg = self._decoder_config(variant)

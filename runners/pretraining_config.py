@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 
 from runners.architecture import MOE_MATCHES
+from runners.baselines import RECURRENCES
 from runners.errors import BadInput
 from runners.family import FamilyConfig
 
@@ -67,6 +68,10 @@ class PretrainingConfig(FamilyConfig):
     checkpointing: str = "auto"
     """Activation checkpointing of every block: `true`, `false`, or `auto` (on for Mamba
     without the fused mamba_ssm kernels, off otherwise)."""
+    recurrence: str = "torch"
+    """How Mamba's selective scan and RWKV's WKV run without their fused packages: `torch`
+    (chunked torch ops for Mamba, transformers' loop for RWKV) or `triton` (our own Triton
+    kernels, CUDA only; runners.scan_triton and runners.rwkv_wkv)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,6 +81,9 @@ class PretrainingConfig(FamilyConfig):
                 raise BadInput(f"{name} must be one of {', '.join(SWITCHES)}, "
                                f"got {getattr(self, name)!r}")
             object.__setattr__(self, name, value)
+        if self.recurrence not in RECURRENCES:
+            raise BadInput(f"unknown recurrence {self.recurrence!r} "
+                           f"(choose from {', '.join(RECURRENCES)})")
         if not self.lr > 0:
             raise BadInput(f"lr must be positive, got {self.lr}")
         if self.precision not in PRECISIONS:

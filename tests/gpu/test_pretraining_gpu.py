@@ -1,8 +1,9 @@
 """Pretraining on a CUDA device: bf16 autocast, flash / efficient SDPA, fused AdamW, the
 measured matmul peak (MFU) and NVML energy, in-process and through the runner process;
 torch.compile of the decoder (auto: on), grouped K/V on flash, the fp32-accumulating loss
-GEMM, Mamba's chunked scan. Small shapes: seconds (plus one compile of the tiny block), not a
-benchmark (benchmarks/bench_pretraining.py).
+GEMM, Mamba's scan (the Triton kernels against the chunked torch recurrence and float64).
+Small shapes: seconds (plus one compile of the tiny block), not a benchmark
+(benchmarks/bench_pretraining.py).
 """
 
 from __future__ import annotations
@@ -180,3 +181,75 @@ def test_mamba_scan_on_cuda_matches_float64_and_trains(tmp_path: Path) -> None:
     assert r.info["activation_checkpointing"] is True
     assert r.info["compile"]["enabled"] is False
     assert ("selective_scan" in r.info["kernels"]) != ("fused" in r.info["kernels"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_triton_scan_matches_the_chunked_scan_and_float64(dtype: str) -> None:
+    """Forward and all five gradients of runners.scan_triton against the chunked torch scan
+    and the recurrence in float64; 100 channels and 300 steps: neither a multiple of the
+    kernels' channel block nor of their chunk (the masks, the last partial chunk), delta
+    channel-major as the mixer makes it, u, B and C in bf16 as under autocast."""
+    import torch
+
+    from runners import baselines, scan_triton
+
+    assert scan_triton.available()
+    low = getattr(torch, dtype)
+    g = torch.Generator().manual_seed(3)
+    b, d, T, n = 2, 100, 300, 16
+    assert d % scan_triton.BLOCK_D and T % scan_triton.CHUNK
+    cpu = (torch.randn(b, d, T, generator=g).to(low),
+           torch.rand(b, T, d, generator=g).transpose(1, 2) * 0.3 + 0.01,
+           -torch.rand(d, n, generator=g) - 0.1,
+           torch.randn(b, T, n, generator=g).to(low), torch.randn(b, T, n, generator=g).to(low))
+    gy = torch.randn(b, d, T, generator=g)
+    leaves = [x.detach().requires_grad_() for x in cpu]
+    ref = baselines.scan_reference(*leaves)
+    ref_grads = torch.autograd.grad(ref, leaves, gy.double())
+    outs = {}
+    for name, fn in (("triton", scan_triton.selective_scan_triton),
+                     ("chunked", baselines.selective_scan)):
+        xs = [x.cuda().detach().requires_grad_() for x in cpu]
+        y = fn(*xs)
+        assert y.dtype == torch.float32 and y.shape == (b, d, T)
+        grads = torch.autograd.grad(y, xs, gy.cuda())
+        for x, grad in zip(xs, grads, strict=True):
+            assert grad.dtype == x.dtype and grad.shape == x.shape
+        outs[name] = [t.cpu().double() for t in (y, *grads)]
+    # bf16 gradients are rounded to bf16 (2^-9 relative), fp32 ones agree to rounding noise
+    tol = 1e-5 if low == torch.float32 else 8e-3
+
+    def rel(a, b):  # type: ignore[no-untyped-def]
+        return ((a - b).norm() / b.norm()).item()
+
+    names = ("y", "u", "delta", "A", "B", "C")
+    for i, want in enumerate((ref, *ref_grads)):
+        got, chunked = outs["triton"][i], outs["chunked"][i]
+        limit = 1e-5 if i in (0, 2, 3) else tol  # y, delta and A are float32 throughout
+        assert rel(got, want.detach()) < limit, (names[i], rel(got, want.detach()))
+        assert rel(got, chunked) < limit, (names[i], rel(got, chunked))
+
+
+@pytest.mark.parametrize("technique", ["mamba", "rwkv"])
+def test_recurrence_triton_trains_like_the_torch_path(tmp_path: Path, technique: str) -> None:
+    """`--set recurrence=triton`: the same run (seed, data, steps) on our Triton kernels and on
+    the torch path ends at the same loss and held-out perplexity."""
+    from runners import baselines, rwkv_wkv
+
+    if technique == "mamba" and baselines.mamba_fused_available():
+        pytest.skip("mamba_ssm is installed: Mamba trains through its fused kernels")
+    (tmp_path / "t").mkdir()
+    (tmp_path / "c").mkdir()
+    fast = train(tmp_path / "t", technique, peak_tflops=700.0, recurrence="triton")
+    assert fast.status == "ok" and fast.info["recurrence"] == "triton"
+    if technique == "mamba":
+        assert fast.info["kernels"] == baselines.SCAN_PATH_TRITON
+        assert fast.info["scan"].startswith("triton selective scan (runners.scan_triton)")
+    else:
+        assert fast.info["kernels"].startswith(rwkv_wkv.describe())
+    slow = train(tmp_path / "c", technique, peak_tflops=700.0)
+    assert slow.status == "ok" and slow.info["recurrence"] == "torch"
+    assert "triton" not in slow.info["kernels"].lower()
+    for name in ("loss", "eval_ppl"):
+        a, b = fast.metric(name), slow.metric(name)
+        assert a is not None and b is not None and abs(a - b) / abs(b) < 1e-2, (name, a, b)

@@ -11,18 +11,6 @@ import torch
 from runners import baselines, catalog
 
 
-def _recurrence(u, delta, A, Bm, Cm):  # type: ignore[no-untyped-def]
-    """The textbook selective scan, float64, a Python loop under autograd."""
-    u, delta, A, Bm, Cm = (t.double() for t in (u, delta, A, Bm, Cm))
-    h = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64)
-    ys = []
-    for t in range(u.shape[2]):
-        h = torch.exp(delta[:, :, t, None] * A) * h + \
-            delta[:, :, t, None] * Bm[:, None, t] * u[:, :, t, None]
-        ys.append((h * Cm[:, None, t]).sum(-1))
-    return torch.stack(ys, -1)
-
-
 @pytest.mark.parametrize("chunk_steps", [None, 3, 1])
 def test_selective_scan_matches_the_recurrence_and_its_gradients(
         chunk_steps: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,7 +24,7 @@ def test_selective_scan_matches_the_recurrence_and_its_gradients(
               torch.randn(b, T, n, generator=g), torch.randn(b, T, n, generator=g))
     inputs = tuple(t.requires_grad_() for t in inputs)
     gy = torch.randn(b, d, T, generator=g)
-    ref = _recurrence(*inputs)
+    ref = baselines.scan_reference(*inputs)
     ref_grads = torch.autograd.grad((ref * gy.double()).sum(), inputs)
     y = baselines.selective_scan(*inputs)
     grads = torch.autograd.grad((y * gy).sum(), inputs)
