@@ -139,10 +139,10 @@ def kernels(kind: str, recurrence: str = "torch") -> str:
     if kind == "rwkv":
         from transformers.models.rwkv import modeling_rwkv
 
+        if recurrence == "triton":  # routed around the hub kernel, loaded or not
+            return rwkv_wkv.describe()
         if modeling_rwkv.rwkv_cuda_kernel is not None:
             return "RWKV CUDA kernel"
-        if recurrence == "triton":
-            return f"{rwkv_wkv.describe()} (RWKV hub kernel not loaded)"
         return "transformers Python loop over time steps (RWKV CUDA kernel not loaded)"
     return "sdpa attention"
 

@@ -46,11 +46,11 @@ scaled value (in [1, t + 2]) and D_t's exponent. It cannot regenerate them backw
 the state recurrence in reverse divides by exp(w) and cancels), so the backward kernel's
 forward sweep writes them, in float32, into the key and value gradient buffers and one
 scratch [batch, T, C] tensor, and the reverse sweep reads each back and overwrites it in
-place (the same program touches the same elements, so there is no race). That memory lives
-only while one layer's backward runs; the forward pass saves only its inputs. Precision: all
-arithmetic in float32 whatever the input dtype (autocast off), the output cast to the key's
-dtype as transformers' loop returns it, key and value gradients cast to their dtypes,
-time_decay and time_first gradients to theirs.
+place (the same program touches the same elements, with a barrier between the sweeps).
+That memory lives only while one layer's backward runs; the forward pass saves only its
+inputs. Precision: all arithmetic in float32 whatever the input dtype (autocast off), the
+output cast to the key's dtype as transformers' loop returns it, key and value gradients
+cast to their dtypes, time_decay and time_first gradients to theirs.
 
 Only usable where Triton is available (CUDA builds of torch); `available()` says so, and the
 kernels are defined on first use, so importing this module never imports Triton.
@@ -209,6 +209,9 @@ def _kernels() -> Any:
             m = ms
         tl.store(gw_ptr + b * C + c, gw, mask=live)
         tl.store(gu_ptr + b * C + c, gu, mask=live)
+        # Each thread reads back what it stored itself in the layouts compiled today; the
+        # barrier keeps that true whatever layout a change of block or warps brings.
+        tl.debug_barrier()
 
         # Reverse sweep: (alpha_{t+1}, beta_{t+1}) = (ga, gb) e^o, the adjoint of the state
         # the step t update produced.
@@ -251,14 +254,22 @@ class _WKV(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, time_decay: Tensor, time_first: Tensor, key: Tensor, value: Tensor
                 ) -> Tensor:
+        if key.dim() != 3 or value.shape != key.shape or \
+                time_decay.shape != (key.shape[2],) or time_first.shape != time_decay.shape or \
+                len({t.device for t in (time_decay, time_first, key, value)}) != 1:
+            raise ValueError(
+                f"WKV operands disagree: key {tuple(key.shape)}, value {tuple(value.shape)}, "
+                f"time_decay {tuple(time_decay.shape)}, time_first {tuple(time_first.shape)} "
+                "(want key and value [batch, T, C], time_decay and time_first [C], one device)")
         with torch.autocast(key.device.type, enabled=False):
             k, v = key.contiguous(), value.contiguous()
             w = -torch.exp(time_decay.detach().float()).contiguous()
             u = time_first.detach().float().contiguous()
             batch, steps, channels = k.shape
             y = torch.empty(k.shape, dtype=key.dtype, device=k.device)
-            _kernels()[0][_grid(batch, channels)](
-                w, u, k, v, y, steps, channels, BLOCK=BLOCK_C, num_warps=_warps())
+            with triton_support.launching_on(k):
+                _kernels()[0][_grid(batch, channels)](
+                    w, u, k, v, y, steps, channels, BLOCK=BLOCK_C, num_warps=_warps())
         ctx.save_for_backward(time_decay, time_first, k, v)
         return y
 
@@ -274,9 +285,10 @@ class _WKV(torch.autograd.Function):
             scratch = torch.empty_like(gk)
             gw = torch.empty(batch, channels, dtype=torch.float32, device=k.device)
             gu = torch.empty_like(gw)
-            _kernels()[1][_grid(batch, channels)](
-                w, u, k, v, gy.contiguous(), gw, gu, gk, gv, scratch, steps, channels,
-                BLOCK=BLOCK_C, num_warps=_warps())
+            with triton_support.launching_on(k):
+                _kernels()[1][_grid(batch, channels)](
+                    w, u, k, v, gy.contiguous(), gw, gu, gk, gv, scratch, steps, channels,
+                    BLOCK=BLOCK_C, num_warps=_warps())
             del scratch
             g_decay = (gw.sum(0) * w).to(time_decay.dtype)
             g_first = gu.sum(0).to(time_first.dtype)

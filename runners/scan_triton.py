@@ -12,10 +12,12 @@ scan over time inside a chunk; the parallelism is over (batch, channel, state), 
 training shapes is a couple of hundred thousand independent recurrences, about one per
 thread of the GPU.
 
-Forward: one program per (sequence, block of BLOCK_D inner channels), one warp by default
-and one channel per thread, so that each thread holds its channel's whole state row
-h [N] in registers (the reduction y_t = sum_n h C_t stays inside the thread, and the
-compiler needs no shared memory and no barrier in the loop). It walks t = 0..T-1:
+Forward: one program per (sequence, block of BLOCK_D inner channels), one warp by default,
+the [BLOCK_D, N] state tile in registers; the layout is written for one channel per thread
+(its whole state row, so that y_t = sum_n h C_t stays inside the thread), though the
+compiler may spread a channel over a few threads when it knows the strides (then the
+reductions take shuffles and a few barriers; how fast either is has yet to be timed on a
+GPU). It walks t = 0..T-1:
 h = exp(delta_t A) h + delta_t u_t B_t. The state entering every CHUNK steps is stored
 ([batch, chunks, N, inner] fp32, a few MiB a layer) for backward. Inputs are read
 time-contiguous (u, delta [batch, inner, T], B and C as [batch, N, T]; `_prepare` copies
@@ -247,12 +249,13 @@ def _forward(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, block_
     y = torch.empty(b, T, d, dtype=torch.float32, device=u.device).transpose(1, 2)
     states = torch.empty(b, n_chunks, bn, d, dtype=torch.float32, device=u.device)
     fwd, _ = _kernels()
-    fwd[(b, -(-d // block_d))](
-        u, delta, A, Bm, Cm, y, states, T, d, n, n_chunks,
-        u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1),
-        delta.stride(2), A.stride(0), A.stride(1), Bm.stride(0), Bm.stride(1), Bm.stride(2),
-        Cm.stride(0), Cm.stride(1), Cm.stride(2), y.stride(0), y.stride(2),
-        BLOCK_D=block_d, BLOCK_N=bn, CHUNK=chunk, num_warps=num_warps)
+    with triton_support.launching_on(u):
+        fwd[(b, -(-d // block_d))](
+            u, delta, A, Bm, Cm, y, states, T, d, n, n_chunks,
+            u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1),
+            delta.stride(2), A.stride(0), A.stride(1), Bm.stride(0), Bm.stride(1),
+            Bm.stride(2), Cm.stride(0), Cm.stride(1), Cm.stride(2), y.stride(0), y.stride(2),
+            BLOCK_D=block_d, BLOCK_N=bn, CHUNK=chunk, num_warps=num_warps)
     return y, states
 
 
@@ -275,17 +278,34 @@ def _backward(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: T
     scratch = torch.empty(b * n_blocks * (chunk + 1) * bn * block_d, dtype=torch.float32,
                           device=dev)
     _, bwd = _kernels()
-    bwd[(b, n_blocks)](
-        u, delta, A, Bm, Cm, gy, states, scratch, gu, gdelta, gA, gB, gC,
-        T, d, n, n_chunks,
-        u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1),
-        delta.stride(2), A.stride(0), A.stride(1), Bm.stride(0), Bm.stride(1), Bm.stride(2),
-        Cm.stride(0), Cm.stride(1), Cm.stride(2), gy.stride(0), gy.stride(1), gy.stride(2),
-        gu.stride(0), gu.stride(2), gdelta.stride(0), gdelta.stride(2),
-        BLOCK_D=block_d, BLOCK_N=bn, CHUNK=chunk, num_warps=num_warps)
+    with triton_support.launching_on(u):
+        bwd[(b, n_blocks)](
+            u, delta, A, Bm, Cm, gy, states, scratch, gu, gdelta, gA, gB, gC,
+            T, d, n, n_chunks,
+            u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1),
+            delta.stride(2), A.stride(0), A.stride(1), Bm.stride(0), Bm.stride(1),
+            Bm.stride(2), Cm.stride(0), Cm.stride(1), Cm.stride(2), gy.stride(0),
+            gy.stride(1), gy.stride(2), gu.stride(0), gu.stride(2), gdelta.stride(0),
+            gdelta.stride(2), BLOCK_D=block_d, BLOCK_N=bn, CHUNK=chunk, num_warps=num_warps)
     return (gu, gdelta, gA.sum(0)[:n].t().to(dtypes[2]),
             gB.sum(1)[:, :n].transpose(1, 2).to(dtypes[3]),
             gC.sum(1)[:, :n].transpose(1, 2).to(dtypes[4]))
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> None:
+    """ValueError unless the operands agree (the kernels index them unchecked)."""
+    if u.dim() != 3 or A.dim() != 2:
+        raise ValueError(f"u must be [batch, inner, T] and A [inner, state], got "
+                         f"{tuple(u.shape)} and {tuple(A.shape)}")
+    b, d, T = u.shape
+    n = A.shape[1]
+    if delta.shape != u.shape or A.shape[0] != d or Bm.shape != (b, T, n) or \
+            Cm.shape != (b, T, n) or len({t.device for t in (u, delta, A, Bm, Cm)}) != 1:
+        raise ValueError(
+            f"selective scan operands disagree: u {tuple(u.shape)}, delta "
+            f"{tuple(delta.shape)}, A {tuple(A.shape)}, B {tuple(Bm.shape)}, C "
+            f"{tuple(Cm.shape)} (want delta like u, A [{d}, n], B and C [{b}, {T}, n], "
+            "one device)")
 
 
 class _ScanTriton(torch.autograd.Function):
@@ -295,6 +315,7 @@ class _ScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor,
                 block_d: int, chunk: int, num_warps: int) -> Tensor:
+        _check_shapes(u, delta, A, Bm, Cm)
         ctx.dtypes = (u.dtype, delta.dtype, A.dtype, Bm.dtype, Cm.dtype)
         with torch.autocast(u.device.type, enabled=False):
             operands = _prepare(u, delta, A, Bm, Cm)

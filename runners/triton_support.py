@@ -5,8 +5,10 @@ torch come without it)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+from typing import Any
 
 import torch
 
@@ -20,3 +22,9 @@ def installed() -> bool:
 def available() -> bool:
     """Triton is importable and torch sees a CUDA device."""
     return installed() and torch.cuda.is_available()
+
+
+def launching_on(t: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Make `t`'s GPU the current device for a kernel launch: Triton launches on the current
+    device, not on its arguments' (a no-op for CPU tensors, as in the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -137,3 +137,14 @@ def test_patched_training_path_matches_transformers(monkeypatch: pytest.MonkeyPa
     with torch.no_grad():
         ours(input_ids=ids, use_cache=True)
     assert _RecordingWKV.calls == 2
+
+
+def test_wkv_operands_that_disagree_are_refused_before_any_launch() -> None:
+    k = torch.randn(2, 5, 8)
+    good = (torch.zeros(8), torch.zeros(8), k, torch.randn(2, 5, 8))
+    for i, bad in ((0, torch.zeros(7)), (1, torch.zeros(8, 1)), (3, torch.randn(2, 4, 8))):
+        operands = list(good)
+        operands[i] = bad
+        with pytest.raises(ValueError, match="WKV operands disagree"):
+            rwkv_wkv._WKV.apply(*operands)
+    assert rwkv_wkv._kernels.cache_info().currsize == 0

@@ -127,3 +127,15 @@ def test_config_and_argument_checks() -> None:
         scan_triton.selective_scan_triton(*_inputs(), block_d=48)
     with pytest.raises(ValueError, match="chunk"):
         scan_triton.selective_scan_triton(*_inputs(), chunk=0)
+
+
+def test_operands_that_disagree_are_refused_before_any_launch() -> None:
+    """The kernels index their operands unchecked: mismatched shapes must never reach them."""
+    u, delta, A, Bm, Cm = _inputs(2, 5, 9, 4)
+    bad = {"delta": (u, delta[:, :, :8], A, Bm, Cm), "A": (u, delta, A[:4], Bm, Cm),
+           "B": (u, delta, A, Bm[:, :, :3], Cm), "C": (u, delta, A, Bm, Cm[:1]),
+           "u": (u[0], delta, A, Bm, Cm)}
+    for name, operands in bad.items():
+        with pytest.raises(ValueError, match="must be|disagree"):
+            scan_triton.selective_scan_triton(*operands)
+        assert scan_triton._kernels.cache_info().currsize == 0, name
