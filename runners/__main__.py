@@ -135,6 +135,7 @@ def execute(run_dir: Path, log: EventLog) -> int:
     try:
         spec = _read_spec(run_dir)
         device = dev.resolve(spec.device)
+        dev.make_current(device)
         log.emit(Event.started(
             pid=os.getpid(), host=dev.host(), device=device, versions=dev.versions(),
             run_id=spec.run_id, family=spec.family, technique=spec.technique, model=spec.model,

@@ -39,6 +39,16 @@ def resolve(requested: str) -> str:
     return f"cuda:{index}"
 
 
+def make_current(device: str) -> None:
+    """Make a resolved `cuda:N` this process's current CUDA device (a no-op for `cpu`): what
+    does not name a device goes to the current one, Triton kernel launches and CUDA graph
+    capture among them, so a run on cuda:1 must not leave cuda:0 current."""
+    if device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(int(device.partition(":")[2]))
+
+
 def host() -> str:
     return socket.gethostname()
 
