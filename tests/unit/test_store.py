@@ -1,27 +1,18 @@
-"""The DuckDB store: schema and migrations, ingest, views, errors, locking and export."""
+"""The DuckDB store: schema and migrations, ingest, deletes, run listing and the views
+(queries, errors, locking and export: test_store_access.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import random
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 import pytest
 
 from efficientllm_tui.errors import (
     BadInput,
     CorruptDatabase,
-    DatabaseLocked,
-    QueryError,
     StoreError,
 )
 from efficientllm_tui.store import (
@@ -32,100 +23,22 @@ from efficientllm_tui.store import (
     RunBundle,
     Store,
 )
-from profiling.sample import FIELD_NAMES, Sample
-
-T0 = 1_800_000_000_000_000_000  # ns
-UTC = timezone.utc  # noqa: UP017 (datetime.UTC needs Python 3.11)
-TABLES = ("runs", "samples", "steps", "windows", "events", "metrics")
+from profiling.sample import FIELD_NAMES
+from tests.unit.store_rows import (
+    T0,
+    TABLES,
+    UTC,
+    count_rows,
+    make_bundle,
+    make_metric,
+    make_samples,
+    new_store,
+)
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "db" / "efficientllm.duckdb", lock_timeout_s=5)
-
-
-def _samples(n: int, device: str = "gpu0") -> list[Sample]:
-    return [
-        Sample(
-            t_ns=T0 + i * 100_000_000,
-            host="h",
-            device=device,
-            source="simulated",
-            mem_used_bytes=1000 + i,
-            mem_total_bytes=4000,
-            util_pct=50.0,
-            sm_active_pct=40.0 + i,
-            power_w=100.0 + i,
-        )
-        for i in range(n)
-    ]
-
-
-def _metric(name: str, value: float | None, unit: str = "", source: str = "runner") -> dict:
-    return {"name": name, "value": value, "unit": unit, "source": source}
-
-
-def _bundle(
-    run_id: str = "r1",
-    *,
-    model: str = "tiny",
-    status: str = "ok",
-    metrics: dict[str, float] | None = None,
-    samples: object = None,
-    n_samples: int = 5,
-) -> RunBundle:
-    return RunBundle(
-        run={
-            "run_id": run_id,
-            "family": "inference",
-            "technique": "fp32",
-            "model": model,
-            "group_name": "bit_width",
-            "device": "cuda:0",
-            "seed": 0,
-            "batch_size": 1,
-            "status": status,
-            "simulated": True,
-            "weights": "random",
-            "params": {"k": 1},
-            "info": json.dumps({"total_params": 123}),
-            "created_at": T0,
-            "started_at": datetime(2027, 1, 15, 8, 0, tzinfo=UTC),
-            "ended_at": "2027-01-15T08:01:00+00:00",
-        },
-        samples=_samples(n_samples) if samples is None else samples,  # type: ignore[arg-type]
-        steps=[
-            {
-                "step": i,
-                "phase": "measure",
-                "t_ns": T0 + i,
-                "latency_s": 0.5 + i,
-                "tokens": 32,
-                "decode_s": 0.1,
-            }
-            for i in range(3)
-        ],
-        windows=[
-            {
-                "name": "measure",
-                "device": "gpu0",
-                "t0_ns": T0,
-                "t1_ns": T0 + 10**9,
-                "energy_j": 55.5,
-                "energy_source": "nvml",
-            }
-        ],
-        events=[
-            {"t_ns": T0, "kind": "started", "payload": {"pid": 7}},
-            {"t_ns": T0, "kind": "log", "message": "same tick, kept in order"},
-            {"t_ns": T0 + 1, "kind": "result", "payload": {"status": status}},
-        ],
-        metrics=[_metric(k, v) for k, v in (metrics or {"amu": 0.25, "it": 42.0}).items()],
-    )
-
-
-def _counts(store: Store) -> dict[str, int]:
-    return store.stats()["rows"]
+    return new_store(tmp_path)
 
 
 # ----------------------------------------------------------------------------- schema
@@ -164,7 +77,7 @@ def test_reopen_is_a_noop(store: Store) -> None:
 
 
 def test_newer_schema_is_refused(store: Store) -> None:
-    store.ingest(_bundle())
+    store.ingest(make_bundle())
     with store.connect() as con:
         con.execute("UPDATE schema_meta SET value = '99' WHERE key = 'schema_version'")
     for call in (store.check, store.list_runs, lambda: store.upsert_run({"run_id": "x"})):
@@ -177,8 +90,8 @@ def test_newer_schema_is_refused(store: Store) -> None:
 
 
 def test_ingest_round_trip(store: Store) -> None:
-    store.ingest(_bundle(n_samples=5))
-    assert _counts(store) == {
+    store.ingest(make_bundle(n_samples=5))
+    assert count_rows(store) == {
         "runs": 1,
         "samples": 5,
         "steps": 3,
@@ -196,7 +109,7 @@ def test_ingest_round_trip(store: Store) -> None:
 
     table = store.samples("r1")
     assert table.column_names == ["run_id", *FIELD_NAMES]
-    assert table.to_pylist()[2] == {"run_id": "r1", **_samples(5)[2].to_dict()}
+    assert table.to_pylist()[2] == {"run_id": "r1", **make_samples(5)[2].to_dict()}
     assert store.samples("r1", device="cpu").num_rows == 0
 
     steps = store.steps("r1").to_pylist()
@@ -231,23 +144,23 @@ def test_ingest_samples_from_arrow(store: Store) -> None:
             "rss_bytes": pa.array([10, 20], pa.int32()),
         }
     )
-    store.ingest(_bundle(samples=table))
+    store.ingest(make_bundle(samples=table))
     rows = store.samples("r1").to_pylist()
     assert [(r["t_ns"], r["rss_bytes"], r["power_w"]) for r in rows] == [
         (1, 20, None),
         (2, 10, None),
     ]
     with pytest.raises(BadInput, match="unknown column"):
-        store.ingest(_bundle(samples=table.append_column("bogus", pa.array([1, 2]))))
+        store.ingest(make_bundle(samples=table.append_column("bogus", pa.array([1, 2]))))
 
 
 def test_ingest_is_idempotent(store: Store) -> None:
-    store.ingest(_bundle(n_samples=5))
-    first = _counts(store)
-    store.ingest(_bundle(n_samples=5))
-    assert _counts(store) == first
-    store.ingest(_bundle(n_samples=2, metrics={"amu": 0.5}))  # a re-ingest replaces
-    assert _counts(store)["samples"] == 2
+    store.ingest(make_bundle(n_samples=5))
+    first = count_rows(store)
+    store.ingest(make_bundle(n_samples=5))
+    assert count_rows(store) == first
+    store.ingest(make_bundle(n_samples=2, metrics={"amu": 0.5}))  # a re-ingest replaces
+    assert count_rows(store)["samples"] == 2
     assert store.get_run("r1")["metrics"] == {"amu": (0.5, "", "runner")}  # type: ignore[index]
 
 
@@ -257,7 +170,9 @@ def test_ingest_rejects_bad_rows_and_writes_nothing(store: Store) -> None:
     with pytest.raises(BadInput, match="unknown status"):
         store.ingest(RunBundle(run={"run_id": "x", "status": "done"}))
     with pytest.raises(BadInput, match="duplicate metric"):
-        store.ingest(RunBundle(run={"run_id": "x"}, metrics=[_metric("amu", 1), _metric("amu", 2)]))
+        store.ingest(
+            RunBundle(run={"run_id": "x"}, metrics=[make_metric("amu", 1), make_metric("amu", 2)])
+        )
     with pytest.raises(BadInput, match="latency_s"):
         store.ingest(RunBundle(run={"run_id": "x"}, steps=[{"latency_s": "slow"}]))
     assert store.run_ids() == set()
@@ -282,8 +197,8 @@ def test_upsert_run_and_set_status(store: Store) -> None:
 
 
 def test_delete_runs_removes_rows_from_every_table(store: Store) -> None:
-    store.ingest(_bundle("a"))
-    store.ingest(_bundle("b"))
+    store.ingest(make_bundle("a"))
+    store.ingest(make_bundle("b"))
     assert store.delete_runs(["a", "missing"]) == 1
     for table in TABLES:
         ids = {r for (r,) in store.query(f"SELECT DISTINCT run_id FROM {table}").rows}
@@ -308,7 +223,7 @@ def test_missing_database_reads_as_empty(tmp_path: Path) -> None:
 
 def test_list_runs_filters_orders_and_pages(store: Store) -> None:
     for i, model in enumerate(["tiny", "tiny", "smollm2-135m"]):
-        b = _bundle(f"r{i}", model=model, metrics={"amu": 0.1 * (3 - i), "it": 10.0 * i})
+        b = make_bundle(f"r{i}", model=model, metrics={"amu": 0.1 * (3 - i), "it": 10.0 * i})
         b.run["started_at"] = T0 + i  # type: ignore[index]
         store.ingest(b)
     assert [r["run_id"] for r in store.list_runs()] == ["r2", "r1", "r0"]
@@ -330,7 +245,7 @@ def test_list_runs_filters_orders_and_pages(store: Store) -> None:
 
 def test_run_metrics_pivots_metrics_into_columns(store: Store) -> None:
     store.ingest(
-        _bundle(
+        make_bundle(
             "a",
             metrics={"amu": 0.5, "pcu": 0.8, "al_s": 0.02, "eval_ppl": 12.5, "not_a_column": 1.0},
         )
@@ -357,9 +272,9 @@ def test_leaderboard_scores_and_ranks(store: Store) -> None:
     # al_s is lower-is-better, it higher-is-better, mcr is equal everywhere (max = min).
     values = {"r1": (1.0, 10.0), "r2": (2.0, 40.0), "r3": (3.0, 20.0)}
     for rid, (al, it) in values.items():
-        store.ingest(_bundle(rid, metrics={"al_s": al, "it": it, "mcr": 2.0, "amu_gib": 1.0}))
-    store.ingest(_bundle("failed", status="failed", metrics={"al_s": 0.1}))  # not ranked
-    store.ingest(_bundle("other", model="smollm2-135m", metrics={"al_s": 9.0}))  # own group
+        store.ingest(make_bundle(rid, metrics={"al_s": al, "it": it, "mcr": 2.0, "amu_gib": 1.0}))
+    store.ingest(make_bundle("failed", status="failed", metrics={"al_s": 0.1}))  # not ranked
+    store.ingest(make_bundle("other", model="smollm2-135m", metrics={"al_s": 9.0}))  # own group
 
     board = {(b["run_id"], b["metric"]): b for b in store.leaderboard()}
     expected = {
@@ -392,160 +307,3 @@ def test_metric_directions_follow_the_paper() -> None:
     lower = {m for m, higher in METRIC_DIRECTIONS.items() if not higher}
     assert lower == {"amu", "al_s", "aec_w", "eval_ppl", "loss"}
     assert set(METRIC_DIRECTIONS) - lower == {"pcu", "tt", "st", "it", "mcr"}
-
-
-# ----------------------------------------------------------------------------- query
-
-
-def test_query_is_read_only_by_default(store: Store) -> None:
-    store.ingest(_bundle())
-    with pytest.raises(QueryError, match="^read-only: .*INSERT"):
-        store.query("INSERT INTO runs (run_id) VALUES ('x')")
-    assert store.run_ids() == {"r1"}
-    store.query("INSERT INTO runs (run_id) VALUES ('x')", read_only=False)
-    assert store.run_ids() == {"r1", "x"}
-
-
-def test_query_results_limits_and_statements(store: Store) -> None:
-    store.ingest(_bundle())
-    res = store.query("SELECT run_id, started_at, params FROM runs")
-    assert res.types == ["VARCHAR", "TIMESTAMP WITH TIME ZONE", "JSON"]
-    assert res.rows[0][1] == datetime(2027, 1, 15, 8, 0, tzinfo=UTC)
-    res = store.query("SELECT range AS i FROM range(5000)", limit=3)
-    assert (res.rows, res.truncated) == ([(0,), (1,), (2,)], True)
-    res = store.query("SELECT 1 AS a; SELECT 2 AS b", limit=3)
-    assert (res.columns, res.rows, res.truncated) == (["b"], [(2,)], False)
-    assert store.query("SELECT ? AS x", params=[7]).rows == [(7,)]
-
-
-@pytest.mark.parametrize(
-    "sql",
-    ["SELEC 1", "SELECT * FROM nope", "SELECT nope FROM runs", "SELECT 'a'::INTEGER", "SELECT 1 +"],
-)
-def test_bad_sql_is_one_line_without_traceback(store: Store, sql: str) -> None:
-    store.ingest(_bundle())
-    with pytest.raises(QueryError) as info:
-        store.query(sql)
-    msg = str(info.value)
-    assert msg and "\n" not in msg
-    assert "Traceback" not in msg and "LINE 1" not in msg and "^" not in msg
-
-
-# ----------------------------------------------------------------------------- damage
-
-
-def _real_db_bytes(tmp_path: Path) -> bytes:
-    src = Store(tmp_path / "src.duckdb")
-    src.ingest(_bundle(n_samples=2000))
-    return src.path.read_bytes()
-
-
-@pytest.mark.parametrize("kind", ["random", "text", "truncated", "empty"])
-def test_corrupt_file_is_reported_and_left_untouched(tmp_path: Path, kind: str) -> None:
-    data = {
-        "random": random.Random(1).randbytes(20_000),
-        "text": b"run_id,status\nr1,ok\n" * 100,
-        "truncated": _real_db_bytes(tmp_path)[:12_288] if kind == "truncated" else b"",
-        "empty": b"",
-    }[kind]
-    path = tmp_path / "bad" / "efficientllm.duckdb"
-    path.parent.mkdir()
-    path.write_bytes(data)
-    store = Store(path, lock_timeout_s=1)
-    for call in (
-        store.check,
-        store.list_runs,
-        lambda: store.query("SELECT 1"),
-        lambda: store.ingest(_bundle()),
-        lambda: store.query("SELECT 1", read_only=False),
-    ):
-        with pytest.raises(CorruptDatabase) as info:
-            call()
-        assert "\n" not in str(info.value) and str(path) in str(info.value)
-    assert path.read_bytes() == data
-    assert sorted(p.name for p in path.parent.iterdir()) == ["efficientllm.duckdb"]
-
-
-# ----------------------------------------------------------------------------- locking
-
-_HOLD = """
-import sys, time, duckdb
-con = duckdb.connect(sys.argv[1])
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-con.close()
-"""
-
-
-@contextlib.contextmanager
-def _held(path: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding the database open for write for `seconds`."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        yield proc
-    finally:
-        proc.wait(timeout=30)
-
-
-def test_write_waits_for_a_lock_and_succeeds(store: Store) -> None:
-    store.ingest(_bundle())
-    with _held(store.path, 1.5):
-        t = time.monotonic()
-        store.upsert_run({"run_id": "late", "status": "queued"})  # lock_timeout_s=5
-        waited = time.monotonic() - t
-    assert waited > 0.8
-    assert store.run_ids() == {"r1", "late"}
-
-
-def test_lock_held_too_long_raises_database_locked(store: Store) -> None:
-    store.ingest(_bundle())
-    quick = Store(store.path, lock_timeout_s=0.3)
-    with _held(store.path, 1.5) as proc:
-        t = time.monotonic()
-        with pytest.raises(DatabaseLocked) as info:
-            quick.upsert_run({"run_id": "late"})
-        assert time.monotonic() - t < 1.2
-        with pytest.raises(DatabaseLocked):
-            quick.list_runs()  # reads meet the same lock
-    msg = str(info.value)
-    assert f"pid {proc.pid}" in msg and "try again" in msg and "\n" not in msg
-    assert store.run_ids() == {"r1"}
-
-
-# ----------------------------------------------------------------------------- export
-
-
-def test_export_round_trips(store: Store, tmp_path: Path) -> None:
-    store.ingest(_bundle("a", metrics={"amu": 0.5, "it": 1.0}))
-    store.ingest(_bundle("b", metrics={"amu": 0.25}))
-
-    out = tmp_path / "out" / "runs.json"
-    assert store.export(out, "json") == 2
-    doc = json.loads(out.read_text())
-    assert [(r["run_id"], r["amu"], r["it"]) for r in doc] == [("a", 0.5, 1.0), ("b", 0.25, None)]
-
-    assert store.export(tmp_path / "m.csv", "csv", run_ids=["b"], table="metrics") == 1
-    csv = pa_csv.read_csv(tmp_path / "m.csv").to_pylist()
-    assert csv == [{"run_id": "b", "name": "amu", "value": 0.25, "unit": None, "source": "runner"}]
-
-    assert store.export(tmp_path / "s.parquet", "parquet", ["a"], table="samples") == 5
-    assert pq.read_table(tmp_path / "s.parquet").to_pylist() == store.samples("a").to_pylist()
-
-    store.export(tmp_path / "e.json", "json", ["a"], table="events")
-    events = json.loads((tmp_path / "e.json").read_text())
-    assert events[0]["payload"] == {"pid": 7}  # JSON columns stay JSON
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
-
-
-def test_export_rejects_bad_input(store: Store, tmp_path: Path) -> None:
-    store.ingest(_bundle("a"))
-    with pytest.raises(BadInput, match="unknown run id.*: nope, gone"):
-        store.export(tmp_path / "x.json", "json", ["a", "nope", "gone"])
-    with pytest.raises(BadInput, match="format"):
-        store.export(tmp_path / "x.xml", "xml")
-    with pytest.raises(BadInput, match="cannot export"):
-        store.export(tmp_path / "x.json", "json", table="schema_meta")
-    assert not (tmp_path / "x.json").exists()

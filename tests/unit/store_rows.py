@@ -1,0 +1,103 @@
+"""Rows for the store's tests (tests/unit/test_store*.py): samples, metrics, a whole run
+bundle with every table filled, row counts, and the `store` fixture's database."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from efficientllm_tui.store import RunBundle, Store
+from profiling.sample import Sample
+
+T0 = 1_800_000_000_000_000_000  # ns
+UTC = timezone.utc  # noqa: UP017 (datetime.UTC needs Python 3.11)
+TABLES = ("runs", "samples", "steps", "windows", "events", "metrics")
+
+
+def new_store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "db" / "efficientllm.duckdb", lock_timeout_s=5)
+
+
+def make_samples(n: int, device: str = "gpu0") -> list[Sample]:
+    return [
+        Sample(
+            t_ns=T0 + i * 100_000_000,
+            host="h",
+            device=device,
+            source="simulated",
+            mem_used_bytes=1000 + i,
+            mem_total_bytes=4000,
+            util_pct=50.0,
+            sm_active_pct=40.0 + i,
+            power_w=100.0 + i,
+        )
+        for i in range(n)
+    ]
+
+
+def make_metric(name: str, value: float | None, unit: str = "", source: str = "runner") -> dict:
+    return {"name": name, "value": value, "unit": unit, "source": source}
+
+
+def make_bundle(
+    run_id: str = "r1",
+    *,
+    model: str = "tiny",
+    status: str = "ok",
+    metrics: dict[str, float] | None = None,
+    samples: object = None,
+    n_samples: int = 5,
+) -> RunBundle:
+    return RunBundle(
+        run={
+            "run_id": run_id,
+            "family": "inference",
+            "technique": "fp32",
+            "model": model,
+            "group_name": "bit_width",
+            "device": "cuda:0",
+            "seed": 0,
+            "batch_size": 1,
+            "status": status,
+            "simulated": True,
+            "weights": "random",
+            "params": {"k": 1},
+            "info": json.dumps({"total_params": 123}),
+            "created_at": T0,
+            "started_at": datetime(2027, 1, 15, 8, 0, tzinfo=UTC),
+            "ended_at": "2027-01-15T08:01:00+00:00",
+        },
+        samples=make_samples(n_samples) if samples is None else samples,  # type: ignore[arg-type]
+        steps=[
+            {
+                "step": i,
+                "phase": "measure",
+                "t_ns": T0 + i,
+                "latency_s": 0.5 + i,
+                "tokens": 32,
+                "decode_s": 0.1,
+            }
+            for i in range(3)
+        ],
+        windows=[
+            {
+                "name": "measure",
+                "device": "gpu0",
+                "t0_ns": T0,
+                "t1_ns": T0 + 10**9,
+                "energy_j": 55.5,
+                "energy_source": "nvml",
+            }
+        ],
+        events=[
+            {"t_ns": T0, "kind": "started", "payload": {"pid": 7}},
+            {"t_ns": T0, "kind": "log", "message": "same tick, kept in order"},
+            {"t_ns": T0 + 1, "kind": "result", "payload": {"status": status}},
+        ],
+        metrics=[make_metric(k, v) for k, v in (metrics or {"amu": 0.25, "it": 42.0}).items()],
+    )
+
+
+def count_rows(store: Store) -> dict[str, int]:
+    return store.stats()["rows"]
