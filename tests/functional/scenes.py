@@ -21,6 +21,7 @@ from html import unescape
 from pathlib import Path
 
 from textual.pilot import Pilot
+from textual.widgets import DataTable
 from textual.worker import WorkerState
 
 from efficientllm_tui.app import EfficientLLMApp
@@ -314,6 +315,15 @@ async def settle(
         redraw()
     for _ in range(3):  # tables measure new rows when idle: let them
         await pilot.pause()
+    while time.monotonic() < end and any(_measuring(t) for t in app.screen.query(DataTable)):
+        await pilot.pause(0.02)  # under load, idle can come later than three pauses
+    await pilot.pause()
+
+
+def _measuring(table: DataTable) -> bool:
+    """The table has rows or cells it has not measured yet (it does so when idle)."""
+    return bool(getattr(table, "_require_update_dimensions", False)
+                or getattr(table, "_updated_cells", None))
 
 
 async def go(pilot: Pilot, *keys: str) -> None:
