@@ -7,6 +7,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
 from efficientllm_tui.store import RunBundle, Store
 from profiling.sample import Sample
 
@@ -15,7 +17,9 @@ UTC = timezone.utc  # noqa: UP017 (datetime.UTC needs Python 3.11)
 TABLES = ("runs", "samples", "steps", "windows", "events", "metrics")
 
 
-def new_store(tmp_path: Path) -> Store:
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """An empty store in a folder that does not exist yet (the first write makes it)."""
     return Store(tmp_path / "db" / "efficientllm.duckdb", lock_timeout_s=5)
 
 

@@ -24,6 +24,7 @@ from efficientllm_tui.store import (
     Store,
 )
 from profiling.sample import FIELD_NAMES
+from tests.unit import store_rows
 from tests.unit.store_rows import (
     T0,
     TABLES,
@@ -32,13 +33,9 @@ from tests.unit.store_rows import (
     make_bundle,
     make_metric,
     make_samples,
-    new_store,
 )
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return new_store(tmp_path)
+store = store_rows.store  # a fixture, used by name
 
 
 # ----------------------------------------------------------------------------- schema
@@ -115,16 +112,7 @@ def test_ingest_round_trip(store: Store) -> None:
     steps = store.steps("r1").to_pylist()
     assert [s["latency_s"] for s in steps] == [0.5, 1.5, 2.5]
     assert json.loads(steps[0]["extra"]) == {"decode_s": 0.1}  # unknown keys kept
-    assert store.windows("r1") == [
-        {
-            "name": "measure",
-            "device": "gpu0",
-            "t0_ns": T0,
-            "t1_ns": T0 + 10**9,
-            "energy_j": 55.5,
-            "energy_source": "nvml",
-        }
-    ]
+    assert store.windows("r1") == make_bundle().windows
     assert store.events("r1") == [
         {"t_ns": T0, "kind": "started", "payload": {"pid": 7}},
         {"t_ns": T0, "kind": "log", "payload": {"message": "same tick, kept in order"}},

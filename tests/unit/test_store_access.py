@@ -26,16 +26,13 @@ from efficientllm_tui.errors import (
 from efficientllm_tui.store import (
     Store,
 )
+from tests.unit import store_rows
 from tests.unit.store_rows import (
     UTC,
     make_bundle,
-    new_store,
 )
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return new_store(tmp_path)
+store = store_rows.store  # a fixture, used by name
 
 
 # ----------------------------------------------------------------------------- query
