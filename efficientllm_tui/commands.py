@@ -31,6 +31,8 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
     "finetuning": ("st", "al_s", "loss", "amu", "pcu", "aec_w"),
     "pretraining": ("tt", "al_s", "loss", "amu", "pcu", "aec_w"),
 }
+SIM_MARK = "(SIMULATED GPU)"
+"""What `runs` and `compare` tables add to a simulated run's device or name (DESIGN.md 4)."""
 
 
 def _home() -> Path:
@@ -299,15 +301,30 @@ def cmd_runs(args: argparse.Namespace) -> int:
     runs = store.list_runs(family=args.family, model=args.model, technique=args.technique,
                            status=args.status, limit=args.limit)
     if args.json:
-        emit_json(runs)
+        sources = store.metric_sources([r["run_id"] for r in runs]) if runs else {}
+        emit_json([{**r, "sources": sources.get(r["run_id"], {})} for r in runs])
         return 0
     if not runs:
         print("no runs stored yet; try: efficientllm run -m tiny -t fp32 --device cpu")
         return 0
     cols = ["run_id", "family", "model", "technique", "device", "status", "it", "st", "tt",
             "al_s", "amu", "aec_w"]
-    _table(cols, [[r.get(c) for c in cols] for r in runs])
+    _table(cols, [[_sim_device(r) if c == "device" else r.get(c) for c in cols] for r in runs])
+    _sim_footnote(runs)
     return 0
+
+
+def _sim_device(run: dict[str, Any]) -> Any:
+    """The device column of a run: `cpu (SIMULATED GPU)` when its GPU data was simulated."""
+    device = run.get("device")
+    return f"{_fmt(device)} {SIM_MARK}" if run.get("simulated") else device
+
+
+def _sim_footnote(runs: list[dict[str, Any]]) -> None:
+    """One line under a table that shows simulated runs, saying what the marker means."""
+    if any(r.get("simulated") for r in runs):
+        _console().print(f"{SIM_MARK}: AMU, PCU and energy of these runs come from a "
+                         "simulated GPU (`--simulate-gpu`), not from hardware", style="bold red")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -372,15 +389,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         emit_json({"runs": [_run_doc(r, r.get("status", "")) for r in runs],
                    "leaderboard": board})
     else:
-        cols = ["metric"] + [run_label(r) for r in runs]
+        cols = ["metric"] + [run_label(r) + (f" {SIM_MARK}" if r.get("simulated") else "")
+                             for r in runs]
         rows = [[n] + [(r.get("metrics") or {}).get(n, (None,))[0] for r in runs]
                 for n in names]
         _table(cols, rows, title="raw metrics")
         if board:
             bcols = ["run_id", "technique", "metric", "value", "score", "rank"]
-            _table(bcols, [[b.get(c) for c in bcols] for b in board],
+            _table(bcols + ["data"], [[b.get(c) for c in bcols]
+                                      + ["SIMULATED" if b.get("simulated") else "measured"]
+                                      for b in board],
                    title="paper normalisation: score in [0.1, 1] (higher is better), "
-                   "rank 1 = best")
+                   "rank 1 = best; simulated runs are ranked only among themselves")
+        _sim_footnote(runs)
     if plot_path is not None:
         print(f"wrote a chart of {len(runs)} run(s) x {len(chosen)} metric(s) to {plot_path}",
               file=sys.stderr)

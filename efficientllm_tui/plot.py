@@ -2,7 +2,8 @@
 
 One panel per metric, one horizontal bar per run, raw values with the unit the runs stored.
 A missing value is written `n/a` and gets no bar (never a fake zero); a chart with any
-simulated run says SIMULATED in its title.
+simulated run says SIMULATED in its title, and every bar of a simulated run is marked: its
+label ends in `[sim]`, its bar is hatched and carries `data-simulated="true"`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ _BAR_H, _GAP, _HEAD_H, _PANEL_GAP = 16, 5, 22, 18
 _WIDTH = _LABEL_W + _BAR_W + _VALUE_W
 _X0 = _LABEL_W  # where the bar area starts
 _LABEL_CHARS = 36
+_HATCH_ID = "sim-hatch"
+_HATCH_DEF = (f'<defs><pattern id="{_HATCH_ID}" width="6" height="6" '
+              'patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+              '<rect width="3" height="6" fill="#ffffff" fill-opacity="0.6"/></pattern></defs>')
+"""White diagonal stripes drawn over every bar of a simulated run."""
 _BAD_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -72,8 +78,8 @@ def render_svg(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> str
                   fill="#c62828" if simulated else "#222", cls="title")]
     y = 44
     if simulated:
-        body.append(_text(16, y, "runs marked [sim] were profiled on a simulated GPU: "
-                          "not real measurements", fill="#c62828"))
+        body.append(_text(16, y, "runs marked [sim] (hatched bars) were profiled on a "
+                          "simulated GPU: not real measurements", fill="#c62828"))
         y += 18
     if not metrics:
         body.append(_text(16, y + 14, "no metrics stored for these runs", fill="#666"))
@@ -87,7 +93,7 @@ def render_svg(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> str
     return "\n".join(['<?xml version="1.0" encoding="UTF-8"?>', head,
                       f"<title>{_esc(title)}</title>",
                       f'<rect width="{_WIDTH}" height="{height}" fill="#ffffff"/>',
-                      *body, "</svg>", ""])
+                      *([_HATCH_DEF] if simulated else []), *body, "</svg>", ""])
 
 
 def write_svg(path: Path, text: str) -> None:
@@ -127,9 +133,12 @@ def _panel(name: str, runs: Sequence[Mapping[str, Any]], y: int) -> tuple[list[s
             out.append(_text(zero_x + 6, y + 12, "n/a", fill="#888", cls="na"))
         else:
             left, right = sorted((zero_x, _X0 + (v - lo) / span * _BAR_W))
-            out.append(f'<rect class="bar" data-run={_attr(str(run.get("run_id")))} '
-                       f'x="{left:.1f}" y="{y}" width="{max(right - left, 1.0):.1f}" '
-                       f'height="{_BAR_H}" fill="{PALETTE[i % len(PALETTE)]}"/>')
+            sim_attr = ' data-simulated="true"' if sim else ""
+            box = f'x="{left:.1f}" y="{y}" width="{max(right - left, 1.0):.1f}" height="{_BAR_H}"'
+            out.append(f'<rect class="bar" data-run={_attr(str(run.get("run_id")))}{sim_attr} '
+                       f'{box} fill="{PALETTE[i % len(PALETTE)]}"/>')
+            if sim:  # hatched over the run's colour: readable without the label, in print too
+                out.append(f'<rect class="sim-hatch" {box} fill="url(#{_HATCH_ID})"/>')
             out.append(_text(max(right, zero_x + 1) + 6, y + 12, num(v), cls="value"))
         y += _BAR_H + _GAP
     out.append(f'<line x1="{zero_x:.1f}" y1="{top - 2}" x2="{zero_x:.1f}" y2="{y - _GAP + 2}" '

@@ -255,6 +255,24 @@ class StoreReads:
         row["metrics"] = {m["name"]: (m["value"], m["unit"], m["source"]) for m in metrics}
         return row
 
+    def metric_sources(self, run_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """{run_id: {metric name: source}} of these runs (`simulated`, `nvml`, `runner`, ...);
+        a run without metrics is left out."""
+        ids = sorted({str(i) for i in run_ids})
+        if not ids or not self.path.exists():
+            return {}
+        with self.connect(read_only=True) as con:
+            rows = dict_rows(
+                con,
+                "SELECT run_id, name, source FROM metrics WHERE list_contains(?, run_id) "
+                "ORDER BY run_id, name",
+                [ids],
+            )
+        out: dict[str, dict[str, str]] = {}
+        for r in rows:
+            out.setdefault(r["run_id"], {})[r["name"]] = r["source"]
+        return out
+
     def samples(self, run_id: str, device: str | None = None) -> pa.Table:
         """The run's samples (optionally of one device), ordered by device and time."""
         if not self.path.exists():
