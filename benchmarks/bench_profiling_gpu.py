@@ -45,7 +45,7 @@ sys.path.insert(1, str(ROOT / "benchmarks"))  # its helper modules, however it i
 from profiling_workload import Load  # noqa: E402
 
 from profiling import client, metrics  # noqa: E402
-from profiling.energy import energy_reader_for, sample_device_for  # noqa: E402
+from profiling.energy import energy_counter, sample_device_for  # noqa: E402
 from profiling.sample import Sample  # noqa: E402
 from profiling.window import WindowMeter  # noqa: E402
 
@@ -163,7 +163,7 @@ def costs_section(load: Load, index: int | None) -> dict[str, Any]:
         "backend_sample": lambda: b.sample(time.time_ns()),
     }
     out["per_call_us"] = {k: per_call_us(fn) for k, fn in calls.items()}
-    reader, _ = energy_reader_for("cuda:0")
+    reader = energy_counter("cuda:0").reader
     if reader is not None:
         out["per_call_us"]["energy_counter"] = per_call_us(reader, 25)
     gpm = []
@@ -242,7 +242,7 @@ class Collector:
 def start_daemon(home: Path, rate_hz: float, simulate: bool) -> client.DaemonInfo:
     info = client.ensure_daemon(home, rate_hz=rate_hz, idle_exit_s=120, timeout_s=30,
                                 simulate_gpu=simulate)
-    client.watch(home, os.getpid(), "bench")
+    client.watch(home, os.getpid(), "bench", simulate_gpu=simulate)
     return info
 
 
@@ -250,7 +250,8 @@ def start_daemon(home: Path, rate_hz: float, simulate: bool) -> client.DaemonInf
 
 def fidelity_section(load: Load, home: Path, simulate: bool) -> dict[str, Any]:
     dev = sample_device_for(load.device) if load.cuda else "gpu0"
-    reader, source = energy_reader_for(load.device)
+    counter = energy_counter(load.device)
+    reader, source = counter.reader, counter.source
     meter = WindowMeter(load.sync, reader, dev, source)
     out: dict[str, Any] = {"device": dev, "energy_source": source}
     # (name, seconds, duty, period): "bursty" toggles every 0.15 s, faster than NVML's

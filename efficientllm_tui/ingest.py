@@ -116,31 +116,72 @@ def _sample_device(started: Event | None, device: str, simulated: bool) -> str:
     return "cpu"
 
 
-def _metric(name: str, value: float | None, unit: str, source: str) -> dict[str, Any]:
-    return {"name": name, "value": value, "unit": unit, "source": source}
+COVERAGE_WARN = 0.9
+"""Below this fraction of the measured window covered by samples, AMU, PCU and the power
+integral carry a note saying how much of the window they saw."""
+
+_SAMPLED = (("amu", "fraction"), ("amu_gib", "GiB"), ("pcu", "fraction"))
 
 
-def sample_metrics(samples: list[Sample], dev: str, t0_ns: int, t1_ns: int,
-                   n_cpus: int) -> tuple[list[dict[str, Any]], str | None]:
-    """AMU, PCU and the power-integral energy of the measured window on spool device `dev`,
-    each with its source."""
-    mine = [s for s in samples if s.device == dev]
-    out: list[dict[str, Any]] = []
+def _metric(name: str, value: float | None, unit: str, source: str,
+            note: str | None = None) -> dict[str, Any]:
+    if value is None:  # a NULL always says why (DESIGN.md section 6)
+        return {"name": name, "value": None, "unit": unit, "source": "none",
+                "note": note or "not measured by this run"}
+    return {"name": name, "value": value, "unit": unit, "source": source, "note": note}
+
+
+def sample_metrics(samples: list[Sample], dev: str, t0_ns: int, t1_ns: int, n_cpus: int,
+                   missing: str = "no samples") -> tuple[list[dict[str, Any]], str | None]:
+    """AMU, PCU, the power-integral energy and the sample coverage of the measured window
+    on spool device `dev`, each with its source, and a note where a value is missing or
+    rests on part of the window.
+
+    Gaps longer than `pm.sample_gap_ns` (a daemon killed, stopped or starved) are holes,
+    never interpolated over; `sample_coverage` stores the fraction of the window the
+    samples cover. `missing` says why there may be no samples at all.
+    """
+    mine = sorted((s for s in samples if s.device == dev), key=lambda s: s.t_ns)
     if not mine:
-        for name, unit in (("amu", "fraction"), ("amu_gib", "GiB"), ("pcu", "fraction")):
-            out.append(_metric(name, None, unit, "none"))
+        why = f"no samples of {dev} in the measured window: {missing}"
+        out = [_metric(name, None, unit, "none", why) for name, unit in _SAMPLED]
+        out.append(_metric("sample_coverage", 0.0, "fraction", "none", why))
         return out, None
     source = "simulated" if any(s.simulated for s in mine) else mine[0].source
-    frac, gib = pm.amu(mine, t0_ns, t1_ns)
-    out.append(_metric("amu", frac, "fraction", source))
-    out.append(_metric("amu_gib", gib, "GiB", source))
-    pcu, pcu_source = pm.pcu(mine, t0_ns, t1_ns, n_cpus=n_cpus)
-    out.append(_metric("pcu", pcu, "fraction", pcu_source or source))
+    times = [s.t_ns for s in mine]
+    gap_ns = pm.sample_gap_ns(times)
+    covered, hole_ns = pm.coverage(times, t0_ns, t1_ns, gap_ns)
+    note = None
+    if covered is not None and covered < COVERAGE_WARN:
+        note = (f"samples cover {covered:.0%} of the measured window (longest gap "
+                f"{hole_ns / 1e9:.1f} s); the mean is over the covered part")
+    frac, gib = pm.amu(mine, t0_ns, t1_ns, max_gap_ns=gap_ns)
+    pcu, pcu_source = pm.pcu(mine, t0_ns, t1_ns, n_cpus=n_cpus, max_gap_ns=gap_ns)
+    unreported = f"{dev}'s samples in the window carry no such reading"
+    out = [
+        _metric("amu", frac, "fraction", source, note if frac is not None else unreported),
+        _metric("amu_gib", gib, "GiB", source, note if gib is not None else unreported),
+        _metric("pcu", pcu, "fraction", pcu_source or source,
+                note if pcu is not None else unreported),
+        _metric("sample_coverage", covered, "fraction", source, note),
+    ]
     power = [(s.t_ns, s.power_w) for s in mine if s.power_w is not None]
     if power:
-        e = pm.energy_integral_j([t for t, _ in power], [p for _, p in power], t0_ns, t1_ns)
-        out.append(_metric("energy_integral_j", e, "J", source))
+        e = pm.energy_integral_j([t for t, _ in power], [p for _, p in power], t0_ns, t1_ns,
+                                 max_gap_ns=gap_ns)
+        out.append(_metric("energy_integral_j", e, "J", source, note))
     return out, pcu_source
+
+
+def _no_samples_reason(result: Event | None, dev: str) -> str:
+    """Why a run's device may have no samples, from what the runner reported."""
+    info = (result.get("info") or {}) if result is not None else {}
+    if info.get("profiler_watched") is False:
+        return "no profiling daemon was reachable when the run started"
+    if result is None:
+        return "the run ended before the profiling daemon sampled it"
+    return (f"the profiling daemon sent none for {dev} (it stopped, was killed, or does not "
+            "sample this device)")
 
 
 def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> RunBundle:
@@ -156,22 +197,24 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
     t1 = int(measure.get("t1_ns")) if measure else state.t_end_ns
 
     dev = _sample_device(started, device, spec.simulate_gpu)
-    samples = spool.read_samples(homes.spool_dir(home), state.t_start_ns, state.t_end_ns,
-                                 {"cpu", dev})
+    samples = [s for s in spool.read_samples(homes.spool_dir(home), state.t_start_ns,
+                                             state.t_end_ns, {"cpu", dev})
+               if spec.simulate_gpu or not s.simulated]  # never simulated data it did not ask for
     n_cpus = int((started.get("cpu_count") if started else None) or os.cpu_count() or 1)
-    metrics, pcu_source = sample_metrics(samples, dev, t0, t1, n_cpus)
+    metrics, pcu_source = sample_metrics(samples, dev, t0, t1, n_cpus,
+                                         _no_samples_reason(result, dev))
     have = {m["name"] for m in metrics}
     if result is not None:
         for m in result.get("metrics") or ():
             if m.get("name") in have:
                 continue
             metrics.append(_metric(m.get("name"), m.get("value"), m.get("unit", ""),
-                                   m.get("source", "runner")))
+                                   m.get("source", "runner"), m.get("note")))
             have.add(m.get("name"))
     info = dict(result.get("info") or {}) if result else {}
     versions = dict(started.get("versions") or {}) if started else {}
     entry = efficientllm_data.find_technique(spec.technique) or {}
-    simulated = spec.simulate_gpu or any(s.simulated for s in samples)
+    simulated = bool(spec.simulate_gpu)
 
     run = {
         **{k: v for k, v in spec.to_dict().items() if k not in ("params", "simulate_gpu",
@@ -198,6 +241,7 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
         "cuda_version": versions.get("cuda"),
         "gpu_name": started.get("gpu_name") if started else None,
         "pcu_source": pcu_source,
+        "energy_note": _energy_note(measure, info),
         "info": json.dumps(info, sort_keys=True, default=str),
         "ingested_at": _ts(time.time_ns()),
     }
@@ -208,6 +252,12 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
     raw = [{"t_ns": e.t_ns, "kind": e.kind, "payload": dict(e.fields)} for e in events]
     return RunBundle(run=run, samples=samples, steps=steps, windows=windows, events=raw,
                      metrics=metrics)
+
+
+def _energy_note(measure: Event | None, info: dict[str, Any]) -> str | None:
+    """Why the measured window has no energy (or how it was corrected), from the runner."""
+    note = measure.get("energy_note") if measure is not None else None
+    return str(note) if note else (str(info["energy_note"]) if info.get("energy_note") else None)
 
 
 def _ts(t_ns: int | None) -> Any:

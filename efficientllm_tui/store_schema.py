@@ -87,7 +87,16 @@ def _columns(spec: str) -> dict[str, str]:
     return out
 
 
-COLUMNS: dict[str, dict[str, str]] = {t: _columns(spec) for t, spec in _V1_TABLES.items()}
+# Schema version 2: why a number is missing, stored beside it (metrics.note, and the
+# energy reader's reason on the run), so a NULL is never silent.
+_V2_COLUMNS: dict[str, dict[str, str]] = {
+    "runs": {"energy_note": "VARCHAR"},
+    "metrics": {"note": "VARCHAR"},
+}
+
+COLUMNS: dict[str, dict[str, str]] = {
+    t: {**_columns(spec), **_V2_COLUMNS.get(t, {})} for t, spec in _V1_TABLES.items()
+}
 """Every table's columns (name -> DuckDB type) in the current schema version."""
 
 RUN_COLUMNS: dict[str, str] = COLUMNS["runs"]
@@ -107,7 +116,7 @@ EXPORT_ORDER: dict[str, str] = {
     "steps": "run_id, t_ns, step",
     "windows": "run_id, t0_ns",
     "events": "run_id, seq",
-    "leaderboard": "family, group_name, model, metric, rank, run_id",
+    "leaderboard": "family, group_name, model, workload, metric, rank, run_id",
 }
 """What `export` may write (table names never come from the user unchecked), and the order."""
 
@@ -119,41 +128,76 @@ _MIGRATION_LOCK = threading.Lock()  # two threads of one process share a DuckDB 
 # --------------------------------------------------------------------------- views & migrations
 
 
+QUALITY_METRICS = ("eval_ppl", "mcr")
+"""Leaderboard metrics that measure quality: never ranked for inference or fine-tuning on
+random weights (no quality signal; pretraining trained its model, so its perplexity is)."""
+
+
+def workload_sql(r: str = "r") -> str:
+    """SQL for a run's workload key, over the runs row aliased `r`.
+
+    Runs are ranked only against runs of the same workload (DESIGN.md section 5): family,
+    comparison group, model, weights, batch size, sequence length, new tokens (inference),
+    the dtype everything is compared to (MCR's reference, or the training precision), the
+    GPU's name (or cpu), simulated, and contended. One readable string, so users and
+    reports can GROUP BY it.
+    """
+    return f"""concat_ws(' | ', {r}.family, coalesce({r}.group_name, '-'), {r}.model,
+  coalesce({r}.weights, 'unknown') || ' weights',
+  'batch ' || coalesce(CAST({r}.batch_size AS VARCHAR), '?'),
+  'seq ' || coalesce(CAST({r}.seq_len AS VARCHAR), '?'),
+  CASE WHEN {r}.family = 'inference'
+       THEN 'new ' || coalesce(CAST({r}.new_tokens AS VARCHAR), '?') END,
+  coalesce('ref ' || ({r}.info->>'mcr_reference'), {r}.info->>'precision', 'dtype ?'),
+  coalesce({r}.gpu_name, CASE WHEN {r}.device LIKE 'cuda%' THEN 'gpu (unnamed)'
+                              ELSE 'cpu' END),
+  CASE WHEN coalesce({r}.simulated, false) THEN 'simulated' ELSE 'measured' END,
+  CASE WHEN {r}.contended THEN 'contended' WHEN NOT {r}.contended THEN 'alone'
+       ELSE 'contention unknown' END)"""
+
+
 def _run_metrics_sql() -> str:
     """The run_metrics view: one row a run, the metrics pivoted by conditional aggregation."""
     pivot = ",\n  ".join(
         f"max(m.value) FILTER (WHERE m.name = '{n}') AS \"{n}\"" for n in RUN_METRIC_COLUMNS
     )
-    keys = "r.run_id, r.family, r.technique, r.model, r.group_name, r.status, r.simulated"
+    keys = ("r.run_id, r.family, r.technique, r.model, r.group_name, r.status, r.simulated, "
+            "r.weights, r.contended")
     return f"""
-SELECT {keys}, r.started_at,
+SELECT {keys}, r.started_at, {workload_sql()} AS workload,
   {pivot}
 FROM runs r LEFT JOIN metrics m ON m.run_id = r.run_id
-GROUP BY {keys}, r.started_at"""
+GROUP BY {keys}, r.started_at, workload"""
 
 
 def leaderboard_sql(selected: bool = False) -> str:
     """The leaderboard query; `selected` adds a `?` parameter: a list of run ids to rank.
 
-    Score is the paper's min-max normalisation to [0.1, 1] within (family, group_name, model,
-    device, simulated, metric): runs on another device, or simulated ones, are never ranked
-    against each other. Lower-is-better metrics flipped, 1.0 when every value is equal;
-    rank 1 is best (ties share a rank). `simulated` is carried along so simulated rows can be
-    labelled.
+    Score is the paper's min-max normalisation to [0.1, 1] within one workload and metric
+    (`workload_sql`): a batch-4 run is never ranked against batch-1 runs, an H100 run never
+    against an H200 one, simulated or contended runs never against measured ones.
+    Lower-is-better metrics flipped, 1.0 when every value is equal; rank 1 is best (ties
+    share a rank). Not ranked: NULLs, quality on random weights (QUALITY_METRICS), and an
+    energy of zero or less (a counter that did not advance, stored by older versions).
     """
     directions = ", ".join(f"('{k}', {str(v).lower()})" for k, v in METRIC_DIRECTIONS.items())
+    quality = ", ".join(f"'{q}'" for q in QUALITY_METRICS)
     only = "\n    AND list_contains(?, r.run_id)" if selected else ""
     return f"""
 WITH dirs(metric, higher_is_better) AS (VALUES {directions}),
 vals AS (
   SELECT r.run_id, r.family, r.group_name, r.model, r.device, r.technique,
+         {workload_sql()} AS workload,
          m.name AS metric, m.value, d.higher_is_better, coalesce(r.simulated, false) AS simulated
   FROM runs r JOIN metrics m ON m.run_id = r.run_id JOIN dirs d ON d.metric = m.name
-  WHERE r.status = 'ok' AND m.value IS NOT NULL AND NOT isnan(m.value){only}
+  WHERE r.status = 'ok' AND m.value IS NOT NULL AND NOT isnan(m.value)
+    AND NOT (m.name IN ({quality}) AND r.family <> 'pretraining'
+             AND coalesce(r.weights, 'random') = 'random')
+    AND NOT (m.name = 'aec_w' AND m.value <= 0){only}
 ),
 bounds AS (
   SELECT *, min(value) OVER w AS lo, max(value) OVER w AS hi
-  FROM vals WINDOW w AS (PARTITION BY family, group_name, model, device, simulated, metric)
+  FROM vals WINDOW w AS (PARTITION BY workload, metric)
 ),
 scored AS (
   SELECT *, CASE WHEN hi = lo THEN 1.0
@@ -162,9 +206,8 @@ scored AS (
   FROM bounds
 )
 SELECT run_id, family, group_name, model, technique, metric, value, higher_is_better, score,
-       rank() OVER (PARTITION BY family, group_name, model, device, simulated, metric
-                    ORDER BY score DESC) AS rank,
-       simulated
+       rank() OVER (PARTITION BY workload, metric ORDER BY score DESC) AS rank,
+       simulated, workload
 FROM scored"""
 
 
@@ -174,7 +217,15 @@ def _migrate_to_1(con: Any) -> None:
         con.execute(f"CREATE TABLE {table} ({spec})")
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_migrate_to_1]
+def _migrate_to_2(con: Any) -> None:
+    """Version 2: `metrics.note` and `runs.energy_note` (why a value is NULL); the views
+    rank within a workload. Rows stored before keep a NULL note."""
+    for table, cols in _V2_COLUMNS.items():
+        for name, typ in cols.items():
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {typ}")
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_migrate_to_1, _migrate_to_2]
 """MIGRATIONS[v] takes a database from schema version v to v + 1.
 
 Views are derived, not migrated: they are recreated from the current code after every

@@ -1,11 +1,12 @@
 """Energy sources for a device, chosen by name: the NVML counter for GPUs, RAPL for the CPU.
 
-Runner-side helpers that keep runners free of NVML: `energy_reader_for('cuda:0')` gives the
-reader a `WindowMeter` reads at window edges, `sample_device_for('cuda:0')` the device name
-the daemon's samples carry for that GPU (`gpu<NVML index>`, which differs from the CUDA
-index under CUDA_VISIBLE_DEVICES). `profiling.nvml` is imported only when a GPU is asked
-for, so a CPU run never loads pynvml. The host backend's RAPL power (`rapl_power_reader`)
-lives here too: power is the energy counter's delta over the tick.
+Runner-side helpers that keep runners free of NVML: `energy_counter('cuda:0')` gives the
+reader a `WindowMeter` reads at window edges (or the reason there is none),
+`sample_device_for('cuda:0')` the device name the daemon's samples carry for that GPU
+(`gpu<NVML index>`, which differs from the CUDA index under CUDA_VISIBLE_DEVICES).
+`profiling.nvml` is imported only when a GPU is asked for, so a CPU run never loads pynvml.
+The host backend's RAPL power (`rapl_power_reader`) lives here too: power is the energy
+counter's delta over the tick.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from profiling.window import EnergyReader, rapl_energy_reader
 
@@ -38,32 +40,45 @@ def _gpu_index(device: str, env: Mapping[str, str]) -> int | None:
     return int(nvml.nvml_index_for_cuda(int(m.group(1) or 0), env))
 
 
-def energy_reader_for(device: str, env: Mapping[str, str] | None = None
-                      ) -> tuple[EnergyReader | None, str | None]:
-    """(reader, source) for a torch device string: NVML for 'cuda:N', RAPL for 'cpu'.
+@dataclass(frozen=True, slots=True)
+class EnergyCounter:
+    """The energy counter of one device, or why it has none."""
 
-    (None, None) where the device has no readable counter (no NVML, no energy counter,
-    RAPL root-only, MIG); the reason is logged. `env` defaults to os.environ (its
-    CUDA_VISIBLE_DEVICES maps cuda:N to an NVML index).
+    reader: EnergyReader | None
+    """Cumulative energy in joules, read at window edges; None when there is no counter."""
+    source: str | None
+    """`nvml` or `rapl`; None without a counter."""
+    note: str | None = None
+    """Why there is no counter (stored with every energy metric left NULL); None with one."""
+
+
+def energy_counter(device: str, env: Mapping[str, str] | None = None) -> EnergyCounter:
+    """The energy counter of a torch device: NVML for 'cuda:N' (or 'gpuN'), RAPL for 'cpu'.
+
+    Without a readable counter (no NVML, no energy counter, RAPL absent or root-only, MIG)
+    the reader is None and `note` says why, so a run can store the reason beside every
+    energy value it leaves NULL. `env` defaults to os.environ (its CUDA_VISIBLE_DEVICES
+    maps cuda:N to an NVML index).
     """
     env = os.environ if env is None else env
     if device == "cpu":
         reader = rapl_energy_reader(RAPL_ROOT)
         if reader is None:
-            log.info("no CPU energy counter: %s", rapl_status(RAPL_ROOT)[1])
-            return None, None
-        return reader, "rapl"
+            note = f"no CPU energy counter: {rapl_status(RAPL_ROOT)[1]}"
+            log.info(note)
+            return EnergyCounter(None, None, note)
+        return EnergyCounter(reader, "rapl")
     try:
         index = _gpu_index(device, env)
         if index is None:
-            log.info("no energy counter for device %r", device)
-            return None, None
+            return EnergyCounter(None, None, f"no energy counter for device {device!r}")
         from profiling import nvml
 
-        return nvml.nvml_energy_reader(index), "nvml"
+        return EnergyCounter(nvml.nvml_energy_reader(index), "nvml")
     except Exception as e:  # noqa: BLE001 - a missing counter costs the energy, not the run
-        log.info("no energy counter for %s: %s: %s", device, type(e).__name__, e)
-        return None, None
+        note = f"no energy counter for {device}: {type(e).__name__}: {e}"
+        log.info(note)
+        return EnergyCounter(None, None, note)
 
 
 def sample_device_for(device: str, env: Mapping[str, str] | None = None) -> str:

@@ -91,6 +91,44 @@ def time_weighted_mean(t_ns: Sequence[int], values: Sequence[float | None], t0_n
     return None
 
 
+def sample_gap_ns(t_ns: Sequence[int], floor_ns: int = 1_000_000_000,
+                  intervals: float = 5.0) -> int:
+    """The longest spacing of a series that still counts as continuous sampling: `intervals`
+    x the median spacing, at least `floor_ns` (1 s). Longer spacings are holes (a daemon
+    killed, stopped or starved), never bridged by interpolation."""
+    steps = sorted(b - a for a, b in zip(t_ns, t_ns[1:], strict=False) if b > a)
+    if not steps:
+        return floor_ns
+    return max(floor_ns, int(intervals * steps[len(steps) // 2]))
+
+
+def coverage(t_ns: Sequence[int], t0_ns: int, t1_ns: int, max_gap_ns: int
+             ) -> tuple[float | None, int]:
+    """(fraction of the window covered by samples, longest uncovered stretch in ns).
+
+    Time counts as covered between two consecutive samples at most `max_gap_ns` apart,
+    clipped to the window (the same intervals `time_weighted_mean` integrates over when
+    given that `max_gap_ns`). The edges count: a window that starts before the first
+    sample is uncovered until it. None for an empty window.
+    """
+    span = t1_ns - t0_ns
+    if span <= 0:
+        return None, 0
+    ones = [1.0] * len(t_ns)
+    _, covered, _, _ = _integrate(t_ns, ones, t0_ns, t1_ns, max_gap_ns)
+    # The longest hole: between covered stretches, and at the window's edges.
+    gap = 0
+    edge = t0_ns
+    for a, b in zip(t_ns, t_ns[1:], strict=False):
+        if b - a <= max_gap_ns:
+            lo, hi = max(a, t0_ns), min(b, t1_ns)
+            if hi > lo:
+                gap = max(gap, lo - edge)
+                edge = max(edge, hi)
+    gap = max(gap, t1_ns - edge)
+    return covered / span, gap
+
+
 def energy_integral_j(t_ns: Sequence[int], power_w: Sequence[float | None], t0_ns: int,
                       t1_ns: int, max_gap_ns: int | None = None) -> float | None:
     """Energy in joules from sampled power: the AEC cross-check `energy_integral_j`.
@@ -294,6 +332,20 @@ def flops_per_token(n_params: float, *, training: bool, n_layers: int = 0, d_att
     """
     attn = n_layers * d_attn * context_len
     return 6.0 * n_params + 12.0 * attn if training else 2.0 * n_params + 4.0 * attn
+
+
+def inference_flops_per_sequence(n_params: float, prompt_tokens: int, new_tokens: int, *,
+                                 n_layers: int = 0, d_attn: int = 0) -> float:
+    """Model FLOPs of one request sequence: a prefill of P tokens, then G - 1 decode steps.
+
+    Definition (DESIGN.md section 6, mfu, inferred tokens: 2N + 4 L d T each): the first
+    generated token comes from the prefill's last logits, so P + G - 1 tokens go through
+    the model, and the token at position t attends over t positions (causal), so the
+    attention term sums T over t = 1 .. P + G - 1.
+    """
+    forwarded = max(0, prompt_tokens + new_tokens - 1)
+    context_sum = forwarded * (forwarded + 1) / 2.0
+    return 2.0 * n_params * forwarded + 4.0 * n_layers * d_attn * context_sum
 
 
 def mfu(flops_per_s: float | None, peak_flops_per_s: float | None) -> float | None:

@@ -8,6 +8,10 @@ reads the clocks, then the cumulative energy counter. Energy = end - begin.
 
 Counters can reset (driver reload) or wrap (RAPL): an end reading below the begin reading
 gives `energy_j=None` with the reason in `energy_note`, unless the wrap modulus is known.
+A counter that did not advance is no reading either: a device always draws power, so a
+zero delta means the window was shorter than the counter's update period (NVML's moves
+about every 100 ms), and 0 J would rank as the best energy ever measured. Every family's
+windows go through this one meter, so the rule holds for all of them.
 A window longer than one full wrap cannot be told from a shorter one; RAPL readers here
 track wraps between calls, so read them at least once per wrap period for long runs.
 """
@@ -91,6 +95,7 @@ class WindowMeter:
     def __init__(self, sync: Callable[[], None] | None = None,
                  energy_reader: EnergyReader | None = None, device: str = "cpu",
                  energy_source: str | None = None, *, wrap_j: float | None = None,
+                 no_counter_note: str | None = None,
                  clock_ns: Callable[[], int] = time.time_ns,
                  mono_ns: Callable[[], int] = time.perf_counter_ns) -> None:
         """Build a meter.
@@ -101,6 +106,8 @@ class WindowMeter:
             device: device id recorded in results.
             energy_source: label recorded with energy_j ('nvml', 'rapl', ...).
             wrap_j: the counter's wrap modulus in joules, when it wraps rather than resets.
+            no_counter_note: why there is no energy reader (stored as every window's
+                energy_note when `energy_reader` is None).
             clock_ns: wall clock for t0/t1 (tests pass a fake).
             mono_ns: monotonic clock for elapsed_s (tests pass a fake).
         """
@@ -109,6 +116,7 @@ class WindowMeter:
         self.device = device
         self.energy_source = energy_source if energy_reader is not None else None
         self._wrap_j = wrap_j
+        self._no_counter_note = no_counter_note or "no energy counter on this device"
         self._clock = clock_ns
         self._mono = mono_ns
         self._open: dict[str, _Open] = {}
@@ -153,18 +161,23 @@ class WindowMeter:
             opened = self._open.pop(name, None)
         if opened is None:
             raise ValueError(f"no open window named {name!r}")
-        energy_j, note = self._delta(opened.energy0, energy1, opened.note or note1)
+        elapsed_s = (mono1 - opened.mono0_ns) / 1e9
+        energy_j, note = self._delta(opened.energy0, energy1, opened.note or note1, elapsed_s)
         return WindowResult(name=name, device=self.device, t0_ns=opened.t0_ns, t1_ns=t1_ns,
                             energy_j=energy_j, energy_source=self.energy_source,
-                            elapsed_s=(mono1 - opened.mono0_ns) / 1e9, energy_note=note)
+                            elapsed_s=elapsed_s, energy_note=note)
 
-    def _delta(self, e0: float | None, e1: float | None,
-               note: str | None) -> tuple[float | None, str | None]:
+    def _delta(self, e0: float | None, e1: float | None, note: str | None,
+               elapsed_s: float) -> tuple[float | None, str | None]:
         if self._reader is None:
-            return None, None
+            return None, self._no_counter_note
         if e0 is None or e1 is None:
             return None, note or "energy counter unreadable"
-        if e1 >= e0:
+        if e1 == e0:
+            return None, (f"the {self.energy_source or 'energy'} counter did not advance over "
+                          f"this {elapsed_s:.3f} s window (shorter than its update period); "
+                          "measure more steps for energy")
+        if e1 > e0:
             return e1 - e0, None
         if self._wrap_j:
             return e1 + self._wrap_j - e0, "counter wrapped once; corrected by its modulus"

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from profiling.window import WindowMeter, rapl_energy_reader
+from profiling.energy import energy_counter
+from profiling.window import WindowMeter
 from runners.errors import Unsupported
 
 GIB = float(2**30)
@@ -151,16 +152,8 @@ def gpu_name(device: str) -> str | None:
 
 def window_meter(device: str, sync: Callable[[], None] | None, sample_device: str
                  ) -> WindowMeter:
-    """Windows on `device`: NVML energy for GPUs, RAPL for the CPU (where readable), from
-    profiling.energy; without it (an older profiling package), RAPL on CPU only."""
-    reader, source = None, None
-    try:
-        from profiling.energy import energy_reader_for
-
-        reader, source = energy_reader_for(device)
-    except ImportError:
-        if device == "cpu":
-            reader = rapl_energy_reader()
-            source = "rapl" if reader is not None else None
-    return WindowMeter(sync=sync, energy_reader=reader, device=sample_device,
-                       energy_source=source)
+    """Windows on `device`: NVML energy for GPUs, RAPL for the CPU (where readable); without
+    a counter every window's energy_note says why (profiling.energy)."""
+    counter = energy_counter(device)
+    return WindowMeter(sync=sync, energy_reader=counter.reader, device=sample_device,
+                       energy_source=counter.source, no_counter_note=counter.note)

@@ -39,10 +39,10 @@ from runners.decode import (
     RequestTiming,
     default_chain,
 )
-from runners.errors import BadInput, OutOfMemory, Unsupported, is_oom, one_line
+from runners.errors import OutOfMemory, Unsupported, is_oom, one_line
 from runners.family import Family, FamilyConfig, register
 from runners.inference_metrics import Measured, inference_metrics
-from runners.protocol import Event, RunResult
+from runners.protocol import RANDOM_WEIGHTS_NOTE, Event, RunResult
 from runners.quality import Reference, calibration_batches, perplexity
 
 __all__ = ["TECHNIQUES", "InferenceConfig", "InferenceFamily", "Technique", "perplexity"]
@@ -129,31 +129,9 @@ class InferenceConfig(FamilyConfig):
     """Let a local model dir run its own code (off unless asked for)."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.engine != "auto" and self.engine not in ENGINES:
-            raise BadInput(f"unknown engine {self.engine!r} (choose from auto, "
-                           f"{', '.join(ENGINES)})")
-        modes = FusedEngine.modes
-        if self.compile_mode not in modes or (self.compile_mode not in CompileEngine.modes
-                                              and self.engine == CompileEngine.name):
-            raise BadInput(f"unknown compile_mode {self.compile_mode!r} (choose from "
-                           f"{', '.join(modes)}; none only with engine=fused)")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise BadInput(f"unknown dtype {self.dtype!r} (choose from auto, {', '.join(DTYPES)})")
+        super().__post_init__()  # choices, ranges and rules: runners.params
         if self.mcr_reference == "auto":
             object.__setattr__(self, "mcr_reference", float_default(self.device))
-        if self.mcr_reference not in ("bf16", "fp32", "none"):
-            raise BadInput(f"mcr_reference must be bf16, fp32 or none, got {self.mcr_reference!r}")
-        for name in ("peak_tflops", "mem_bw_gbps"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise BadInput(f"{name} must be positive, got {value!r}")
-        if self.threads is not None and self.threads < 1:
-            raise BadInput(f"threads must be at least 1, got {self.threads!r}")
-        if self.eval_tokens < 0 or self.eval_tokens == 1:
-            raise BadInput(f"eval_tokens must be 0 (skip) or at least 2, got {self.eval_tokens}")
-        if self.calibration_tokens < 2:
-            raise BadInput(f"calibration_tokens must be at least 2, got {self.calibration_tokens}")
 
 
 @register
@@ -172,21 +150,13 @@ class InferenceFamily(Family[InferenceConfig]):
         return TECHNIQUES[self.config.technique]
 
     def validate(self) -> None:
-        c, card, tech = self.config, self.card, self.technique
-        if c.seq_len + c.new_tokens > card.max_position:
-            raise BadInput(f"seq_len + new_tokens = {c.seq_len + c.new_tokens} exceeds "
-                           f"{card.id}'s {card.max_position} positions")
-        if tech.quantization is None and c.dtype not in ("auto", tech.id):
-            raise BadInput(f"--set dtype applies to quantized techniques; {tech.id} runs in "
-                           f"{tech.dtype}")
+        super().validate()  # positions, dtype and tokenizer: runners.params.pair_problem
+        c, tech = self.config, self.technique
         if tech.quantization is not None:
             quant.check_available(tech.quantization, c.device)
         if c.engine == "graph" and not c.device.startswith("cuda"):
             raise Unsupported(f"engine {c.engine!r} captures CUDA graphs and needs a CUDA device "
                               f"(got {c.device}); use engine=loop or static")
-        if card.tokenizer == "byte" and card.vocab_size < 260:
-            raise BadInput(f"{card.id} has {card.vocab_size} tokens, fewer than the byte "
-                           "tokenizer's 260")
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -214,12 +184,15 @@ class InferenceFamily(Family[InferenceConfig]):
         tokenizer = model_mod.tokenizer_for(self.card, ctx.home, c.trust_remote_code)
         text = corpus_mod.load(c.dataset, c.eval_tokens, tokenizer)
 
+        # Quality only where there is some: on random weights perplexity is noise around
+        # the vocabulary size at every precision (RANDOM_WEIGHTS_NOTE), so it is not scored.
+        scored = built.weights != "random" and c.eval_tokens > 0
         reference = None
         if ref_dtype is not None and ref_dtype != compute:
-            reference = self._reference(built, ref_dtype, text.heldout)
+            reference = self._reference(built, ref_dtype, text.heldout, scored)
         built = self._built = model_mod.cast(built, compute)
         if ref_dtype == compute and tech.quantization is not None:
-            reference = self._reference(built, ref_dtype, text.heldout)
+            reference = self._reference(built, ref_dtype, text.heldout, scored)
         kernels: dict[str, Any] = {}
         if tech.quantization is not None:
             built, kernels = self._quantize(built, tech.quantization, text.pool)
@@ -249,12 +222,19 @@ class InferenceFamily(Family[InferenceConfig]):
             prefill_window = self._prefills(requests[c.warmup:], engine, meter)
 
         ppl = None
-        if c.eval_tokens:
+        if scored:
             ctx.phase("eval", tokens=len(text.heldout))
             ppl = perplexity(built.model, text.heldout, c.device,
                              min(PPL_CHUNK_TOKENS, self.card.max_position))
-            if ref_dtype == compute and tech.quantization is None:
-                reference = Reference(model_mod.dtype_name(compute), built.size.weight_bytes, ppl)
+        if ref_dtype == compute and tech.quantization is None:
+            reference = Reference(model_mod.dtype_name(compute), built.size.weight_bytes, ppl)
+        if built.weights == "random":
+            quality_note = RANDOM_WEIGHTS_NOTE
+        elif c.eval_tokens == 0:
+            quality_note = "not scored: eval_tokens=0"
+        else:
+            quality_note = self._reference_note or ("no MCR reference: mcr_reference=none"
+                                                    if reference is None else None)
 
         measured = Measured(
             timings=tuple(timings), window=window, prefill_window=prefill_window,
@@ -262,7 +242,9 @@ class InferenceFamily(Family[InferenceConfig]):
             total_params=built.size.total_params, weight_bytes=built.size.weight_bytes,
             peak_allocated_gib=peak_alloc, peak_reserved_gib=peak_reserved,
             peak_rss_gib=dev.peak_rss_gib(), ppl=ppl, reference=reference,
-            peak_tflops=c.peak_tflops, mem_bw_gbps=c.mem_bw_gbps)
+            peak_tflops=c.peak_tflops, mem_bw_gbps=c.mem_bw_gbps,
+            n_layers=self.card.num_layers, d_attn=self.card.num_heads * self.card.head_dim,
+            quality_note=quality_note)
         info = {
             "weights": built.weights, "weights_source": built.source, "dtype": built.dtype,
             "init_dtype": built.init_dtype, "total_params": built.size.total_params,
@@ -275,7 +257,10 @@ class InferenceFamily(Family[InferenceConfig]):
             "measure_s": window.elapsed_s, "warmup_requests": len(warm),
             "measured_requests": len(timings), "peak_tflops": c.peak_tflops,
             "mem_bw_gbps": c.mem_bw_gbps,
-            "mfu_flops_per_token": pm.flops_per_token(built.size.total_params, training=False),
+            "mfu_flops_per_sequence": pm.inference_flops_per_sequence(
+                built.size.total_params, c.seq_len, c.new_tokens, n_layers=self.card.num_layers,
+                d_attn=self.card.num_heads * self.card.head_dim),
+            "quality_scored": scored,
             "energy_note": window.energy_note,
             "quantization": self._quant_info(kernels),
             "mcr_reference": None if reference is None else reference.dtype,
@@ -294,15 +279,18 @@ class InferenceFamily(Family[InferenceConfig]):
         return getattr(torch, DTYPES[c.mcr_reference])
 
     def _reference(self, built: model_mod.BuiltModel, dtype: torch.dtype,
-                   heldout: Sequence[int]) -> Reference | None:
-        """Perplexity and bytes of the model's weights in `dtype` (cast for the block only);
-        None, with a note, when the second copy does not fit."""
+                   heldout: Sequence[int], scored: bool) -> Reference | None:
+        """Bytes (and, when `scored`, perplexity) of the model's weights in `dtype`, cast
+        for the block only; None, with a note, when the second copy does not fit."""
         c = self.config
-        self.ctx.phase("reference", dtype=model_mod.dtype_name(dtype), tokens=len(heldout))
+        self.ctx.phase("reference", dtype=model_mod.dtype_name(dtype),
+                       tokens=len(heldout) if scored else 0)
         chunk = min(PPL_CHUNK_TOKENS, self.card.max_position)
+        ppl = None
         try:
             with model_mod.cast_temporarily(built.model, dtype) as size:
-                ppl = perplexity(built.model, heldout, c.device, chunk)
+                if scored:
+                    ppl = perplexity(built.model, heldout, c.device, chunk)
         except Exception as e:  # noqa: BLE001 - only memory is forgiven here
             if not is_oom(e):
                 raise
@@ -415,7 +403,7 @@ class InferenceFamily(Family[InferenceConfig]):
                                 tokens=c.batch_size * c.new_tokens, samples=c.batch_size,
                                 ttft_s=timing.ttft_s, prompt_tokens=c.batch_size * c.seq_len,
                                 tpot_s=pm.tpot_s(timing.latency_s, timing.ttft_s, c.new_tokens)))
-        window = _counted(meter.end(phase))
+        window = meter.end(phase)
         ctx.emit(Event.window(**window.to_dict()))
         return timings, window
 
@@ -435,7 +423,7 @@ class InferenceFamily(Family[InferenceConfig]):
             latency = (time.perf_counter_ns() - t0) / 1e9
             ctx.emit(Event.step(step=i, phase="prefill", latency_s=latency, tokens=0,
                                 samples=c.batch_size, prompt_tokens=c.batch_size * c.seq_len))
-        window = _counted(meter.end("prefill"))
+        window = meter.end("prefill")
         ctx.emit(Event.window(**window.to_dict()))
         return window
 
@@ -447,17 +435,3 @@ class InferenceFamily(Family[InferenceConfig]):
             info.update(dtype=self._built.dtype, total_params=self._built.size.total_params,
                         weight_bytes=self._built.size.weight_bytes, weights=self._built.weights)
         return info
-
-
-def _counted(window: WindowResult) -> WindowResult:
-    """`window` with a counter that did not advance read as unknown, not as 0 J.
-
-    A GPU always draws power, so a zero delta means the window was shorter than the
-    counter's update period (NVML's energy counter moved in steps over ~50 ms windows on an
-    H100), not that it cost nothing.
-    """
-    if window.energy_j is None or window.energy_j > 0:
-        return window
-    note = (f"the energy counter did not advance over this {window.elapsed_s:.3f} s window "
-            "(shorter than its update period); measure longer for energy")
-    return replace(window, energy_j=None, energy_note=note)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from profiling import metrics as pm
 from profiling.window import WindowResult
-from runners.protocol import Metric
+from runners.protocol import ENERGY_METRICS, NO_PEAK_NOTE, Metric, explain_missing
 
 if TYPE_CHECKING:
     from runners.decode import RequestTiming
@@ -49,6 +49,12 @@ class Measured:
     """The uncompressed reference for MCR; None when not scored."""
     peak_tflops: float | None = None
     mem_bw_gbps: float | None = None
+    n_layers: int = 0
+    """Decoder layers (the attention term of the MFU FLOPs)."""
+    d_attn: int = 0
+    """Attention width: query heads x head dim."""
+    quality_note: str | None = None
+    """Why perplexity and MCR are None (random weights, eval_tokens=0, no reference)."""
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -76,10 +82,12 @@ def inference_metrics(m: Measured) -> list[Metric]:
     throughput = pm.it_tokens_per_s(generated, seconds)
     mean_ttft, mean_tpot = _mean([t.ttft_s for t in m.timings]), _mean(tpots)
     decode_tps = pm.it_tokens_per_s(b, mean_tpot)
-    # MFU: 2N FLOPs per token through the model (Kaplan et al. 2020), prompt and generated
-    # tokens alike, over the whole measured window.
-    flops_per_s = pm.it_tokens_per_s(pm.flops_per_token(m.total_params, training=False)
-                                     * (prompt + generated), seconds)
+    # MFU: 2N FLOPs per token through the model (Kaplan et al. 2020) plus the attention
+    # term over each token's causal context, every sequence of every measured request,
+    # over the whole measured window.
+    flops = n_req * b * pm.inference_flops_per_sequence(
+        m.total_params, m.prompt_tokens, m.new_tokens, n_layers=m.n_layers, d_attn=m.d_attn)
+    flops_per_s = pm.it_tokens_per_s(flops, seconds)
     peak = m.peak_tflops * 1e12 if m.peak_tflops else None
     # Roofline: every decode step reads every weight byte once, so at most
     # bandwidth / weight bytes steps a second, each yielding one token a sequence.
@@ -101,7 +109,22 @@ def inference_metrics(m: Measured) -> list[Metric]:
     def metric(name: str, value: float | None, unit: str, source: str = SOURCE) -> Metric:
         return Metric(name, value, unit, source)
 
-    return [
+    notes: dict[str, str | None] = {name: m.window.energy_note for name in ENERGY_METRICS}
+    prefill_note = (pw.energy_note if pw is not None
+                    else "prefill not replayed alone (phase_windows off)")
+    for name in ("prefill_energy_j", "prefill_j_per_token"):
+        notes[name] = prefill_note
+    for name in ("decode_energy_j", "decode_j_per_token"):
+        notes[name] = m.window.energy_note if energy is None else prefill_note
+    for name in ("eval_ppl", "reference_ppl", "mcr", "reference_weight_bytes",
+                 "compression_ratio"):
+        notes[name] = m.quality_note
+    if peak is None:
+        notes["mfu"] = NO_PEAK_NOTE
+    if roofline is None:
+        notes["roofline_fraction"] = ("no memory bandwidth for this device: measured on CUDA "
+                                      "only; give --set mem_bw_gbps=N")
+    return list(explain_missing([
         metric("al_s", latency["mean"], "s"),
         metric("al_p50_s", latency["p50"], "s"),
         metric("al_p90_s", latency["p90"], "s"),
@@ -142,4 +165,4 @@ def inference_metrics(m: Measured) -> list[Metric]:
         metric("compression_ratio", ref_bytes / m.weight_bytes
                if ref_bytes and m.weight_bytes > 0 else None, "ratio"),
         metric("mcr", pm.mcr(ref_bytes, m.weight_bytes, ref_quality, quality), "ratio"),
-    ]
+    ], notes))

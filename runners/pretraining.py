@@ -56,12 +56,18 @@ from runners.architecture import (
 )
 from runners.compilation import compile_decoder, dynamo_stats, eager_if
 from runners.decoder import Decoder, ParamCounts
-from runners.errors import BadInput
 from runners.family import Family, register
 
 # The config and its pure helpers moved to runners.pretraining_config; they stay importable here.
 from runners.pretraining_config import PretrainingConfig, lr_at, measure_matmul_tflops
-from runners.protocol import Event, Metric, RunResult
+from runners.protocol import (
+    ENERGY_METRICS,
+    NO_PEAK_NOTE,
+    Event,
+    Metric,
+    RunResult,
+    explain_missing,
+)
 from runners.xent import LossOptions, fp32_gemm_status
 
 SOURCE = "runner"
@@ -90,13 +96,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
     _counts: ParamCounts | None = None
 
     def validate(self) -> None:
-        c, card = self.config, self.card
-        if card.weights != "random":
-            raise BadInput(f"pretraining trains from random weights; {card.id} is a "
-                           "real-weights model (choose a shape: tiny, qwen2.5-0.5b, ...)")
-        if c.seq_len > card.max_position:
-            raise BadInput(f"seq_len {c.seq_len} exceeds {card.id}'s {card.max_position} "
-                           "positions")
+        super().validate()  # random weights, positions: runners.params.pair_problem
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -204,7 +204,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
             "dataset_truncated": text.truncated, "epochs": plan.epochs(total_steps),
             "eval_tokens": len(text.heldout) if ppl is not None else 0, "threads": threads,
             "measure_s": window.elapsed_s, "warmup_steps_run": len(warm),
-            "energy_note": window_energy(window)[1], "checkpoint": checkpoint,
+            "energy_note": window.energy_note, "checkpoint": checkpoint,
             "final_loss": measured[-1].loss,
         }
         info.update(model_facts)
@@ -361,7 +361,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
         tokens = len(steps) * c.batch_size * c.seq_len
         seconds = window.elapsed_s
         tokens_per_s = pm.it_tokens_per_s(tokens, seconds)
-        energy, _ = window_energy(window)
+        energy = window.energy_j
         energy_source = window.energy_source or SOURCE
         flops_per_s = None if tokens_per_s is None else tokens_per_s * flops_per_token
         peak = peak_tflops * 1e12 if peak_tflops else None
@@ -371,6 +371,13 @@ class PretrainingFamily(Family[PretrainingConfig]):
         def m(name: str, value: float | None, unit: str, source: str = SOURCE) -> Metric:
             return Metric(name, value, unit, source)
 
+        notes: dict[str, str | None] = {name: window.energy_note for name in ENERGY_METRICS}
+        if peak is None:
+            notes["mfu"] = NO_PEAK_NOTE
+        if ppl is None:
+            notes["eval_ppl"] = ("not scored: eval_tokens=0" if c.eval_tokens == 0 else
+                                 "no finite held-out perplexity (fewer than 2 held-out tokens, "
+                                 "or a non-finite loss)")
         out = [
             m("al_s", stats["mean"], "s"),
             m("al_p50_s", stats["p50"], "s"),
@@ -394,7 +401,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
         ]
         if auxes:
             out.append(m("aux_loss", sum(auxes) / len(auxes), "ratio"))
-        return out
+        return list(explain_missing(out, notes))
 
     def failure_info(self) -> Mapping[str, Any]:
         c = self.config
@@ -413,19 +420,6 @@ def _loss_describe(options: LossOptions) -> str:
     if options.fp32_gemm and ok is False:
         text += f" (fp32 GEMM unavailable, plain accumulation: {error})"
     return text
-
-
-def window_energy(window: WindowResult) -> tuple[float | None, str | None]:
-    """(energy_j, note) of a window; a counter that did not advance is no measurement.
-
-    NVML's energy counter moves about every 100 ms, so a window of a few short steps can read
-    0 J; that is reported as None (with the reason), never as a free run.
-    """
-    if window.energy_j is not None and window.energy_j <= 0:
-        return None, (f"the {window.energy_source} energy counter did not advance over the "
-                      f"{window.elapsed_s:.3f} s window (it updates about every 100 ms): "
-                      "measure more steps")
-    return window.energy_j, window.energy_note
 
 
 def _to_tensor(ids: Sequence[int], device: str) -> torch.Tensor:

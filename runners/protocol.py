@@ -11,7 +11,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -294,24 +294,71 @@ class Metric:
     unit: str
     """Unit: `s`, `tokens/s`, `fraction`, `GiB`, `W`, `J`, ..."""
     source: str
-    """Where it came from: `runner`, `nvml`, `gpm`, `psutil`, `rapl`, `simulated`, ..."""
+    """Where it came from: `runner`, `nvml`, `gpm`, `psutil`, `rapl`, `simulated`, ...;
+    `none` when the value could not be measured."""
+    note: str | None = None
+    """Why the value is None (or what limits it, e.g. partial sample coverage); else None."""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and bool(self.name), "metric name is empty")
+        _check(self.note is None or isinstance(self.note, str), "metric note must be text")
         if self.value is not None:
             _check(isinstance(self.value, (int, float)) and not isinstance(self.value, bool),
                    f"metric {self.name!r} value must be a number or None")
             _check(math.isfinite(self.value), f"metric {self.name!r} value is not finite")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "unit": self.unit, "source": self.source}
+        out: dict[str, Any] = {"name": self.name, "value": self.value, "unit": self.unit,
+                               "source": self.source}
+        if self.note is not None:
+            out["note"] = self.note
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Metric:
         _check(isinstance(data, Mapping), "a metric must be a JSON object")
         value = data.get("value")
+        note = data.get("note")
         return cls(name=data.get("name"), value=None if value is None else float(value),  # type: ignore[arg-type]
-                   unit=str(data.get("unit", "")), source=str(data.get("source", "runner")))
+                   unit=str(data.get("unit", "")), source=str(data.get("source", "runner")),
+                   note=None if note is None else str(note))
+
+    @classmethod
+    def missing(cls, name: str, unit: str, note: str) -> Metric:
+        """A value that could not be measured: None, source `none`, and the reason."""
+        return cls(name, None, unit, "none", note)
+
+
+ENERGY_METRICS = frozenset({"energy_j", "aec_w", "j_per_token", "prefill_energy_j",
+                            "prefill_j_per_token", "decode_energy_j", "decode_j_per_token"})
+"""Metrics read from the energy counter: a NULL one takes the window's energy_note."""
+
+RANDOM_WEIGHTS_NOTE = "random weights: no quality signal"
+"""Why quality metrics (perplexity, MCR) are NULL for inference and fine-tuning on random
+weights: a random model's perplexity is about the vocabulary size at every precision, so
+a quality ratio would be noise and MCR would collapse to the size ratio."""
+
+NO_PEAK_NOTE = ("no peak FLOP/s for this device: measured on CUDA only; give "
+                "--set peak_tflops=N")
+"""Why MFU is NULL: without a peak there is nothing to divide by."""
+
+NOT_MEASURED_NOTE = "not measured by this run"
+
+
+def explain_missing(metrics: Sequence[Metric], notes: Mapping[str, str | None]
+                    ) -> tuple[Metric, ...]:
+    """`metrics` with every None value given source `none` and a note saying why.
+
+    The note is `notes[name]` when given, else the metric's own, else NOT_MEASURED_NOTE:
+    a NULL in the database always comes with its reason (DESIGN.md section 6).
+    """
+    out = []
+    for m in metrics:
+        if m.value is None:
+            note = notes.get(m.name) or m.note or NOT_MEASURED_NOTE
+            m = Metric(m.name, None, m.unit, "none", note)
+        out.append(m)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import pytest
 
 from profiling import metrics, nvml
 from profiling.backend import WatchSet
-from profiling.energy import energy_reader_for, sample_device_for
+from profiling.energy import energy_counter, sample_device_for
 from profiling.sample import Sample
 from profiling.window import WindowMeter
 
@@ -111,7 +111,8 @@ def test_gpm_sm_activity_high_under_matmul_low_at_idle(backend: nvml.NvmlBackend
 
 
 def test_energy_window_under_load(index: int) -> None:
-    reader, source = energy_reader_for("cuda:0")
+    counter = energy_counter("cuda:0")
+    reader, source = counter.reader, counter.source
     assert source == "nvml" and reader is not None
     meter = WindowMeter(torch.cuda.synchronize, reader, f"gpu{index}", source)
     with meter.measure("matmul") as w:

@@ -52,7 +52,10 @@ def make_bundle(
     metrics: dict[str, float] | None = None,
     samples: object = None,
     n_samples: int = 5,
+    **run: object,
 ) -> RunBundle:
+    """A run with samples, steps, a window, events and `metrics`; `run` overrides columns
+    of its runs row (weights, batch_size, gpu_name, contended, ...)."""
     return RunBundle(
         run={
             "run_id": run_id,
@@ -71,6 +74,7 @@ def make_bundle(
             "created_at": T0,
             "started_at": datetime(2027, 1, 15, 8, 0, tzinfo=UTC),
             "ended_at": "2027-01-15T08:01:00+00:00",
+            **run,
         },
         samples=make_samples(n_samples) if samples is None else samples,  # type: ignore[arg-type]
         steps=[

@@ -9,7 +9,7 @@ import pytest
 
 from profiling import nvml
 from profiling.backend import BackendUnavailable, WatchSet, load_backend
-from profiling.energy import energy_reader_for
+from profiling.energy import energy_counter
 from tests.unit import nvml_fake
 from tests.unit.nvml_fake import GIB, REAL, Fake, backend, err
 
@@ -138,8 +138,9 @@ def test_init_failures_are_backend_unavailable(fake: Fake, code: str, text: str)
         backend(fake)
     with pytest.raises(BackendUnavailable, match=text):
         load_backend("nvml", WatchSet())
-    reader, source = energy_reader_for("cuda:0", env={})
-    assert (reader, source) == (None, None)
+    counter = energy_counter("cuda:0", env={})
+    assert (counter.reader, counter.source) == (None, None)
+    assert counter.note is not None and counter.note.startswith("no energy counter for cuda:0")
 
 
 def test_no_gpu_and_no_package(fake: Fake, monkeypatch: pytest.MonkeyPatch) -> None:

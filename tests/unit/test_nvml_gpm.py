@@ -10,7 +10,7 @@ import pytest
 
 from profiling import metrics, nvml
 from profiling.backend import WatchSet
-from profiling.energy import energy_reader_for, sample_device_for
+from profiling.energy import energy_counter, sample_device_for
 from profiling.window import WindowMeter
 from tests.unit import nvml_fake
 from tests.unit.nvml_fake import REAL, Clock, Fake, backend, err
@@ -151,16 +151,20 @@ def test_energy_reader_unsupported(fake: Fake) -> None:
     fake.gpus[0].fail["energy"] = REAL.NVML_ERROR_NOT_SUPPORTED
     with pytest.raises(nvml.NvmlNotSupported):
         nvml.nvml_energy_reader(0)
-    assert energy_reader_for("cuda:0", env={}) == (None, None)
+    counter = energy_counter("cuda:0", env={})
+    assert (counter.reader, counter.source) == (None, None)
+    assert counter.note is not None and "cuda:0" in counter.note
 
 
 def test_energy_reader_for_maps_cuda_through_visible_devices(fake: Fake) -> None:
-    reader, source = energy_reader_for("cuda:0", env={"CUDA_VISIBLE_DEVICES": "2"})
-    assert source == "nvml" and reader is not None
+    counter = energy_counter("cuda:0", env={"CUDA_VISIBLE_DEVICES": "2"})
+    reader = counter.reader
+    assert counter.source == "nvml" and reader is not None and counter.note is None
     fake.gpus[2].energy_mj = 7000
     assert reader() == 7.0
-    assert energy_reader_for("gpu1", env={})[1] == "nvml"
-    assert energy_reader_for("mps", env={}) == (None, None)
+    assert energy_counter("gpu1", env={}).source == "nvml"
+    mps = energy_counter("mps", env={})
+    assert (mps.reader, mps.source, mps.note) == (None, None, "no energy counter for device 'mps'")
     assert sample_device_for("cuda:1", env={"CUDA_VISIBLE_DEVICES": "2,0"}) == "gpu0"
     assert sample_device_for("cuda", env={}) == "gpu0"
     assert sample_device_for("cpu") == "cpu"

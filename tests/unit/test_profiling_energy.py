@@ -62,11 +62,15 @@ def test_host_backend_gets_rapl_power_when_readable(tmp_path: Path) -> None:
 def test_energy_reader_for_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p0 = fake_zone(tmp_path, "intel-rapl:0", "package-0", 1_000_000, 10_000_000)
     monkeypatch.setattr(energy, "RAPL_ROOT", str(tmp_path))
-    reader, source = energy.energy_reader_for("cpu")
-    assert source == "rapl" and reader is not None and reader() == 0.0
+    counter = energy.energy_counter("cpu")
+    reader = counter.reader
+    assert counter.source == "rapl" and reader is not None and reader() == 0.0
     (p0 / "energy_uj").write_text("3000000\n")
     assert reader() == pytest.approx(2.0)
     monkeypatch.setattr(energy, "RAPL_ROOT", str(tmp_path / "none"))
-    assert energy.energy_reader_for("cpu") == (None, None)
+    none = energy.energy_counter("cpu")
+    assert (none.reader, none.source) == (None, None)
+    assert none.note == (f"no CPU energy counter: no RAPL package zones under {tmp_path / 'none'}"
+                         " (no RAPL on this CPU or VM)")
     assert energy.sample_device_for("cpu") == "cpu"
     assert energy.sample_device_for("mps") == "mps"

@@ -108,8 +108,23 @@ def test_no_counter_no_sync() -> None:
     meter = WindowMeter(None, None, "cpu", "rapl")
     meter.begin("w")
     res = meter.end("w")
-    assert res.energy_j is None and res.energy_source is None and res.energy_note is None
+    assert res.energy_j is None and res.energy_source is None
+    assert res.energy_note == "no energy counter on this device"
     assert res.t1_ns >= res.t0_ns and res.elapsed_s >= 0
+    told = WindowMeter(None, None, "cpu", None, no_counter_note="no RAPL package zones")
+    told.begin("w")
+    assert told.end("w").energy_note == "no RAPL package zones"
+
+
+def test_a_counter_that_did_not_advance_is_no_reading() -> None:
+    # Zero joules would rank as the best energy ever measured: it is None, with the reason.
+    rig = Rig([500.0, 500.0])
+    meter = rig.meter()
+    meter.begin("train")
+    res = meter.end("train")
+    assert res.energy_j is None and res.mean_power_w is None
+    assert res.energy_note == ("the nvml counter did not advance over this 1.000 s window "
+                               "(shorter than its update period); measure more steps for energy")
 
 
 def test_measure_sets_result_and_closes_on_error() -> None:

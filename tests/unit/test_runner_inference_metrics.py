@@ -7,7 +7,6 @@ import pytest
 
 from profiling.window import WindowResult
 from runners.decode import RequestTiming
-from runners.inference import _counted
 from runners.inference_metrics import Measured, inference_metrics
 from runners.quality import Reference
 
@@ -47,8 +46,10 @@ def test_metrics_by_hand() -> None:
     assert v["j_per_token"] == pytest.approx(600 / 40)
     assert v["prefill_energy_j"] == 40 and v["prefill_j_per_token"] == pytest.approx(40 / 200)
     assert v["decode_energy_j"] == 560 and v["decode_j_per_token"] == pytest.approx(560 / 36)
-    # MFU: 2N FLOPs per token, 200 prompt + 40 generated tokens in 3 s, over 1 TFLOP/s
-    assert v["mfu"] == pytest.approx(2e6 * 240 / 3.0 / 1e12)
+    # MFU: 2N FLOPs per forwarded token; each of the 4 sequences forwards its 50 prompt
+    # tokens and 9 decode steps (the first new token comes from the prefill), in 3 s, over
+    # 1 TFLOP/s (no attention term: n_layers defaults to 0)
+    assert v["mfu"] == pytest.approx(4 * 2e6 * 59 / 3.0 / 1e12)
     # MCR: (2 MB / 0.5 MB) x (1/12) / (1/10)
     assert v["compression_ratio"] == pytest.approx(4.0)
     assert v["mcr"] == pytest.approx(4.0 * 10 / 12)
@@ -66,8 +67,30 @@ def test_unknowns_stay_none() -> None:
         assert v[name] is None, name
 
 
-def test_a_counter_that_did_not_move_is_unknown() -> None:
-    still = _counted(_window("measure", 0.04, 0.0))
-    assert still.energy_j is None and "did not advance" in (still.energy_note or "")
-    moved = _window("measure", 1.0, 250.0)
-    assert _counted(moved) is moved
+def test_mfu_counts_the_attention_term() -> None:
+    v = {m.name: m.value for m in inference_metrics(_measured(n_layers=2, d_attn=8))}
+    # per sequence: 59 forwarded tokens, token t attending over t positions:
+    # 2N x 59 + 4 x L x d x (1 + ... + 59) = 2e6 x 59 + 4 x 2 x 8 x 1770
+    per_seq = 2e6 * 59 + 4 * 2 * 8 * 1770
+    assert v["mfu"] == pytest.approx(4 * per_seq / 3.0 / 1e12)
+
+
+def test_missing_values_say_why() -> None:
+    no_counter = WindowResult(name="measure", device="cpu", t0_ns=0, t1_ns=3_000_000_000,
+                              energy_j=None, energy_source=None, elapsed_s=3.0,
+                              energy_note="no CPU energy counter: no RAPL package zones")
+    metrics = {m.name: m for m in inference_metrics(_measured(
+        window=no_counter, prefill_window=None, peak_tflops=None, mem_bw_gbps=None,
+        ppl=None, reference=None, quality_note="random weights: no quality signal"))}
+    for name in ("energy_j", "aec_w", "j_per_token", "decode_energy_j"):
+        assert (metrics[name].source, metrics[name].note) == (
+            "none", "no CPU energy counter: no RAPL package zones"), name
+    assert metrics["prefill_energy_j"].note == "prefill not replayed alone (phase_windows off)"
+    for name in ("eval_ppl", "mcr", "reference_ppl"):
+        assert (metrics[name].value, metrics[name].source, metrics[name].note) == (
+            None, "none", "random weights: no quality signal"), name
+    assert metrics["mfu"].note is not None and metrics["mfu"].note.startswith("no peak FLOP/s")
+    assert metrics["roofline_fraction"].note.startswith("no memory bandwidth")
+    # a measured value carries no note and keeps its source
+    assert (metrics["al_s"].source, metrics["al_s"].note) == ("runner", None)
+    assert all(m.note for m in metrics.values() if m.value is None)

@@ -46,7 +46,7 @@ def test_migration_creates_schema_and_version(store: Store) -> None:
     with store.connect():
         pass
     stats = store.stats()
-    assert stats["schema_version"] == SCHEMA_VERSION == 1
+    assert stats["schema_version"] == SCHEMA_VERSION == 2
     for table, cols in COLUMNS.items():
         got = store.query(
             "SELECT column_name, data_type FROM information_schema.columns "
@@ -248,7 +248,10 @@ def test_run_metrics_pivots_metrics_into_columns(store: Store) -> None:
         "group_name",
         "status",
         "simulated",
+        "weights",
+        "contended",
         "started_at",
+        "workload",
         *RUN_METRIC_COLUMNS,
     ]
     a, empty = (dict(zip(res.columns, row, strict=True)) for row in res.rows)
@@ -260,7 +263,8 @@ def test_leaderboard_scores_and_ranks(store: Store) -> None:
     # al_s is lower-is-better, it higher-is-better, mcr is equal everywhere (max = min).
     values = {"r1": (1.0, 10.0), "r2": (2.0, 40.0), "r3": (3.0, 20.0)}
     for rid, (al, it) in values.items():
-        store.ingest(make_bundle(rid, metrics={"al_s": al, "it": it, "mcr": 2.0, "amu_gib": 1.0}))
+        store.ingest(make_bundle(rid, weights="real",
+                                 metrics={"al_s": al, "it": it, "mcr": 2.0, "amu_gib": 1.0}))
     store.ingest(make_bundle("failed", status="failed", metrics={"al_s": 0.1}))  # not ranked
     store.ingest(make_bundle("other", model="smollm2-135m", metrics={"al_s": 9.0}))  # own group
 
@@ -289,6 +293,74 @@ def test_leaderboard_scores_and_ranks(store: Store) -> None:
     assert sub[("r1", "al_s")]["score"] == pytest.approx(1.0)
     assert sub[("r3", "al_s")]["score"] == pytest.approx(0.1)
     assert sub[("r3", "it")]["score"] == pytest.approx(1.0)
+
+
+def _workload_ranks(store: Store, metric: str) -> dict[str, tuple[int, str]]:
+    return {b["run_id"]: (b["rank"], b["workload"]) for b in store.leaderboard()
+            if b["metric"] == metric}
+
+
+def test_leaderboard_ranks_only_within_one_workload(store: Store) -> None:
+    # A batch-4 run would beat batch-1 runs on IT; an H200 run would beat an H100 one; a
+    # contended or simulated run would be ranked against clean measured ones. None is.
+    common = dict(weights="real", gpu_name="NVIDIA H100 80GB HBM3", contended=False,
+                  simulated=False)
+    store.ingest(make_bundle("b1-slow", metrics={"it": 10.0}, **common))
+    store.ingest(make_bundle("b1-fast", metrics={"it": 20.0}, **common))
+    store.ingest(make_bundle("b4", metrics={"it": 70.0}, **{**common, "batch_size": 4}))
+    store.ingest(make_bundle("h200", metrics={"it": 90.0},
+                             **{**common, "gpu_name": "NVIDIA H200"}))
+    store.ingest(make_bundle("shared", metrics={"it": 99.0}, **{**common, "contended": True}))
+    store.ingest(make_bundle("sim", metrics={"it": 95.0}, **{**common, "simulated": True}))
+    ranks = _workload_ranks(store, "it")
+    assert {r: rank for r, (rank, _) in ranks.items()} == {
+        "b1-slow": 2, "b1-fast": 1, "b4": 1, "h200": 1, "shared": 1, "sim": 1}
+    workloads = {r: w for r, (_, w) in ranks.items()}
+    assert workloads["b1-slow"] == workloads["b1-fast"] == (
+        "inference | bit_width | tiny | real weights | batch 1 | seq ? | new ? | dtype ? | "
+        "NVIDIA H100 80GB HBM3 | measured | alone")
+    assert len(set(workloads.values())) == 5
+    assert "batch 4" in workloads["b4"] and "NVIDIA H200" in workloads["h200"]
+    assert workloads["shared"].endswith("| contended")
+    assert "| simulated |" in workloads["sim"]
+    # the key is readable from SQL as well, for reports and users
+    rows = store.query("SELECT run_id, workload FROM run_metrics ORDER BY run_id").rows
+    assert dict(rows) == workloads
+
+
+def test_quality_on_random_weights_and_zero_energy_are_never_ranked(store: Store) -> None:
+    store.ingest(make_bundle("rand", weights="random", metrics={"mcr": 3.74, "eval_ppl": 1e4,
+                                                                "aec_w": 0.0, "al_s": 1.0}))
+    store.ingest(make_bundle("rand2", weights="random", metrics={"mcr": 1.0, "al_s": 2.0,
+                                                                 "aec_w": 50.0}))
+    board = {(b["run_id"], b["metric"]) for b in store.leaderboard()}
+    assert board == {("rand", "al_s"), ("rand2", "al_s"), ("rand2", "aec_w")}
+    pre = make_bundle("pre", weights="random", metrics={"eval_ppl": 40.0})
+    store.ingest(RunBundle(run={**pre.run, "family": "pretraining", "group_name": "attention"},
+                           samples=pre.samples, steps=pre.steps, windows=pre.windows,
+                           events=pre.events, metrics=pre.metrics))
+    # a pretrained model's perplexity is a real quality signal, random init or not
+    assert ("pre", "eval_ppl") in {(b["run_id"], b["metric"]) for b in store.leaderboard()}
+
+
+def test_a_version_1_file_migrates_keeping_its_rows(tmp_path: Path) -> None:
+    import duckdb
+
+    from efficientllm_tui.store_schema import MIGRATIONS
+
+    path = tmp_path / "v1.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    MIGRATIONS[0](con)
+    con.execute("INSERT INTO schema_meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO runs (run_id, status) VALUES ('old', 'ok')")
+    con.execute("INSERT INTO metrics VALUES ('old', 'al_s', 0.5, 's', 'runner')")
+    con.close()
+    store = Store(path)
+    got = store.get_run("old")
+    assert got is not None and got["metrics"] == {"al_s": (0.5, "s", "runner")}
+    assert got["metric_notes"] == {} and got["energy_note"] is None
+    assert store.stats()["schema_version"] == 2
 
 
 def test_metric_directions_follow_the_paper() -> None:

@@ -170,7 +170,8 @@ def test_export_round_trips(store: Store, tmp_path: Path) -> None:
 
     assert store.export(tmp_path / "m.csv", "csv", run_ids=["b"], table="metrics") == 1
     csv = pa_csv.read_csv(tmp_path / "m.csv").to_pylist()
-    assert csv == [{"run_id": "b", "name": "amu", "value": 0.25, "unit": None, "source": "runner"}]
+    assert csv == [{"run_id": "b", "name": "amu", "value": 0.25, "unit": None, "source": "runner",
+                    "note": None}]
 
     assert store.export(tmp_path / "s.parquet", "parquet", ["a"], table="samples") == 5
     assert pq.read_table(tmp_path / "s.parquet").to_pylist() == store.samples("a").to_pylist()
