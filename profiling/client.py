@@ -133,11 +133,24 @@ def simulate_gpu_from_env(env: dict[str, str] | None = None) -> bool | None:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _check_simulation(st: dict[str, Any], home: Path, want: bool | None) -> None:
+def _check_simulation(st: dict[str, Any], home: Path, want: bool | None) -> bool:
+    """Whether the running daemon serves a caller that wants `want` (True: simulated GPUs,
+    False: real ones, None: no preference); False means replace it with a real one.
+
+    A simulating daemon is replaced for a caller that did not ask for simulation once no
+    simulated run is watched (profiling.daemon's docstring says why).
+
+    Raises:
+        DaemonError: It cannot serve the caller and must not be replaced.
+    """
     running = bool(st.get("simulated"))
-    if want is None or want == running:
-        return
+    if want == running or (want is None and not running):
+        return True
     pid = st.get("pid")
+    if running and not st.get("simulated_runs"):
+        return False
+    if want is None:
+        return True  # a simulated run goes on: keep its daemon; only that run gets GPU data
     if want:
         raise DaemonError(
             f"a profiling daemon with real GPU sampling (pid {pid}) already serves {home}; "
@@ -161,9 +174,11 @@ def ensure_daemon(home: Path | str | None = None, rate_hz: float = 10.0,
 
     Args:
         simulate_gpu: True runs simulated GPUs in place of NVML, False real ones only;
-            None takes $EFFICIENTLLM_SIMULATE_GPU, and when that is unset too accepts
-            whichever daemon runs (starting a real one). A running daemon of the other
-            kind raises DaemonError: simulated and real samples are never mixed silently.
+            None takes $EFFICIENTLLM_SIMULATE_GPU, and when that is unset too starts a real
+            one. A simulating daemon with no simulated run watched is replaced by a real one
+            unless True; with one, None keeps it (its simulated GPUs reach that run only)
+            and False raises DaemonError. A real daemon raises DaemonError for True:
+            simulated and real samples are never mixed silently.
         gpm_interval_s: seconds between GPM samples for a daemon started here.
     """
     home = _home(home)
@@ -172,11 +187,18 @@ def ensure_daemon(home: Path | str | None = None, rate_hz: float = 10.0,
     home.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
     proc: subprocess.Popen[bytes] | None = None
-    launches = 0
+    launches = replaced = 0
     while True:
         st = daemon_status(home, timeout_s=max(0.2, min(2.0, deadline - time.monotonic())))
+        if st is not None and not _check_simulation(st, home, simulate_gpu):
+            if replaced >= 3:
+                raise DaemonError(f"a simulating profiling daemon keeps coming back in {home}; "
+                                  "stop it (`efficientllm daemon stop`)")
+            stop_daemon(home, timeout_s=timeout_s)
+            replaced += 1
+            deadline = time.monotonic() + timeout_s  # the real one gets the whole time to start
+            continue
         if st is not None:
-            _check_simulation(st, home, simulate_gpu)
             # Several launchers may race; only the one whose process won did launch it.
             return _info(st, home, launched=proc is not None and st.get("pid") == proc.pid)
         if proc is None or proc.poll() is not None:
@@ -302,10 +324,16 @@ def _pid_from_file(home: Path) -> int | None:
         return None
 
 
-def watch(home: Path | str | None, pid: int, run_id: str | None = None) -> bool:
-    """Ask the daemon to watch a runner's process tree; False when that did not happen."""
+def watch(home: Path | str | None, pid: int, run_id: str | None = None, *,
+          simulate_gpu: bool = False) -> bool:
+    """Ask the daemon to watch a runner's process tree; False when that did not happen.
+
+    `simulate_gpu` says the run asked for simulated GPUs: a simulating daemon samples them
+    only while such a run is watched, so a plain run never gets them.
+    """
     try:
-        reply = request(home, {"op": "watch", "pid": pid, "run_id": run_id})
+        reply = request(home, {"op": "watch", "pid": pid, "run_id": run_id,
+                               "simulate_gpu": bool(simulate_gpu)})
     except (DaemonError, OSError):
         return False
     return bool(reply and reply.get("ok"))

@@ -19,6 +19,14 @@ Why it is built this way:
   ("nvml: unavailable: NVML shared library not found ..."). `--simulate-gpu` runs the
   simulated GPUs *instead of* NVML (never both: their device names would collide), and
   status then says `simulated: true`.
+- Simulated GPUs reach only the runs that asked for them: a daemon started for one
+  `--simulate-gpu` run outlives it, and a plain run or app started meanwhile must not be
+  fed a GPU that does not exist. So the simulated backend is sampled only while a run that
+  asked for it (`watch` with `simulate_gpu: true`) is watched; status lists those live runs
+  in `simulated_runs`. A plain `client.ensure_daemon` replaces a simulating daemon with a
+  real one when that list is empty; while a simulated run goes on it keeps it (the plain run
+  gets no GPU samples; ingest never gives a plain run simulated ones). A simulated run whose
+  daemon was so replaced before its runner's `watch` has no GPU samples, still `simulated`.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ class Daemon:
         self.host = socket.gethostname()
         self.started_ns = time.time_ns()
         self.watch_set = WatchSet()
+        self.sim_watch_set = WatchSet()  # the watched runs that asked for simulated GPUs
         self.backends: list[Backend] = []
         self.devices: list[str] = []
         self.backend_states: dict[str, dict[str, Any]] = {}
@@ -133,8 +142,9 @@ class Daemon:
                               "daemon and start one without it for real readings)"}
                 log.warning("nvml skipped: running simulated GPUs (--simulate-gpu)")
                 continue
+            watch_set = self.sim_watch_set if name == "simulated" else self.watch_set
             try:
-                backend = load_backend(name, self.watch_set, **self._backend_options(name))
+                backend = load_backend(name, watch_set, **self._backend_options(name))
             except BackendUnavailable as e:
                 log.warning("backend %s unavailable: %s", name, e)
                 self.backend_states[name] = {"state": "unavailable", "reason": f"{e}"}
@@ -271,6 +281,8 @@ class Daemon:
         now_ns = time.time_ns()
         samples = []
         for backend in self.backends:
+            if backend.name == "simulated" and not len(self.sim_watch_set):
+                continue  # no run asked for simulated GPUs: none is shown (docstring)
             try:
                 samples.extend(backend.sample(now_ns))
             except Exception as e:  # noqa: BLE001 - one backend must not stop the others
@@ -359,7 +371,8 @@ class Daemon:
             pid = req.get("pid")
             if type(pid) is not int or pid <= 0:
                 return {"ok": False, "error": "pid must be a positive integer"}
-            return self._watch(pid, req.get("run_id")) if op == "watch" else self._unwatch(pid)
+            return (self._watch(pid, req.get("run_id"), req.get("simulate_gpu", False))
+                    if op == "watch" else self._unwatch(pid))
         if op == "stop":
             log.info("stop requested over the socket")
             self.request_stop("stop requested")
@@ -367,19 +380,28 @@ class Daemon:
         return {"ok": False, "error": f"unknown op {op!r} (status, watch, unwatch, subscribe, "
                                       "stop, ping)"}
 
-    def _watch(self, pid: int, run_id: Any) -> dict[str, Any]:
+    def _watch(self, pid: int, run_id: Any, simulate_gpu: Any) -> dict[str, Any]:
         if run_id is not None and not isinstance(run_id, str):
             return {"ok": False, "error": "run_id must be a string"}
+        if not isinstance(simulate_gpu, bool):
+            return {"ok": False, "error": "simulate_gpu must be true or false"}
         ctime = process_create_time(pid)
         if ctime is None:
             return {"ok": False, "error": f"no such process {pid}"}
         self.watch_set.add(pid, run_id, ctime)
+        if simulate_gpu and self.simulated:
+            self.sim_watch_set.add(pid, run_id, ctime)
+        else:
+            self.sim_watch_set.discard(pid)
         for backend in self.backends:
             backend.watch(pid)
-        log.info("watching pid %d (run %s)", pid, run_id)
-        return {"ok": True, "watched": [w.to_dict() for w in self.watch_set.entries()]}
+        simulating = pid in self.sim_watch_set.pids()
+        log.info("watching pid %d (run %s)%s", pid, run_id, " (simulated)" * simulating)
+        return {"ok": True, "watched": [w.to_dict() for w in self.watch_set.entries()],
+                "simulating": simulating}
 
     def _unwatch(self, pid: int) -> dict[str, Any]:
+        self.sim_watch_set.discard(pid)
         was = self.watch_set.discard(pid)
         if was:
             for backend in self.backends:
@@ -434,12 +456,15 @@ class Daemon:
             "idle_exit_s": self.config.idle_exit_s, "idle_for_s": round(idle_for, 3),
             "cpu_time_s": cpu.user + cpu.system,
             "simulated": self.simulated, "backend_states": states, "backend_notes": lines,
+            "simulated_runs": [w.run_id or str(w.pid) for w in self.sim_watch_set.entries()
+                               if watched_alive(w)],
             "lost_devices": lost, "gpm_interval_s": self.config.gpm_interval_s,
         }
 
     def _housekeeping(self) -> None:
         """Once a second on the socket thread: forget dead runners, idle exit."""
         for w in self.watch_set.prune(watched_alive):
+            self.sim_watch_set.discard(w.pid)
             for backend in self.backends:
                 backend.unwatch(w.pid)
             log.info("watched pid %d (run %s) has exited", w.pid, w.run_id)

@@ -96,12 +96,13 @@ def _lock_holder(path: Path) -> int | None:
         return None
 
 
-def _watch(home: Path, run_id: str) -> bool:
-    """Ask the profiling daemon to watch this process; best effort, never fails the run."""
+def _watch(home: Path, run_id: str, simulate_gpu: bool) -> bool:
+    """Ask the profiling daemon to watch this process; best effort, never fails the run.
+    Only a run that asked for simulated GPUs gets them (profiling.daemon says why)."""
     try:
         from profiling import client
 
-        return bool(client.watch(home, os.getpid(), run_id))
+        return bool(client.watch(home, os.getpid(), run_id, simulate_gpu=simulate_gpu))
     except Exception:  # a missing or broken daemon costs live samples, not the run
         return False
 
@@ -154,7 +155,7 @@ def execute(run_dir: Path, log: EventLog) -> int:
         lock.acquire(on_wait=lambda: ctx.phase("waiting_for_lock", device=device,
                                                lock=str(lock.path),
                                                holder_pid=_lock_holder(lock.path)))
-        watched = _watch(home, spec.run_id)
+        watched = _watch(home, spec.run_id, spec.simulate_gpu)
         foreign_before = _foreign_pids(device)
 
         result = family.run()

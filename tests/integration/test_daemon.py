@@ -231,7 +231,7 @@ def test_simulated_gpu_daemon_streams_simulated_samples(home: Path) -> None:
     st = client.daemon_status(home)
     assert st is not None and st["simulated"] is True
     assert any(n.startswith("nvml: skipped") for n in st["backend_notes"])
-    assert client.watch(home, os.getpid(), "run-sim")
+    assert client.watch(home, os.getpid(), "run-sim", simulate_gpu=True)
     with client.subscribe(home, since_ns=None, devices=["gpu0"], timeout_s=3) as sub:
         got = [s for _, s in zip(range(10), sub, strict=False)]
     assert len(got) == 10 and all(s.source == "simulated" and s.device == "gpu0" for s in got)
