@@ -2,8 +2,10 @@
 
 Never chosen silently: the daemon runs it only with `--simulate-gpu` (or
 EFFICIENTLLM_SIMULATE_GPU=1 through `ensure_daemon`), in place of NVML, and says
-`simulated: true` in its status. Every sample it makes has source 'simulated', so every
-metric computed from it carries that source (DESIGN.md section 4).
+`simulated: true` in its status, and samples it only while a run that asked for it is
+watched; its watch set holds only those runs (profiling.daemon says why). Every sample it
+makes has source 'simulated', so every metric computed from it carries that source
+(DESIGN.md section 4).
 
 Why it is built this way:
 - Deterministic: a reading is a pure function of the seed, the device, the sample time and
