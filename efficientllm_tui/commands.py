@@ -22,7 +22,7 @@ from . import ingest, launcher
 from .cli import db_path, emit_json, format_rows
 from .display import num as _fmt
 from .display import run_label
-from .errors import BadInput, DatabaseLocked, EfficientLLMError
+from .errors import BadInput, DatabaseLocked, EfficientLLMError, QueryError
 from .store import Store
 
 # Metrics shown first, per family, in `run`, `runs` and `show` (all are stored).
@@ -346,7 +346,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     store = _store(args, _home())
-    result = store.query(args.query, read_only=not args.write)
+    try:
+        result = store.query(args.query, read_only=not args.write)
+    except QueryError as e:
+        if not args.write and e.msg.startswith("read-only:"):
+            raise QueryError(f"{e.msg}; use --write to allow it", e.title) from None
+        raise
     if args.format == "table":
         _table(list(result.columns), [list(r) for r in result.rows])
     else:

@@ -44,7 +44,11 @@ class ConsoleResult:
 
 
 class ConsoleQuery:
-    """One query run on a worker thread; `cancel()` may be called from any thread."""
+    """One query run on a worker thread; `cancel()` may be called from any thread.
+
+    With `read_only` (the default) it runs in the store's read-only sandbox: no write, no file
+    outside the database read or written, no extension, no SET (a "read-only:" QueryError).
+    """
 
     def __init__(self, store: Store, sql: str, *, read_only: bool = True) -> None:
         self.store = store
@@ -71,7 +75,7 @@ class ConsoleQuery:
         if not self.sql.strip():
             raise QueryError("empty query", "Query error")
         try:
-            with self.store.connect(read_only=self.read_only) as con:
+            with self.store.connect(read_only=self.read_only, sandbox=self.read_only) as con:
                 with self._lock:
                     if self.cancelled:
                         raise QueryCancelled("query cancelled", "Cancelled")

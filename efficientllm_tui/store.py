@@ -19,6 +19,10 @@ Other rules this module keeps:
 - Bulk rows (samples, steps, events) go in through Arrow, never row by row.
 - Rows come out through Arrow too: DuckDB converts TIMESTAMPTZ to Python only with `pytz`
   installed, while Arrow uses the standard library's zoneinfo. Sessions run in UTC.
+- User SQL in read-only mode runs in a sandbox (`connect(sandbox=True)`): a DuckDB of its own
+  that attaches the file read-only with external access, extension installs and loads off,
+  then locks its configuration, so the query can neither write nor read any other file nor
+  SET those switches back.
 
 The modules beside it hold what needs no `duckdb` import: the schema, views and migrations
 (`store_schema`), a run's shaping into rows (`store_bundle`) and the read methods with their
@@ -47,7 +51,15 @@ from efficientllm_tui.errors import (
     StoreError,
 )
 from efficientllm_tui.store_bundle import RunBundle, bundle_rows, first_line, run_values
-from efficientllm_tui.store_reads import QueryResult, StoreReads, arrow_table, fetch_arrow
+from efficientllm_tui.store_reads import (
+    SANDBOX_CONFIG,
+    QueryResult,
+    StoreReads,
+    arrow_table,
+    fetch_arrow,
+    sandbox_refusal,
+    sandbox_sql,
+)
 from efficientllm_tui.store_schema import (
     COLUMNS,
     DATA_TABLES,
@@ -93,7 +105,7 @@ def _locked_message(path: object, msg: str, waited_s: float | None = None) -> st
     holder = "another process"
     if m := re.search(r"held in (.+?) \(PID (\d+)\)", msg):
         holder = f"another process (pid {m.group(2)}, {m.group(1)})"
-    elif "different configuration" in msg:
+    elif "different configuration" in msg or "Unique file handle conflict" in msg:
         holder = "another connection of this process, opened read-only vs read-write"
     waited = f"; waited {waited_s:.1f} s" if waited_s is not None else ""
     return (
@@ -139,7 +151,8 @@ def _translate(e: BaseException, path: object = None) -> StoreError:
     msg = str(e)
     line = first_line(e)
     where = path if path is not None else "file"
-    if "Conflicting lock" in msg or "Could not set lock" in msg or "different configuration" in msg:
+    if any(m in msg for m in ("Conflicting lock", "Could not set lock", "different configuration",
+                               "Unique file handle conflict")):
         return DatabaseLocked(_locked_message(where, msg), "Database locked")
     if any(marker in msg for marker in _CORRUPT_MARKERS):
         return CorruptDatabase(
@@ -154,6 +167,8 @@ def _translate(e: BaseException, path: object = None) -> StoreError:
     if "read-only mode" in msg:
         detail = line.split("Error: ", 1)[-1]
         return QueryError(f"read-only: {detail} (the database was opened read-only)", "Read-only")
+    if sandboxed := sandbox_refusal(msg):
+        return QueryError(f"read-only: {sandboxed}", "Read-only")
     if isinstance(e, _QUERY_ERRORS):
         return QueryError(line, "Query error")
     if isinstance(e, duckdb.IOException) or "Permission denied" in msg:
@@ -185,8 +200,26 @@ class Store(StoreReads):
 
     # ------------------------------------------------------------------ connections
 
-    def _open(self, read_only: bool) -> Any:
+    def _connect_once(self, read_only: bool, sandbox: bool) -> Any:
+        """One open of the file, in UTC; a sandbox is attached read-only and locked down."""
+        if sandbox:
+            # A DuckDB of its own (never the process's cached instance of the file), so the
+            # locked settings reach no other connection; DuckDB still refuses it while this
+            # process has the file open for writing ("Unique file handle conflict").
+            con = duckdb.connect(":memory:", config=SANDBOX_CONFIG)
+        else:
+            con = duckdb.connect(str(self.path), read_only=read_only)
+        try:
+            for statement in sandbox_sql(self.path) if sandbox else ("SET TimeZone = 'UTC'",):
+                con.execute(statement)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _open(self, read_only: bool, sandbox: bool = False) -> Any:
         """Open the file, retrying with jittered exponential backoff while it is locked."""
+        read_only = read_only or sandbox
         if self.path.is_dir():
             raise StoreError(f"database path {self.path} is a directory", "Database error")
         if read_only and not self.path.exists():
@@ -197,7 +230,7 @@ class Store(StoreReads):
         delay = _BACKOFF_START_S
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return self._connect_once(read_only, sandbox)
             except duckdb.Error as e:
                 err = _translate(e, self.path)
                 waited = time.monotonic() - start
@@ -213,7 +246,7 @@ class Store(StoreReads):
                 delay = min(delay * 2, _BACKOFF_CAP_S)
 
     @contextlib.contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[Any]:
+    def connect(self, read_only: bool = False, *, sandbox: bool = False) -> Iterator[Any]:
         """Open a short-lived connection with the schema checked (and migrated on write).
 
         DuckDB errors raised inside the block are translated to StoreError subclasses, and
@@ -223,6 +256,9 @@ class Store(StoreReads):
         Args:
             read_only: Open the file read-only (it must exist). A database with an older
                 schema is migrated first through a brief write open.
+            sandbox: For user SQL: read-only, and nothing outside the database file can be
+                read or written (COPY, EXPORT, ATTACH, INSTALL/LOAD, read_csv, secrets), nor
+                any setting changed; such statements fail with a "read-only:" QueryError.
 
         Yields:
             A duckdb connection.
@@ -232,10 +268,10 @@ class Store(StoreReads):
             CorruptDatabase: The file is not a readable DuckDB database.
             StoreError: The file is missing (read-only), has a newer schema, or cannot be used.
         """
-        con = self._open(read_only)
+        read_only = read_only or sandbox
+        con = self._open(read_only, sandbox)
         try:
             try:
-                con.execute("SET TimeZone = 'UTC'")
                 if read_only:
                     version = schema_version(con)
                     if version > SCHEMA_VERSION:
@@ -244,8 +280,7 @@ class Store(StoreReads):
                         con.close()
                         with self.connect(read_only=False):
                             pass  # migrates
-                        con = self._open(read_only=True)
-                        con.execute("SET TimeZone = 'UTC'")
+                        con = self._open(True, sandbox)
                 else:
                     migrate(con, self.path)
             except duckdb.Error as e:
@@ -382,7 +417,7 @@ class Store(StoreReads):
                 con.execute(f"DELETE FROM {table} WHERE list_contains(?, run_id)", [wanted])
         return int(n)
 
-    # ------------------------------------------------------------------ export & stats
+    # ------------------------------------------------------------------ export
 
     def export(
         self,
@@ -452,27 +487,3 @@ class Store(StoreReads):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
         return int(row[0][0]) if row else 0
-
-    def stats(self) -> dict[str, Any]:
-        """Row counts per table, file size and schema version (zeros for a missing file)."""
-        counts = dict.fromkeys(("runs", *DATA_TABLES), 0)
-        out: dict[str, Any] = {
-            "path": str(self.path),
-            "exists": self.path.exists(),
-            "file_bytes": 0,
-            "wal_bytes": 0,
-            "schema_version": None,
-            "rows": counts,
-        }
-        if not out["exists"]:
-            return out
-        with self.connect(read_only=True) as con:
-            union = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in counts)
-            for name, n in con.execute(union).fetchall():
-                counts[name] = int(n)
-            out["schema_version"] = schema_version(con)
-        out["file_bytes"] = self.path.stat().st_size
-        wal = self.path.with_name(self.path.name + ".wal")
-        out["wal_bytes"] = wal.stat().st_size if wal.exists() else 0
-        return out
-

@@ -10,6 +10,7 @@ library's zoneinfo.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ from efficientllm_tui.errors import BadInput, QueryError
 from efficientllm_tui.store_bundle import arrow_schema
 from efficientllm_tui.store_schema import (
     COLUMNS,
+    DATA_TABLES,
     LIST_METRIC_COLUMNS,
     RUN_COLUMNS,
     leaderboard_sql,
+    schema_version,
 )
 
 
@@ -41,6 +44,54 @@ class QueryResult:
     """The rows (at most `limit` of them)."""
     truncated: bool = False
     """True when the query returned more rows than `limit`."""
+
+
+# --------------------------------------------------------------------------- the SQL sandbox
+
+# The sandbox of read-only user SQL (`Store.connect(sandbox=True)`), a DuckDB of its own. Set
+# when it starts: no extension is installed or loaded behind the query's back.
+SANDBOX_CONFIG = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+}
+
+
+def sandbox_sql(path: Path) -> tuple[str, ...]:
+    """The statements that attach `path` read-only to a fresh sandbox DuckDB and lock it down.
+
+    In this order: attach and use the file under its stem (as `duckdb.connect` names it),
+    spill to where a direct open would, UTC; then no file outside the database is read or
+    written (COPY, EXPORT, ATTACH of a file, INSTALL, read_csv & co, secrets kept on disk),
+    and last the lock, which refuses every later SET, RESET or settings PRAGMA.
+    """
+    stem = "db" if path.stem.lower() in ("memory", "system", "temp", "main") else path.stem
+    name = '"' + stem.replace('"', '""') + '"'
+    return (
+        f"ATTACH {_sql_text(str(path))} AS {name} (READ_ONLY)",
+        f"USE {name}",
+        f"SET temp_directory = {_sql_text(str(path) + '.tmp')}",
+        "SET TimeZone = 'UTC'",
+        "SET enable_external_access = false",
+        "SET lock_configuration = true",
+    )
+
+
+def sandbox_refusal(msg: str) -> str | None:
+    """What the sandbox refused (from DuckDB's error text), in words; None for other errors."""
+    if m := re.search(r'Cannot access (file|directory) "([^"]*)" - file system operations are '
+                      r"disabled by configuration", msg):
+        return (f"cannot use {m.group(1)} {m.group(2)}: no file outside the database is read "
+                "or written in read-only mode")
+    if "Loading external extensions is disabled" in msg:
+        return "extensions cannot be loaded in read-only mode"
+    if m := re.search(r'option "+([^"]+)"+ - the configuration has been locked', msg):
+        return f"setting {m.group(1)} cannot be changed in read-only mode"
+    return None
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -176,7 +227,8 @@ class StoreReads:
 
     path: Path
 
-    def connect(self, read_only: bool = False) -> AbstractContextManager[Any]:
+    def connect(self, read_only: bool = False, *, sandbox: bool = False
+                ) -> AbstractContextManager[Any]:
         """A short-lived connection; `Store.connect` (the only one that opens the file)."""
         raise NotImplementedError
 
@@ -326,6 +378,29 @@ class StoreReads:
         with self.connect(read_only=True) as con:
             return set(arrow_table(con, "SELECT run_id FROM runs").column(0).to_pylist())
 
+    def stats(self) -> dict[str, Any]:
+        """Row counts per table, file size and schema version (zeros for a missing file)."""
+        counts = dict.fromkeys(("runs", *DATA_TABLES), 0)
+        out: dict[str, Any] = {
+            "path": str(self.path),
+            "exists": self.path.exists(),
+            "file_bytes": 0,
+            "wal_bytes": 0,
+            "schema_version": None,
+            "rows": counts,
+        }
+        if not out["exists"]:
+            return out
+        with self.connect(read_only=True) as con:
+            union = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in counts)
+            for name, n in con.execute(union).fetchall():
+                counts[name] = int(n)
+            out["schema_version"] = schema_version(con)
+        out["file_bytes"] = self.path.stat().st_size
+        wal = self.path.with_name(self.path.name + ".wal")
+        out["wal_bytes"] = wal.stat().st_size if wal.exists() else 0
+        return out
+
     def leaderboard(self, run_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Leaderboard rows (see the `leaderboard` view), best first within each group.
 
@@ -355,7 +430,9 @@ class StoreReads:
 
         Args:
             sql: One or more SQL statements.
-            read_only: Open the file read-only, so writes fail with a "read-only:" QueryError.
+            read_only: Run it in the read-only sandbox (`Store.connect(sandbox=True)`): writes,
+                files outside the database, extensions and SET fail with a "read-only:"
+                QueryError.
             params: Values for `?` / `$name` placeholders.
             limit: Keep at most this many rows (`truncated` says whether more existed).
 
@@ -367,7 +444,7 @@ class StoreReads:
             raise QueryError("empty query", "Query error")
         if limit is not None and limit < 0:
             raise BadInput("limit must not be negative")
-        with self.connect(read_only=read_only) as con:
+        with self.connect(read_only=read_only, sandbox=read_only) as con:
             table, columns, types, truncated = fetch_arrow(con, sql, params=params, limit=limit)
         rows: list[tuple[Any, ...]] = []
         if table is not None:

@@ -103,3 +103,36 @@ async def test_long_query_cancels(new_app: Callable[..., EfficientLLMApp]) -> No
         assert screen.running is None and query.cancelled
         assert "cancelled" in str(screen.query_one("#sql-status", Static).render())
         await settle(app, pilot)  # the interrupted worker ends promptly
+
+
+async def test_read_only_console_writes_no_file(new_app: Callable[..., EfficientLLMApp]) -> None:
+    app = new_app(mode="sql")
+    out = app.home / "out.csv"
+    db_bytes = app.db_path.read_bytes()
+    async with app.run_test(size=(120, 36)) as pilot:
+        refused = {
+            f"copy (select 42 as x) to '{out}'": f"read-only: cannot use file {out}: ",
+            "set threads = 1": "read-only: setting threads cannot be changed in read-only mode",
+            "select * from read_csv('/etc/passwd')": "read-only: cannot use file /etc/passwd: ",
+            f"attach '{app.home}/new.duckdb' as n": f"read-only: cannot use file {app.home}/new",
+        }
+        for sql, said in refused.items():
+            screen = await _sql(app, pilot, sql)
+            assert _error(screen).startswith("⚠ " + said), _error(screen)
+            assert _error(screen).endswith(" — writes need write mode: ctrl+t")
+            status = str(screen.query_one("#sql-status", Static).render())
+            assert "read-only" in status and "failed" in status
+        # The console's own history is the only file it keeps; the database is untouched.
+        assert sorted(p.name for p in app.home.iterdir()) == [
+            "efficientllm.duckdb", "sql_history.json"]
+        assert app.db_path.read_bytes() == db_bytes
+        screen = await _sql(app, pilot, "select count(*) as n from run_metrics")
+        assert _error(screen) == ""
+        assert [str(c) for c in screen.query_one("#results", DataTable).get_row_at(0)] == ["5"]
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+        screen = await _sql(app, pilot, f"copy (select 42 as x) to '{out}'")
+        assert _error(screen) == ""
+        assert out.read_text() == "x\n42\n"
