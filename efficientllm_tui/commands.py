@@ -274,6 +274,8 @@ def _run_doc(run: dict[str, Any], status: str) -> dict[str, Any]:
     doc["metrics"] = {name: v[0] for name, v in sorted(metrics.items())}
     doc["units"] = {name: v[1] for name, v in sorted(metrics.items())}
     doc["sources"] = {name: v[2] for name, v in sorted(metrics.items())}
+    doc["notes"] = dict(sorted((run.get("metric_notes") or {}).items()))
+    doc.pop("metric_notes", None)
     return doc
 
 
@@ -285,10 +287,13 @@ def _print_run(doc: dict[str, Any]) -> None:
     _console().print(head)
     if doc.get("error_text"):
         _console().print(f"error ({doc.get('error_type')}): {doc.get('error_text')}")
-    rows = [[n, doc["metrics"][n], doc["units"].get(n), doc["sources"].get(n)]
+    if doc.get("workload"):
+        _console().print(f"workload (ranked only within it): {doc['workload']}")
+    notes = doc.get("notes") or {}
+    rows = [[n, doc["metrics"][n], doc["units"].get(n), doc["sources"].get(n), notes.get(n)]
             for n in doc["metrics"]]
     if rows:
-        _table(["metric", "value", "unit", "source"], rows)
+        _table(["metric", "value", "unit", "source", "why missing / note"], rows)
 
 
 # ----------------------------------------------------------------------------- reads
@@ -396,16 +401,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         cols = ["metric"] + [run_label(r) + (f" {SIM_MARK}" if r.get("simulated") else "")
                              for r in runs]
-        rows = [[n] + [(r.get("metrics") or {}).get(n, (None,))[0] for r in runs]
-                for n in names]
-        _table(cols, rows, title="raw metrics")
+        notes: list[str] = []  # why a value is missing, numbered once each
+
+        def cell(run: dict[str, Any], name: str) -> Any:
+            value = (run.get("metrics") or {}).get(name, (None,))[0]
+            note = (run.get("metric_notes") or {}).get(name)
+            if value is not None or not note:
+                return value
+            if note not in notes:
+                notes.append(note)
+            return f"n/a [{notes.index(note) + 1}]"
+
+        _table(cols, [[n] + [cell(r, n) for r in runs] for n in names], title="raw metrics")
+        for i, note in enumerate(notes, 1):
+            _console().print(f"[{i}] {note}", markup=False, highlight=False)
         if board:
+            workloads = sorted({b.get("workload") or "" for b in board})
             bcols = ["run_id", "technique", "metric", "value", "score", "rank"]
-            _table(bcols + ["data"], [[b.get(c) for c in bcols]
-                                      + ["SIMULATED" if b.get("simulated") else "measured"]
-                                      for b in board],
+            _table(bcols + ["workload", "data"],
+                   [[b.get(c) for c in bcols]
+                    + [f"W{workloads.index(b.get('workload') or '') + 1}",
+                       "SIMULATED" if b.get("simulated") else "measured"] for b in board],
                    title="paper normalisation: score in [0.1, 1] (higher is better), "
-                   "rank 1 = best; simulated runs are ranked only among themselves")
+                   "rank 1 = best, ranked only within one workload")
+            for i, w in enumerate(workloads, 1):
+                _console().print(f"W{i}: {w}", markup=False, highlight=False)
         _sim_footnote(runs)
     if plot_path is not None:
         print(f"wrote a chart of {len(runs)} run(s) x {len(chosen)} metric(s) to {plot_path}",

@@ -29,6 +29,7 @@ from efficientllm_tui.store_schema import (
     RUN_COLUMNS,
     leaderboard_sql,
     schema_version,
+    workload_sql,
 )
 
 
@@ -291,7 +292,9 @@ class StoreReads:
         return [parse_json_fields(r, ("params", "info")) for r in rows]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        """The runs row of one run plus `metrics`: {name: (value, unit, source)}, or None."""
+        """The runs row of one run plus `metrics`: {name: (value, unit, source)},
+        `metric_notes`: {name: why the value is NULL or limited} (only names with a note),
+        and `workload` (its ranking key); None for an unknown id."""
         if not self.path.exists():
             return None
         with self.connect(read_only=True) as con:
@@ -300,11 +303,17 @@ class StoreReads:
                 return None
             metrics = dict_rows(
                 con,
-                "SELECT name, value, unit, source FROM metrics WHERE run_id = ? ORDER BY name",
+                "SELECT name, value, unit, source, note FROM metrics WHERE run_id = ? "
+                "ORDER BY name",
                 [run_id],
+            )
+            workload = dict_rows(
+                con, f"SELECT {workload_sql()} AS workload FROM runs r WHERE run_id = ?", [run_id]
             )
         row = parse_json_fields(rows[0], ("params", "info"))
         row["metrics"] = {m["name"]: (m["value"], m["unit"], m["source"]) for m in metrics}
+        row["metric_notes"] = {m["name"]: m["note"] for m in metrics if m["note"]}
+        row["workload"] = workload[0]["workload"]
         return row
 
     def metric_sources(self, run_ids: Iterable[str]) -> dict[str, dict[str, str]]:
@@ -410,7 +419,7 @@ class StoreReads:
         """
         if not self.path.exists():
             return []
-        order = " ORDER BY family, group_name, model, metric, rank, run_id"
+        order = " ORDER BY family, group_name, model, workload, metric, rank, run_id"
         with self.connect(read_only=True) as con:
             if run_ids is None:
                 return dict_rows(con, "SELECT * FROM leaderboard" + order)

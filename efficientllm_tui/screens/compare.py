@@ -72,6 +72,7 @@ class CompareScreen(AppScreen):
         with TabbedContent(id="cmp-tabs"):
             with TabPane("Metrics", id="cmp-metrics"):
                 yield DataTable(id="cmp-raw", cursor_type="row", zebra_stripes=True)
+                yield Static(id="cmp-raw-notes")
             with TabPane("Scores & ranks", id="cmp-scores"):
                 yield DataTable(id="cmp-rank", cursor_type="row", zebra_stripes=True)
             with TabPane("Bars", id="cmp-bars"):
@@ -181,13 +182,22 @@ class CompareScreen(AppScreen):
                 Text(self._run_label(i, run), style=PALETTE[i % len(PALETTE)]), key=run["run_id"]
             )
         table.add_column("unit", key="unit")
+        notes: list[str] = []  # why values are missing, numbered once each
         for name in self._names():
             values, unit = [], ""
             for run in self.data.runs:
                 value, unit_i, _ = (run.get("metrics") or {}).get(name, (None, None, None))
-                values.append(num(value))
+                note = (run.get("metric_notes") or {}).get(name)
+                if value is None and note:
+                    if note not in notes:
+                        notes.append(note)
+                    values.append(f"n/a [{notes.index(note) + 1}]")
+                else:
+                    values.append(num(value))
                 unit = unit or unit_i or ""
             table.add_row(metric_label(name), *values, unit, key=name)
+        self.query_one("#cmp-raw-notes", Static).update(
+            Text("\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1)), style="dim"))
 
     def _board(self) -> dict[tuple[str, str], dict[str, Any]]:
         assert self.data is not None

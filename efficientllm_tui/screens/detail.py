@@ -74,7 +74,7 @@ class RunDetailScreen(AppScreen):
     def on_mount(self) -> None:
         table = self.query_one("#detail-metrics", DataTable)
         table.border_title = "metrics"
-        for key in ("metric", "value", "unit", "source"):
+        for key in ("metric", "value", "unit", "source", "why missing / note"):
             table.add_column(key, key=key)
         self.load()
 
@@ -136,10 +136,12 @@ class RunDetailScreen(AppScreen):
     def _metrics(self, run: dict[str, Any]) -> None:
         table = self.query_one("#detail-metrics", DataTable)
         table.clear()
+        notes = run.get("metric_notes") or {}
         for name, (value, unit, source) in sorted((run.get("metrics") or {}).items()):
-            table.add_row(metric_label(name), num(value), unit or "", source or "", key=name)
+            table.add_row(metric_label(name), num(value), unit or "", source or "",
+                          notes.get(name, ""), key=name)
         if not run.get("metrics"):
-            table.add_row("no metrics", "", "", "")
+            table.add_row("no metrics", "", "", "", "")
 
     def _charts(self) -> None:
         data = self.data
