@@ -22,6 +22,8 @@ from typing import Any
 import efficientllm_data
 
 from profiling import home as homes
+from runners import errors as runner_errors
+from runners import preflight
 from runners.protocol import (
     EVENTS_FILE,
     FAMILIES,
@@ -72,9 +74,14 @@ def resolve_model(model: str) -> dict[str, Any] | None:
 def build_spec(*, model: str, technique: str, family: str | None = None, device: str = "auto",
                params: dict[str, Any] | None = None, run_id: str | None = None,
                **fields: Any) -> RunSpec:
-    """A validated RunSpec from user input; every problem is a BadInput with one line."""
+    """A validated RunSpec from user input; every problem is a BadInput with one line.
+
+    Checks what the runner would refuse, before any runner starts: the `--set` parameters
+    against the runners' schema, the pair against the model card and the head of the
+    dataset (runners.preflight), so bad input leaves no run dir and no stored run.
+    """
     family, _ = resolve_technique(technique, family)
-    resolve_model(model)
+    card = resolve_model(model)
     if fields.get("dataset"):
         path = Path(str(fields["dataset"])).expanduser()
         if not path.is_file() or not os.access(path, os.R_OK):
@@ -82,12 +89,14 @@ def build_spec(*, model: str, technique: str, family: str | None = None, device:
         fields["dataset"] = str(path.resolve())
     now = time.time_ns()
     try:
-        return RunSpec(run_id=run_id or new_run_id(model, technique, now), family=family,
+        spec = RunSpec(run_id=run_id or new_run_id(model, technique, now), family=family,
                        technique=technique, model=model, device=device,
                        params=dict(params or {}), created_ns=now,
                        **{k: v for k, v in fields.items() if v is not None})
-    except ProtocolError as e:
+        preflight.validate_spec(spec, card)
+    except (ProtocolError, runner_errors.BadInput) as e:
         raise BadInput(str(e)) from None
+    return spec
 
 
 def technique_available(technique: str) -> bool:

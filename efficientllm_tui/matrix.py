@@ -8,6 +8,8 @@ from typing import Any
 
 import efficientllm_data
 
+from runners import params
+
 FAMILY_ORDER = ("inference", "finetuning", "pretraining")
 GROUP_TITLES: dict[str, str] = {
     "bit_width": "bit-width",
@@ -71,24 +73,22 @@ def pair_reason(
     seq_len: int | None = None,
     new_tokens: int | None = None,
 ) -> str | None:
-    """Why this technique x model pair cannot run (with the form's lengths), or None."""
+    """Why this technique x model pair cannot run (with the form's lengths), or None.
+
+    Availability is the catalog's; what the model card rules out (real weights for
+    pretraining, too few positions, ...) is the runners' rule, runners.params.pair_problem,
+    which the launcher and the runner apply too.
+    """
     reason = technique_reason(tech)
     if reason:
         return f"{tech['id']}: {reason}"
     reason = model_reason(card)
     if reason:
         return f"{card['id']}: {reason}"
-    if tech["family"] == "pretraining" and card.get("weights") == "real":
-        return (
-            f"pretraining trains from random weights; {card['id']} is a real-weights "
-            "model (pick an architecture shape)"
-        )
-    max_pos = card.get("max_position")
-    if max_pos and seq_len:
-        need = seq_len + ((new_tokens or 0) if tech["family"] == "inference" else 0)
-        if need > max_pos:
-            return f"{card['id']} has {max_pos} positions; seq_len + new_tokens = {need}"
-    return None
+    # A length the form does not give yet counts as the shortest a run can have.
+    return params.pair_problem(tech["family"], tech["id"], card,
+                               seq_len=2 if seq_len is None else seq_len,
+                               new_tokens=0 if new_tokens is None else new_tokens)
 
 
 def estimate_params(card: dict[str, Any]) -> int | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import efficientllm_data
 
+from runners import datafile
 from runners.errors import BadInput
 from runners.tokenizer import ByteTokenizer
 
@@ -50,6 +51,12 @@ def read_text(dataset: str | None) -> tuple[str, str]:
     except OSError as e:
         raise BadInput(f"cannot read dataset {dataset!r}: {e.strerror or e}") from None
     return str(path.resolve()), text
+
+
+def check_head(dataset: str) -> None:
+    """The launcher's cheap look before a run starts: a readable file of at most
+    MAX_DATASET_BYTES that starts as UTF-8 text; BadInput names the line of a bad byte."""
+    datafile.check_text(datafile.existing(dataset, MAX_DATASET_BYTES), dataset)
 
 
 def load(dataset: str | None, heldout_tokens: int,

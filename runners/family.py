@@ -3,21 +3,23 @@ that emits events, and a registry that imports a family's module only when it is
 
 A family is a class generic over its config dataclass (the optimum-benchmark shape): the
 config turns a RunSpec plus its `--set` parameters into checked, typed fields, so a family's
-`run` never meets a malformed value.
+`run` never meets a malformed value. The parameters' types, choices and ranges come from
+runners.params, the table the launcher also checks before a runner starts.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from runners import params
 from runners.catalog import ModelCard
 from runners.errors import BadInput, Unsupported
 from runners.eventlog import EventLog
-from runners.protocol import Event, ProtocolError, RunResult, RunSpec, coerce_param
+from runners.protocol import Event, RunResult, RunSpec
 
 COMMON_FIELDS = ("run_id", "technique", "model", "device", "seed", "batch_size", "seq_len",
                  "new_tokens", "steps", "warmup", "dataset")
@@ -28,7 +30,9 @@ COMMON_FIELDS = ("run_id", "technique", "model", "device", "seed", "batch_size",
 class FamilyConfig:
     """The RunSpec fields every family uses; subclasses add their `--set` parameters.
 
-    A parameter's `--set` type is its field's `metadata["kind"]`, else its default's type.
+    A subclass declares one field per parameter of its family in runners.params, with the
+    same type and default (a unit test holds them together); construction checks every
+    parameter against that table and stores it in canonical form.
     """
 
     run_id: str
@@ -49,37 +53,24 @@ class FamilyConfig:
     def __post_init__(self) -> None:
         if self.device != "cpu" and not self.device.startswith("cuda:"):
             raise BadInput(f"config device must be resolved (cpu or cuda:N), got {self.device!r}")
+        for name, value in params.check_values(self.family, self.param_values()).items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def param_kinds(cls) -> dict[str, type]:
         """The `--set` parameters this config accepts, with the type each is coerced to."""
-        out: dict[str, type] = {}
-        for f in fields(cls):
-            if f.name in COMMON_FIELDS:
-                continue
-            kind = f.metadata.get("kind")
-            if kind is None:
-                kind = type(f.default)
-            out[f.name] = kind
-        return out
+        return {name: p.kind for name, p in params.of(cls.family).items()}
+
+    def param_values(self) -> dict[str, Any]:
+        """The `--set` parameters of this config by name."""
+        return {name: getattr(self, name) for name in params.of(self.family)}
 
     @classmethod
     def from_spec(cls, spec: RunSpec, device: str) -> FamilyConfig:
         """The config of `spec` on the resolved `device`; BadInput names any bad parameter."""
-        kinds = cls.param_kinds()
-        unknown = sorted(set(spec.params) - set(kinds))
-        if unknown:
-            valid = ", ".join(sorted(kinds)) or "none"
-            raise BadInput(f"unknown --set parameter(s) for {cls.family}: {', '.join(unknown)} "
-                           f"(valid: {valid})")
         values: dict[str, Any] = {name: getattr(spec, name) for name in COMMON_FIELDS}
         values["device"] = device
-        try:
-            for name, raw in spec.params.items():
-                values[name] = coerce_param(name, raw, kinds[name])
-            return cls(**values)
-        except ProtocolError as e:
-            raise BadInput(str(e)) from None
+        return cls(**values, **params.resolve(cls.family, spec.params))
 
 
 ConfigT = TypeVar("ConfigT", bound=FamilyConfig)
@@ -139,7 +130,13 @@ class Family(Generic[ConfigT]):
 
     def validate(self) -> None:
         """Checks that need the model card; run before the device lock, so bad input fails
-        at once instead of queueing behind another run."""
+        at once instead of queueing behind another run. Subclasses call this first: it
+        applies runners.params.pair_problem, the rules the launcher checked already."""
+        c = self.config
+        problem = params.pair_problem(self.name, c.technique, self.card, seq_len=c.seq_len,
+                                      new_tokens=c.new_tokens, values=c.param_values())
+        if problem:
+            raise BadInput(problem)
 
     def run(self) -> RunResult:
         """Load, warm up, measure, evaluate; return the `ok` result (raise on failure)."""

@@ -106,15 +106,8 @@ class FinetuningFamily(Family[FinetuningConfig]):
         self._facts = {}
 
     def validate(self) -> None:
-        c, card = self.config, self.card
-        extra = c.virtual_tokens if c.technique == "prompt-tuning" else 0
-        if c.seq_len + extra > card.max_position:
-            raise BadInput(f"seq_len {c.seq_len}{f' + {extra} virtual tokens' if extra else ''}"
-                           f" exceeds {card.id}'s {card.max_position} positions")
-        if c.technique == "freeze" and c.freeze_k > card.num_layers:
-            raise BadInput(f"freeze_k {c.freeze_k} exceeds {card.id}'s {card.num_layers} blocks")
-        if c.seq_len < 2:
-            raise BadInput("seq_len must be at least 2 to have a next token to predict")
+        super().validate()  # positions, freeze_k, seq_len: runners.params.pair_problem
+        c = self.config
         self._data = sft.load(c.dataset, c.heldout_fraction)  # bad data fails before the lock
 
     # -- the run --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The config of the finetuning family (runners.finetuning): the RunSpec's fields plus the
-`--set` parameters of a fine-tuning run, checked on construction. Also importable from
-runners.finetuning.
+`--set` parameters of a fine-tuning run, checked on construction against runners.params
+(choices, ranges, rules). Also importable from runners.finetuning.
 """
 
 from __future__ import annotations
@@ -8,9 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from runners import peft_methods, training
-from runners.compilation import COMPILE_ALIASES, COMPILE_MODES
-from runners.errors import BadInput
+from runners import peft_methods
 from runners.family import FamilyConfig
 
 
@@ -83,50 +81,6 @@ class FinetuningConfig(FamilyConfig):
     CPU (no mfu)."""
     threads: int | None = field(default=None, metadata={"kind": int})
     """torch intra-op threads; default one fewer than the usable CPUs."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        checks = (
-            (self.rank >= 1, f"rank must be at least 1, got {self.rank}"),
-            (self.alpha > 0, f"alpha must be positive, got {self.alpha}"),
-            (0 <= self.dropout < 1, f"dropout must be within [0, 1), got {self.dropout}"),
-            (self.freeze_k >= 1, f"freeze_k must be at least 1, got {self.freeze_k}"),
-            (self.loraplus_ratio >= 1, f"loraplus_ratio must be >= 1, got {self.loraplus_ratio}"),
-            (self.pissa_niter >= 0, f"pissa_niter must be >= 0, got {self.pissa_niter}"),
-            (self.virtual_tokens >= 1, f"virtual_tokens must be >= 1, got {self.virtual_tokens}"),
-            (self.adalora_init_r is None or self.adalora_init_r >= self.rank,
-             f"adalora_init_r must be >= rank ({self.rank}), got {self.adalora_init_r}"),
-            (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.lr_warmup_ratio < 1,
-             f"lr_warmup_ratio must be within [0, 1), got {self.lr_warmup_ratio}"),
-            (0 <= self.min_lr_ratio <= 1,
-             f"min_lr_ratio must be within [0, 1], got {self.min_lr_ratio}"),
-            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
-            (self.grad_accum >= 1, f"grad_accum must be at least 1, got {self.grad_accum}"),
-            (self.precision in ("auto", *training.PRECISIONS),
-             f"unknown precision {self.precision!r} (choose from auto, "
-             f"{', '.join(training.PRECISIONS)})"),
-            (self.loss_chunk_rows is None or self.loss_chunk_rows >= 0,
-             f"loss_chunk_rows must be >= 0, got {self.loss_chunk_rows}"),
-            (self.eval_batches >= 0, f"eval_batches must be >= 0, got {self.eval_batches}"),
-            (0 <= self.heldout_fraction < 1,
-             f"heldout_fraction must be within [0, 1), got {self.heldout_fraction}"),
-            (self.peak_tflops is None or self.peak_tflops > 0,
-             f"peak_tflops must be positive, got {self.peak_tflops}"),
-            (self.threads is None or self.threads >= 1,
-             f"threads must be at least 1, got {self.threads}"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise BadInput(message)
-        peft_methods.parse_targets(self.target_modules)
-        text = str(self.compile).strip().lower()
-        mode = COMPILE_ALIASES.get(text, text)
-        if mode not in COMPILE_MODES:
-            raise BadInput(f"compile must be one of {', '.join(COMPILE_MODES)} (or true/false), "
-                           f"got {self.compile!r}")
-        object.__setattr__(self, "compile", mode)
 
     def hyper(self) -> peft_methods.Hyper:
         return peft_methods.Hyper(

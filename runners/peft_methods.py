@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 
 from runners.errors import BadInput, Unsupported
+from runners.params import parse_targets
 
 Kind = Literal["full", "freeze", "peft"]
 
@@ -108,18 +109,6 @@ def method(technique: str) -> Method:
     if found is None:
         raise Unsupported(f"technique {technique!r} is not a fine-tuning technique here")
     return found
-
-
-def parse_targets(value: str) -> str | list[str]:
-    """`all-linear` stays as is; `q_proj, v_proj` -> ['q_proj', 'v_proj']."""
-    text = value.strip()
-    if text in ("all-linear", "all"):
-        return "all-linear"
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names or not all(re.fullmatch(r"[A-Za-z0-9_.]+", n) for n in names):
-        raise BadInput(f"target_modules must be 'all-linear' or comma-separated module names, "
-                       f"got {value!r}")
-    return names
 
 
 def decoder_blocks(lm: Any) -> Any:

@@ -1,6 +1,7 @@
 """The config of the pretraining family (runners.pretraining): the RunSpec's fields plus the
-`--set` parameters of a pretraining run, checked on construction, and the pure helpers the run
-uses (the learning-rate schedule, the matmul peak). Also importable from runners.pretraining.
+`--set` parameters of a pretraining run, checked on construction against runners.params
+(choices, ranges, rules), and the pure helpers the run uses (the learning-rate schedule, the
+matmul peak). Also importable from runners.pretraining.
 """
 
 from __future__ import annotations
@@ -12,18 +13,10 @@ from typing import ClassVar
 
 import torch
 
-from runners.architecture import MOE_MATCHES
-from runners.baselines import RECURRENCES
-from runners.errors import BadInput
 from runners.family import FamilyConfig
 
 PEAK_MATMUL_N = 8192
 """Side of the square bf16 matmul whose rate is the measured peak."""
-
-
-PRECISIONS = ("auto", "bf16", "fp32")
-SWITCHES = ("auto", "true", "false")
-"""Values of `compile` and `checkpointing`."""
 
 
 @dataclass(frozen=True)
@@ -72,40 +65,6 @@ class PretrainingConfig(FamilyConfig):
     """How Mamba's selective scan and RWKV's WKV run without their fused packages: `torch`
     (chunked torch ops for Mamba, transformers' loop for RWKV) or `triton` (our own Triton
     kernels, CUDA only; runners.scan_triton and runners.rwkv_wkv)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("compile", "checkpointing"):
-            value = str(getattr(self, name)).lower()
-            if value not in SWITCHES:
-                raise BadInput(f"{name} must be one of {', '.join(SWITCHES)}, "
-                               f"got {getattr(self, name)!r}")
-            object.__setattr__(self, name, value)
-        if self.recurrence not in RECURRENCES:
-            raise BadInput(f"unknown recurrence {self.recurrence!r} "
-                           f"(choose from {', '.join(RECURRENCES)})")
-        if not self.lr > 0:
-            raise BadInput(f"lr must be positive, got {self.lr}")
-        if self.precision not in PRECISIONS:
-            raise BadInput(f"unknown precision {self.precision!r} "
-                           f"(choose from {', '.join(PRECISIONS)})")
-        if self.moe_match not in MOE_MATCHES:
-            raise BadInput(f"unknown moe_match {self.moe_match!r} "
-                           f"(choose from {', '.join(MOE_MATCHES)})")
-        if not 1 <= self.top_k <= self.experts:
-            raise BadInput(f"need 1 <= top_k <= experts, got top_k={self.top_k}, "
-                           f"experts={self.experts}")
-        checks = (("min_lr_ratio", 0 <= self.min_lr_ratio <= 1), ("beta2", 0 < self.beta2 < 1),
-                  ("weight_decay", self.weight_decay >= 0), ("grad_clip", self.grad_clip >= 0),
-                  ("aux_loss_coef", self.aux_loss_coef >= 0),
-                  ("loss_chunk_tokens", self.loss_chunk_tokens >= 0),
-                  ("lr_warmup_steps", self.lr_warmup_steps >= -1),
-                  ("eval_tokens", self.eval_tokens == 0 or self.eval_tokens >= 2),
-                  ("peak_tflops", self.peak_tflops is None or self.peak_tflops > 0),
-                  ("threads", self.threads is None or self.threads >= 1))
-        for name, ok in checks:
-            if not ok:
-                raise BadInput(f"{name} out of range: {getattr(self, name)!r}")
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:

@@ -26,6 +26,7 @@ from typing import Any
 
 import efficientllm_data
 
+from runners import datafile
 from runners.errors import BadInput
 
 SHIPPED = "sft.jsonl"
@@ -37,6 +38,8 @@ RESPONSE_HEADER = "\n\n### Response:\n"
 ROLE_HEADERS = {"system": "### System:\n", "user": "### Prompt:\n",
                 "assistant": "### Response:\n", "tool": "### Tool:\n"}
 TURN_SEPARATOR = "\n\n"
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
 SHAPES = ('{"prompt": str, "response": str}', '{"text": str}',
           '{"messages": [{"role": ..., "content": str}, ...]}')
 
@@ -145,18 +148,17 @@ def _read_jsonl(path: Path, label: str) -> list[Example]:
 
 def parse_jsonl(text: str, label: str) -> list[Example]:
     """Examples of jsonl `text` (blank lines skipped); BadInput names the first bad line."""
-    out: list[Example] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"dataset {label!r}: line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BadInput(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        example = _example(record, where)
-        out.append(Example(example.segments, f"line {number}"))
-    return out
+    return [_line_example(line, number, label)
+            for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _line_example(line: str, number: int, label: str) -> Example:
+    where = f"dataset {label!r}: line {number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    return Example(_example(record, where).segments, f"line {number}")
 
 
 def _read_parquet(path: Path, label: str) -> list[Example]:
@@ -183,17 +185,34 @@ def read_examples(dataset: str | None) -> tuple[str, list[Example]]:
     path = Path(dataset).expanduser()
     if not path.is_file():
         raise BadInput(f"dataset {dataset!r} is not a readable file")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        examples = _read_jsonl(path, dataset)
-    elif suffix in (".parquet", ".pq"):
-        examples = _read_parquet(path, dataset)
-    else:
-        raise BadInput(f"dataset {dataset!r}: unknown format {suffix or '(no extension)'!r}; "
-                       "use .jsonl (one JSON object a line) or .parquet")
+    suffix = _suffix(path, dataset)
+    examples = (_read_jsonl if suffix in JSONL_SUFFIXES else _read_parquet)(path, dataset)
     if not examples:
         raise BadInput(f"dataset {dataset!r} has no examples")
     return str(path.resolve()), examples
+
+
+def _suffix(path: Path, dataset: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in (*JSONL_SUFFIXES, *PARQUET_SUFFIXES):
+        raise BadInput(f"dataset {dataset!r}: unknown format {suffix or '(no extension)'!r}; "
+                       "use .jsonl (one JSON object a line) or .parquet")
+    return suffix
+
+
+def check_head(dataset: str) -> None:
+    """The launcher's cheap look before a run starts: a known format, not too large, and
+    the first datafile.HEAD_LINES records well formed; BadInput names the first bad line."""
+    path = datafile.existing(dataset, MAX_DATASET_BYTES)
+    if _suffix(path, dataset) in PARQUET_SUFFIXES:
+        datafile.check_parquet(path, dataset)
+        return
+    seen = 0
+    for number, line in datafile.head_lines(path, dataset):
+        _line_example(line, number, dataset)
+        seen += 1
+    if not seen:
+        raise BadInput(f"dataset {dataset!r} has no examples")
 
 
 def load(dataset: str | None, heldout_fraction: float = 0.1) -> Dataset:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import efficientllm_data
 
+from runners import datafile
 from runners.errors import BadInput
 from runners.tokenizer import ByteTokenizer
 
@@ -93,13 +94,17 @@ def _jsonl(path: Path) -> Iterator[str]:
         try:
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise BadInput(f"{path.name} line {n} is not JSON: {e.msg}") from None
-                    yield _text_of(record, f"{path.name} line {n}")
+                    yield _jsonl_text(line, path.name, n)
         except UnicodeDecodeError:
             raise BadInput(f"dataset {str(path)!r} is not UTF-8 text") from None
+
+
+def _jsonl_text(line: str, name: str, n: int) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{name} line {n} is not JSON: {e.msg}") from None
+    return _text_of(record, f"{name} line {n}")
 
 
 def _parquet(path: Path) -> Iterator[str]:
@@ -143,6 +148,26 @@ def _read(records: Iterator[str], limit: int, tokenizer: ByteTokenizer,
     truncated = truncated or len(ids) > limit
     del ids[limit:]
     return ids, docs if separate else min(docs, 1), truncated
+
+
+def check_head(dataset: str) -> None:
+    """The launcher's cheap look before a run starts: the first datafile.HEAD_LINES records
+    of a jsonl file parse and carry text, a parquet file has its magic, any other file starts
+    as UTF-8 text; BadInput names the first bad line."""
+    path = datafile.existing(dataset)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        datafile.check_parquet(path, dataset)
+        return
+    if suffix not in JSONL_SUFFIXES:
+        datafile.check_text(path, dataset)
+        return
+    seen = 0
+    for n, line in datafile.head_lines(path, dataset):
+        _jsonl_text(line, path.name, n)
+        seen += 1
+    if not seen:
+        raise BadInput(f"dataset {dataset!r} has no records")
 
 
 def load(dataset: str | None, *, need_tokens: int, eval_tokens: int,

@@ -114,3 +114,28 @@ async def test_quit_with_queued_runs_asks_first(new_app: Callable[..., Efficient
         await pilot.press("n")
         await pilot.pause()
         assert app.is_running and isinstance(app.screen, LaunchScreen)
+
+
+async def test_parameters_the_runner_would_refuse_start_nothing(
+    new_app: Callable[..., EfficientLLMApp],
+) -> None:
+    app = new_app(seed=False, mode="launch")
+    started = _spy(app)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _launch(app, pilot)
+        await pilot.press("space")  # fp32 x tiny
+        screen.query_one("#params", Input).value = "engine=warp"
+        await pilot.press("s")
+        await pilot.pause()
+        assert _text(app, "#form-error") == (
+            "⚠ fp32 × tiny: unknown engine 'warp' (choose from auto, loop, eager, static, "
+            "graph, compile, fused)"
+        )
+        screen.query_one("#params", Input).value = "bogus_key=1"
+        await pilot.press("s")
+        await pilot.pause()
+        assert _text(app, "#form-error").startswith(
+            "⚠ fp32 × tiny: unknown --set parameter(s) for inference: bogus_key (valid: "
+        )
+        assert started == [] and screen.selected == {("fp32", "tiny")}
+        assert app.queue.pending_count == 0

@@ -59,7 +59,7 @@ def test_device_defaults() -> None:
     ({"dtype": "fp64"}, "unknown dtype 'fp64'"),
     ({"compile_mode": "reduce-overhead"}, "unknown compile_mode 'reduce-overhead'"),
     ({"engine": "compile", "compile_mode": "none"}, "none only with engine=fused"),
-    ({"mcr_reference": "int8"}, "mcr_reference must be bf16, fp32 or none"),
+    ({"mcr_reference": "int8"}, r"unknown mcr_reference 'int8' \(choose from auto, bf16, fp32"),
     ({"mem_bw_gbps": -1}, "mem_bw_gbps must be positive"),
     ({"calibration_tokens": 1}, "calibration_tokens must be at least 2"),
     ({"engine": "turbo"}, "unknown engine 'turbo'"),
