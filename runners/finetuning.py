@@ -36,12 +36,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from profiling import metrics as pm
-from profiling.window import WindowMeter, WindowResult, rapl_energy_reader
+from profiling.window import WindowMeter, WindowResult
 from runners import device as dev
 from runners import model as model_mod
 from runners import peft_methods, sft, training
@@ -58,7 +59,15 @@ from runners.compilation import interrupted as _interrupted
 from runners.errors import BadInput
 from runners.family import Family, register
 from runners.finetuning_config import FinetuningConfig
-from runners.protocol import Event, Metric, RunResult
+from runners.protocol import (
+    ENERGY_METRICS,
+    NO_PEAK_NOTE,
+    RANDOM_WEIGHTS_NOTE,
+    Event,
+    Metric,
+    RunResult,
+    explain_missing,
+)
 
 SOURCE = "runner"
 DISTINCT_MICRO_BATCHES = 64
@@ -177,7 +186,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
         flops_per_token = self._flops_per_token(prepared, n_total, n_trainable)
         facts.update(peak_tflops=peak_tflops, peak_tflops_source=peak_source,
                      flops_per_token=flops_per_token)
-        meter = self._meter()
+        meter = dev.window_meter(c.device, dev.sync_fn(c.device), ctx.sample_device)
 
         chunk = c.loss_chunk_rows
         loss_ctx = (contextlib.nullcontext() if chunk == 0
@@ -211,8 +220,10 @@ class FinetuningFamily(Family[FinetuningConfig]):
             ctx.phase("save", path=str(ctx.run_dir / ADAPTER_DIR))
             saved = peft_methods.save(prepared, ctx.run_dir / ADAPTER_DIR)
 
-        metrics = self._metrics(stats, window, n_total, n_trainable, peak_alloc, peak_reserved,
-                                eval_loss, flops_per_token, peak_tflops)
+        metrics = self._metrics(stats, window, ParamCount(built.size.total_params, n_total,
+                                                          n_trainable),
+                                peak_alloc, peak_reserved, eval_loss, flops_per_token,
+                                peak_tflops, random_weights=built.weights == "random")
         info = {
             **facts, **data_facts, "device": c.device, "batch_size": c.batch_size,
             "seq_len": c.seq_len, "grad_accum": c.grad_accum,
@@ -300,21 +311,6 @@ class FinetuningFamily(Family[FinetuningConfig]):
             first_block=first, d_attn=card.num_heads * card.head_dim,
             context_len=c.seq_len + extra, untied_embedding_params=untied)
 
-    def _meter(self) -> WindowMeter:
-        """Windows on this run's device, energy from NVML (GPU) or RAPL (CPU) if readable."""
-        c = self.config
-        reader, source = None, None
-        try:
-            from profiling.energy import energy_reader_for
-
-            reader, source = energy_reader_for(c.device)
-        except Exception:  # noqa: BLE001 - no counter costs the energy, not the run
-            if c.device == "cpu":
-                reader = rapl_energy_reader()
-                source = "rapl" if reader is not None else None
-        return WindowMeter(sync=dev.sync_fn(c.device), energy_reader=reader,
-                           device=self.ctx.sample_device, energy_source=source)
-
     def _steps(self, phase: str, first_step: int, count: int,
                batches: Sequence[dict[str, torch.Tensor]], step: training.TrainStep,
                meter: WindowMeter) -> tuple[list[training.StepStats], WindowResult | None]:
@@ -336,6 +332,8 @@ class FinetuningFamily(Family[FinetuningConfig]):
                 if compiler is None or not compiler.active or _interrupted(e):
                     raise
                 fall_back(compiler, e, phase, step.model, device=c.device, ctx=ctx)
+                if phase == "measure":
+                    out = self._restart_window(phase, i, count, meter, out)
                 stats = step(micro)
             out.append(stats)
             ctx.emit(Event.step(step=i, phase=phase, latency_s=stats.latency_s,
@@ -348,10 +346,32 @@ class FinetuningFamily(Family[FinetuningConfig]):
         ctx.emit(Event.window(**window.to_dict()))
         return out, window
 
+    def _restart_window(self, phase: str, at_step: int, count: int, meter: WindowMeter,
+                        discarded: Sequence[training.StepStats]) -> list[training.StepStats]:
+        """Close the measured window after a compile fallback inside it and open it again.
+
+        The window so far holds compiled steps and the failed compile; what follows runs
+        eagerly, and one mean over both would describe neither. The steps before `at_step`
+        stay trained (the schedule goes on) but are not measured: the new window measures
+        the remaining steps, all eager, and the run's info says so.
+        """
+        ctx = self.ctx
+        old = meter.end(phase)
+        ctx.emit(Event.window(**{**old.to_dict(), "name": f"{phase}_discarded"}))
+        note = (f"torch.compile fell back to eager at measured step {at_step}: the measured "
+                f"window restarted there; {len(discarded)} compiled steps discarded, "
+                f"{count - at_step} eager steps measured")
+        ctx.emit(Event.log(note, level="warning", phase=phase))
+        self._facts["measure_restarted"] = {"at_step": at_step, "discarded": len(discarded),
+                                            "measured": count - at_step, "note": note}
+        ctx.phase(phase, steps=count - at_step, restarted_at=at_step)
+        meter.begin(phase)
+        return []
+
     def _metrics(self, stats: Sequence[training.StepStats], window: WindowResult,
-                 n_total: int, n_trainable: int, peak_alloc: float | None,
-                 peak_reserved: float | None, eval_loss: float | None,
-                 flops_per_token: float, peak_tflops: float | None) -> list[Metric]:
+                 params: ParamCount, peak_alloc: float | None, peak_reserved: float | None,
+                 eval_loss: float | None, flops_per_token: float, peak_tflops: float | None,
+                 *, random_weights: bool) -> list[Metric]:
         lat = pm.latency_stats([s.latency_s for s in stats])
         seconds = window.elapsed_s
         tokens = sum(s.tokens for s in stats)
@@ -363,21 +383,34 @@ class FinetuningFamily(Family[FinetuningConfig]):
         peak = peak_tflops * 1e12 if peak_tflops else None
         final_loss = stats[-1].loss if stats else None
         eval_ppl = math.exp(eval_loss) if eval_loss is not None and eval_loss < 700 else None
+        notes = {name: window.energy_note for name in ENERGY_METRICS}
+        if random_weights:
+            # A fine-tune of random weights has no quality to keep: its held-out perplexity
+            # is noise around the vocabulary size, whatever the method.
+            eval_ppl = None
+            notes["eval_ppl"] = RANDOM_WEIGHTS_NOTE
+        elif self.config.eval_batches == 0:
+            notes["eval_ppl"] = notes["eval_loss"] = "not scored: eval_batches=0"
+        if peak is None:
+            notes["mfu"] = NO_PEAK_NOTE
 
         def m(name: str, value: float | None, unit: str, source: str = SOURCE) -> Metric:
             return Metric(name, _finite(value), unit, source)
 
-        return [
-            m("st", pm.st(samples, n_total, seconds), "samples/param/s"),
-            m("tt", pm.tt(tokens, n_total, seconds), "tokens/param/s"),
+        # ST and TT count the base model's parameters (DESIGN.md section 6): the adapters
+        # are what a method adds, not the size of the model being tuned.
+        return list(explain_missing([
+            m("st", pm.st(samples, params.base, seconds), "samples/param/s"),
+            m("tt", pm.tt(tokens, params.base, seconds), "tokens/param/s"),
             m("tokens_per_s", tokens_per_s, "tokens/s"),
             m("samples_per_s", pm.it_tokens_per_s(samples, seconds), "samples/s"),
             m("al_s", lat["mean"], "s"),
             m("al_p50_s", lat["p50"], "s"),
             m("al_p90_s", lat["p90"], "s"),
             m("al_p99_s", lat["p99"], "s"),
-            m("trainable_params", float(n_trainable), "params"),
-            m("total_params", float(n_total), "params"),
+            m("trainable_params", float(params.trainable), "params"),
+            m("total_params", float(params.base), "params"),
+            m("adapted_params", float(params.adapted), "params"),
             m("loss", final_loss, "nats/token"),
             m("eval_loss", eval_loss, "nats/token"),
             m("eval_ppl", eval_ppl, "ppl"),
@@ -387,7 +420,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
             m("aec_w", pm.aec_w(energy, window.t0_ns, window.t1_ns), "W", energy_source),
             m("j_per_token", pm.j_per_token(energy, tokens), "J/token", energy_source),
             m("mfu", pm.mfu(flops_per_s, peak), "fraction"),
-        ]
+        ], notes))
 
     def failure_info(self) -> Mapping[str, Any]:
         c = self.config
@@ -399,6 +432,18 @@ class FinetuningFamily(Family[FinetuningConfig]):
                      if k in ("precision", "base_dtype", "trainable_params", "total_params",
                               "base_params", "weights")})
         return info
+
+
+@dataclass(frozen=True, slots=True)
+class ParamCount:
+    """The parameter counts of a fine-tuning run."""
+
+    base: int
+    """The base model's parameters: the size ST and TT divide by."""
+    adapted: int
+    """The model with the method's adapters (or prompt embeddings) added."""
+    trainable: int
+    """Parameters the optimizer updates."""
 
 
 def _prompt_learning(prepared: peft_methods.Prepared) -> bool:

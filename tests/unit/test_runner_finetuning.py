@@ -22,7 +22,14 @@ from runners.finetuning import (
     resolve_compile,
     train_flops_per_token,
 )
-from runners.protocol import EVENTS_FILE, Event, RunResult, RunSpec
+from runners.protocol import (
+    EVENTS_FILE,
+    NO_PEAK_NOTE,
+    RANDOM_WEIGHTS_NOTE,
+    Event,
+    RunResult,
+    RunSpec,
+)
 
 TECHNIQUES = sorted(peft_methods.METHODS)
 SMALL = dict(seq_len=32, batch_size=2, steps=2, warmup=1)
@@ -31,7 +38,7 @@ METRICS = {"st": "samples/param/s", "tt": "tokens/param/s", "tokens_per_s": "tok
            "al_p99_s": "s", "trainable_params": "params", "total_params": "params",
            "loss": "nats/token", "eval_loss": "nats/token", "eval_ppl": "ppl",
            "peak_allocated_gib": "GiB", "peak_reserved_gib": "GiB", "energy_j": "J",
-           "aec_w": "W", "j_per_token": "J/token", "mfu": "fraction"}
+           "aec_w": "W", "j_per_token": "J/token", "mfu": "fraction", "adapted_params": "params"}
 
 
 def _spec(technique: str = "lora", **extra: Any) -> RunSpec:
@@ -68,15 +75,39 @@ def test_every_technique_trains_reports_and_saves(tmp_path: Path, technique: str
     assert result.status == "ok"
     got = {m.name: m for m in result.metrics}
     assert {n: m.unit for n, m in got.items()} == METRICS
-    for name in ("st", "tt", "tokens_per_s", "al_s", "trainable_params", "total_params",
-                 "loss", "eval_loss", "eval_ppl"):
-        assert got[name].value is not None and got[name].value > 0, name
     assert got["peak_allocated_gib"].value is None and got["mfu"].value is None  # CPU
+    assert got["mfu"].note == NO_PEAK_NOTE and got["mfu"].source == "none"
+    # tiny has random weights: its perplexity says nothing of a method's quality
+    assert (got["eval_ppl"].value, got["eval_ppl"].source, got["eval_ppl"].note) == (
+        None, "none", RANDOM_WEIGHTS_NOTE)
+    assert got["eval_loss"].value > 0 and got["loss"].value > 0
+    # ST and TT divide by the base model's parameters, never the adapters' (DESIGN.md 6)
+    base = result.info["base_params"]
     trainable, total = got["trainable_params"].value, got["total_params"].value
-    assert (trainable == total) if technique == "full" else (0 < trainable < total)
-    assert got["eval_ppl"].value == pytest.approx(2.718281828 ** got["eval_loss"].value)
+    adapted = got["adapted_params"].value
+    assert total == base
+    if technique == "full":
+        assert trainable == adapted == base
+    elif technique == "freeze":
+        assert adapted == base and 0 < trainable < base
+    elif technique != "qlora":  # quanto's packed int4 tensors count their storage
+        assert adapted > base and 0 < trainable <= adapted - base
 
     steps = [e for e in events if e.kind == "step"]
+    measured = [e for e in steps if e.get("phase") == "measure"]
+    seconds = result.info["measure_s"]
+    assert got["st"].value == pytest.approx(sum(e.get("samples") for e in measured)
+                                            / (base * seconds))
+    assert got["tt"].value == pytest.approx(sum(e.get("tokens") for e in measured)
+                                            / (base * seconds))
+    assert got["al_s"].value == pytest.approx(
+        sum(e.get("latency_s") for e in measured) / len(measured))
+    energy = got["energy_j"]
+    if energy.value is None:  # no readable RAPL here: the reason is stored
+        assert energy.source == "none" and energy.note.startswith("no CPU energy counter")
+    else:
+        assert energy.source == "rapl" and energy.value > 0
+
     assert [(e.get("phase"), e.get("step")) for e in steps] == [
         ("warmup", 0), ("measure", 0), ("measure", 1)]
     for e in steps:
@@ -318,6 +349,25 @@ def test_a_compiler_failure_falls_back_to_eager(tmp_path: Path, monkeypatch: pyt
     steps = [(e.get("phase"), e.get("step")) for e in events if e.kind == "step"]
     assert steps == [("warmup", 0), ("measure", 0), ("measure", 1)]
     assert result.metric("loss") > 0
+
+
+def test_a_compiler_failure_inside_the_measured_window_restarts_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # calls 1-4 compile, 5-8 warm-up, 9-12 measured step 0 (compiled), 13: step 1 fails.
+    _fake_compile(monkeypatch, 13)
+    result, events = _run(tmp_path, _spec("lora", params={"compile": "layers", "save": False}))
+    assert result.status == "ok" and result.info["compile_fallback_phase"] == "measure"
+    restarted = result.info["measure_restarted"]
+    assert (restarted["at_step"], restarted["discarded"], restarted["measured"]) == (1, 1, 1)
+    windows = [e for e in events if e.kind == "window"]
+    assert [w.get("name") for w in windows] == ["warmup", "measure_discarded", "measure"]
+    measure = windows[-1]
+    # the measured window starts after the fallback: only the eager step is in it
+    failed_at = next(e.t_ns for e in events if e.kind == "log" and "restarted" in
+                     str(e.get("message")))
+    assert measure.get("t0_ns") >= failed_at
+    last_step = [e for e in events if e.kind == "step"][-1]
+    assert result.metric("al_s") == pytest.approx(last_step.get("latency_s"))
 
 
 def test_a_time_limit_inside_the_compiler_is_not_a_compiler_failure(
