@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -9,8 +10,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
+
+from efficientllm_tui.store_schema import METRIC_DIRECTIONS
+from profiling import metrics as pm
+from profiling.energy import energy_counter
+from profiling.sample import Sample
+from runners.protocol import NO_PEAK_NOTE, RANDOM_WEIGHTS_NOTE
 
 from .conftest import Cli
 
@@ -25,27 +34,108 @@ def _one_line_error(out: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def _rows(cli: Cli, sql: str) -> list[dict[str, Any]]:
+    rows = cli.json("sql", sql, "--format", "json")
+    assert isinstance(rows, list)
+    return rows
+
+
+def _events(cli: Cli, run_id: str) -> list[dict[str, Any]]:
+    path = cli.home / "runs" / run_id / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _sampled(cli: Cli, run_id: str, device: str) -> tuple[dict[str, float | None], list[Sample]]:
+    """AMU, AMU GiB, PCU and sample coverage of a stored run, recomputed with
+    profiling.metrics from its stored samples of `device` over its stored measure window."""
+    (window,) = _rows(cli, f"select t0_ns, t1_ns from windows where run_id = '{run_id}' "
+                           "and name = 'measure'")
+    samples = [Sample.from_dict(r) for r in _rows(
+        cli, f"select * from samples where run_id = '{run_id}' and device = '{device}' "
+             "order by t_ns")]
+    assert samples, f"no samples of {device}"
+    t0, t1 = window["t0_ns"], window["t1_ns"]
+    times = [s.t_ns for s in samples]
+    gap = pm.sample_gap_ns(times)
+    started = next(e for e in _events(cli, run_id) if e["kind"] == "started")
+    n_cpus = int(started.get("cpu_count") or os.cpu_count() or 1)
+    frac, gib = pm.amu(samples, t0, t1, max_gap_ns=gap)
+    pcu, _ = pm.pcu(samples, t0, t1, n_cpus=n_cpus, max_gap_ns=gap)
+    covered, _ = pm.coverage(times, t0, t1, gap)
+    return {"amu": frac, "amu_gib": gib, "pcu": pcu, "sample_coverage": covered}, samples
+
+
 def test_run_tiny_fp32_end_to_end(cli: Cli) -> None:
     out = cli("run", "-m", "tiny", "-t", "fp32", "--device", "cpu", "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)  # exactly one JSON document
     assert doc["status"] == "ok" and doc["technique"] == "fp32" and doc["family"] == "inference"
-    m = doc["metrics"]
-    for name in ("al_s", "it", "ttft_s", "tpot_s", "al_p50_s", "al_p90_s", "al_p99_s",
-                 "tokens_per_s", "amu"):
-        assert m.get(name) is not None and m[name] > 0, name
-    assert m["al_p50_s"] <= m["al_p90_s"] <= m["al_p99_s"]
-    assert doc["sources"]["amu"] == "psutil"
-    counts = cli.json("sql", "select (select count(*) from samples) s, "
-                      "(select count(*) from steps) st, (select count(*) from runs) r",
-                      "--format", "json")
-    assert counts[0]["s"] > 0 and counts[0]["st"] >= 8 and counts[0]["r"] == 1
+    m, rid, info = doc["metrics"], doc["run_id"], doc["info"]
+    assert doc["units"]["it"] == "tokens/s" and doc["units"]["amu"] == "fraction"
+    # Latency and throughput: the stored measured steps and window, recomputed.
+    steps = _rows(cli, f"select latency_s, ttft_s, tokens from steps where run_id = '{rid}' "
+                       "and phase = 'measure' order by step")
+    assert len(steps) == doc["steps"] == info["measured_requests"]
+    latency = pm.latency_stats([s["latency_s"] for s in steps])
+    for name, key in (("al_s", "mean"), ("al_p50_s", "p50"), ("al_p90_s", "p90"),
+                      ("al_p99_s", "p99")):
+        assert m[name] == pytest.approx(latency[key], rel=1e-12), name
+    assert m["ttft_s"] == pytest.approx(sum(s["ttft_s"] for s in steps) / len(steps))
+    generated = sum(s["tokens"] for s in steps)
+    assert generated == doc["steps"] * doc["batch_size"] * doc["new_tokens"]
+    assert m["it"] == m["tokens_per_s"] == pytest.approx(generated / info["measure_s"])
+    assert m["tpot_s"] == pytest.approx(
+        sum(s["latency_s"] - s["ttft_s"] for s in steps) / len(steps) / (doc["new_tokens"] - 1))
+    # AMU, PCU and their coverage: recomputed from the stored samples of the window.
+    recomputed, samples = _sampled(cli, rid, "cpu")
+    for name, value in recomputed.items():
+        assert m[name] == pytest.approx(value, rel=1e-9), name
+    assert 0 < m["amu"] < 1 and doc["sources"]["amu"] == "psutil"
+    assert doc["pcu_source"] == "psutil"
+    counts = _rows(cli, "select (select count(*) from samples) s, "
+                        "(select count(*) from steps) st, (select count(*) from runs) r")
+    assert counts == [{"s": len(samples), "st": doc["warmup"] + 2 * doc["steps"], "r": 1}]
     runs = cli.json("runs", "--json")
-    assert runs[0]["run_id"] == doc["run_id"]
-    shown = cli.json("show", doc["run_id"], "--json")
-    assert shown["metrics"]["it"] == m["it"]
+    assert runs[0]["run_id"] == rid
+    shown = cli.json("show", rid, "--json")
+    assert shown["metrics"] == m and shown["notes"] == doc["notes"]
     # Ingest is idempotent: recovering again changes nothing.
     assert cli.json("recover", "--json") == []
+
+
+def test_random_weights_store_no_quality_and_every_null_says_why(cli: Cli) -> None:
+    doc = cli.json("run", "-m", "tiny", "-t", "int8", "--device", "cpu", "--steps", "2",
+                   "--warmup", "0", "--json")
+    assert isinstance(doc, dict) and doc["status"] == "ok" and doc["weights"] == "random"
+    rid, m = doc["run_id"], doc["metrics"]
+    for name in ("eval_ppl", "reference_ppl", "mcr"):
+        assert (m[name], doc["sources"][name], doc["notes"][name]) == (
+            None, "none", RANDOM_WEIGHTS_NOTE), name
+    stored = _rows(cli, f"select name, value, source, note from metrics where run_id = '{rid}' "
+                        "and name in ('eval_ppl', 'mcr', 'reference_ppl') order by name")
+    assert stored == [{"name": n, "value": None, "source": "none", "note": RANDOM_WEIGHTS_NOTE}
+                      for n in ("eval_ppl", "mcr", "reference_ppl")]
+    # the size side of MCR stands: int8 weights against the fp32 original
+    assert m["compression_ratio"] == m["reference_weight_bytes"] / m["weight_bytes"] > 2
+    # The leaderboard ranks exactly the run's non-NULL leaderboard metrics: no quality.
+    board = cli.json("compare", rid, "--json")["leaderboard"]
+    ranked = {n for n in METRIC_DIRECTIONS if m.get(n) is not None}
+    assert {"al_s", "it"} <= ranked and not ranked & {"mcr", "eval_ppl"}
+    assert sorted(b["metric"] for b in board) == sorted(ranked)
+    view = _rows(cli, f"select metric from leaderboard where run_id = '{rid}'")
+    assert sorted(r["metric"] for r in view) == sorted(ranked)
+    # `show` gives every NULL its reason, as stored.
+    shown = cli.json("show", rid, "--json")
+    nulls = {n for n, v in shown["metrics"].items() if v is None}
+    assert {"eval_ppl", "mcr", "mfu", "peak_allocated_gib"} <= nulls
+    assert set(shown["notes"]) >= nulls
+    for name in nulls:
+        assert shown["sources"][name] == "none" and shown["notes"][name].strip(), name
+    assert shown["notes"]["mfu"] == NO_PEAK_NOTE
+    counter = energy_counter("cpu")
+    if counter.reader is None:  # this CPU has no RAPL: the counter's reason, run-wide too
+        assert {"energy_j", "aec_w", "j_per_token"} <= nulls
+        assert shown["notes"]["energy_j"] == shown["energy_note"] == counter.note
 
 
 def test_bad_inputs_get_one_line_and_exit_2(cli: Cli, tmp_path: Path) -> None:
@@ -151,10 +241,22 @@ def test_catalogs_list_every_design_id(cli: Cli) -> None:
 def test_export_formats(cli: Cli, tmp_path: Path) -> None:
     doc = cli.json("run", "-m", "tiny", "-t", "fp32", "--device", "cpu", "--steps", "2",
                    "--warmup", "0", "--json")
+    assert isinstance(doc, dict)
+    want = {"run_id": doc["run_id"], "technique": "fp32", "al_s": doc["metrics"]["al_s"],
+            "it": doc["metrics"]["it"], "mcr": None}  # one run_metrics row, NULL kept NULL
     for fmt in ("json", "csv", "parquet"):
         path = tmp_path / f"out.{fmt}"
-        cli("export", doc["run_id"], "--format", fmt, "-o", str(path), check=True)
-        assert path.stat().st_size > 0
+        out = cli("export", doc["run_id"], "--format", fmt, "-o", str(path), check=True)
+        assert f"wrote 1 rows of run_metrics to {path}" in out.stderr
+        if fmt == "json":
+            rows = json.loads(path.read_text())
+        elif fmt == "csv":
+            with path.open(newline="") as f:
+                rows = [{k: (float(v) if k in ("al_s", "it") else v or None) for k, v in r.items()}
+                        for r in csv.DictReader(f)]
+        else:
+            rows = pq.read_table(path).to_pylist()
+        assert [{k: r[k] for k in want} for r in rows] == [want], fmt
     assert "unknown" in _one_line_error(
         cli("export", "nope", "--format", "csv", "-o", str(tmp_path / "x.csv"))).lower()
 
@@ -163,8 +265,11 @@ def test_simulated_gpu_run_is_labelled_everywhere(cli: Cli) -> None:
     doc = cli.json("run", "-m", "tiny", "-t", "fp32", "--device", "cpu", "--simulate-gpu",
                    "--steps", "3", "--warmup", "0", "--json")
     assert doc["simulated"] is True
-    for name in ("amu", "pcu"):
-        assert doc["sources"][name] == "simulated" and doc["metrics"][name] is not None
+    recomputed, _ = _sampled(cli, doc["run_id"], "gpu0")
+    for name in ("amu", "amu_gib", "pcu", "sample_coverage"):
+        assert doc["sources"][name] == "simulated", name
+        assert doc["metrics"][name] == pytest.approx(recomputed[name], rel=1e-9), name
+    assert 0 < doc["metrics"]["amu"] < 1 and 0 < doc["metrics"]["pcu"] <= 1
     rows = cli.json("sql", "select distinct source from samples where device = 'gpu0'",
                     "--format", "json")
     assert rows == [{"source": "simulated"}]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,8 +13,17 @@ from typing import Any
 
 import pytest
 
-from runners.protocol import EVENTS_FILE, Event, RunResult, RunSpec
+from runners import catalog
+from runners.protocol import (
+    EVENTS_FILE,
+    NO_PEAK_NOTE,
+    RANDOM_WEIGHTS_NOTE,
+    Event,
+    RunResult,
+    RunSpec,
+)
 
+from . import checks
 from .conftest import Cli
 
 pytestmark = pytest.mark.slow
@@ -80,9 +90,33 @@ def test_run_emits_steps_windows_and_a_full_result(runs: dict[str, tuple[Path, i
 
     result = RunResult.from_dict(events[-1].fields)
     assert result.status == "ok"
-    for name in ("st", "tt", "tokens_per_s", "al_s", "loss", "eval_loss", "eval_ppl",
-                 "trainable_params", "total_params"):
-        assert result.metric(name) is not None, name
+    got = checks.by_name(result.metrics)
+    checks.nulls_explained(result.metrics)
+    v = {n: m.value for n, m in got.items()}
+    info = result.info
+    measured = [e for e in steps if e.get("phase") == "measure"]
+    seconds = windows["measure"].get("elapsed_s")
+    assert info["measure_s"] == seconds and info["measured_steps"] == 3
+    # ST and TT per parameter of the base model (not its adapters), over the measured window
+    base = info["base_params"]
+    assert v["total_params"] == base
+    assert v["st"] == pytest.approx(3 * 2 / (base * seconds))
+    assert v["tt"] == pytest.approx(3 * 96 / (base * seconds))
+    assert v["tokens_per_s"] == pytest.approx(3 * 96 / seconds)
+    assert v["samples_per_s"] == pytest.approx(3 * 2 / seconds)
+    checks.latency_matches(got, [e.get("latency_s") for e in measured])
+    assert v["loss"] == measured[-1].get("loss")  # the last measured step's
+    if case == "full":
+        assert v["trainable_params"] == v["adapted_params"] == base
+    else:
+        assert 0 < v["trainable_params"] <= v["adapted_params"] - base  # lora: adapters only
+    # tiny's weights are random: a held-out loss, but no perplexity to call quality
+    assert 0 < v["eval_loss"] < 2 * math.log(catalog.model_card("tiny").vocab_size)
+    assert (v["eval_ppl"], got["eval_ppl"].source, got["eval_ppl"].note) == (
+        None, "none", RANDOM_WEIGHTS_NOTE)
+    assert (v["mfu"], got["mfu"].note) == (None, NO_PEAK_NOTE)
+    assert v["peak_allocated_gib"] is None and v["peak_reserved_gib"] is None  # CPU
+    checks.energy_matches(got, windows["measure"].fields, 3 * 96)
     assert result.info["adapter_dir"] == "adapter"
     saved = run_dir / "adapter"
     assert saved.is_dir() and sorted(p.name for p in saved.iterdir()) == \
@@ -112,13 +146,26 @@ def test_cli_run_lands_in_the_database_with_its_loss_curve(cli: Cli) -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["status"] == "ok" and doc["family"] == "finetuning"
-    m = doc["metrics"]
-    for name in ("st", "al_s", "loss", "eval_ppl", "trainable_params", "total_params"):
-        assert m.get(name) is not None and m[name] > 0, name
-    rows = cli.json("sql", f"select phase, step, loss, lr, tokens from steps where run_id = "
-                    f"'{doc['run_id']}' order by phase desc, step", "--format", "json")
+    m, notes, sources = doc["metrics"], doc["notes"], doc["sources"]
+    rows = cli.json("sql", f"select phase, step, loss, lr, tokens, samples, latency_s from steps "
+                    f"where run_id = '{doc['run_id']}' order by phase desc, step", "--format",
+                    "json")
     assert [(r["phase"], r["step"]) for r in rows] == [
         ("warmup", 0), ("measure", 0), ("measure", 1), ("measure", 2)]
-    assert all(r["loss"] > 0 and r["lr"] > 0 and r["tokens"] == 96 for r in rows)
+    # The stored steps are the runner's step events, value for value.
+    events = _events(cli.home / "runs" / doc["run_id"])
+    stepped = [e for e in events if e.kind == "step"]
+    assert [(r["loss"], r["lr"], r["tokens"], r["samples"], r["latency_s"]) for r in rows] == [
+        (e.get("loss"), e.get("lr"), 96, 2, e.get("latency_s")) for e in stepped]
+    measured = [r for r in rows if r["phase"] == "measure"]
+    seconds = doc["info"]["measure_s"]
+    assert m["total_params"] == doc["info"]["base_params"]
+    assert m["st"] == pytest.approx(6 / (m["total_params"] * seconds))
+    assert m["al_s"] == pytest.approx(sum(r["latency_s"] for r in measured) / 3)
+    assert m["loss"] == measured[-1]["loss"]
+    assert m["eval_ppl"] is None and sources["eval_ppl"] == "none"
+    assert notes["eval_ppl"] == RANDOM_WEIGHTS_NOTE
+    assert {n for n, x in m.items() if x is None} <= set(notes)  # every NULL says why
+    assert 0 < m["trainable_params"] <= m["adapted_params"] - m["total_params"]
     adapter = cli.home / "runs" / doc["run_id"] / "adapter" / "adapter_model.safetensors"
     assert adapter.is_file()

@@ -12,11 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
-from runners.protocol import EVENTS_FILE, PID_FILE, Event, RunResult, RunSpec
+from runners.protocol import (
+    EVENTS_FILE,
+    NO_PEAK_NOTE,
+    PID_FILE,
+    RANDOM_WEIGHTS_NOTE,
+    Event,
+    RunResult,
+    RunSpec,
+)
 from tests.model_cache import MODEL, smollm2_cache  # noqa: F401
+
+from . import checks
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +103,8 @@ def launch(home: Path, run_id: str, **spec: object) -> Run:
 
 TINY_CASES: dict[str, dict[str, object]] = {
     "fp32": {}, "bf16": {"technique": "bf16"}, "fp16": {"technique": "fp16"},
-    "eager": {"params": {"engine": "eager"}}, "static": {"params": {"engine": "static"}},
+    "eager": {"params": {"engine": "eager"}},
+    "static": {"params": {"engine": "static", "peak_tflops": 0.5, "mem_bw_gbps": 20.0}},
     "fused": {"params": {"engine": "fused"}},
     **{t: {"technique": t} for t in QUANTIZED + TORCHAO},
 }
@@ -178,14 +190,18 @@ def test_run_emits_every_event_and_metric(finished: dict[str, tuple[Run | InProc
     phases = [e.get("name") for e in events if e.kind == "phase"]
     expected = ["load"]
     if technique != "fp32":
-        expected.append("reference")  # the fp32 reference, scored before the cast
+        expected.append("reference")  # the fp32 reference's size, measured before the cast
     if technique in QUANTIZED + TORCHAO:
         expected.append("quantize")
     if technique == "w8a8":
         expected.append("calibrate")
     if technique == "int4":  # fp32 int4 on CPU unpacks with quanto's C++ extension
         expected.append("build_kernels")
-    assert phases == [*expected, "prepare", "warmup", "measure", "prefill", "eval", "done"]
+    # no "eval": random weights are not scored
+    assert phases == [*expected, "prepare", "warmup", "measure", "prefill", "done"]
+    reference = [e for e in events if e.kind == "phase" and e.get("name") == "reference"]
+    assert [(e.get("dtype"), e.get("tokens")) for e in reference] == (
+        [("float32", 0)] if technique != "fp32" else [])
     steps = [e for e in events if e.kind == "step"]
     assert [(e.get("phase"), e.get("step")) for e in steps] == [
         ("warmup", 0), ("warmup", 1), ("measure", 0), ("measure", 1), ("measure", 2),
@@ -200,48 +216,85 @@ def test_run_emits_every_event_and_metric(finished: dict[str, tuple[Run | InProc
     measure = windows["measure"]
     assert measure.get("device") == "cpu" and measure.get("t1_ns") > measure.get("t0_ns")
     measure_steps = [e for e in steps if e.get("phase") == "measure"]
+    # the requests run one after another inside the measured window
+    assert sum(e.get("latency_s") for e in measure_steps) <= measure.get("elapsed_s")
     assert all(measure.get("t0_ns") <= e.t_ns <= measure.get("t1_ns") for e in measure_steps)
 
     result = RunResult.from_dict(events[-1].fields)
     assert result.status == "ok" and result.run_id == f"run-{case}"
-    units = {m.name: m.unit for m in result.metrics}
-    assert units == METRICS
-    v = {m.name: m.value for m in result.metrics}
-    assert v["al_s"] > 0 and v["ttft_s"] > 0 and v["tpot_s"] > 0
-    assert 0 < v["al_p50_s"] <= v["al_p90_s"] <= v["al_p99_s"]
-    assert 0 < v["ttft_p50_s"] <= v["ttft_p99_s"] and 0 < v["tpot_p50_s"] <= v["tpot_p99_s"]
-    assert v["it"] > 0 and v["it"] == v["tokens_per_s"]
-    assert v["it"] == pytest.approx(4 * 16 / measure.get("elapsed_s"))
-    assert v["decode_tokens_per_s"] == pytest.approx(1 / v["tpot_s"])
-    assert v["total_params"] == 4_003_072
-    assert v["eval_ppl"] is not None and v["eval_ppl"] > 1
-    assert v["peak_rss_gib"] > 0
-    for name in ("peak_allocated_gib", "peak_reserved_gib", "mfu", "roofline_fraction"):
-        assert v[name] is None  # CPU, no peak given: unknown, never a fake 0
-    if measure.get("energy_j") is None:
-        assert v["energy_j"] is None and v["aec_w"] is None and v["j_per_token"] is None
-    # MCR against the fp32 reference (the CPU default) of the same weights
-    assert v["reference_weight_bytes"] == TINY_FP32_BYTES and v["reference_ppl"] > 1
-    assert v["mcr"] == pytest.approx(v["compression_ratio"] * v["reference_ppl"] / v["eval_ppl"])
+    got = checks.by_name(result.metrics)
+    assert {n: m.unit for n, m in got.items()} == METRICS
+    checks.nulls_explained(result.metrics)
+    v = {n: m.value for n, m in got.items()}
     info = result.info
+    # Latency, TTFT and TPOT: the measured requests' own step events, nothing else.
+    checks.latency_matches(got, [e.get("latency_s") for e in measure_steps])
+    checks.latency_matches(got, [e.get("ttft_s") for e in measure_steps],
+                           ("ttft_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s"))
+    checks.latency_matches(got, [e.get("tpot_s") for e in measure_steps],
+                           ("tpot_s", "tpot_p50_s", "tpot_p90_s", "tpot_p99_s"))
+    for e in measure_steps:
+        assert e.get("tpot_s") == pytest.approx((e.get("latency_s") - e.get("ttft_s")) / 15)
+    # 4 requests x 16 generated tokens over the measured window
+    assert v["it"] == v["tokens_per_s"] == pytest.approx(4 * 16 / measure.get("elapsed_s"))
+    assert info["measure_s"] == measure.get("elapsed_s")
+    assert v["decode_tokens_per_s"] == pytest.approx(1 / v["tpot_s"])
+    assert v["prefill_tokens_per_s"] == pytest.approx(32 / v["ttft_s"])
+    assert v["total_params"] == info["total_params"] == 4_003_072
+    assert v["weight_bytes"] == info["weight_bytes"]
+    assert v["weight_bytes"] < v["peak_rss_gib"] * 2**30 < psutil.virtual_memory().total
+    for name in ("peak_allocated_gib", "peak_reserved_gib"):
+        assert v[name] is None  # CPU: no torch allocator peak, never a fake 0
+    # MFU's FLOPs: 2N for each of the P + G - 1 = 47 tokens through the model, plus the
+    # causal attention term 4 L d_attn t for t = 1..47 (L = 4, d_attn = 4 heads x 64).
+    flops = 2 * 4_003_072 * 47 + 4 * 4 * 256 * (47 * 48 // 2)
+    assert info["mfu_flops_per_sequence"] == flops
+    if info["peak_tflops"] is None:
+        assert got["mfu"].note == NO_PEAK_NOTE
+    else:
+        assert v["mfu"] == pytest.approx(4 * flops / measure.get("elapsed_s")
+                                         / (info["peak_tflops"] * 1e12))
+    if info["mem_bw_gbps"] is None:
+        assert v["roofline_fraction"] is None and "mem_bw_gbps" in got["roofline_fraction"].note
+    else:  # every decode step reads every weight byte once
+        roof = info["mem_bw_gbps"] * 1e9 / v["weight_bytes"]
+        assert v["roofline_fraction"] == pytest.approx(v["decode_tokens_per_s"] / roof)
+    checks.energy_matches(got, measure.fields, 4 * 16)
+    prefill = windows["prefill"].fields
+    checks.energy_matches(got, prefill, 4 * 32, "prefill_energy_j", None, "prefill_j_per_token")
+    if measure.get("energy_j") is None:
+        checks.energy_matches(got, measure.fields, 4 * 15, "decode_energy_j", None,
+                              "decode_j_per_token")
+    elif prefill.get("energy_j") is not None and measure.get("energy_j") >= prefill["energy_j"]:
+        assert v["decode_energy_j"] == pytest.approx(measure.get("energy_j") - prefill["energy_j"])
+        assert v["decode_j_per_token"] == pytest.approx(v["decode_energy_j"] / (4 * 15))
+    # Random weights: perplexity is never computed (no eval phase), MCR never stored ...
+    assert info["weights"] == "random" and info["quality_scored"] is False
+    for name in ("eval_ppl", "reference_ppl", "mcr"):
+        assert (v[name], got[name].source, got[name].note) == (None, "none", RANDOM_WEIGHTS_NOTE)
+    # ... while the size side of the comparison, against the fp32 original, still is.
+    assert v["reference_weight_bytes"] == info["reference_weight_bytes"] == TINY_FP32_BYTES
+    assert v["compression_ratio"] == TINY_FP32_BYTES / v["weight_bytes"]
     dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(technique, "float32")
     assert (info["weights"], info["dtype"], info["device"]) == ("random", dtype, "cpu")
     assert (info["batch_size"], info["prompt_tokens"], info["new_tokens"]) == (1, 32, 16)
+    assert (info["measured_requests"], info["warmup_requests"]) == (4, 2)
     assert info["engine"] == {"eager": "eager", "static": "static",
                               "fused": "fused"}.get(case, "loop")
     assert info["engine_detail"]["engine"] == info["engine"]
-    assert info["weight_bytes"] == v["weight_bytes"] and info["threads"] == 1
-    assert info["mcr_reference"] == "float32"
+    assert info["threads"] == 1
+    assert info["mcr_reference"] == "float32" and info["mcr_reference_note"] is None
     if technique in QUANTIZED + TORCHAO:
         assert v["weight_bytes"] < TINY_FP32_BYTES / 2  # int8/fp8 < 2 bytes, int4 < 1
-        assert v["compression_ratio"] > 2 and v["mcr"] > 1
+        assert v["compression_ratio"] > 2
         q = info["quantization"]
         backend = "torchao" if technique in TORCHAO else "quanto"
         assert q["backend"] == backend and q["exclude"] == ["lm_head"]
         assert q["weight_classes"]["Tensor"] == 1 and q["kernels"]
     elif technique == "fp32":
-        assert v["mcr"] == 1.0 and v["compression_ratio"] == 1.0
-    else:
+        assert v["weight_bytes"] == TINY_FP32_BYTES and v["compression_ratio"] == 1.0
+    else:  # 16-bit weights; the rotary buffers stay fp32
+        assert v["weight_bytes"] == 2 * 4_003_072 + 256
         assert v["compression_ratio"] == pytest.approx(2.0, rel=1e-3)
 
 
@@ -277,15 +330,29 @@ def test_every_technique_on_real_weights(smollm2_runs: dict[str, tuple[int, list
     code, events = smollm2_runs[technique]
     assert code == 0, events[-1].fields
     result = RunResult.from_dict(events[-1].fields)
+    got = checks.by_name(result.metrics)
+    checks.nulls_explained(result.metrics)
     v = {m.name: m.value for m in result.metrics}
     info = result.info
     assert info["weights"] == "real" and "Q4_1" in info["weights_source"]
     assert info["tokenizer"] != "byte" and info["total_params"] == 134_515_008
+    # real weights are scored: perplexity on the held-out text, at both precisions
+    assert info["quality_scored"] is True and info["mcr_reference"] == "float32"
+    evals = [e for e in events if e.kind == "phase" and e.get("name") == "eval"]
+    assert [e.get("tokens") for e in evals] == [info["eval_tokens"]] and info["eval_tokens"] > 1
+    for name in ("eval_ppl", "reference_ppl", "mcr", "compression_ratio"):
+        assert (got[name].source, got[name].note) == ("runner", None), name
     fp32_bytes = 4 * 134_515_008
     assert fp32_bytes <= v["reference_weight_bytes"] < fp32_bytes + 100_000
+    assert v["reference_weight_bytes"] == info["reference_weight_bytes"]
+    assert v["compression_ratio"] == v["reference_weight_bytes"] / v["weight_bytes"]
     # real weights: perplexity far below the 49152-token vocabulary, close to the reference
     assert 5 < v["reference_ppl"] < 200 and 5 < v["eval_ppl"] < 3 * v["reference_ppl"]
     assert v["mcr"] == pytest.approx(v["compression_ratio"] * v["reference_ppl"] / v["eval_ppl"])
+    if technique == "fp32":  # its own reference: the same weights, the same perplexity
+        assert v["eval_ppl"] == v["reference_ppl"] and v["mcr"] == v["compression_ratio"] == 1.0
+    elif technique in ("bf16", "fp16"):  # the reference is the fp32 copy, cast before the run
+        assert v["compression_ratio"] == pytest.approx(2.0, rel=1e-3)
     if technique in QUANTIZED:
         assert v["weight_bytes"] < fp32_bytes / 2
         assert info["quantization"]["weight_classes"]["Tensor"] == 1  # lm_head, tied
@@ -407,6 +474,8 @@ def test_cuda_run(tmp_path: Path, technique: str) -> None:
     result = RunResult.from_dict(events[-1].fields)
     v = {m.name: m.value for m in result.metrics}
     assert 0 < v["peak_allocated_gib"] <= v["peak_reserved_gib"]
-    assert v["mfu"] is not None and 0 < v["mfu"] < 1
+    seconds = window.get("elapsed_s")
+    assert v["mfu"] == pytest.approx(4 * result.info["mfu_flops_per_sequence"] / seconds / 989e12)
+    assert 0 < v["mfu"] < 1
     assert 0 < v["al_p50_s"] <= v["al_p90_s"] <= v["al_p99_s"]
     assert (tmp_path / "locks" / "cuda0.lock").exists()

@@ -8,6 +8,7 @@ would spend most of its time importing torch); two run as real `python -m runner
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +21,9 @@ import pytest
 from runners import catalog
 from runners.eventlog import EventLog
 from runners.family import RunContext, family_class
-from runners.protocol import EVENTS_FILE, Event, RunResult, RunSpec
+from runners.protocol import EVENTS_FILE, NO_PEAK_NOTE, Event, RunResult, RunSpec
+
+from . import checks
 
 pytestmark = pytest.mark.slow
 
@@ -82,13 +85,36 @@ def test_technique_trains_and_loss_goes_down(tmp_path: Path, technique: str) -> 
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - 0.5, f"{technique}: loss {losses}"
     assert {m.name: m.unit for m in r.metrics}.items() >= METRICS.items()
-    for name in ("al_s", "tt", "tokens_per_s", "loss", "eval_ppl", "total_params"):
-        value = r.metric(name)
-        assert value is not None and value > 0, name
-    assert r.metric("mfu") is None  # no peak on CPU unless given
+    got = checks.by_name(r.metrics)
+    checks.nulls_explained(r.metrics)
     info = r.info
+    measured = [e for e in run.events if e.kind == "step" and e.get("phase") == "measure"]
+    window = next(e for e in run.events if e.kind == "window" and e.get("name") == "measure")
+    seconds = window.get("elapsed_s")
+    assert info["measure_s"] == seconds and len(measured) == shape["steps"]
+    tokens = shape["steps"] * shape["batch_size"] * shape["seq_len"]
+    params = r.metric("total_params")
+    assert r.metric("tt") == pytest.approx(tokens / (params * seconds))
+    assert r.metric("tokens_per_s") == pytest.approx(tokens / seconds)
+    assert r.metric("samples_per_s") == pytest.approx(shape["steps"] * shape["batch_size"]
+                                                      / seconds)
+    checks.latency_matches(got, [e.get("latency_s") for e in measured])
+    tail = [e.get("loss") for e in measured[-5:]]  # the last five measured steps
+    assert r.metric("loss") == pytest.approx(sum(tail) / len(tail))
+    # Trained from scratch, so its perplexity is scored: below a uniform guess over the
+    # vocabulary and below where training started.
+    assert info["eval_tokens"] == 256 and (got["eval_ppl"].source, got["eval_ppl"].note) == (
+        "runner", None)
+    assert 1 < r.metric("eval_ppl") < min(info["vocab_size"], math.exp(first))
+    assert (r.metric("mfu"), got["mfu"].note) == (None, NO_PEAK_NOTE)  # no peak on CPU
+    assert r.metric("peak_allocated_gib") is None and r.metric("peak_reserved_gib") is None
+    checks.energy_matches(got, window.fields, tokens)
     assert info["group"] == catalog.technique(technique).group
-    assert info["matching"]["baseline_total_params"] > 0 and "rule" in info["matching"]
+    matching = info["matching"]
+    assert "rule" in matching and matching["total_params"] == info["total_params"]
+    assert matching["baseline_total_params"] + matching["delta_params"] == info["total_params"]
+    assert matching["delta_params_pct"] == pytest.approx(
+        100 * matching["delta_params"] / matching["baseline_total_params"])
     assert info["total_params"] == r.metric("total_params")
     steps = [e for e in run.events if e.kind == "step"]
     assert all(e.get("lr") > 0 and e.get("tokens") == shape["batch_size"] * shape["seq_len"]
@@ -171,8 +197,13 @@ def test_runner_process_end_to_end(tmp_path: Path) -> None:
     steps = [e for e in events if e.kind == "step"]
     assert [e.get("phase") for e in steps] == ["warmup"] + ["measure"] * 4
     result = RunResult.from_dict(events[-1].fields)
-    assert result.status == "ok" and result.metric("eval_ppl") is not None
     info = result.info
+    assert result.status == "ok" and info["eval_tokens"] > 1
+    assert 1 < result.metric("eval_ppl") < info["vocab_size"]
+    measured = [e for e in steps if e.get("phase") == "measure"]
+    assert result.metric("tt") == pytest.approx(
+        4 * 2 * 32 / (result.metric("total_params") * info["measure_s"]))
+    assert result.metric("loss") == pytest.approx(sum(e.get("loss") for e in measured) / 4)
     assert info["text"] == str(data.resolve())
     # Reading stops at what the run consumes (5 steps x 2 x 32) plus the held-out slice.
     assert info["dataset_truncated"] and 1 < info["documents"] < 40

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from profiling.energy import energy_counter
 from runners import baselines, catalog
 from runners.architecture import BASELINE, VARIANTS, decoder_config, decoder_rule
 from runners.errors import BadInput
 from runners.eventlog import EventLog
 from runners.family import RunContext, family_class
 from runners.pretraining import PretrainingConfig, PretrainingFamily, _to_tensor, lr_at
-from runners.protocol import RunSpec
+from runners.protocol import Event, RunSpec
 
 
 def _spec(**kw: object) -> RunSpec:
@@ -141,3 +142,37 @@ def test_uint16_ids_reach_the_device_unchanged() -> None:
     ids = array("H", [0, 1, 259, 40000, 65535])
     assert _to_tensor(ids, "cpu").tolist() == [0, 1, 259, 40000, 65535]
     assert _to_tensor([3, 4], "cpu").tolist() == [3, 4]
+
+
+def test_metrics_come_from_the_measured_steps_and_every_null_says_why(tmp_path: Path) -> None:
+    family = _family(tmp_path, batch_size=2, seq_len=16, warmup=0, steps=2,
+                     params={"eval_tokens": 0, "peak_tflops": 2.0})
+    family.validate()
+    try:
+        result = family.run()
+    finally:
+        family.ctx.log.close()
+    events = [Event.from_json(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    got = {m.name: m for m in result.metrics}
+    info = result.info
+    window = next(e for e in events if e.kind == "window" and e.get("name") == "measure")
+    steps = [e for e in events if e.kind == "step"]
+    seconds, tokens = window.get("elapsed_s"), 2 * 2 * 16
+    assert [e.get("phase") for e in steps] == ["measure", "measure"]
+    assert got["al_s"].value == pytest.approx(sum(e.get("latency_s") for e in steps) / 2)
+    assert got["loss"].value == pytest.approx(sum(e.get("loss") for e in steps) / 2)
+    assert got["tt"].value == pytest.approx(tokens / (info["total_params"] * seconds))
+    # MFU over the given peak: 6 N_flop + 12 L d_attn T per trained token (4 layers, 256 wide)
+    assert info["flops_per_token"] == 6 * info["flop_params"] + 12 * 4 * 256 * 16
+    assert (got["mfu"].value, got["mfu"].source) == (
+        pytest.approx(tokens / seconds * info["flops_per_token"] / 2e12), "runner")
+    assert (got["eval_ppl"].value, got["eval_ppl"].source, got["eval_ppl"].note) == (
+        None, "none", "not scored: eval_tokens=0")
+    counter = energy_counter("cpu")
+    if counter.reader is None:  # no RAPL here: every energy metric NULL with the reason
+        for name in ("energy_j", "aec_w", "j_per_token"):
+            assert (got[name].value, got[name].source, got[name].note) == (
+                None, "none", counter.note)
+        assert info["energy_note"] == window.get("energy_note") == counter.note
+    for m in result.metrics:
+        assert (m.value is None) == (m.source == "none") and (m.value is None) <= bool(m.note)
