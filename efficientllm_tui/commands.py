@@ -20,8 +20,8 @@ from runners.protocol import Event, ProtocolError, RunSpec, parse_set
 
 from . import ingest, launcher
 from .cli import db_path, emit_json, format_rows
+from .display import contention, run_label
 from .display import num as _fmt
-from .display import run_label
 from .errors import BadInput, DatabaseLocked, EfficientLLMError, QueryError
 from .store import Store
 
@@ -289,6 +289,8 @@ def _print_run(doc: dict[str, Any]) -> None:
         _console().print(f"error ({doc.get('error_type')}): {doc.get('error_text')}")
     if doc.get("workload"):
         _console().print(f"workload (ranked only within it): {doc['workload']}")
+    shared = contention(doc) or "unknown — not recorded for this run"
+    _console().print(f"contended: {shared}", markup=False)
     notes = doc.get("notes") or {}
     rows = [[n, doc["metrics"][n], doc["units"].get(n), doc["sources"].get(n), notes.get(n)]
             for n in doc["metrics"]]

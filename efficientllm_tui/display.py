@@ -132,3 +132,29 @@ def status_style(status: str | None) -> str:
         "orphaned": "yellow",
         "cancelled": "yellow",
     }.get(status or "", "")
+
+
+def contention(run: Mapping[str, Any]) -> str | None:
+    """Whether a run shared its GPU, as `show` and the detail screen say it: `no`,
+    `yes — pid 4242 (python, 1.2 GiB) on gpu0`, or `unknown — <why>`; None when the run
+    recorded nothing about it (profiling/contention.py decides; runs.info keeps the facts)."""
+    info = run.get("info")
+    info = info if isinstance(info, Mapping) else {}
+    value = run.get("contended")
+    value = info.get("contended") if value is None else value
+    note = info.get("contended_note")
+    if value is None:
+        return f"unknown — {note}" if note else None
+    if not value:
+        return "no" + (f" ({note})" if note else "")
+    procs = info.get("foreign_processes") or [{"pid": p} for p in info.get("foreign_pids") or ()]
+    parts = []
+    for p in procs:
+        name = p.get("name") or ("host pid" if p.get("pid_namespace") == "other" else "?")
+        mem = p.get("used_gpu_memory_bytes")
+        parts.append(f"pid {p.get('pid')} ({name}, "
+                     f"{'memory unknown' if mem is None else f'{gib(mem)} GiB'})")
+    devices = sorted({str(p["device"]) for p in procs if p.get("device")})
+    text = "yes — " + (", ".join(parts) or "which processes was not recorded")
+    text += f" on {', '.join(devices)}" if devices else ""
+    return text + (f" ({note})" if note else "")

@@ -46,7 +46,7 @@ from profiling.nvml_errors import (
     NvmlNotSupported,
     NvmlUnavailable,
 )
-from profiling.nvml_types import GpmReading, Gpu, GpuReading, pct
+from profiling.nvml_types import GpmReading, Gpu, GpuProcess, GpuReading, pct
 from profiling.sample import Sample
 from profiling.visible_devices import VisibleDevicesError, parse_visible_devices
 
@@ -519,25 +519,51 @@ class NvmlBackend(Backend):
 
 # -- processes on a device ------------------------------------------------------------------
 
-def _foreign(handle: Any, own_pids: Iterable[int]) -> list[int]:
-    own = set(own_pids)
+def _processes(handle: Any) -> list[GpuProcess]:
+    """Compute and graphics processes of one GPU, by pid; raises NvmlNotSupported when the
+    driver lists neither."""
     compute = _call(pynvml.nvmlDeviceGetComputeRunningProcesses, handle)
     graphics = _call(pynvml.nvmlDeviceGetGraphicsRunningProcesses, handle)
     if compute is None and graphics is None:
         raise NvmlNotSupported("this driver does not list the processes on the GPU")
-    pids = {int(p.pid) for p in (compute or []) + (graphics or [])}
-    return sorted(pids - own)
+    used: dict[int, int | None] = {}
+    for p in (compute or []) + (graphics or []):
+        pid = int(p.pid)
+        raw = getattr(p, "usedGpuMemory", None)  # pynvml: None for NVML_VALUE_NOT_AVAILABLE
+        mem = int(raw) if raw is not None else None
+        old = used.get(pid)
+        used[pid] = mem if old is None else old if mem is None else max(old, mem)
+    return [GpuProcess(pid, mem) for pid, mem in sorted(used.items())]
+
+
+def _foreign(handle: Any, own_pids: Iterable[int]) -> list[int]:
+    own = set(own_pids)
+    return sorted({p.pid for p in _processes(handle)} - own)
 
 
 @nvml_api
 def foreign_processes(index: int, own_pids: Iterable[int]) -> list[int]:
     """Pids of the processes holding a context on GPU `index` (NVML index) that are not in
-    `own_pids`: a measured run with any is `contended`.
+    `own_pids`.
 
-    In a container NVML may report host pids; they then never match own pids, and every
-    process looks foreign. Raises NvmlNotSupported when the driver cannot list them.
+    A plain pid comparison: in a container NVML may report host pids, which never match
+    own pids. A run's verdict uses `profiling.contention`, which tells them apart. Raises
+    NvmlNotSupported when the driver cannot list them.
     """
     return _foreign(_call(pynvml.nvmlDeviceGetHandleByIndex, index), own_pids)
+
+
+@nvml_api
+def gpu_process_reader(index: int) -> tuple[Callable[[], list[GpuProcess]], int | None]:
+    """(reader, minor) for GPU `index`: the reader lists its processes with their memory
+    (raising NvmlNotSupported where the driver cannot, typed errors otherwise); minor is the
+    GPU's /dev/nvidia<minor> number, None where NVML does not say."""
+    handle = _call(pynvml.nvmlDeviceGetHandleByIndex, index)
+    try:
+        minor = _call(pynvml.nvmlDeviceGetMinorNumber, handle)
+    except NvmlError:
+        minor = None
+    return functools.partial(_processes, handle), int(minor) if minor is not None else None
 
 
 # -- energy counter ---------------------------------------------------------------------------

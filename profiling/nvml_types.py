@@ -45,6 +45,16 @@ class GpmReading:
     """NVML_GPM_METRIC_DRAM_BW_UTIL."""
 
 
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    """One process NVML lists on a GPU (compute or graphics context)."""
+
+    pid: int
+    """The pid in the driver's pid namespace (the host's), which may not be the reader's."""
+    used_gpu_memory_bytes: int | None
+    """Device memory the process holds; None where NVML does not say."""
+
+
 class Gpu:
     """One GPU: its handle, how each reading is taken, and what went wrong with it."""
 

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runners.errors import EXIT_BAD_INPUT, EXIT_OK, BadInput, Cancelled, RunnerError, classify
 from runners.eventlog import EventLog
@@ -31,6 +31,9 @@ from runners.protocol import (
     RunResult,
     RunSpec,
 )
+
+if TYPE_CHECKING:
+    from profiling.contention import ContentionWatch
 
 USAGE = "usage: python -m runners RUN_DIR"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -107,18 +110,34 @@ def _watch(home: Path, run_id: str, simulate_gpu: bool) -> bool:
         return False
 
 
-def _foreign_pids(device: str) -> list[int] | None:
-    """Other processes holding a context on the run's GPU (DESIGN.md section 3: such a run
-    is `contended`); None when it cannot be known (CPU, no NVML, unsupported)."""
-    if not device.startswith("cuda"):
-        return None
-    try:
-        from profiling import nvml
+def _start_contention(device: str) -> tuple[ContentionWatch | None, dict[str, Any]]:
+    """Start reading the run's GPU process list through the run (DESIGN.md section 3: a
+    run that shares its GPU is `contended`; the rule is in profiling/contention.py).
 
-        index = nvml.nvml_index_for_cuda(int(device.partition(":")[2] or 0))
-        return nvml.foreign_processes(index, {os.getpid()})
-    except Exception:  # noqa: BLE001 - knowing about neighbours must never fail a run
-        return None
+    Returns (watch, info): the watch is None on CPU or when NVML cannot be used, and info
+    then says why the verdict is unknown. Never raises.
+    """
+    from profiling import contention
+
+    if not device.startswith("cuda"):
+        return None, contention.unknown_report("a CPU run: there is no GPU process list")
+    try:
+        return contention.watch_device(device), {}
+    except Exception as e:  # noqa: BLE001 - knowing about neighbours must never fail a run
+        return None, contention.unknown_report(
+            f"the GPU's process list cannot be read: {type(e).__name__}: {e}")
+
+
+def _stop_contention(watch: ContentionWatch | None, info: dict[str, Any]) -> dict[str, Any]:
+    """The contention info keys of the run; stops the watch's thread. Never raises."""
+    if watch is None:
+        return info
+    try:
+        return dict(watch.stop())
+    except Exception as e:  # noqa: BLE001
+        from profiling import contention
+
+        return contention.unknown_report(f"reading the GPU's processes failed: {e}")
 
 
 def execute(run_dir: Path, log: EventLog) -> int:
@@ -133,6 +152,8 @@ def execute(run_dir: Path, log: EventLog) -> int:
     family: Family[Any] | None = None
     device: str | None = None
     lock: DeviceLock | None = None
+    watch: ContentionWatch | None = None
+    contention: dict[str, Any] = {}
     try:
         spec = _read_spec(run_dir)
         device = dev.resolve(spec.device)
@@ -156,16 +177,13 @@ def execute(run_dir: Path, log: EventLog) -> int:
                                                lock=str(lock.path),
                                                holder_pid=_lock_holder(lock.path)))
         watched = _watch(home, spec.run_id, spec.simulate_gpu)
-        foreign_before = _foreign_pids(device)
+        watch, contention = _start_contention(device)
 
         result = family.run()
         _disarm_signals()
-        foreign_after = _foreign_pids(device)
-        foreign = sorted(set(foreign_before or ()) | set(foreign_after or ()))
-        contended = None if foreign_before is None and foreign_after is None else bool(foreign)
+        contention, watch = _stop_contention(watch, contention), None
         result = replace(result, info={**result.info, "lock_wait_s": lock.waited_s,
-                                       "contended": contended, "foreign_pids": foreign,
-                                       "profiler_watched": watched,
+                                       **contention, "profiler_watched": watched,
                                        "simulate_gpu": spec.simulate_gpu, "seed": spec.seed})
         ctx.phase("done")
         log.emit(Event.result(result))
@@ -178,11 +196,13 @@ def execute(run_dir: Path, log: EventLog) -> int:
         else:
             print(f"{error_type}: {message}", file=sys.stderr)
         log.emit(Event.error(error_type, message))
+        contention, watch = _stop_contention(watch, contention), None
         if error_type == "oom" and spec is not None:
             info: dict[str, Any] = dict(family.failure_info()) if family is not None else {
                 "batch_size": spec.batch_size, "seq_len": spec.seq_len}
             if device is not None:
                 info.update(dev.memory_facts(device))
+            info.update(contention)  # a neighbour holding memory may be why it ran out
             log.emit(Event.result(RunResult(run_id=spec.run_id, status="oom", error_type="oom",
                                             error_message=message, info=info)))
         return code

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,7 +14,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 
-from efficientllm_tui.display import duration, metric_label, num, status_style
+from efficientllm_tui.display import contention, duration, metric_label, num, status_style
 from efficientllm_tui.history import source_label
 from efficientllm_tui.widgets.chart import Series, TimeChart, nice_max
 from profiling.sample import FIELD_NAMES, Sample
@@ -125,12 +126,16 @@ class RunDetailScreen(AppScreen):
             badges += " [dim](random weights: cost metrics only)[/]"
         mark = " [b green]✓ marked[/]" if self.run_id in self.elapp.marked else ""
         when = started.strftime("%Y-%m-%d %H:%M:%S") if started else "-"
+        shared = contention(run)
+        if run.get("contended"):
+            badges += " [b white on red] CONTENDED [/]"
         return (
             f"[b]{run.get('model')} × {run.get('technique')}[/b] · {run.get('family')}"
             f"/{run.get('group_name') or '-'} · [{status_style(status)}]{status}[/]"
             f"{badges}{mark}\n{self.run_id} · {run.get('device')} on {run.get('host') or '-'}"
             f" · {when} · took {took} · batch {run.get('batch_size')} seq {run.get('seq_len')}"
             f" new {run.get('new_tokens')} steps {run.get('steps')} (+{run.get('warmup')})"
+            + (f"\ncontended: {escape(shared)}" if shared else "")
         )
 
     def _metrics(self, run: dict[str, Any]) -> None:

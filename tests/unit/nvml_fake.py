@@ -48,6 +48,8 @@ class FakeGpu:
                            nvml.GPM_DRAM_BW_UTIL: 33.0}
         self.gpm_codes: dict[int, int] = {}
         self.pids = [100, 200]
+        self.proc_mem: dict[int, int] = {}
+        """pid -> usedGpuMemory in bytes; a pid not here reports None (not available)."""
         self.fail: dict[str, int] = {}
         """NVML function name -> error code it raises."""
         self.power_field_code = REAL.NVML_SUCCESS
@@ -127,7 +129,9 @@ class Fake:
         m.nvmlDeviceGetTemperature.side_effect = lambda h, s: gpu(h, "temp").temp
         m.nvmlDeviceGetTotalEnergyConsumption.side_effect = energy
         m.nvmlDeviceGetComputeRunningProcesses.side_effect = \
-            lambda h: [SimpleNamespace(pid=p) for p in gpu(h, "procs").pids]
+            lambda h: [SimpleNamespace(pid=p, usedGpuMemory=gpu(h, "procs").proc_mem.get(p))
+                       for p in gpu(h, "procs").pids]
+        m.nvmlDeviceGetMinorNumber.side_effect = lambda h: gpu(h, "minor").index
         m.nvmlDeviceGetGraphicsRunningProcesses.side_effect = lambda h: []
         m.nvmlGpmQueryDeviceSupport.side_effect = \
             lambda h: SimpleNamespace(isSupportedDevice=int(gpu(h, "gpm_query").gpm))
