@@ -7,6 +7,8 @@ every reading is checked against what torch itself sees of that GPU.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -15,6 +17,7 @@ import pytest
 from profiling import metrics, nvml
 from profiling.backend import WatchSet
 from profiling.energy import energy_counter, sample_device_for
+from profiling.nvml_errors import NvmlNotSupported
 from profiling.sample import Sample
 from profiling.window import WindowMeter
 
@@ -89,8 +92,36 @@ def test_real_readings(backend: nvml.NvmlBackend, index: int) -> None:
     assert s.util_pct is not None and s.temp_c is not None and s.sm_clock_mhz is not None
     st = backend.status()["devices"][f"gpu{index}"]
     assert st["power"] in (nvml.POWER_INSTANT, nvml.POWER_AVERAGE) and not st["lost"]
-    assert os.getpid() not in nvml.foreign_processes(index, [os.getpid()])
     del held
+
+
+def test_foreign_processes_are_the_other_contexts(index: int) -> None:
+    """A second process with a context on the GPU is listed; the pids passed as own are
+    not. In a pid namespace NVML may list host pids (or none): the count still shows."""
+    try:
+        everyone = nvml.foreign_processes(index, [])
+    except NvmlNotSupported as e:
+        pytest.skip(f"the driver does not list GPU processes: {e}")
+    if not everyone:
+        pytest.skip("NVML lists no process on this GPU, not even this one (pid namespace)")
+    assert everyone == sorted(set(everyone)) and all(p > 0 for p in everyone)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, torch; torch.zeros(1, device='cuda:0'); "
+         "torch.cuda.synchronize(); print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        during = nvml.foreign_processes(index, [])
+        assert set(during) - set(everyone)  # the child's context appeared
+        if os.getpid() in everyone:  # NVML sees this pid namespace: the child by its pid
+            assert child.pid in during
+        assert nvml.foreign_processes(index, [os.getpid()]) == [
+            p for p in during if p != os.getpid()]
+        assert nvml.foreign_processes(index, during) == []
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(timeout=60)
 
 
 def test_gpm_sm_activity_high_under_matmul_low_at_idle(backend: nvml.NvmlBackend,
