@@ -104,7 +104,11 @@ def test_plain_run_after_a_simulated_run_gets_no_simulated_data(cli: Cli) -> Non
     plain = cli.json("run", "-m", "tiny", "-t", "fp32", "--device", "cpu",
                      "--steps", "2", "--warmup", "0", "--json")
     assert plain["simulated"] is False
-    assert plain["sources"]["amu"] == plain["sources"]["pcu"] == "psutil"
+    # psutil, or (a starved daemon on a loaded machine, a 0.1 s window) none with its reason:
+    # never the simulated card's numbers
+    for name in ("amu", "pcu"):
+        assert plain["sources"][name] == "psutil" or (
+            plain["sources"][name] == "none" and "cpu" in plain["notes"][name]), name
     assert "simulated" not in plain["sources"].values()
     rows = cli.json("sql", "select r.run_id, s.device, s.source, count(*) > 0 AS n "
                     "from samples s join runs r using (run_id) group by all order by all",
