@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from efficientllm_tui.store import METRIC_DIRECTIONS, RunBundle, Store  # noqa: E402
+from efficientllm_tui.store.db import METRIC_DIRECTIONS, RunBundle, Store  # noqa: E402
 from profiling.sample import FIELD_NAMES, Sample  # noqa: E402
 
 T0_NS = 1_800_000_000_000_000_000
@@ -141,7 +141,7 @@ FROM range({n_runs * per_run}) t(k)""")
 _COLD = """
 import sys, time
 t = time.perf_counter()
-from efficientllm_tui.store import Store
+from efficientllm_tui.store.db import Store
 t_import = time.perf_counter() - t
 t = time.perf_counter()
 rows = Store(sys.argv[1]).list_runs(limit=200)
@@ -169,7 +169,7 @@ def bench_reads(path: Path, per_run: int) -> list[tuple[str, str]]:
     run_id = store.list_runs(limit=1, offset=n_runs // 2)[0]["run_id"]
     res: list[tuple[str, str]] = [
         ("list_runs(limit=200), cold process, first call", f"{t_cold:.3f} s"),
-        ("  (import of efficientllm_tui.store in that process)", f"{t_import:.3f} s"),
+        ("  (import of efficientllm_tui.store.db in that process)", f"{t_import:.3f} s"),
         ("list_runs(limit=200), warm, median of 5", f"{best(store.list_runs):.3f} s"),
         (
             "list_runs(order_by='it', limit=200), median",

@@ -59,8 +59,8 @@ _FIRST_FRAME = """
 import sys, time
 t_start = float(sys.argv[1])
 from pathlib import Path
-from efficientllm_tui.app import EfficientLLMApp
-from efficientllm_tui.feed import SyntheticFeed
+from efficientllm_tui.tui.app import EfficientLLMApp
+from efficientllm_tui.live.feed import SyntheticFeed
 
 class FirstFrame(EfficientLLMApp):
     def on_mount(self):  # runs after EfficientLLMApp.on_mount (Textual calls both)
@@ -128,8 +128,8 @@ def first_frame(tmp: Path, repeats: int = 5) -> list[tuple[str, str]]:
 _STREAM = """
 import json, sys, time, psutil
 from pathlib import Path
-from efficientllm_tui.app import EfficientLLMApp
-from efficientllm_tui.feed import SyntheticFeed
+from efficientllm_tui.tui.app import EfficientLLMApp
+from efficientllm_tui.live.feed import SyntheticFeed
 
 seconds, warm, out, home = float(sys.argv[1]), 3.0, Path(sys.argv[2]), Path(sys.argv[3])
 feed = SyntheticFeed(n_gpus=8, rate_hz=10.0, history_s=60.0, live=True)
@@ -201,8 +201,8 @@ def streaming(tmp: Path, seconds: float) -> list[tuple[str, str]]:
 async def _burst() -> list[tuple[str, str]]:
     from textual import events
 
-    from efficientllm_tui.app import EfficientLLMApp
-    from efficientllm_tui.feed import SyntheticFeed
+    from efficientllm_tui.live.feed import SyntheticFeed
+    from efficientllm_tui.tui.app import EfficientLLMApp
 
     feed = SyntheticFeed(n_gpus=8, rate_hz=10.0, history_s=10.0, live=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,8 +255,8 @@ async def _runs_screen(db: Path) -> float:
     from textual import events
     from textual.widgets import DataTable
 
-    from efficientllm_tui.app import EfficientLLMApp
-    from efficientllm_tui.feed import SyntheticFeed
+    from efficientllm_tui.live.feed import SyntheticFeed
+    from efficientllm_tui.tui.app import EfficientLLMApp
 
     feed = SyntheticFeed(n_gpus=1, history_s=5)
     app = EfficientLLMApp(db, db.parent, sample_source=feed, watch_runs=False, recover=False)

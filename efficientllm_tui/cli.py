@@ -8,18 +8,20 @@ JSON document on stdout.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
+import importlib
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from .errors import BadInput, EfficientLLMError
+from efficientllm_tui.errors import BadInput, EfficientLLMError
 
 PROG = "efficientllm"
+HANDLERS = {"tui": "tui", "run": "launch", "sweep": "launch", "queue": "launch",
+            "stop": "launch", "recover": "launch", "runs": "reads", "show": "reads",
+            "sql": "reads", "export": "reads", "compare": "reads", "models": "catalog",
+            "techniques": "catalog", "daemon": "daemon"}
+"""Which module of efficientllm_tui.commands handles each command (`cmd_<name>`)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,10 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     _add_db(p)
 
-    p = sub.add_parser("sweep", help="a matrix of model x technique pairs, queued per device")
-    p.add_argument("file", metavar="FILE.toml")
+    p = sub.add_parser("sweep", help="queue a matrix of model x technique pairs (TOML)")
+    p.add_argument("file", metavar="FILE.toml", nargs="?")
+    p.add_argument("--follow", action="store_true",
+                   help="show the batch's progress until every run is stored")
+    p.add_argument("--resume", metavar="SWEEP_ID",
+                   help="re-queue the runs of a sweep that never ran (unique prefix ok)")
     p.add_argument("--json", action="store_true")
     _add_db(p)
+
+    p = sub.add_parser("queue", help="what is queued and running, per device")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("stop", help="stop runs: queued ones leave the queue, running ones end")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID",
+                   help="run ids, unique prefixes, or `last`")
+    p.add_argument("--all", action="store_true", help="every queued and running run")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("runs", help="list stored runs")
     p.add_argument("--family")
@@ -127,9 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = args.command or "tui"
-        from . import commands  # noqa: PLC0415 - keeps `--help` and usage errors instant
-
-        handler = getattr(commands, "cmd_" + command.replace("-", "_"))
+        # Imported here: keeps `--help` and usage errors instant.
+        module = importlib.import_module(f"efficientllm_tui.commands.{HANDLERS[command]}")
+        handler = getattr(module, "cmd_" + command.replace("-", "_"))
         if command == "tui" and not hasattr(args, "db"):
             args.db = None
         return int(handler(args) or 0)
@@ -148,30 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _say_error(e: EfficientLLMError) -> None:
     line = " ".join(str(e).split())  # one line, whatever the message held
     print(f"{PROG}: error: {line}", file=sys.stderr)
-
-
-def emit_json(doc: Any) -> None:
-    """Print exactly one JSON document on stdout."""
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
-    """Render rows as csv or json text (tables are printed with rich by the caller)."""
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-        return buf.getvalue()
-    return json.dumps([dict(zip(columns, r, strict=False)) for r in rows], indent=2,
-                      default=str) + "\n"
-
-
-def db_path(args: argparse.Namespace, home: Path) -> Path:
-    from profiling.home import default_db_path
-
-    return Path(args.db).expanduser() if getattr(args, "db", None) else default_db_path(home)
 
 
 if __name__ == "__main__":  # pragma: no cover

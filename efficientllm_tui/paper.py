@@ -16,7 +16,7 @@ from typing import Any
 
 import efficientllm_data
 
-from .matrix import estimate_params
+from efficientllm_tui.tui.matrix import estimate_params
 
 METHOD_NAMES: dict[str, str] = {
     "bf16": "bfloat16",

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadInput
+from efficientllm_tui.errors import BadInput
 
 if TYPE_CHECKING:
-    from .store import Store
+    from efficientllm_tui.store.db import Store
 
 _KEYS = {
     "m": "model",

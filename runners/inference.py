@@ -228,13 +228,13 @@ class InferenceFamily(Family[InferenceConfig]):
                              min(PPL_CHUNK_TOKENS, self.card.max_position))
         if ref_dtype == compute and tech.quantization is None:
             reference = Reference(model_mod.dtype_name(compute), built.size.weight_bytes, ppl)
-        if built.weights == "random":
-            quality_note = RANDOM_WEIGHTS_NOTE
-        elif c.eval_tokens == 0:
-            quality_note = "not scored: eval_tokens=0"
-        else:
-            quality_note = self._reference_note or ("no MCR reference: mcr_reference=none"
-                                                    if reference is None else None)
+        reference_note = None
+        if reference is None:
+            reference_note = self._reference_note or (
+                "no reference: mcr_reference=none" if c.mcr_reference == "none"
+                else "no reference: eval_tokens=0")
+        quality_note = (RANDOM_WEIGHTS_NOTE if built.weights == "random" else
+                        "not scored: eval_tokens=0" if c.eval_tokens == 0 else None)
 
         measured = Measured(
             timings=tuple(timings), window=window, prefill_window=prefill_window,
@@ -244,7 +244,7 @@ class InferenceFamily(Family[InferenceConfig]):
             peak_rss_gib=dev.peak_rss_gib(), ppl=ppl, reference=reference,
             peak_tflops=c.peak_tflops, mem_bw_gbps=c.mem_bw_gbps,
             n_layers=self.card.num_layers, d_attn=self.card.num_heads * self.card.head_dim,
-            quality_note=quality_note)
+            quality_note=quality_note, reference_note=reference_note)
         info = {
             "weights": built.weights, "weights_source": built.source, "dtype": built.dtype,
             "init_dtype": built.init_dtype, "total_params": built.size.total_params,

@@ -54,7 +54,9 @@ class Measured:
     d_attn: int = 0
     """Attention width: query heads x head dim."""
     quality_note: str | None = None
-    """Why perplexity and MCR are None (random weights, eval_tokens=0, no reference)."""
+    """Why perplexity and MCR are None (random weights, eval_tokens=0)."""
+    reference_note: str | None = None
+    """Why there is no reference to compare sizes with (mcr_reference=none, out of memory)."""
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -116,9 +118,10 @@ def inference_metrics(m: Measured) -> list[Metric]:
         notes[name] = prefill_note
     for name in ("decode_energy_j", "decode_j_per_token"):
         notes[name] = m.window.energy_note if energy is None else prefill_note
-    for name in ("eval_ppl", "reference_ppl", "mcr", "reference_weight_bytes",
-                 "compression_ratio"):
-        notes[name] = m.quality_note
+    for name in ("eval_ppl", "reference_ppl", "mcr"):
+        notes[name] = m.quality_note or m.reference_note
+    for name in ("reference_weight_bytes", "compression_ratio"):
+        notes[name] = m.reference_note
     if peak is None:
         notes["mfu"] = NO_PEAK_NOTE
     if roofline is None:

@@ -344,18 +344,25 @@ NO_PEAK_NOTE = ("no peak FLOP/s for this device: measured on CUDA only; give "
 
 NOT_MEASURED_NOTE = "not measured by this run"
 
+_CUDA_PEAK_NOTE = ("torch's CUDA allocator peak: CUDA runs only (CPU memory: peak_rss_gib, "
+                   "amu)")
+DEFAULT_NOTES = {"peak_allocated_gib": _CUDA_PEAK_NOTE, "peak_reserved_gib": _CUDA_PEAK_NOTE}
+"""Why a metric is NULL when the family gave no reason of its own."""
+
 
 def explain_missing(metrics: Sequence[Metric], notes: Mapping[str, str | None]
                     ) -> tuple[Metric, ...]:
     """`metrics` with every None value given source `none` and a note saying why.
 
-    The note is `notes[name]` when given, else the metric's own, else NOT_MEASURED_NOTE:
+    The note is `notes[name]` when given, else the metric's own, else DEFAULT_NOTES', else
+    NOT_MEASURED_NOTE:
     a NULL in the database always comes with its reason (DESIGN.md section 6).
     """
     out = []
     for m in metrics:
         if m.value is None:
-            note = notes.get(m.name) or m.note or NOT_MEASURED_NOTE
+            note = (notes.get(m.name) or m.note or DEFAULT_NOTES.get(m.name)
+                    or NOT_MEASURED_NOTE)
             m = Metric(m.name, None, m.unit, "none", note)
         out.append(m)
     return tuple(out)

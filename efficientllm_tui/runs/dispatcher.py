@@ -216,8 +216,8 @@ class Dispatcher:
 
     def _ingest(self, run_dir: Path, entry: queue.QueueEntry | None) -> None:
         """Store the run (idempotent); a locked database is retried on the next pass."""
-        from efficientllm_tui.ingest import ingest_run
-        from efficientllm_tui.store import Store
+        from efficientllm_tui.runs.ingest import ingest_run
+        from efficientllm_tui.store.db import Store
 
         db = Path(entry.db) if entry is not None else homes.default_db_path(self.home)
         try:
@@ -290,7 +290,7 @@ def _spec_key(run_dir: Path) -> str:
 
 def _validate(spec: RunSpec) -> None:
     """The launcher's checks again: a spec queued by an older version may no longer hold."""
-    from efficientllm_tui import launcher
+    from efficientllm_tui.runs import launch as launcher
     from runners import errors as runner_errors
     from runners import preflight
 

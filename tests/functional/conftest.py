@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from efficientllm_tui.app import EfficientLLMApp
-from efficientllm_tui.feed import SyntheticFeed
+from efficientllm_tui.live.feed import SyntheticFeed
+from efficientllm_tui.tui.app import EfficientLLMApp
 
 from .scenes import make_app
 

@@ -24,9 +24,9 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable
 from textual.worker import WorkerState
 
-from efficientllm_tui.app import EfficientLLMApp
-from efficientllm_tui.feed import SyntheticFeed
-from efficientllm_tui.store import RunBundle, Store
+from efficientllm_tui.live.feed import SyntheticFeed
+from efficientllm_tui.store.db import RunBundle, Store
+from efficientllm_tui.tui.app import EfficientLLMApp
 from profiling.sample import Sample
 
 T0_NS = 1_800_000_000_000_000_000

@@ -9,17 +9,17 @@ from pathlib import Path
 
 from textual.widgets import Static
 
-from efficientllm_tui.app import EfficientLLMApp
-from efficientllm_tui.screens.dashboard import DashboardScreen
+from efficientllm_tui.tui.app import EfficientLLMApp
+from efficientllm_tui.tui.screens.dashboard import DashboardScreen
 
 from .scenes import make_app, settle
 
 
 def test_importing_the_app_loads_no_heavy_module() -> None:
     code = (
-        "import sys, efficientllm_tui.app as a\n"
+        "import sys, efficientllm_tui.tui.app as a\n"
         "for m in ('dashboard', 'launch', 'runs', 'detail', 'compare', 'sql'):\n"
-        "    __import__('efficientllm_tui.screens.' + m)\n"
+        "    __import__('efficientllm_tui.tui.screens.' + m)\n"
         "print(sorted(m for m in ('torch', 'transformers', 'peft', 'duckdb', 'pyarrow')"
         " if m in sys.modules))"
     )

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 from textual.widgets import DataTable, Static, TabbedContent
 
-from efficientllm_tui.app import EfficientLLMApp
 from efficientllm_tui.paper import paper_rank
-from efficientllm_tui.widgets.bars import BarChart
-from efficientllm_tui.widgets.scatter import ScatterPlot
+from efficientllm_tui.tui.app import EfficientLLMApp
+from efficientllm_tui.tui.widgets.bars import BarChart
+from efficientllm_tui.tui.widgets.scatter import ScatterPlot
 
 from .scenes import run_ids, settle
 

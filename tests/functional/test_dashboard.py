@@ -7,12 +7,12 @@ from pathlib import Path
 
 from textual.widgets import DataTable
 
-from efficientllm_tui.app import EfficientLLMApp
-from efficientllm_tui.feed import SyntheticFeed
-from efficientllm_tui.messages import SamplesArrived
-from efficientllm_tui.screens.dashboard import DashboardScreen
-from efficientllm_tui.widgets.chart import TimeChart
-from efficientllm_tui.widgets.devices import DeviceList
+from efficientllm_tui.live.feed import SyntheticFeed
+from efficientllm_tui.tui.app import EfficientLLMApp
+from efficientllm_tui.tui.messages import SamplesArrived
+from efficientllm_tui.tui.screens.dashboard import DashboardScreen
+from efficientllm_tui.tui.widgets.chart import TimeChart
+from efficientllm_tui.tui.widgets.devices import DeviceList
 from profiling.client import DaemonError
 from profiling.sample import Sample
 

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from textual.widgets import DataTable, Input, Static
 
-from efficientllm_tui.app import EfficientLLMApp
-from efficientllm_tui.screens.launch import LaunchScreen
-from efficientllm_tui.tracker import WatchUpdate
+from efficientllm_tui.runs.tracker import WatchUpdate
+from efficientllm_tui.tui.app import EfficientLLMApp
+from efficientllm_tui.tui.screens.launch import LaunchScreen
 
 from .scenes import settle
 
@@ -90,7 +90,7 @@ async def test_pairs_queue_per_device(new_app: Callable[..., EfficientLLMApp]) -
         assert _text(app, "#form-error") == ""
         # The first run ends: the next on the same device starts.
         app.post_message(
-            __import__("efficientllm_tui.messages", fromlist=["x"]).RunsWatched(
+            __import__("efficientllm_tui.tui.messages", fromlist=["x"]).RunsWatched(
                 WatchUpdate(ended=[started[0]])
             )
         )

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 from textual.widgets import DataTable, Input, Select, Static
 
-from efficientllm_tui.app import EfficientLLMApp
-from efficientllm_tui.screens.detail import RunDetailScreen
-from efficientllm_tui.screens.runs import RunsScreen
-from efficientllm_tui.store import Store
-from efficientllm_tui.widgets.chart import TimeChart
+from efficientllm_tui.store.db import Store
+from efficientllm_tui.tui.app import EfficientLLMApp
+from efficientllm_tui.tui.screens.detail import RunDetailScreen
+from efficientllm_tui.tui.screens.runs import RunsScreen
+from efficientllm_tui.tui.widgets.chart import TimeChart
 
 from .scenes import run_ids, settle
 
@@ -155,7 +155,7 @@ async def test_a_failed_load_says_so_and_stops_waiting(
     new_app: Callable[..., EfficientLLMApp], monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     """Detail and Compare show a store failure in place of "loading…", and `r` retries."""
-    from efficientllm_tui.screens.compare import CompareScreen
+    from efficientllm_tui.tui.screens.compare import CompareScreen
 
     app = new_app(mode="runs")
     async with app.run_test(size=SIZE) as pilot:

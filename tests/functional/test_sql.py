@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from textual.widgets import DataTable, Static, TextArea
 
-from efficientllm_tui.app import EfficientLLMApp
-from efficientllm_tui.screens.sql import SqlScreen
-from efficientllm_tui.store import Store
+from efficientllm_tui.store.db import Store
+from efficientllm_tui.tui.app import EfficientLLMApp
+from efficientllm_tui.tui.screens.sql import SqlScreen
 
 from .scenes import settle
 

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from efficientllm_tui.store_schema import METRIC_DIRECTIONS
+from efficientllm_tui.store.schema import METRIC_DIRECTIONS
 from profiling import metrics as pm
 from profiling.energy import energy_counter
 from profiling.sample import Sample

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from efficientllm_tui.store import RunBundle, Store
+from efficientllm_tui.store.db import RunBundle, Store
 from profiling.sample import Sample
 
 T0 = 1_800_000_000_000_000_000  # ns

@@ -37,7 +37,44 @@ def _top(names: set[str]) -> set[str]:
 def test_exactly_one_module_imports_duckdb() -> None:
     users = [p.relative_to(ROOT).as_posix() for pkg in PACKAGES
              for p, names in _modules(pkg).items() if "duckdb" in _top(names)]
-    assert users == ["efficientllm_tui/store.py"]
+    assert users == ["efficientllm_tui/store/db.py"]
+
+
+def test_only_the_tui_imports_textual() -> None:
+    """The headless layer (runs, store, live, the CLI) never imports Textual: both faces
+    drive it, and the CLI must start where Textual is slow to load."""
+    users = sorted({p.relative_to(ROOT).parts[1] for pkg in PACKAGES
+                    for p, names in _modules(pkg).items() if "textual" in _top(names)})
+    assert users == ["tui"]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Modules a file imports anywhere (lazy imports in functions too), `from a import b`
+    counted as `a.b` when that is a module."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_no_two_files_import_each_other() -> None:
+    graph: dict[str, set[str]] = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            graph[_module_name(path)] = _all_imports(path)
+    pairs = sorted({tuple(sorted((a, b))) for a, deps in graph.items() for b in deps
+                    if b in graph and b != a and a in graph[b]
+                    and not (a.startswith(b + ".") or b.startswith(a + "."))})
+    assert pairs == []
 
 
 def test_at_most_one_module_imports_pynvml() -> None:
@@ -104,8 +141,9 @@ def test_runner_modules_of_the_app_load_nothing_heavy() -> None:
 
 
 def test_app_starts_without_the_runner_stack() -> None:
-    loaded = _loaded_after("efficientllm_tui.cli", "efficientllm_tui.commands",
-                           "efficientllm_tui.app")
+    loaded = _loaded_after("efficientllm_tui.cli", "efficientllm_tui.commands.launch",
+                           "efficientllm_tui.commands.reads",
+                           "efficientllm_tui.tui.app")
     assert not loaded & {"torch", "transformers", "peft", "optimum"}
 
 

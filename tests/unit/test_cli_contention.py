@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from efficientllm_tui import cli, ingest, launcher
+from efficientllm_tui import cli
 from efficientllm_tui.display import contention
-from efficientllm_tui.store import Store
+from efficientllm_tui.runs import ingest
+from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.store.db import Store
 from profiling import home as homes
 
 S = 1_000_000_000
@@ -106,7 +108,7 @@ def test_the_detail_screen_head_says_it_too() -> None:
     from datetime import UTC, datetime
     from types import SimpleNamespace
 
-    from efficientllm_tui.screens.detail import RunDetailScreen
+    from efficientllm_tui.tui.screens.detail import RunDetailScreen
 
     screen = SimpleNamespace(run_id="r1", elapp=SimpleNamespace(marked=set()))
     start = datetime(2027, 1, 15, 8, 0, tzinfo=UTC)

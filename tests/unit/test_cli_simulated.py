@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from efficientllm_tui import cli, commands
-from efficientllm_tui.store import RunBundle, Store
+from efficientllm_tui import cli
+from efficientllm_tui.commands import common
+from efficientllm_tui.store.db import RunBundle, Store
 from tests.unit import store_rows
 from tests.unit.store_rows import make_bundle, make_metric
 
@@ -125,7 +126,7 @@ def test_export_keeps_the_simulated_column(db: Path, tmp_path: Path,
 def test_run_result_table_says_simulated(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = Store(db).get_run(SIM)
     assert run is not None
-    commands._print_run(commands._run_doc(run, "ok"))
+    common.print_run(common.run_doc(run, "ok"))
     out = capsys.readouterr().out
     assert out.splitlines()[0].endswith("status ok  [SIMULATED GPU DATA]")
     assert "simulated" in _line(out, "amu ") and "simulated" in _line(out, "pcu ")

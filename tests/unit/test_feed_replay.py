@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from efficientllm_tui import feed
+from efficientllm_tui.live import feed
 from profiling import client
 from profiling.sample import Sample
 

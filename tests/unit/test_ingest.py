@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from efficientllm_tui import ingest, launcher
+from efficientllm_tui.runs import ingest
+from efficientllm_tui.runs import launch as launcher
 from profiling import home as homes
 from profiling.sample import Sample
 from profiling.spool import SpoolWriter

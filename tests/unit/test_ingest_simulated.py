@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from efficientllm_tui import ingest, launcher
+from efficientllm_tui.runs import ingest
+from efficientllm_tui.runs import launch as launcher
 from profiling import home as homes
 from profiling.sample import Sample
 from profiling.spool import SpoolWriter

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from efficientllm_tui import cli
-from efficientllm_tui.console import ConsoleQuery, export_query
 from efficientllm_tui.errors import DatabaseLocked, QueryError
-from efficientllm_tui.store import Store
+from efficientllm_tui.store.console import ConsoleQuery, export_query
+from efficientllm_tui.store.db import Store
 from tests.unit import store_rows
 from tests.unit.store_rows import UTC, make_bundle
 
@@ -149,7 +149,7 @@ def test_read_only_query_waits_for_a_writer_of_this_process(db: Store) -> None:
 def test_read_only_query_of_an_older_file_migrates_it_first(tmp_path: Path) -> None:
     import duckdb
 
-    from efficientllm_tui.store_schema import MIGRATIONS, SCHEMA_VERSION
+    from efficientllm_tui.store.schema import MIGRATIONS, SCHEMA_VERSION
 
     path = tmp_path / "v1.duckdb"
     con = duckdb.connect(str(path))

@@ -15,7 +15,7 @@ from efficientllm_tui.errors import (
     CorruptDatabase,
     StoreError,
 )
-from efficientllm_tui.store import (
+from efficientllm_tui.store.db import (
     COLUMNS,
     METRIC_DIRECTIONS,
     RUN_METRIC_COLUMNS,
@@ -346,7 +346,7 @@ def test_quality_on_random_weights_and_zero_energy_are_never_ranked(store: Store
 def test_a_version_1_file_migrates_keeping_its_rows(tmp_path: Path) -> None:
     import duckdb
 
-    from efficientllm_tui.store_schema import MIGRATIONS
+    from efficientllm_tui.store.schema import MIGRATIONS
 
     path = tmp_path / "v1.duckdb"
     con = duckdb.connect(str(path))

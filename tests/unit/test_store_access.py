@@ -23,7 +23,7 @@ from efficientllm_tui.errors import (
     DatabaseLocked,
     QueryError,
 )
-from efficientllm_tui.store import (
+from efficientllm_tui.store.db import (
     Store,
 )
 from tests.unit import store_rows

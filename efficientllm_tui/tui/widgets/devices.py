@@ -14,10 +14,9 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from efficientllm_tui.display import gib, pct
-from efficientllm_tui.history import SampleHistory, source_label
-
-from .bars import bar_line
-from .chart import sparkline
+from efficientllm_tui.live.history import SampleHistory, source_label
+from efficientllm_tui.tui.widgets.bars import bar_line
+from efficientllm_tui.tui.widgets.chart import sparkline
 
 if TYPE_CHECKING:
     from profiling.sample import Sample

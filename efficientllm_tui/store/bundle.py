@@ -2,7 +2,7 @@
 binds them and an Arrow table for each data table.
 
 Bulk rows (samples, steps, events) go in through Arrow, never row by row. Nothing here opens
-the database (efficientllm_tui.store does, and is the only module that imports `duckdb`);
+the database (efficientllm_tui.store.db does, and is the only module that imports `duckdb`);
 a malformed row raises BadInput before any transaction starts.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from efficientllm_tui.errors import BadInput
-from efficientllm_tui.store_schema import COLUMNS, RUN_COLUMNS, WEIGHTS
+from efficientllm_tui.store.schema import COLUMNS, RUN_COLUMNS, WEIGHTS
 from profiling.sample import FIELD_NAMES, Sample
 from runners.protocol import STATUSES
 

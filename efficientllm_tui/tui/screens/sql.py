@@ -14,17 +14,16 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Static, TextArea
 
-from efficientllm_tui.console import (
+from efficientllm_tui.display import num
+from efficientllm_tui.errors import EfficientLLMError
+from efficientllm_tui.store.console import (
     HISTORY_FILE,
     ConsoleQuery,
     ConsoleResult,
     SqlHistory,
     export_query,
 )
-from efficientllm_tui.display import num
-from efficientllm_tui.errors import EfficientLLMError
-
-from .base import AppScreen
+from efficientllm_tui.tui.screens.base import AppScreen
 
 ROW_LIMIT = 1000
 STARTER = (
@@ -231,7 +230,7 @@ class SqlScreen(AppScreen):
             self.read_only = True
             self._status("back to read-only")
             return
-        from .confirm import ConfirmScreen
+        from efficientllm_tui.tui.screens.confirm import ConfirmScreen
 
         def done(ok: bool | None) -> None:
             if ok:

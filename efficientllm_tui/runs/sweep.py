@@ -24,10 +24,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from efficientllm_tui.errors import BadInput
+from efficientllm_tui.runs import launch as launcher
 from runners.protocol import RunSpec
-
-from . import launcher
-from .errors import BadInput
 
 _OPTIONS = {"device", "steps", "warmup", "batch_size", "seq_len", "new_tokens", "seed",
             "dataset", "set", "family"}

@@ -21,6 +21,7 @@ from typing import Any
 
 import efficientllm_data
 
+from efficientllm_tui.errors import BadInput
 from profiling import home as homes
 from runners import errors as runner_errors
 from runners import preflight
@@ -36,8 +37,6 @@ from runners.protocol import (
     RunSpec,
     new_run_id,
 )
-
-from .errors import BadInput
 
 TERMINAL_KINDS = ("result", "error")
 

@@ -17,10 +17,9 @@ from textual.worker import Worker, WorkerState
 
 from efficientllm_tui.display import METRIC_LABELS, metric_label, num
 from efficientllm_tui.paper import paper_rank
-from efficientllm_tui.widgets.bars import Bar, BarChart
-from efficientllm_tui.widgets.scatter import Point, ScatterPlot
-
-from .base import AppScreen
+from efficientllm_tui.tui.screens.base import AppScreen
+from efficientllm_tui.tui.widgets.bars import Bar, BarChart
+from efficientllm_tui.tui.widgets.scatter import Point, ScatterPlot
 
 PAPER_METRICS = ("amu", "pcu", "al_s", "tt", "st", "it", "aec_w", "mcr", "eval_ppl", "loss")
 """Metrics the paper scores, in its order (quality last)."""
@@ -316,7 +315,7 @@ def board_direction(board: list[dict[str, Any]], metric: str) -> bool:
     for b in board:
         if b["metric"] == metric:
             return bool(b["higher_is_better"])
-    from efficientllm_tui.store import METRIC_DIRECTIONS
+    from efficientllm_tui.store.db import METRIC_DIRECTIONS
 
     return METRIC_DIRECTIONS.get(metric, True)
 

@@ -27,10 +27,17 @@ from textual.screen import Screen
 from textual.signal import Signal
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from .errors import EfficientLLMError
-from .feed import FeedState, SampleSource, daemon_source, oldest_active_start_ns, pump
-from .history import SampleHistory
-from .messages import (
+from efficientllm_tui.errors import EfficientLLMError
+from efficientllm_tui.live.feed import (
+    FeedState,
+    SampleSource,
+    daemon_source,
+    oldest_active_start_ns,
+    pump,
+)
+from efficientllm_tui.live.history import SampleHistory
+from efficientllm_tui.runs.tracker import ActiveRun, RunWatcher
+from efficientllm_tui.tui.messages import (
     FeedChanged,
     RecentRunsLoaded,
     RunIngested,
@@ -38,14 +45,12 @@ from .messages import (
     SamplesArrived,
     StoreChanged,
 )
-from .runqueue import LaunchQueue
-from .tracker import ActiveRun, RunWatcher
+from efficientllm_tui.tui.runqueue import LaunchQueue
 
 if TYPE_CHECKING:
+    from efficientllm_tui.store.db import Store
     from profiling.sample import Sample
     from runners.protocol import RunSpec
-
-    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +70,7 @@ def _mode(name: str) -> Callable[[], Screen[Any]]:
     """A mode's screen factory that imports its module on first use (fast first frame)."""
 
     def make() -> Screen[Any]:
-        module = importlib.import_module(f"efficientllm_tui.screens.{name}")
+        module = importlib.import_module(f"efficientllm_tui.tui.screens.{name}")
         return module.SCREEN()  # type: ignore[no-any-return]
 
     return make
@@ -174,7 +179,7 @@ class EfficientLLMApp(App[None]):
 
     def store(self) -> Store:
         """A Store for this app's file (imported lazily: DuckDB is not needed for frame 1)."""
-        from .store import Store
+        from efficientllm_tui.store.db import Store
 
         return Store(self.db_path, lock_timeout_s=self.lock_timeout_s)
 
@@ -187,7 +192,7 @@ class EfficientLLMApp(App[None]):
         if not pending:
             self.exit()
             return
-        from .screens.confirm import ConfirmScreen
+        from efficientllm_tui.tui.screens.confirm import ConfirmScreen
 
         def done(ok: bool | None) -> None:
             if ok:
@@ -355,9 +360,8 @@ class EfficientLLMApp(App[None]):
 
     @work(thread=True, exit_on_error=False, group="ingest", name="ingest")
     def ingest_finished(self, run_id: str, launched_here: bool) -> None:
+        from efficientllm_tui.runs import ingest
         from profiling import home as homes
-
-        from . import ingest
 
         run_dir = homes.runs_dir(self.home) / run_id
         if not launched_here:
@@ -395,7 +399,7 @@ class EfficientLLMApp(App[None]):
     @work(thread=True, exit_on_error=False, group="store", name="recover")
     def startup_store(self) -> None:
         if self._recover:
-            from .ingest import recover
+            from efficientllm_tui.runs.ingest import recover
 
             done = recover(self.store(), self.home)
             ended = [r for r, s in done if s != "running" and not s.startswith("skipped")]
@@ -434,9 +438,8 @@ class EfficientLLMApp(App[None]):
 
     @work(thread=True, exit_on_error=False, group="launch", name="launch")
     def spawn_runs(self, specs: list[RunSpec]) -> None:
+        from efficientllm_tui.runs import launch as launcher
         from profiling import client
-
-        from . import launcher
 
         try:
             client.ensure_daemon(self.home, idle_exit_s=300.0)
@@ -469,7 +472,7 @@ class EfficientLLMApp(App[None]):
         import os
         import signal
 
-        from . import launcher
+        from efficientllm_tui.runs import launch as launcher
 
         run = self.active.get(run_id)
         pid = launcher.runner_pid(run.run_dir) if run else None

@@ -1,7 +1,7 @@
 """The store's schema as text: the tables, views and migrations of the DuckDB file, and the
 column names the rest of the app uses to talk about it.
 
-No `duckdb` import here (efficientllm_tui.store is the only module with one): the migrations
+No `duckdb` import here (efficientllm_tui.store.db is the only module with one): the migrations
 run on a connection the store opens and passes in. The schema is versioned (`schema_meta`);
 migrations run in one transaction on a write open, and a file written by a newer efficientllm
 is refused rather than guessed at.

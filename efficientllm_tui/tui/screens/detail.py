@@ -15,11 +15,10 @@ from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 
 from efficientllm_tui.display import contention, duration, metric_label, num, status_style
-from efficientllm_tui.history import source_label
-from efficientllm_tui.widgets.chart import Series, TimeChart, nice_max
+from efficientllm_tui.live.history import source_label
+from efficientllm_tui.tui.screens.base import AppScreen
+from efficientllm_tui.tui.widgets.chart import Series, TimeChart, nice_max
 from profiling.sample import FIELD_NAMES, Sample
-
-from .base import AppScreen
 
 
 @dataclass

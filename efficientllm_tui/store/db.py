@@ -50,8 +50,8 @@ from efficientllm_tui.errors import (
     QueryError,
     StoreError,
 )
-from efficientllm_tui.store_bundle import RunBundle, bundle_rows, first_line, run_values
-from efficientllm_tui.store_reads import (
+from efficientllm_tui.store.bundle import RunBundle, bundle_rows, first_line, run_values
+from efficientllm_tui.store.reads import (
     SANDBOX_CONFIG,
     QueryResult,
     StoreReads,
@@ -60,7 +60,7 @@ from efficientllm_tui.store_reads import (
     sandbox_refusal,
     sandbox_sql,
 )
-from efficientllm_tui.store_schema import (
+from efficientllm_tui.store.schema import (
     COLUMNS,
     DATA_TABLES,
     EXPORT_FORMATS,

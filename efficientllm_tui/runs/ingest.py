@@ -20,15 +20,14 @@ from typing import Any
 
 import efficientllm_data
 
+from efficientllm_tui.errors import BadInput
+from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.store.db import RunBundle, Store
 from profiling import home as homes
 from profiling import metrics as pm
 from profiling import spool
 from profiling.sample import Sample
 from runners.protocol import EVENTS_FILE, SPEC_FILE, STDERR_FILE, Event, ProtocolError, RunSpec
-
-from . import launcher
-from .errors import BadInput
-from .store import RunBundle, Store
 
 INGESTED_MARK = "ingested.json"
 _STEP_COLUMNS = ("step", "phase", "latency_s", "tokens", "samples", "loss", "lr", "ttft_s")

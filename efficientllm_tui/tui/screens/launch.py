@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Select, Static
 
 from efficientllm_tui.errors import BadInput
-from efficientllm_tui.matrix import (
+from efficientllm_tui.tui.matrix import (
     Group,
     groups,
     model_reason,
@@ -20,9 +20,8 @@ from efficientllm_tui.matrix import (
     pair_reason,
     technique_reason,
 )
+from efficientllm_tui.tui.screens.base import AppScreen
 from runners.protocol import ProtocolError, RunSpec, parse_set
-
-from .base import AppScreen
 
 _INT_FIELDS = (
     ("steps", "steps", 8),
@@ -245,7 +244,7 @@ class LaunchScreen(AppScreen):
 
     def build_specs(self) -> list[RunSpec]:
         """Validated specs of the selected pairs; BadInput (one line) on the first problem."""
-        from efficientllm_tui.launcher import build_spec
+        from efficientllm_tui.runs.launch import build_spec
 
         if not self.selected:
             raise BadInput("select pairs first: space on a cell of the matrix")

@@ -12,7 +12,7 @@ from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
 if TYPE_CHECKING:
-    from efficientllm_tui.app import EfficientLLMApp
+    from efficientllm_tui.tui.app import EfficientLLMApp
 
 
 class NavBar(Widget):
@@ -35,7 +35,7 @@ class NavBar(Widget):
         self.refresh()
 
     def render(self) -> Text:
-        from efficientllm_tui.app import SCREENS_ORDER
+        from efficientllm_tui.tui.app import SCREENS_ORDER
 
         app = cast("EfficientLLMApp", self.app)
         narrow = self.size.width < 100

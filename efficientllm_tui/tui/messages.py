@@ -8,9 +8,8 @@ from typing import Any
 
 from textual.message import Message
 
+from efficientllm_tui.runs.tracker import WatchUpdate
 from profiling.sample import Sample
-
-from .tracker import WatchUpdate
 
 _seq = count()
 

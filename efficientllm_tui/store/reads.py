@@ -1,7 +1,7 @@
 """The read side of the store: the `Store` methods that read (`StoreReads`), the SQL of a page
 of runs, and helpers that turn what an open connection returns into Arrow tables and dicts.
 
-Nothing here imports `duckdb` or opens the file: efficientllm_tui.store does both, and
+Nothing here imports `duckdb` or opens the file: efficientllm_tui.store.db does both, and
 translates every DuckDB error raised inside its `connect` block. Rows come out through Arrow:
 DuckDB converts TIMESTAMPTZ to Python only with `pytz` installed, while Arrow uses the standard
 library's zoneinfo.
@@ -21,8 +21,8 @@ from typing import Any
 import pyarrow as pa
 
 from efficientllm_tui.errors import BadInput, QueryError
-from efficientllm_tui.store_bundle import arrow_schema
-from efficientllm_tui.store_schema import (
+from efficientllm_tui.store.bundle import arrow_schema
+from efficientllm_tui.store.schema import (
     COLUMNS,
     DATA_TABLES,
     LIST_METRIC_COLUMNS,
@@ -220,7 +220,7 @@ def fetch_arrow(con: Any, sql: str, *, params: Any = None, limit: int | None = N
 
 
 class StoreReads:
-    """The read methods of `efficientllm_tui.store.Store`, which opens the connections.
+    """The read methods of `efficientllm_tui.store.db.Store`, which opens the connections.
 
     Each method opens the file for one read through `Store.connect`; all but `query` read a
     missing database as empty.

@@ -15,13 +15,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from efficientllm_tui.runs import launch as launcher
 from profiling import home as homes
 from runners.protocol import EVENTS_FILE, SPEC_FILE, Event, ProtocolError, RunSpec
 
-from . import launcher
-
 INGESTED_MARK = "ingested.json"
-"""Written by ingest when a run is stored (same name as efficientllm_tui.ingest uses)."""
+"""Written by ingest when a run is stored (same name as efficientllm_tui.runs.ingest uses)."""
 _PID_GRACE_S = 30.0
 """A run dir without any pid file this young is still being spawned."""
 _RECENT_STEPS = 20

@@ -24,14 +24,13 @@ from efficientllm_tui.display import (
     num,
     status_style,
 )
-from efficientllm_tui.history import energy_integral_j, source_label
-from efficientllm_tui.tracker import ActiveRun
-from efficientllm_tui.widgets.bars import bar_line
-from efficientllm_tui.widgets.chart import Series, TimeChart, nice_max
-from efficientllm_tui.widgets.devices import DeviceList
+from efficientllm_tui.live.history import energy_integral_j, source_label
+from efficientllm_tui.runs.tracker import ActiveRun
+from efficientllm_tui.tui.screens.base import AppScreen
+from efficientllm_tui.tui.widgets.bars import bar_line
+from efficientllm_tui.tui.widgets.chart import Series, TimeChart, nice_max
+from efficientllm_tui.tui.widgets.devices import DeviceList
 from profiling.sample import Sample
-
-from .base import AppScreen
 
 WINDOWS: tuple[tuple[str, float | None], ...] = (
     ("1 min", 60.0),
@@ -131,7 +130,7 @@ class DashboardScreen(AppScreen):
             self.notify("no active run to stop", severity="warning")
             return
         run_id = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-        from .confirm import ConfirmScreen
+        from efficientllm_tui.tui.screens.confirm import ConfirmScreen
 
         def done(ok: bool | None) -> None:
             if ok and not self.elapp.cancel_run(run_id):
@@ -366,7 +365,7 @@ class DashboardScreen(AppScreen):
     def _open_recent(self, event: DataTable.RowSelected) -> None:
         run_id = event.row_key.value
         if run_id and self.elapp.recent and any(r["run_id"] == run_id for r in self.elapp.recent):
-            from .detail import RunDetailScreen
+            from efficientllm_tui.tui.screens.detail import RunDetailScreen
 
             self.app.push_screen(RunDetailScreen(str(run_id)))
 

@@ -16,11 +16,10 @@ from textual.worker import Worker, WorkerState
 
 from efficientllm_tui.display import THROUGHPUT_METRIC, metric_label, num, short_id, status_style
 from efficientllm_tui.errors import EfficientLLMError
-from efficientllm_tui.messages import StoreChanged
 from efficientllm_tui.runlist import RunFilter, describe, fetch_runs
+from efficientllm_tui.tui.messages import StoreChanged
+from efficientllm_tui.tui.screens.base import AppScreen
 from runners.protocol import FAMILIES, STATUSES
-
-from .base import AppScreen
 
 PAGE = 100
 FAMILY_METRICS: dict[str | None, tuple[str, ...]] = {
@@ -287,7 +286,7 @@ class RunsScreen(AppScreen):
     def action_open(self) -> None:
         run_id = self._cursor_run()
         if run_id is not None:
-            from .detail import RunDetailScreen
+            from efficientllm_tui.tui.screens.detail import RunDetailScreen
 
             self.app.push_screen(RunDetailScreen(run_id))
 
@@ -344,7 +343,7 @@ class RunsScreen(AppScreen):
         ids = sorted(self.elapp.marked) or ([r] if (r := self._cursor_run()) else [])
         if not ids:
             return
-        from .confirm import ConfirmScreen
+        from efficientllm_tui.tui.screens.confirm import ConfirmScreen
 
         shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
         what = "marked run(s)" if self.elapp.marked else "run"

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadInput, QueryError, StoreError
+from efficientllm_tui.errors import BadInput, QueryError, StoreError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .store import Store
+    from efficientllm_tui.store.db import Store
 
 HISTORY_FILE = "sql_history.json"
 HISTORY_MAX = 500
@@ -70,7 +70,9 @@ class ConsoleQuery:
 
     def arrow(self, limit: int | None = None) -> tuple[pa.Table | None, list[str], list[str], bool]:
         """Run it: (Arrow table of at most `limit` rows or None, columns, types, truncated)."""
-        from .store import fetch_arrow  # duckdb loads on the first query, not at start-up
+        from efficientllm_tui.store.db import (
+            fetch_arrow,  # duckdb loads on the first query, not at start-up
+        )
 
         if not self.sql.strip():
             raise QueryError("empty query", "Query error")

@@ -54,7 +54,7 @@ def daemon_source(home: Path) -> SampleSource:
 def oldest_active_start_ns(home: Path) -> int | None:
     """When the oldest still-running run started (its first event), so a reattached
     dashboard can replay its whole history; None when nothing runs."""
-    from .launcher import iter_run_dirs, pid_alive, read_events, runner_pid
+    from efficientllm_tui.runs.launch import iter_run_dirs, pid_alive, read_events, runner_pid
 
     starts = []
     for run_dir in iter_run_dirs(home):

@@ -1,0 +1,150 @@
+"""What every command shares: the data dir, the store, tables and JSON on stdout, and how one
+run is printed (its metrics with the reason beside every missing one)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import efficientllm_data
+
+from efficientllm_tui.display import contention
+from efficientllm_tui.display import num as fmt
+from efficientllm_tui.errors import BadInput
+from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.store.db import Store
+from profiling import home as homes
+from runners.protocol import RunSpec
+
+KEY_METRICS: dict[str, tuple[str, ...]] = {
+    "inference": ("it", "al_s", "ttft_s", "tpot_s", "amu", "pcu", "aec_w"),
+    "finetuning": ("st", "al_s", "loss", "amu", "pcu", "aec_w"),
+    "pretraining": ("tt", "al_s", "loss", "amu", "pcu", "aec_w"),
+}
+"""Metrics shown first, per family, in `run`, `runs` and `show` (all are stored)."""
+SIM_MARK = "(SIMULATED GPU)"
+"""What `runs` and `compare` tables add to a simulated run's device or name (DESIGN.md 4)."""
+
+
+def home_dir() -> Path:
+    home = homes.data_dir()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create data dir {home}: {e.strerror or e}") from None
+    if not home.is_dir():
+        raise BadInput(f"data dir {home} is not a directory")
+    return home
+
+
+def open_store(args: argparse.Namespace, home: Path) -> Store:
+    raw = os.environ.get("EFFICIENTLLM_DB_LOCK_TIMEOUT_S", "30")
+    try:
+        timeout_s = max(0.0, float(raw))
+    except ValueError:
+        raise BadInput(f"EFFICIENTLLM_DB_LOCK_TIMEOUT_S must be seconds, got {raw!r}") from None
+    return Store(db_path(args, home), lock_timeout_s=timeout_s)
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output keeps whole rows (scripts grep run ids); a terminal gets its own width.
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
+def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    for c in columns:
+        table.add_column(c, overflow="fold", no_wrap=c == "run_id")
+    for r in rows:
+        table.add_row(*(fmt(v) for v in r))
+    console().print(table)
+
+
+def emit_json(doc: Any) -> None:
+    """Print exactly one JSON document on stdout."""
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
+    """Render rows as csv or json text (tables are printed with rich by the caller)."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return buf.getvalue()
+    return json.dumps([dict(zip(columns, r, strict=False)) for r in rows], indent=2,
+                      default=str) + "\n"
+
+
+def db_path(args: argparse.Namespace, home: Path) -> Path:
+    from profiling.home import default_db_path
+
+    return Path(args.db).expanduser() if getattr(args, "db", None) else default_db_path(home)
+
+
+def check_available(spec: RunSpec) -> None:
+    if not launcher.technique_available(spec.technique):
+        raise BadInput(f"technique {spec.technique!r} ({spec.family}) is not implemented yet; "
+                       "see `efficientllm techniques`")
+    card = efficientllm_data.find_model(spec.model)
+    if card is not None and not card.get("available"):
+        raise BadInput(f"model {spec.model!r} is not available yet; see `efficientllm models`")
+
+
+def run_doc(run: dict[str, Any], status: str) -> dict[str, Any]:
+    metrics = run.get("metrics") or {}
+    doc = {k: v for k, v in run.items() if k != "metrics"}
+    doc["status"] = run.get("status", status)
+    doc["metrics"] = {name: v[0] for name, v in sorted(metrics.items())}
+    doc["units"] = {name: v[1] for name, v in sorted(metrics.items())}
+    doc["sources"] = {name: v[2] for name, v in sorted(metrics.items())}
+    doc["notes"] = dict(sorted((run.get("metric_notes") or {}).items()))
+    doc.pop("metric_notes", None)
+    return doc
+
+
+def print_run(doc: dict[str, Any]) -> None:
+    head = (f"{doc.get('run_id')}  {doc.get('family')}  {doc.get('model')} x "
+            f"{doc.get('technique')}  on {doc.get('device')}  status {doc.get('status')}")
+    if doc.get("simulated"):
+        head += "  [SIMULATED GPU DATA]"
+    console().print(head)
+    if doc.get("error_text"):
+        console().print(f"error ({doc.get('error_type')}): {doc.get('error_text')}")
+    if doc.get("workload"):
+        console().print(f"workload (ranked only within it): {doc['workload']}")
+    shared = contention(doc) or "unknown — not recorded for this run"
+    console().print(f"contended: {shared}", markup=False)
+    notes = doc.get("notes") or {}
+    rows = [[n, doc["metrics"][n], doc["units"].get(n), doc["sources"].get(n), notes.get(n)]
+            for n in doc["metrics"]]
+    if rows:
+        table(["metric", "value", "unit", "source", "why missing / note"], rows)
+
+
+def sim_device(run: dict[str, Any]) -> Any:
+    """The device column of a run: `cpu (SIMULATED GPU)` when its GPU data was simulated."""
+    device = run.get("device")
+    return f"{fmt(device)} {SIM_MARK}" if run.get("simulated") else device
+
+
+def sim_footnote(runs: list[dict[str, Any]]) -> None:
+    """One line under a table that shows simulated runs, saying what the marker means."""
+    if any(r.get("simulated") for r in runs):
+        console().print(f"{SIM_MARK}: AMU, PCU and energy of these runs come from a "
+                         "simulated GPU (`--simulate-gpu`), not from hardware", style="bold red")
