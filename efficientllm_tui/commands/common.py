@@ -18,7 +18,7 @@ import efficientllm_data
 from efficientllm_tui.display import contention
 from efficientllm_tui.display import num as fmt
 from efficientllm_tui.errors import BadInput
-from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.runs import specs
 from efficientllm_tui.store.db import Store
 from profiling import home as homes
 from runners.protocol import RunSpec
@@ -98,7 +98,7 @@ def db_path(args: argparse.Namespace, home: Path) -> Path:
 
 
 def check_available(spec: RunSpec) -> None:
-    if not launcher.technique_available(spec.technique):
+    if not specs.technique_available(spec.technique):
         raise BadInput(f"technique {spec.technique!r} ({spec.family}) is not implemented yet; "
                        "see `efficientllm techniques`")
     card = efficientllm_data.find_model(spec.model)

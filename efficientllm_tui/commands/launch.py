@@ -28,8 +28,7 @@ from efficientllm_tui.commands.common import (
 )
 from efficientllm_tui.display import duration
 from efficientllm_tui.errors import BadInput, DatabaseLocked
-from efficientllm_tui.runs import dispatcher, follow, ingest, queue, rundir
-from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.runs import dispatcher, follow, ingest, queue, rundir, specs
 from profiling import home as homes
 from runners.protocol import Event, ProtocolError, RunSpec, new_run_id, parse_set
 
@@ -47,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         params = parse_set(args.sets)
     except ProtocolError as e:
         raise BadInput(str(e)) from None
-    spec = launcher.build_spec(
+    spec = specs.build_spec(
         model=args.model, technique=args.technique, family=args.family, device=args.device,
         params=params, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
         seq_len=args.seq_len, new_tokens=args.new_tokens, seed=args.seed, dataset=args.dataset,

@@ -290,12 +290,12 @@ def _spec_key(run_dir: Path) -> str:
 
 def _validate(spec: RunSpec) -> None:
     """The launcher's checks again: a spec queued by an older version may no longer hold."""
-    from efficientllm_tui.runs import launch as launcher
+    from efficientllm_tui.runs import specs
     from runners import errors as runner_errors
     from runners import preflight
 
     try:
-        preflight.validate_spec(spec, launcher.resolve_model(spec.model))
+        preflight.validate_spec(spec, specs.resolve_model(spec.model))
     except (ProtocolError, runner_errors.BadInput) as e:
         raise BadInput(str(e)) from None
 

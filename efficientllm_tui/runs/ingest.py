@@ -21,15 +21,14 @@ from typing import Any
 import efficientllm_data
 
 from efficientllm_tui.errors import BadInput
-from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.runs import queue, rundir
 from efficientllm_tui.store.db import RunBundle, Store
 from profiling import home as homes
 from profiling import metrics as pm
 from profiling import spool
 from profiling.sample import Sample
-from runners.protocol import EVENTS_FILE, SPEC_FILE, STDERR_FILE, Event, ProtocolError, RunSpec
+from runners.protocol import SPEC_FILE, STDERR_FILE, Event, ProtocolError, RunSpec
 
-INGESTED_MARK = "ingested.json"
 _STEP_COLUMNS = ("step", "phase", "latency_s", "tokens", "samples", "loss", "lr", "ttft_s")
 
 
@@ -67,7 +66,7 @@ def _stderr_tail(run_dir: Path) -> str | None:
 def classify(run_dir: Path, *, alive: bool | None = None) -> RunState:
     """Decide a run's status from its events and whether its runner still lives."""
     spec = load_spec(run_dir)
-    events, _bad = launcher.read_events(run_dir)
+    events, _bad = rundir.read_events(run_dir)
     result = next((e for e in reversed(events) if e.kind == "result"), None)
     error = next((e for e in events if e.kind == "error"), None)
     error_type = error_text = None
@@ -79,9 +78,11 @@ def classify(run_dir: Path, *, alive: bool | None = None) -> RunState:
         error_text = result.get("error_message") or error_text
     elif error is not None:
         status = "oom" if error_type == "oom" else "failed"
+    elif queue.is_waiting(run_dir):
+        status = "queued"
     else:
         if alive is None:
-            alive = launcher.pid_alive(launcher.runner_pid(run_dir))
+            alive = rundir.runner_alive(run_dir)
         if alive:
             status = "running"
         else:
@@ -230,7 +231,7 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
         "started_at": _ts(state.t_start_ns),
         "ended_at": _ts(state.t_end_ns) if state.status != "running" else None,
         "host": (started.get("host") if started else None) or socket.gethostname(),
-        "pid": started.get("pid") if started else launcher.runner_pid(run_dir),
+        "pid": started.get("pid") if started else rundir.runner_pid(run_dir),
         "contended": info.get("contended"),
         "torch_version": versions.get("torch"),
         "transformers_version": versions.get("transformers"),
@@ -275,38 +276,21 @@ def _step_row(e: Event) -> dict[str, Any]:
     return row
 
 
-def _mark(run_dir: Path, status: str) -> None:
-    size = (run_dir / EVENTS_FILE).stat().st_size if (run_dir / EVENTS_FILE).exists() else 0
-    tmp = run_dir / (INGESTED_MARK + ".tmp")
-    tmp.write_text(json.dumps({"status": status, "events_bytes": size,
-                               "t_ns": time.time_ns()}) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / INGESTED_MARK)
-
-
-def needs_ingest(run_dir: Path) -> bool:
-    """False when the run was ingested in a final state and its events have not grown."""
-    try:
-        mark = json.loads((run_dir / INGESTED_MARK).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return True
-    size = (run_dir / EVENTS_FILE).stat().st_size if (run_dir / EVENTS_FILE).exists() else 0
-    return mark.get("status") == "running" or mark.get("events_bytes") != size
-
-
 def ingest_run(store: Store, run_dir: Path, home: Path, *, alive: bool | None = None) -> RunState:
     """Ingest one run dir (idempotent); returns the state it was stored with."""
     state = classify(run_dir, alive=alive)
     store.ingest(build_bundle(run_dir, home, state))
-    _mark(run_dir, state.status)
+    rundir.mark_ingested(run_dir, state.status)
     return state
 
 
 def recover(store: Store, home: Path, run_dirs: Iterable[Path] | None = None
             ) -> list[tuple[str, str]]:
-    """Ingest finished or orphaned run dirs not yet stored; running ones are stored as running."""
+    """Ingest finished or orphaned run dirs not yet stored; running ones are stored as
+    running. Runs waiting in the queue are the dispatcher's, and left alone."""
     done: list[tuple[str, str]] = []
-    for run_dir in run_dirs if run_dirs is not None else launcher.iter_run_dirs(home):
-        if not needs_ingest(run_dir):
+    for run_dir in run_dirs if run_dirs is not None else rundir.iter_dirs(home):
+        if rundir.ingested_final(run_dir) or queue.is_waiting(run_dir):
             continue
         try:
             state = ingest_run(store, run_dir, home)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from efficientllm_tui.errors import BadInput
-from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.runs import specs
 from runners.protocol import RunSpec
 
 _OPTIONS = {"device", "steps", "warmup", "batch_size", "seq_len", "new_tokens", "seed",
@@ -51,7 +51,7 @@ def _spec(model: Any, technique: Any, opts: dict[str, Any], where: str) -> RunSp
     params = dict(fields.pop("set", {}) or {})
     family = fields.pop("family", None)
     try:
-        return launcher.build_spec(model=model, technique=technique, family=family,
+        return specs.build_spec(model=model, technique=technique, family=family,
                                    params=params, **fields)
     except TypeError as e:
         raise BadInput(f"{where}: {e}") from None

@@ -7,7 +7,6 @@ to `ActiveRun` records on the UI thread.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import time
@@ -15,9 +14,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.runs import rundir
 from profiling import home as homes
-from runners.protocol import EVENTS_FILE, SPEC_FILE, Event, ProtocolError, RunSpec
+from runners.protocol import SPEC_FILE, Event, ProtocolError, RunSpec
 
 INGESTED_MARK = "ingested.json"
 """Written by ingest when a run is stored (same name as efficientllm_tui.runs.ingest uses)."""
@@ -154,7 +153,7 @@ class RunWatcher:
         self.runs_dir = homes.runs_dir(home)
         self.scan_every_s = scan_every_s
         self._settled: set[str] = set()
-        self._tails: dict[str, tuple[Path, launcher.EventTail]] = {}
+        self._tails: dict[str, tuple[Path, rundir.EventTail]] = {}
         self._terminal: set[str] = set()
         self._dead_polls: dict[str, int] = {}
         self._added: queue.SimpleQueue[Path] = queue.SimpleQueue()
@@ -178,7 +177,7 @@ class RunWatcher:
                 update.events[name] = events
                 if any(e.kind in ("result", "error") for e in events):
                     self._terminal.add(name)
-            if launcher.pid_alive(launcher.runner_pid(run_dir)):
+            if rundir.runner_alive(run_dir):
                 self._dead_polls[name] = 0
                 continue
             self._dead_polls[name] = self._dead_polls.get(name, 0) + 1
@@ -197,7 +196,7 @@ class RunWatcher:
         if name in self._tails:
             return
         self._settled.discard(name)
-        self._tails[name] = (run_dir, launcher.EventTail(run_dir))
+        self._tails[name] = (run_dir, rundir.EventTail(run_dir))
         update.new.append((run_dir, _read_spec(run_dir)))
 
     def _scan(self, update: WatchUpdate) -> None:
@@ -215,11 +214,11 @@ class RunWatcher:
                 if _age_s(run_dir) > _PID_GRACE_S:
                     self._settled.add(name)  # not a run dir
                 continue
-            if _ingested_final(run_dir):
+            if rundir.ingested_final(run_dir):
                 self._settled.add(name)
                 continue
-            pid = launcher.runner_pid(run_dir)
-            if launcher.pid_alive(pid):
+            pid = rundir.runner_pid(run_dir)
+            if rundir.runner_alive(run_dir):
                 self._start(run_dir, update)
             elif pid is None and _age_s(run_dir) < _PID_GRACE_S:
                 continue  # being spawned: look again next scan
@@ -235,16 +234,6 @@ def _read_spec(run_dir: Path) -> RunSpec | None:
         return RunSpec.from_json((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
     except (OSError, ProtocolError):
         return None
-
-
-def _ingested_final(run_dir: Path) -> bool:
-    """True when ingest stored the run in a final state and its events have not grown."""
-    try:
-        mark = json.loads((run_dir / INGESTED_MARK).read_text(encoding="utf-8"))
-        size = (run_dir / EVENTS_FILE).stat().st_size
-    except (OSError, ValueError):
-        return False
-    return mark.get("status") != "running" and mark.get("events_bytes") == size
 
 
 def _age_s(path: Path) -> float:

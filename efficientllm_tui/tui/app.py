@@ -438,28 +438,18 @@ class EfficientLLMApp(App[None]):
 
     @work(thread=True, exit_on_error=False, group="launch", name="launch")
     def spawn_runs(self, specs: list[RunSpec]) -> None:
-        from efficientllm_tui.runs import launch as launcher
-        from profiling import client
+        """Enqueue specs on disk; the per-host dispatcher starts them as devices free."""
+        from efficientllm_tui.runs import dispatcher, queue
 
-        try:
-            client.ensure_daemon(self.home, idle_exit_s=300.0)
-        except client.DaemonError as e:
-            self.call_from_thread(
-                self.notify,
-                f"no live profiling for this run: {e}. Start it with: efficientllm daemon start",
-                title="Profiling daemon",
-                severity="warning",
-                timeout=8,
-            )
         for spec in specs:
             self._launched.add(spec.run_id)  # before the watcher can see its dir
             try:
-                run_dir = launcher.prepare_run_dir(spec, self.home)
-                launcher.spawn_runner(run_dir)
+                run_dir = queue.enqueue(spec, self.home, self.db_path)
             except (EfficientLLMError, OSError) as e:
                 self.call_from_thread(self._spawn_failed, spec, e)
                 continue
             self.watcher.add(run_dir)
+        dispatcher.ensure(self.home)
 
     def _spawn_failed(self, spec: RunSpec, error: BaseException) -> None:
         self.report_error(error, "launch")
@@ -468,18 +458,9 @@ class EfficientLLMApp(App[None]):
             self.spawn_runs([nxt])
 
     def cancel_run(self, run_id: str) -> bool:
-        """Ask a running run's runner to stop (SIGTERM; it records `cancelled`)."""
-        import os
-        import signal
+        """Stop a run: a queued one leaves the queue, a running one gets SIGTERM (it
+        records `cancelled`)."""
+        from efficientllm_tui.runs import queue
 
-        from efficientllm_tui.runs import launch as launcher
-
-        run = self.active.get(run_id)
-        pid = launcher.runner_pid(run.run_dir) if run else None
-        if pid is None or not launcher.pid_alive(pid):
-            return False
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            return False
-        return True
+        return any(what.startswith(("stopping", "removed"))
+                   for _, what in queue.stop(self.home, [run_id]))

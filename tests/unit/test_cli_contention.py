@@ -11,8 +11,7 @@ import pytest
 
 from efficientllm_tui import cli
 from efficientllm_tui.display import contention
-from efficientllm_tui.runs import ingest
-from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.runs import ingest, rundir, specs
 from efficientllm_tui.store.db import Store
 from profiling import home as homes
 
@@ -29,9 +28,9 @@ def _ingested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, info: dict[str, A
     """A finished GPU run whose result carries `info`, ingested into a fresh store."""
     home = tmp_path / "home"
     monkeypatch.setenv("EFFICIENTLLM_HOME", str(home))
-    spec = launcher.build_spec(model="tiny", technique="fp32", device="cuda:0", steps=2,
+    spec = specs.build_spec(model="tiny", technique="fp32", device="cuda:0", steps=2,
                                warmup=0)
-    run_dir = launcher.prepare_run_dir(spec, home)
+    run_dir = rundir.prepare(spec, home)
     events = [
         {"t_ns": T0, "kind": "started", "pid": 1, "host": "h", "device": "cuda:0",
          "sample_device": "gpu0", "cpu_count": 4},

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from efficientllm_tui.runs import ingest
-from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.runs import ingest, rundir, specs
 from profiling import home as homes
 from profiling.sample import Sample
 from profiling.spool import SpoolWriter
@@ -35,9 +34,9 @@ def _spool(home: Path, samples: list[Sample]) -> None:
 
 def _run_dir(home: Path, *, t0_s: float, t1_s: float, result: dict[str, Any] | None = None,
              window: dict[str, Any] | None = None) -> Path:
-    spec = launcher.build_spec(model="tiny", technique="fp32", device="cuda:0", steps=2,
+    spec = specs.build_spec(model="tiny", technique="fp32", device="cuda:0", steps=2,
                                warmup=0)
-    run_dir = launcher.prepare_run_dir(spec, home)
+    run_dir = rundir.prepare(spec, home)
     events = [
         {"t_ns": T0, "kind": "started", "pid": 1, "host": "h", "device": "cuda:0",
          "sample_device": "gpu0", "cpu_count": 4},

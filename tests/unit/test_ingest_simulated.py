@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from efficientllm_tui.runs import ingest
-from efficientllm_tui.runs import launch as launcher
+from efficientllm_tui.runs import ingest, rundir, specs
 from profiling import home as homes
 from profiling.sample import Sample
 from profiling.spool import SpoolWriter
@@ -37,9 +36,9 @@ def _spool(home: Path) -> None:
 
 
 def _run_dir(home: Path, device: str, simulate: bool) -> Path:
-    spec = launcher.build_spec(model="tiny", technique="fp32", device=device, steps=2, warmup=0,
+    spec = specs.build_spec(model="tiny", technique="fp32", device=device, steps=2, warmup=0,
                                simulate_gpu=simulate)
-    run_dir = launcher.prepare_run_dir(spec, home)
+    run_dir = rundir.prepare(spec, home)
     events = [
         {"t_ns": T0, "kind": "started", "pid": 1, "host": "h", "device": device,
          "sample_device": "gpu0" if device.startswith("cuda") else "cpu", "cpu_count": 4},
