@@ -77,7 +77,7 @@ def _alarm(signum: int, frame: Any) -> None:
 
 def compile_mode(technique: str, params: dict[str, Any], device: str) -> str:
     """The compile mode the runner will use for this arm."""
-    from runners.finetuning import COMPILE_ALIASES, resolve_compile
+    from runners.compilation import COMPILE_ALIASES, resolve_compile
 
     text = str(params.get("compile", "auto")).strip().lower()
     return resolve_compile(COMPILE_ALIASES.get(text, text), device, technique)

@@ -25,7 +25,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from efficientllm_tui.store.db import METRIC_DIRECTIONS, RunBundle, Store  # noqa: E402
+from efficientllm_tui.store.bundle import RunBundle  # noqa: E402
+from efficientllm_tui.store.db import Store  # noqa: E402
+from efficientllm_tui.store.schema import METRIC_DIRECTIONS  # noqa: E402
 from profiling.sample import FIELD_NAMES, Sample  # noqa: E402
 
 T0_NS = 1_800_000_000_000_000_000

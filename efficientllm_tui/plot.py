@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from efficientllm_tui.display import METRIC_LABELS, num, run_label
 from efficientllm_tui.errors import BadInput
-from efficientllm_tui.store.db import METRIC_DIRECTIONS
+from efficientllm_tui.store.schema import METRIC_DIRECTIONS
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948",
            "#9c755f", "#ff9da7", "#bab0ac")

@@ -45,8 +45,6 @@ from typing import Any
 from profiling import home as home_mod
 from profiling.backend import Backend, BackendUnavailable, WatchSet, load_backend
 from profiling.client import LOCK_FILE, request
-from profiling.daemon_config import AUTO_BACKENDS as AUTO_BACKENDS  # re-exported
-from profiling.daemon_config import SIMULATE_ENV as SIMULATE_ENV  # re-exported
 from profiling.daemon_config import DaemonConfig, parse_args, setup_logging
 from profiling.host import process_create_time, watched_alive
 from profiling.ring import Ring

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runners.catalog import ModelCard
-from runners.decoder import Decoder, DecoderConfig
+from runners.cards import ModelCard
+from runners.decoder import Decoder
+from runners.decoder_config import DecoderConfig
 
 MOE_MATCHES = ("flops", "expert")
 """`flops`: expert width = FFN / top_k (a token's active FFN FLOPs equal the dense FFN's);
@@ -95,7 +96,7 @@ BASELINE_RULE = ("equal-params: same width, depth, vocabulary and tying as the b
 
 def attention_kernel(cfg: DecoderConfig, native_gqa: bool) -> str:
     """How the decoder's attention reaches SDPA; `native_gqa`: CUDA with bf16/fp16 autocast,
-    where flash reads grouped K/V (runners.decoder.native_gqa)."""
+    where flash reads grouped K/V (runners.decoder_blocks.native_gqa)."""
     if cfg.position == "relative":
         grouped = ", K/V expanded to every head" if cfg.kv_heads < cfg.n_heads else ""
         return f"sdpa attn_mask (ALiBi bias: no flash){grouped}"

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from runners import rwkv_wkv, scan_triton
-from runners.catalog import ModelCard
+from runners.cards import ModelCard
 from runners.decoder import LossOut, ParamCounts, lm_loss
 from runners.errors import BadInput
 from runners.xent import LossOptions

@@ -5,8 +5,7 @@
 - `SwiGLU`: the dense FFN; `MoE`: dropless top-k routed SwiGLU experts.
 
 `attend` is the one path to SDPA: flash with grouped K/V where `native_gqa`, else K/V
-expanded to all query heads (see runners.decoder's module docstring). Every name here is
-also importable from runners.decoder.
+expanded to all query heads (see runners.decoder's module docstring).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 from runners.positions import apply_rope
 
 if TYPE_CHECKING:
-    from runners.decoder import DecoderConfig, Positional
+    from runners.decoder_config import DecoderConfig, Positional
 
 
 # --- attention ------------------------------------------------------------------------------

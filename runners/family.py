@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from runners import params
-from runners.catalog import ModelCard
+from runners.cards import ModelCard
 from runners.errors import BadInput, Unsupported
 from runners.eventlog import EventLog
 from runners.protocol import Event, RunResult, RunSpec

@@ -45,17 +45,8 @@ from profiling import metrics as pm
 from profiling.window import WindowMeter, WindowResult
 from runners import device as dev
 from runners import model as model_mod
-from runners import peft_methods, sft, training
-
-# The compile orchestration moved to runners.compilation and the config to
-# runners.finetuning_config; the `as` names and FinetuningConfig stay importable here.
-from runners.compilation import COMPILE_ALIASES as COMPILE_ALIASES
-from runners.compilation import COMPILE_AUTO as COMPILE_AUTO
-from runners.compilation import COMPILE_MODES as COMPILE_MODES
-from runners.compilation import RECOMPILE_LIMIT as RECOMPILE_LIMIT
-from runners.compilation import Compiler, compile_pass, fall_back, resolve_compile
-from runners.compilation import graph_count as graph_count
-from runners.compilation import interrupted as _interrupted
+from runners import peft_methods, sft, training, xent
+from runners.compilation import Compiler, compile_pass, fall_back, interrupted, resolve_compile
 from runners.errors import BadInput
 from runners.family import Family, register
 from runners.finetuning_config import FinetuningConfig
@@ -190,7 +181,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
 
         chunk = c.loss_chunk_rows
         loss_ctx = (contextlib.nullcontext() if chunk == 0
-                    else training.chunked_lm_loss(lm, chunk_rows=chunk))
+                    else xent.chunked_lm_loss(lm, chunk_rows=chunk))
         with loss_ctx as tap:
             step = training.TrainStep(prepared.model, optimizer, device=c.device, amp=amp,
                                       scheduler=scheduler, max_grad_norm=c.max_grad_norm,
@@ -329,7 +320,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
                 stats = step(micro)
             except Exception as e:
                 # A recompile that fails: no optimizer step happened; redo the step eagerly.
-                if compiler is None or not compiler.active or _interrupted(e):
+                if compiler is None or not compiler.active or interrupted(e):
                     raise
                 fall_back(compiler, e, phase, step.model, device=c.device, ctx=ctx)
                 if phase == "measure":

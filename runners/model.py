@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runners.catalog import ModelCard
+from runners.cards import ModelCard
 from runners.errors import OutOfMemory
 
 if TYPE_CHECKING:

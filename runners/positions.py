@@ -1,4 +1,4 @@
-"""Positional encodings of runners.decoder (re-exported there): rotary tables and their
+"""Positional encodings of runners.decoder: rotary tables and their
 rotation, Vaswani et al.'s sinusoids, and ALiBi's head slopes and attention bias."""
 
 from __future__ import annotations

@@ -57,8 +57,6 @@ from runners.architecture import (
 from runners.compilation import compile_decoder, dynamo_stats, eager_if
 from runners.decoder import Decoder, ParamCounts
 from runners.family import Family, register
-
-# The config and its pure helpers moved to runners.pretraining_config; they stay importable here.
 from runners.pretraining_config import PretrainingConfig, lr_at, measure_matmul_tflops
 from runners.protocol import (
     ENERGY_METRICS,

@@ -4,7 +4,7 @@ Why a module of its own: fine-tuning and pretraining measure the same thing, a t
 step, and must measure it the same way. So the step (bf16 autocast, gradient accumulation
 weighted by target tokens, gradient clipping, optimizer and schedule, a device sync at both
 edges), the loss (cross-entropy over the vocabulary in chunks, so a 150k-token vocabulary
-never materialises fp32 logits for a whole batch: runners.xent, its names re-exported here)
+never materialises fp32 logits for a whole batch: runners.xent)
 and the schedule live here, with no knowledge of PEFT, data sets or events.
 """
 
@@ -20,19 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-# The chunked cross-entropy lives in runners.xent; its names stay importable from here.
-from runners.xent import CHUNK_BYTES as CHUNK_BYTES
-from runners.xent import IGNORE_INDEX as IGNORE_INDEX
-from runners.xent import LOG_TINY as LOG_TINY
-from runners.xent import LossOptions as LossOptions
-from runners.xent import LossTap as LossTap
-from runners.xent import causal_lm_loss as causal_lm_loss
-from runners.xent import chunked_cross_entropy as chunked_cross_entropy
-from runners.xent import chunked_lm_loss as chunked_lm_loss
-from runners.xent import compiled_xent_chunk as compiled_xent_chunk
-from runners.xent import default_chunk_rows as default_chunk_rows
-from runners.xent import fp32_gemm_status as fp32_gemm_status
-from runners.xent import xent_chunk as xent_chunk
+from runners.xent import IGNORE_INDEX, LossTap
 
 Precision = Literal["fp32", "bf16", "bf16-pure"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "bf16-pure")

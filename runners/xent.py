@@ -1,4 +1,4 @@
-"""The chunked cross-entropy every training family shares (re-exported by runners.training).
+"""The chunked cross-entropy every training family shares.
 
 Cross-entropy over the vocabulary in chunks of rows, so a 150k-token vocabulary never
 materialises fp32 logits for a whole batch. The loss computes the gradient of the output

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runners import catalog, weights
+from runners import catalog, local, weights
 
 MODEL = "smollm2-135m"
 
@@ -25,7 +25,7 @@ def smollm2_cache(request: pytest.FixtureRequest,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The conversion cache dir (EFFICIENTLLM_CACHE_DIR is set to it for the session)."""
     card = catalog.model_card(MODEL)
-    if not weights.package_available(card):
+    if not local.package_available(card):
         pytest.skip(f"{card.requires} (the SmolLM2 GGUF) is not installed")
     preset = os.environ.get(weights.CACHE_ENV)
     if preset:

@@ -70,9 +70,7 @@ class ConsoleQuery:
 
     def arrow(self, limit: int | None = None) -> tuple[pa.Table | None, list[str], list[str], bool]:
         """Run it: (Arrow table of at most `limit` rows or None, columns, types, truncated)."""
-        from efficientllm_tui.store.db import (
-            fetch_arrow,  # duckdb loads on the first query, not at start-up
-        )
+        from efficientllm_tui.store.reads import fetch_arrow
 
         if not self.sql.strip():
             raise QueryError("empty query", "Query error")

@@ -25,8 +25,8 @@ Other rules this module keeps:
   SET those switches back.
 
 The modules beside it hold what needs no `duckdb` import: the schema, views and migrations
-(`store_schema`), a run's shaping into rows (`store_bundle`) and the read methods with their
-SQL (`store_reads`). Their public names are importable from here as before.
+(`schema`), a run's shaping into rows (`bundle`) and the read methods with their
+SQL (`reads`).
 """
 
 from __future__ import annotations
@@ -53,10 +53,8 @@ from efficientllm_tui.errors import (
 from efficientllm_tui.store.bundle import RunBundle, bundle_rows, first_line, run_values
 from efficientllm_tui.store.reads import (
     SANDBOX_CONFIG,
-    QueryResult,
     StoreReads,
     arrow_table,
-    fetch_arrow,
     sandbox_refusal,
     sandbox_sql,
 )
@@ -65,35 +63,11 @@ from efficientllm_tui.store.schema import (
     DATA_TABLES,
     EXPORT_FORMATS,
     EXPORT_ORDER,
-    LIST_METRIC_COLUMNS,
-    METRIC_DIRECTIONS,
-    MIGRATIONS,
-    RUN_COLUMNS,
-    RUN_METRIC_COLUMNS,
     SCHEMA_VERSION,
-    WEIGHTS,
     migrate,
     schema_version,
     too_new,
 )
-
-__all__ = [
-    "COLUMNS",
-    "DATA_TABLES",
-    "EXPORT_FORMATS",
-    "EXPORT_ORDER",
-    "LIST_METRIC_COLUMNS",
-    "METRIC_DIRECTIONS",
-    "MIGRATIONS",
-    "RUN_COLUMNS",
-    "RUN_METRIC_COLUMNS",
-    "SCHEMA_VERSION",
-    "WEIGHTS",
-    "QueryResult",
-    "RunBundle",
-    "Store",
-    "fetch_arrow",
-]
 
 _BACKOFF_START_S = 0.02
 _BACKOFF_CAP_S = 1.0

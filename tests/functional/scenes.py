@@ -25,7 +25,8 @@ from textual.widgets import DataTable
 from textual.worker import WorkerState
 
 from efficientllm_tui.live.feed import SyntheticFeed
-from efficientllm_tui.store.db import RunBundle, Store
+from efficientllm_tui.store.bundle import RunBundle
+from efficientllm_tui.store.db import Store
 from efficientllm_tui.tui.app import EfficientLLMApp
 from profiling.sample import Sample
 

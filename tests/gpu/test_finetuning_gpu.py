@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from runners import catalog, training
+from runners import catalog, xent
 from runners.eventlog import EventLog
 from runners.family import RunContext
 from runners.finetuning import FinetuningConfig, FinetuningFamily
@@ -40,7 +40,7 @@ def test_chunked_loss_on_cuda_matches_fp32_and_bounds_memory() -> None:
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        total, count = training.chunked_cross_entropy(hidden, head, y, chunk_rows=512)
+        total, count = xent.chunked_cross_entropy(hidden, head, y, chunk_rows=512)
     total.backward()
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base

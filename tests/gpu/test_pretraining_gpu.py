@@ -96,7 +96,7 @@ def test_grouped_kv_reach_flash_eager_and_compiled() -> None:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from runners.decoder import attend, expand_kv, native_gqa
+    from runners.decoder_blocks import attend, expand_kv, native_gqa
 
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(2, 8, 256, 64, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -137,7 +137,7 @@ def test_compiled_run_matches_eager_and_compiles_before_the_windows(tmp_path: Pa
 def test_fp32_gemm_loss_matches_the_plain_loss_on_cuda() -> None:
     import torch
 
-    from runners.training import LossOptions, chunked_cross_entropy, fp32_gemm_status
+    from runners.xent import LossOptions, chunked_cross_entropy, fp32_gemm_status
 
     g = torch.Generator(device="cuda").manual_seed(1)
     h = torch.randn(3000, 256, device="cuda", generator=g)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from efficientllm_tui.store.db import RunBundle, Store
+from efficientllm_tui.store.bundle import RunBundle
+from efficientllm_tui.store.db import Store
 
 from .conftest import Cli
 

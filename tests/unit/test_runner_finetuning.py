@@ -12,16 +12,11 @@ import torch
 
 from profiling import metrics as pm
 from runners import catalog, peft_methods, training
+from runners.compilation import COMPILE_AUTO, resolve_compile
 from runners.errors import BadInput, Unsupported
 from runners.eventlog import EventLog
 from runners.family import RunContext, family_class
-from runners.finetuning import (
-    COMPILE_AUTO,
-    FinetuningConfig,
-    FinetuningFamily,
-    resolve_compile,
-    train_flops_per_token,
-)
+from runners.finetuning import FinetuningConfig, FinetuningFamily, train_flops_per_token
 from runners.protocol import (
     EVENTS_FILE,
     NO_PEAK_NOTE,
@@ -374,7 +369,7 @@ def test_a_time_limit_inside_the_compiler_is_not_a_compiler_failure(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Inductor wraps what interrupts it (seen on an H200, 2026-11-27: `InductorError:
     TimeoutError`); the run must end, not fall back to eager."""
-    from runners.finetuning import _interrupted
+    from runners.compilation import interrupted as _interrupted
 
     class BackendCompilerFailed(RuntimeError):
         def __init__(self, inner: Exception) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from runners import catalog, peft_methods
+from runners import catalog, local, peft_methods
 from runners.eventlog import EventLog
 from runners.family import RunContext
 from runners.finetuning import FinetuningConfig, FinetuningFamily
@@ -32,7 +32,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         from runners import weights
     except ImportError:
         pytest.skip("runners.weights (the real-weights loader) is not available")
-    if not weights.package_available(card):
+    if not local.package_available(card):
         pytest.skip(f"{card.requires} (the SmolLM2 GGUF) is not installed")
     if os.environ.get(weights.CACHE_ENV):
         yield

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from runners import catalog, training
+from runners import catalog, training, xent
 from runners import model as model_mod
 
 
@@ -23,8 +23,8 @@ def test_chunked_cross_entropy_matches_plain_loss_and_grads(bias: bool, chunk_ro
     h = torch.randn(5, 9, 16, generator=g, requires_grad=True)
     head = nn.Linear(16, 50, bias=bias)
     y = torch.randint(0, 50, (5, 9), generator=g)
-    y[0, :3] = training.IGNORE_INDEX
-    total, n = training.chunked_cross_entropy(h, head, y, chunk_rows=chunk_rows)
+    y[0, :3] = xent.IGNORE_INDEX
+    total, n = xent.chunked_cross_entropy(h, head, y, chunk_rows=chunk_rows)
     total.backward()
     got = [h.grad.clone(), head.weight.grad.clone()] + ([head.bias.grad.clone()] if bias else [])
     h.grad = None
@@ -42,7 +42,7 @@ def test_frozen_head_gets_no_gradient_and_bare_weight_works() -> None:
     h = torch.randn(4, 8, requires_grad=True)
     w = torch.randn(11, 8)  # a bare frozen weight
     y = torch.randint(0, 11, (4,))
-    total, n = training.chunked_cross_entropy(h, w, y, chunk_rows=3)
+    total, n = xent.chunked_cross_entropy(h, w, y, chunk_rows=3)
     total.backward()
     ref_h = h.detach().clone().requires_grad_(True)
     nn.functional.cross_entropy(ref_h @ w.T, y, reduction="sum").backward()
@@ -53,7 +53,7 @@ def test_a_non_linear_head_falls_back_to_checkpointed_chunks() -> None:
     head = nn.Sequential(nn.Linear(8, 13))
     h = torch.randn(6, 8, requires_grad=True)
     y = torch.randint(0, 13, (6,))
-    total, _ = training.chunked_cross_entropy(h, head, y, chunk_rows=4)
+    total, _ = xent.chunked_cross_entropy(h, head, y, chunk_rows=4)
     total.backward()
     ref_h = h.detach().clone().requires_grad_(True)
     grad_w = head[0].weight.grad.clone()
@@ -66,8 +66,8 @@ def test_a_non_linear_head_falls_back_to_checkpointed_chunks() -> None:
 
 def test_all_ignored_targets_give_zero_loss_with_a_graph() -> None:
     h = torch.randn(2, 3, 8, requires_grad=True)
-    y = torch.full((2, 3), training.IGNORE_INDEX)
-    total, n = training.chunked_cross_entropy(h, nn.Linear(8, 5), y)
+    y = torch.full((2, 3), xent.IGNORE_INDEX)
+    total, n = xent.chunked_cross_entropy(h, nn.Linear(8, 5), y)
     total.backward()
     assert n == 0 and total.item() == 0.0 and h.grad is not None
 
@@ -76,9 +76,9 @@ def test_chunked_loss_under_bf16_autocast_is_close_to_fp32() -> None:
     h = torch.randn(32, 64)
     head = nn.Linear(64, 300, bias=False)
     y = torch.randint(0, 300, (32,))
-    ref, _ = training.chunked_cross_entropy(h, head, y)
+    ref, _ = xent.chunked_cross_entropy(h, head, y)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low, _ = training.chunked_cross_entropy(h, head, y, chunk_rows=5)
+        low, _ = xent.chunked_cross_entropy(h, head, y, chunk_rows=5)
     assert low.dtype == torch.float32
     assert abs(float(low) - float(ref)) / float(ref) < 2e-2
 
@@ -89,9 +89,9 @@ def test_causal_lm_loss_shifts_labels_and_normalises() -> None:
     labels = torch.randint(0, 20, (2, 6))
     logits = head(h)
     ref = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 20), labels[:, 1:].reshape(-1))
-    got = training.causal_lm_loss(h, head, labels)
+    got = xent.causal_lm_loss(h, head, labels)
     assert abs(float(got) - float(ref)) < 1e-5
-    halved = training.causal_lm_loss(h, head, labels, num_items=20)
+    halved = xent.causal_lm_loss(h, head, labels, num_items=20)
     assert abs(float(halved) - float(ref) * 10 / 20) < 1e-5
 
 
@@ -104,9 +104,9 @@ def test_chunked_lm_loss_matches_the_models_own_loss_and_restores_it() -> None:
     head = model.lm_head
     x = torch.randint(0, 256, (2, 24))
     labels = x.clone()
-    labels[:, :5] = training.IGNORE_INDEX
+    labels[:, :5] = xent.IGNORE_INDEX
     ref = model(input_ids=x, labels=labels).loss
-    with training.chunked_lm_loss(model, chunk_rows=7) as tap:
+    with xent.chunked_lm_loss(model, chunk_rows=7) as tap:
         assert model.lm_head is not head
         out = model(input_ids=x, labels=labels)
         assert out.logits.shape == (2, 24, 256)  # hidden states, never vocabulary logits
@@ -144,14 +144,14 @@ def test_grad_accumulation_matches_one_big_batch() -> None:
     torch.manual_seed(0)
     x = torch.randint(0, 256, (4, 16))
     labels = x.clone()
-    labels[0, :9] = training.IGNORE_INDEX  # uneven target counts across micro-batches
+    labels[0, :9] = xent.IGNORE_INDEX  # uneven target counts across micro-batches
     grads = []
     for split in (1, 2):
         model = _tiny()
         model.requires_grad_(True)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         step = training.TrainStep(model, opt, device="cpu", max_grad_norm=0)
-        with training.chunked_lm_loss(model) as tap:
+        with xent.chunked_lm_loss(model) as tap:
             step.tap = tap
             rows = 4 // split
             micro = [{"input_ids": x[i:i + rows], "labels": labels[i:i + rows]}
@@ -204,7 +204,7 @@ def test_train_step_with_master_weights_trains_a_bf16_model() -> None:
                               params=master.params)
     x = torch.randint(0, 256, (2, 16))
     before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
-    with training.chunked_lm_loss(model):
+    with xent.chunked_lm_loss(model):
         first = step([{"input_ids": x, "labels": x}])
         for _ in range(3):
             last = step([{"input_ids": x, "labels": x}])

