@@ -24,7 +24,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from profiling import client  # noqa: E402
+from profiling.daemon import client  # noqa: E402
 from profiling.metrics import percentile  # noqa: E402
 
 

@@ -43,10 +43,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runners import catalog  # noqa: E402
-from runners import model as model_mod  # noqa: E402
-from runners import quantize as quant  # noqa: E402
-from runners.decode import ENGINES, CompileEngine, FusedEngine  # noqa: E402
+from runners.engines.decode import ENGINES, CompileEngine, FusedEngine  # noqa: E402
+from runners.models import build as model_mod  # noqa: E402
+from runners.models import catalog  # noqa: E402
+from runners.techniques import quantize as quant  # noqa: E402
 
 GB = 1e9
 R: dict[str, Any] = {"cases": []}

@@ -1,6 +1,6 @@
 """Fine-tuning arms side by side on one GPU: the measured bf16 matmul peak, then full vs the
 PEFT arms on the Qwen2.5-0.5B and 1.5B shapes, each through the real runner code
-(`runners.finetuning`, in process), with tokens/s, MFU, AL, peak memory and loss.
+(`runners.families.finetuning`, in process), with tokens/s, MFU, AL, peak memory and loss.
 
     python benchmarks/bench_finetuning.py --out DIR [--budget-s 230] [--models ...]
     python benchmarks/bench_finetuning.py --smoke      # tiny model on CPU, checks the script
@@ -77,7 +77,7 @@ def _alarm(signum: int, frame: Any) -> None:
 
 def compile_mode(technique: str, params: dict[str, Any], device: str) -> str:
     """The compile mode the runner will use for this arm."""
-    from runners.compilation import COMPILE_ALIASES, resolve_compile
+    from runners.engines.compilation import COMPILE_ALIASES, resolve_compile
 
     text = str(params.get("compile", "auto")).strip().lower()
     return resolve_compile(COMPILE_ALIASES.get(text, text), device, technique)
@@ -105,13 +105,13 @@ def run_arm(model: str, batch: int, technique: str, params: dict[str, Any], *, d
     thread are printed 3 s before, to show where it was stuck."""
     import torch
 
-    from runners import catalog
-    from runners import device as dev
     from runners.errors import classify
-    from runners.eventlog import EventLog
-    from runners.family import RunContext
-    from runners.finetuning import FinetuningConfig, FinetuningFamily
+    from runners.families.base import RunContext
+    from runners.families.finetuning import FinetuningConfig, FinetuningFamily
+    from runners.models import catalog
     from runners.protocol import RunSpec
+    from runners.system import device as dev
+    from runners.system.eventlog import EventLog
 
     all_params = {"save": False, "eval_batches": 1, **params}
     if peak:
@@ -257,7 +257,7 @@ def main() -> int:
     t_start = time.monotonic()
     import torch
 
-    from runners import training
+    from runners.engines import training
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     env: dict[str, Any] = {"torch": torch.__version__}

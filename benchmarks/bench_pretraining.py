@@ -44,13 +44,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from runners import catalog  # noqa: E402
-from runners import device as dev  # noqa: E402
 from runners.errors import classify  # noqa: E402
-from runners.eventlog import EventLog  # noqa: E402
-from runners.family import RunContext, family_class  # noqa: E402
-from runners.pretraining_config import measure_matmul_tflops  # noqa: E402
+from runners.families.base import RunContext, family_class  # noqa: E402
+from runners.families.pretraining_config import measure_matmul_tflops  # noqa: E402
+from runners.models import catalog  # noqa: E402
 from runners.protocol import RunSpec  # noqa: E402
+from runners.system import device as dev  # noqa: E402
+from runners.system.eventlog import EventLog  # noqa: E402
 
 ORDER = ("gqa", "mha", "mqa", "mla", "absolute", "learned", "relative", "nope", "moe",
          "pythia", "mamba", "rwkv")

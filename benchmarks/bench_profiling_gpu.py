@@ -44,8 +44,9 @@ sys.path.insert(1, str(ROOT / "benchmarks"))  # its helper modules, however it i
 
 from profiling_workload import Load  # noqa: E402
 
-from profiling import client, metrics  # noqa: E402
-from profiling.energy import energy_counter, sample_device_for  # noqa: E402
+from profiling import metrics  # noqa: E402
+from profiling.backends.energy import energy_counter, sample_device_for  # noqa: E402
+from profiling.daemon import client  # noqa: E402
 from profiling.sample import Sample  # noqa: E402
 from profiling.window import WindowMeter  # noqa: E402
 
@@ -78,7 +79,7 @@ def med(xs: list[float]) -> float | None:
 # -- memory -------------------------------------------------------------------------------------
 
 def memory_section(device: str, index: int | None) -> dict[str, Any]:
-    from profiling import nvml
+    from profiling.backends import nvml
 
     if index is None:
         return {"skipped": "no NVML"}
@@ -132,7 +133,7 @@ def memory_section(device: str, index: int | None) -> dict[str, Any]:
 # -- per-call costs ---------------------------------------------------------------------------
 
 def costs_section(load: Load, index: int | None) -> dict[str, Any]:
-    from profiling import nvml
+    from profiling.backends import nvml
 
     if index is None:
         return {"skipped": "no NVML"}
@@ -375,7 +376,7 @@ def main() -> int:
     device = "cpu" if a.dry_run else "cuda:0"
     index = None
     if not a.dry_run:
-        from profiling import nvml
+        from profiling.backends import nvml
 
         index = nvml.nvml_index_for_cuda(0)
     R["env"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "host": os.uname().nodename,

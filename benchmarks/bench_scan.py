@@ -1,5 +1,6 @@
-"""Mamba's selective scan on one GPU: the chunked torch recurrence (runners.baselines) against
-the Triton kernels (runners.scan_triton), forward + backward of one layer.
+"""Mamba's selective scan on one GPU: the chunked torch recurrence (runners.models.baselines)
+against
+the Triton kernels (runners.kernels.scan_triton), forward + backward of one layer.
 
     python benchmarks/bench_scan.py [--batch 8 --inner 1792 --seq 2048 --state 16]
         [--dtype bf16|fp32] [--repeats 3] [--configs 32:64:4,16:64:2,...]
@@ -29,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from runners import baselines, scan_triton  # noqa: E402
+from runners.kernels import scan_triton  # noqa: E402
+from runners.models import baselines  # noqa: E402
 
 NAMES = ("y", "u", "delta", "A", "B", "C")
 

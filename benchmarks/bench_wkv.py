@@ -1,6 +1,6 @@
 """RWKV's WKV recurrence, forward + backward of one layer, on a CUDA device: transformers'
 fallback loop (`rwkv_linear_attention_cpu` on CUDA tensors, what RwkvForCausalLM trains
-through without the hub kernel) against the Triton kernels of runners.rwkv_wkv.
+through without the hub kernel) against the Triton kernels of runners.kernels.rwkv_wkv.
 
     python benchmarks/bench_wkv.py [--batch 8] [--seq 2048] [--channels 896]
                                    [--dtype bf16] [--loop-seq 128] [--block-c 32]
@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runners import rwkv_wkv  # noqa: E402
+from runners.kernels import rwkv_wkv  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -21,7 +21,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from runners.errors import EXIT_BAD_INPUT, EXIT_OK, BadInput, Cancelled, RunnerError, classify
-from runners.eventlog import EventLog
 from runners.protocol import (
     EVENTS_FILE,
     PID_FILE,
@@ -31,9 +30,10 @@ from runners.protocol import (
     RunResult,
     RunSpec,
 )
+from runners.system.eventlog import EventLog
 
 if TYPE_CHECKING:
-    from profiling.contention import ContentionWatch
+    from profiling.backends.contention import ContentionWatch
 
 USAGE = "usage: python -m runners RUN_DIR"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -101,9 +101,9 @@ def _lock_holder(path: Path) -> int | None:
 
 def _watch(home: Path, run_id: str, simulate_gpu: bool) -> bool:
     """Ask the profiling daemon to watch this process; best effort, never fails the run.
-    Only a run that asked for simulated GPUs gets them (profiling.daemon says why)."""
+    Only a run that asked for simulated GPUs gets them (profiling.daemon.service says why)."""
     try:
-        from profiling import client
+        from profiling.daemon import client
 
         return bool(client.watch(home, os.getpid(), run_id, simulate_gpu=simulate_gpu))
     except Exception:  # a missing or broken daemon costs live samples, not the run
@@ -117,7 +117,7 @@ def _start_contention(device: str) -> tuple[ContentionWatch | None, dict[str, An
     Returns (watch, info): the watch is None on CPU or when NVML cannot be used, and info
     then says why the verdict is unknown. Never raises.
     """
-    from profiling import contention
+    from profiling.backends import contention
 
     if not device.startswith("cuda"):
         return None, contention.unknown_report("a CPU run: there is no GPU process list")
@@ -135,17 +135,17 @@ def _stop_contention(watch: ContentionWatch | None, info: dict[str, Any]) -> dic
     try:
         return dict(watch.stop())
     except Exception as e:  # noqa: BLE001
-        from profiling import contention
+        from profiling.backends import contention
 
         return contention.unknown_report(f"reading the GPU's processes failed: {e}")
 
 
 def execute(run_dir: Path, log: EventLog) -> int:
     """Run the spec in `run_dir`; every outcome becomes events. Returns the exit code."""
-    from runners import catalog
-    from runners import device as dev
-    from runners.family import Family, RunContext, family_class, sample_device
-    from runners.lock import DeviceLock
+    from runners.families.base import Family, RunContext, family_class, sample_device
+    from runners.models import catalog
+    from runners.system import device as dev
+    from runners.system.lock import DeviceLock
 
     home = run_dir.parent.parent
     spec: RunSpec | None = None

@@ -3,8 +3,9 @@ the rules that tie parameters, techniques and model cards together: the one sour
 launcher (before a runner starts) and the runners' family configs (on construction) check.
 
 Standard library only (with runners.protocol and runners.errors), so the app can refuse bad
-input at once without loading torch; the family configs in runners.inference,
-runners.finetuning_config and runners.pretraining_config validate through these functions,
+input at once without loading torch; the family configs in runners.families.inference,
+runners.families.finetuning_config and runners.families.pretraining_config validate through these
+functions,
 and a unit test keeps their fields and this table identical.
 """
 
@@ -295,7 +296,7 @@ def resolve(family: str, raw: Mapping[str, ParamValue]) -> dict[str, Any]:
 FLOAT_TECHNIQUES = ("fp32", "bf16", "fp16")
 """Inference techniques that are a dtype (the rest quantize weights over `--set dtype`)."""
 BYTE_VOCAB = 260
-"""Ids the byte tokenizer (runners.tokenizer) produces."""
+"""Ids the byte tokenizer (runners.models.tokenizer) produces."""
 
 
 def _card(card: Any, key: str) -> Any:
@@ -305,7 +306,7 @@ def _card(card: Any, key: str) -> Any:
 def pair_problem(family: str, technique: str, card: Any, *, seq_len: int, new_tokens: int,
                  values: Mapping[str, Any] | None = None) -> str | None:
     """Why this technique cannot run on this model card with these lengths and parameters,
-    or None. `card` is a catalog entry (a mapping) or a runners.catalog.ModelCard; `values`
+    or None. `card` is a catalog entry (a mapping) or a runners.models.catalog.ModelCard; `values`
     are the family's parameters (defaults for those missing).
 
     The one owner of these rules: the Launch matrix marks such pairs, the launcher refuses

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from runners import corpus, params, sft, textstream
+from runners import params
+from runners.data import corpus, sft, textstream
 from runners.errors import BadInput
 from runners.protocol import RunSpec
 

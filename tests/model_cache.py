@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runners import catalog, local, weights
+from runners.models import catalog, local, weights
 
 MODEL = "smollm2-135m"
 

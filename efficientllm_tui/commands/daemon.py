@@ -10,7 +10,7 @@ from efficientllm_tui.commands.common import (
     home_dir,
 )
 from efficientllm_tui.errors import EfficientLLMError
-from profiling import client
+from profiling.daemon import client
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Where live samples come from: the profiling daemon, or a fake feed for tests and demos.
 
 A sample source is a callable `source(since_ns) -> iterator of Sample`: the daemon's replays
-its ring after `since_ns` and then streams live (profiling.client.subscribe). It raises when
+its ring after `since_ns` and then streams live (profiling.daemon.client.subscribe). It raises when
 no daemon runs; `pump` turns that into a state change and retries, so the app never crashes
 on a missing daemon. Samples are handed on in batches: one message per ~50 ms at most.
 """
@@ -37,7 +37,7 @@ def daemon_source(home: Path) -> SampleSource:
     """The profiling daemon of `home` (replay of its ring, then live)."""
 
     def open_stream(since_ns: int | None) -> Iterator[Sample]:
-        from profiling import client
+        from profiling.daemon import client
 
         if since_ns is None:
             return client.subscribe(home, since_ns=None)
@@ -54,13 +54,13 @@ def daemon_source(home: Path) -> SampleSource:
 def oldest_active_start_ns(home: Path) -> int | None:
     """When the oldest still-running run started (its first event), so a reattached
     dashboard can replay its whole history; None when nothing runs."""
-    from efficientllm_tui.runs.launch import iter_run_dirs, pid_alive, read_events, runner_pid
+    from efficientllm_tui.runs import rundir
 
     starts = []
-    for run_dir in iter_run_dirs(home):
-        if (run_dir / "ingested.json").exists() or not pid_alive(runner_pid(run_dir)):
+    for run_dir in rundir.iter_dirs(home):
+        if (run_dir / rundir.INGESTED_FILE).exists() or not rundir.runner_alive(run_dir):
             continue
-        events, _ = read_events(run_dir)
+        events, _ = rundir.read_events(run_dir)
         if events:
             starts.append(events[0].t_ns)
     return min(starts) if starts else None
@@ -68,7 +68,7 @@ def oldest_active_start_ns(home: Path) -> int | None:
 
 def _spool_replay(home: Path, since_ns: int) -> list[Sample]:
     from profiling import home as homes
-    from profiling import spool
+    from profiling.daemon import spool
 
     try:
         found = spool.read_samples(homes.spool_dir(home), since_ns + 1, time.time_ns())

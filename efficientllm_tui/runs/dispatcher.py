@@ -204,7 +204,7 @@ class Dispatcher:
         return True
 
     def _ensure_daemon(self, spec: RunSpec) -> None:
-        from profiling import client
+        from profiling.daemon import client
 
         try:
             client.ensure_daemon(self.home, idle_exit_s=daemon_idle_s(),

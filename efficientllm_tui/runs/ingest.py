@@ -22,10 +22,11 @@ import efficientllm_data
 
 from efficientllm_tui.errors import BadInput
 from efficientllm_tui.runs import queue, rundir
-from efficientllm_tui.store.db import RunBundle, Store
+from efficientllm_tui.store.bundle import RunBundle
+from efficientllm_tui.store.db import Store
 from profiling import home as homes
 from profiling import metrics as pm
-from profiling import spool
+from profiling.daemon import spool
 from profiling.sample import Sample
 from runners.protocol import SPEC_FILE, STDERR_FILE, Event, ProtocolError, RunSpec
 

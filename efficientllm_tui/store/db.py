@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
+import duckdb  # noqa: TID251 - the one module allowed to import it
 import pyarrow as pa
 
 from efficientllm_tui.errors import (

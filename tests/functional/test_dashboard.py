@@ -13,7 +13,7 @@ from efficientllm_tui.tui.messages import SamplesArrived
 from efficientllm_tui.tui.screens.dashboard import DashboardScreen
 from efficientllm_tui.tui.widgets.chart import TimeChart
 from efficientllm_tui.tui.widgets.devices import DeviceList
-from profiling.client import DaemonError
+from profiling.daemon.client import DaemonError
 from profiling.sample import Sample
 
 from .scenes import NOW_NS, T0_NS, make_app, settle

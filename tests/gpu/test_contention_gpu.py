@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from profiling import contention, nvml
-from profiling.contention import Contention, ContentionWatch, ProcessView
+from profiling.backends import contention, nvml
+from profiling.backends.contention import Contention, ContentionWatch, ProcessView
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(180)]
 torch = pytest.importorskip("torch")

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from runners import catalog, xent
-from runners.eventlog import EventLog
-from runners.family import RunContext
-from runners.finetuning import FinetuningConfig, FinetuningFamily
+from runners.engines import xent
+from runners.families.base import RunContext
+from runners.families.finetuning import FinetuningConfig, FinetuningFamily
+from runners.models import catalog
 from runners.protocol import EVENTS_FILE, RunResult, RunSpec
+from runners.system.eventlog import EventLog
 
 pytestmark = [pytest.mark.gpu]
 torch = pytest.importorskip("torch")

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import torch
 
-from runners import catalog
-from runners import model as model_mod
-from runners.decode import ENGINES
-from runners.eventlog import EventLog
-from runners.family import RunContext
-from runners.inference import InferenceConfig, InferenceFamily
+from runners.engines.decode import ENGINES
+from runners.families.base import RunContext
+from runners.families.inference import InferenceConfig, InferenceFamily
+from runners.models import build as model_mod
+from runners.models import catalog
 from runners.protocol import Event, RunResult, RunSpec
+from runners.system.eventlog import EventLog
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,8 +116,8 @@ def test_torchao_techniques_run_or_say_why(tmp_path: Path, technique: str) -> No
 def test_lean_decoder_matches_the_transformers_forward_in_bf16() -> None:
     from transformers import DynamicCache
 
-    from runners.decode import cache_kwarg
-    from runners.fused import LeanDecoder
+    from runners.engines.decode import cache_kwarg
+    from runners.engines.fused import LeanDecoder
 
     built = model_mod.build(catalog.model_card("qwen2.5-0.5b"), torch.bfloat16, "cuda:0", 0)
     model = built.model
@@ -163,7 +163,7 @@ def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def test_decode_attention_kernel_matches_the_torch_path_in_fp32() -> None:
     """The Triton kernel (rotary + cache write + GQA attention) against the torch ops over
     more positions than one block of the kernel's loop, teacher-forced, in float32."""
-    from runners.fused import LeanDecoder
+    from runners.engines.fused import LeanDecoder
 
     model = model_mod.build(catalog.model_card("tiny"), torch.float32, "cuda:0", 0).model
     ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0)).cuda()
@@ -180,7 +180,7 @@ def test_decode_attention_kernel_matches_the_torch_path_in_fp32() -> None:
 def test_decode_attention_kernel_in_bf16_is_as_accurate_as_the_torch_ops(model_id: str) -> None:
     """Against a float32 reference of the same weights, the kernel's bf16 logits are no
     further off than the torch ops' bf16 logits (it rotates and scores in float32)."""
-    from runners.fused import LeanDecoder
+    from runners.engines.fused import LeanDecoder
 
     card = catalog.model_card(model_id)
     if model_id == "qwen2.5-7b":  # the 7B shape's grouping (28 / 4), on 4 layers

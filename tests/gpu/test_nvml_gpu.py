@@ -14,10 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from profiling import metrics, nvml
-from profiling.backend import WatchSet
-from profiling.energy import energy_counter, sample_device_for
-from profiling.nvml_errors import NvmlNotSupported
+from profiling import metrics
+from profiling.backends import nvml
+from profiling.backends.base import WatchSet
+from profiling.backends.energy import energy_counter, sample_device_for
+from profiling.backends.nvml_errors import NvmlNotSupported
 from profiling.sample import Sample
 from profiling.window import WindowMeter
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from runners import catalog
-from runners.eventlog import EventLog
-from runners.family import RunContext, family_class
+from runners.families.base import RunContext, family_class
+from runners.models import catalog
 from runners.protocol import EVENTS_FILE, Event, RunResult, RunSpec
+from runners.system.eventlog import EventLog
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = dict(batch_size=4, seq_len=128, warmup=1, steps=2)
@@ -96,7 +96,7 @@ def test_grouped_kv_reach_flash_eager_and_compiled() -> None:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from runners.decoder_blocks import attend, expand_kv, native_gqa
+    from runners.models.decoder_blocks import attend, expand_kv, native_gqa
 
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(2, 8, 256, 64, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -137,7 +137,7 @@ def test_compiled_run_matches_eager_and_compiles_before_the_windows(tmp_path: Pa
 def test_fp32_gemm_loss_matches_the_plain_loss_on_cuda() -> None:
     import torch
 
-    from runners.xent import LossOptions, chunked_cross_entropy, fp32_gemm_status
+    from runners.engines.xent import LossOptions, chunked_cross_entropy, fp32_gemm_status
 
     g = torch.Generator(device="cuda").manual_seed(1)
     h = torch.randn(3000, 256, device="cuda", generator=g)
@@ -158,7 +158,7 @@ def test_fp32_gemm_loss_matches_the_plain_loss_on_cuda() -> None:
 def test_mamba_scan_on_cuda_matches_float64_and_trains(tmp_path: Path) -> None:
     import torch
 
-    from runners import baselines
+    from runners.models import baselines
 
     g = torch.Generator().manual_seed(2)
     b, d, T, n = 2, 64, 300, 16
@@ -185,13 +185,14 @@ def test_mamba_scan_on_cuda_matches_float64_and_trains(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_triton_scan_matches_the_chunked_scan_and_float64(dtype: str) -> None:
-    """Forward and all five gradients of runners.scan_triton against the chunked torch scan
+    """Forward and all five gradients of runners.kernels.scan_triton against the chunked torch scan
     and the recurrence in float64; 100 channels and 300 steps: neither a multiple of the
     kernels' channel block nor of their chunk (the masks, the last partial chunk), delta
     channel-major as the mixer makes it, u, B and C in bf16 as under autocast."""
     import torch
 
-    from runners import baselines, scan_triton
+    from runners.kernels import scan_triton
+    from runners.models import baselines
 
     assert scan_triton.available()
     low = getattr(torch, dtype)
@@ -234,7 +235,8 @@ def test_triton_scan_matches_the_chunked_scan_and_float64(dtype: str) -> None:
 def test_recurrence_triton_trains_like_the_torch_path(tmp_path: Path, technique: str) -> None:
     """`--set recurrence=triton`: the same run (seed, data, steps) on our Triton kernels and on
     the torch path ends at the same loss and held-out perplexity."""
-    from runners import baselines, rwkv_wkv
+    from runners.kernels import rwkv_wkv
+    from runners.models import baselines
 
     if technique == "mamba" and baselines.mamba_fused_available():
         pytest.skip("mamba_ssm is installed: Mamba trains through its fused kernels")
@@ -244,7 +246,7 @@ def test_recurrence_triton_trains_like_the_torch_path(tmp_path: Path, technique:
     assert fast.status == "ok" and fast.info["recurrence"] == "triton"
     if technique == "mamba":
         assert fast.info["kernels"] == baselines.SCAN_PATH_TRITON
-        assert fast.info["scan"].startswith("triton selective scan (runners.scan_triton)")
+        assert fast.info["scan"].startswith("triton selective scan (runners.kernels.scan_triton)")
     else:
         assert fast.info["kernels"].startswith(rwkv_wkv.describe())
     slow = train(tmp_path / "c", technique, peak_tflops=700.0)

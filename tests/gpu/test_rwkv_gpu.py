@@ -1,4 +1,4 @@
-"""RWKV's WKV recurrence on the Triton kernels (runners.rwkv_wkv) on a CUDA device: forward
+"""RWKV's WKV recurrence on the Triton kernels (runners.kernels.rwkv_wkv) on a CUDA device: forward
 and the four gradients against the float64 reference loop (float32 and bfloat16 inputs, keys
 of +-100 included, a channel count that is not a multiple of the block), deterministic
 gradients, and a tiny transformers RwkvForCausalLM patched with `use_wkv_kernel` against the
@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from runners import rwkv_wkv
+from runners.kernels import rwkv_wkv
 
 pytestmark = pytest.mark.skipif(not rwkv_wkv.available(), reason="Triton is not installed")
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from profiling import metrics as pm
-from profiling.energy import energy_counter
+from profiling.backends.energy import energy_counter
 from runners.protocol import Metric
 
 LATENCY = ("al_s", "al_p50_s", "al_p90_s", "al_p99_s")

@@ -17,7 +17,7 @@ import pytest
 
 from efficientllm_tui.store.schema import METRIC_DIRECTIONS
 from profiling import metrics as pm
-from profiling.energy import energy_counter
+from profiling.backends.energy import energy_counter
 from profiling.sample import Sample
 from runners.protocol import NO_PEAK_NOTE, RANDOM_WEIGHTS_NOTE
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from profiling import client
 from profiling import home as home_mod
-from profiling.client import DaemonError, pid_alive
-from profiling.spool import list_segments, read_samples
+from profiling.daemon import client
+from profiling.daemon.client import DaemonError, pid_alive
+from profiling.daemon.spool import list_segments, read_samples
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,7 +36,7 @@ def daemons_of(home: Path) -> list[psutil.Process]:
     out = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         cmd = proc.info["cmdline"] or []
-        if "profiling.daemon" in cmd and str(home) in cmd \
+        if "profiling.daemon.service" in cmd and str(home) in cmd \
                 and proc.info["status"] != psutil.STATUS_ZOMBIE:
             out.append(proc)
     return out
@@ -137,7 +137,7 @@ def test_concurrent_launches_leave_one_daemon(home: Path) -> None:
     assert not errors
     assert len({i.pid for i in infos}) == 1
     # A process launching at the same time from outside this one.
-    code = ("import sys; from profiling import client; "
+    code = ("import sys; from profiling.daemon import client; "
             "print(client.ensure_daemon(sys.argv[1], idle_exit_s=3).pid)")
     out = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True,
                          text=True, timeout=20, stdin=subprocess.DEVNULL, check=True)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from profiling import client
-from profiling.client import DaemonError, pid_alive
+from profiling.daemon import client
+from profiling.daemon.client import DaemonError, pid_alive
 from profiling.sample import Sample
 
 from .conftest import Cli

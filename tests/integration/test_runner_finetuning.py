@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from runners import catalog
+from runners.models import catalog
 from runners.protocol import (
     EVENTS_FILE,
     NO_PEAK_NOTE,

@@ -131,7 +131,7 @@ class InProcess:
 def execute_here(home: Path, run_id: str, **spec: object) -> tuple[InProcess, int]:
     """Run a spec through the runner's own entry point in this process."""
     from runners.__main__ import execute
-    from runners.eventlog import EventLog
+    from runners.system.eventlog import EventLog
 
     run_dir = _write_spec(home, run_id, **spec)
     threads = torch.get_num_threads()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from runners import catalog
-from runners.eventlog import EventLog
-from runners.family import RunContext, family_class
+from runners.families.base import RunContext, family_class
+from runners.models import catalog
 from runners.protocol import EVENTS_FILE, NO_PEAK_NOTE, Event, RunResult, RunSpec
+from runners.system.eventlog import EventLog
 
 from . import checks
 

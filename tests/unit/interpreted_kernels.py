@@ -39,7 +39,8 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def scan_case(b: int, d: int, T: int, n: int, block_d: int, chunk: int) -> dict[str, float]:
-    from runners import baselines, scan_triton
+    from runners.kernels import scan_triton
+    from runners.models import baselines
 
     g = torch.Generator().manual_seed(b * 1000 + d + T + n)
     inputs = [torch.randn(b, d, T, generator=g),
@@ -59,7 +60,7 @@ def scan_case(b: int, d: int, T: int, n: int, block_d: int, chunk: int) -> dict[
 
 
 def wkv_case(b: int, T: int, C: int, key_scale: float, block: int) -> dict[str, float]:
-    from runners import rwkv_wkv
+    from runners.kernels import rwkv_wkv
 
     rwkv_wkv.BLOCK_C = block
     g = torch.Generator().manual_seed(T + C)

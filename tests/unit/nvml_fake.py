@@ -15,8 +15,8 @@ from unittest import mock
 
 import pytest
 
-from profiling import nvml
-from profiling.backend import WatchSet
+from profiling.backends import nvml
+from profiling.backends.base import WatchSet
 
 REAL = nvml.pynvml
 assert REAL is not None, "nvidia-ml-py must be installed for these tests"
@@ -153,7 +153,7 @@ def fake(autospec: Any) -> Iterator[Fake]:
     autospec.reset_mock(return_value=True, side_effect=True)
     gpus = [FakeGpu(0, "GPU-aaaa1111-0000"), FakeGpu(1, "GPU-bbbb2222-0000"),
             FakeGpu(2, "GPU-aabb3333-0000")]
-    with mock.patch("profiling.nvml.pynvml", autospec):
+    with mock.patch("profiling.backends.nvml.pynvml", autospec):
         nvml._reset_process_session()
         yield Fake(autospec, gpus)
     nvml._reset_process_session()

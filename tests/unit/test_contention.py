@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from profiling import contention, nvml
-from profiling.contention import Contention, ContentionWatch, ProcessView, ViewError
-from profiling.nvml_types import GpuProcess
+from profiling.backends import contention, nvml
+from profiling.backends.contention import Contention, ContentionWatch, ProcessView, ViewError
+from profiling.backends.nvml_types import GpuProcess
 from tests.unit import nvml_fake
 from tests.unit.nvml_fake import GIB, REAL, Fake, err
 

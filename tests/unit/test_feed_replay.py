@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from efficientllm_tui.live import feed
-from profiling import client
+from profiling.daemon import client
 from profiling.sample import Sample
 
 

@@ -10,9 +10,9 @@ import pytest
 
 from efficientllm_tui.runs import ingest, rundir, specs
 from profiling import home as homes
+from profiling.daemon.spool import SpoolWriter
+from profiling.daemon.wire import sample_line
 from profiling.sample import Sample
-from profiling.spool import SpoolWriter
-from profiling.wire import sample_line
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from profiling import nvml
-from profiling.backend import BackendUnavailable, WatchSet, load_backend
-from profiling.energy import energy_counter
+from profiling.backends import nvml
+from profiling.backends.base import BackendUnavailable, WatchSet, load_backend
+from profiling.backends.energy import energy_counter
 from tests.unit import nvml_fake
 from tests.unit.nvml_fake import GIB, REAL, Fake, backend, err
 

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from profiling import metrics, nvml
-from profiling.backend import WatchSet
-from profiling.energy import energy_counter, sample_device_for
+from profiling import metrics
+from profiling.backends import nvml
+from profiling.backends.base import WatchSet
+from profiling.backends.energy import energy_counter, sample_device_for
 from profiling.window import WindowMeter
 from tests.unit import nvml_fake
 from tests.unit.nvml_fake import REAL, Clock, Fake, backend, err

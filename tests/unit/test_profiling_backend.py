@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from profiling.backend import (
+from profiling.backends.base import (
     BACKEND_FACTORIES,
     Backend,
     BackendUnavailable,
     WatchSet,
     load_backend,
 )
-from profiling.host import HostBackend
+from profiling.backends.host import HostBackend
 from profiling.sample import Sample
 
 

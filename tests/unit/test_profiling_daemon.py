@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from profiling.backend import BACKEND_FACTORIES, Backend, BackendUnavailable
-from profiling.daemon import Daemon
-from profiling.daemon_config import AUTO_BACKENDS, DaemonConfig, parse_args
+from profiling.backends.base import BACKEND_FACTORIES, Backend, BackendUnavailable
+from profiling.daemon.config import AUTO_BACKENDS, DaemonConfig, parse_args
+from profiling.daemon.service import Daemon
 from profiling.sample import Sample
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from profiling import energy
-from profiling.backend import WatchSet, load_backend
-from profiling.host import HostBackend, host_backend
+from profiling.backends import energy
+from profiling.backends.base import WatchSet, load_backend
+from profiling.backends.host import HostBackend, host_backend
 from tests.unit.test_profiling_window import fake_zone
 
 S = 1_000_000_000

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from profiling.backend import WatchSet
-from profiling.host import HostBackend, process_create_time, watched_alive
+from profiling.backends.base import WatchSet
+from profiling.backends.host import HostBackend, process_create_time, watched_alive
 
 MB = 1_000_000
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from profiling.ring import Ring
+from profiling.daemon.ring import Ring
+from profiling.daemon.wire import sample_line
 from profiling.sample import Sample
-from profiling.wire import sample_line
 
 
 def smp(t: int, device: str = "cpu") -> Sample:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from profiling.server import SocketServer
-from profiling.wire import LineReader, bind_unix, connect_unix, message_line
+from profiling.daemon.server import SocketServer
+from profiling.daemon.wire import LineReader, bind_unix, connect_unix, message_line
 
 
 class Rig:

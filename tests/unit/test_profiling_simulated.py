@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from profiling import metrics
-from profiling.backend import WatchSet, load_backend
-from profiling.simulated import H100_MEM_TOTAL_BYTES, SimulatedBackend, level_for
+from profiling.backends.base import WatchSet, load_backend
+from profiling.backends.simulated import H100_MEM_TOTAL_BYTES, SimulatedBackend, level_for
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S

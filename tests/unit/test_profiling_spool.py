@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from profiling import spool as spool_mod
-from profiling.sample import FIELD_NAMES, Sample
-from profiling.spool import (
+from profiling.daemon import spool as spool_mod
+from profiling.daemon.spool import (
     SpoolWriter,
     cleanup,
     list_segments,
@@ -20,7 +19,8 @@ from profiling.spool import (
     read_samples,
     segments_for_window,
 )
-from profiling.wire import sample_line
+from profiling.daemon.wire import sample_line
+from profiling.sample import FIELD_NAMES, Sample
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S  # a realistic wall clock
@@ -210,7 +210,7 @@ def test_unwritable_spool_holds_samples_logs_once_and_recovers(
     blocked = tmp_path / "spool"
     blocked.write_text("a file where the spool dir should be")
     w = SpoolWriter(blocked, retry_s=0.0)
-    with caplog.at_level(logging.INFO, logger="profiling.spool"):
+    with caplog.at_level(logging.INFO, logger="profiling.daemon.spool"):
         for i in range(5):
             assert write(w, [smp(i)]) is False
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]

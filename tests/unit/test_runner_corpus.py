@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runners import corpus
+from runners.data import corpus
 from runners.errors import BadInput
 
 

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runners import catalog
-from runners import model as model_mod
-from runners.decode import (
+from runners.engines.decode import (
     ENGINES,
     CompileEngine,
     FusedEngine,
@@ -21,8 +19,10 @@ from runners.decode import (
     default_engine,
 )
 from runners.errors import Unsupported
-from runners.inference import perplexity
-from runners.quality import calibration_batches
+from runners.families.inference import perplexity
+from runners.models import build as model_mod
+from runners.models import catalog
+from runners.techniques.quality import calibration_batches
 from tests.model_cache import MODEL, smollm2_cache  # noqa: F401
 
 

@@ -8,11 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runners.decoder import Decoder, lm_loss
-from runners.decoder_blocks import attend
-from runners.decoder_config import ATTENTIONS, POSITIONS, DecoderConfig
-from runners.positions import alibi_bias, alibi_slopes, apply_rope, rope_tables, sinusoid_table
-from runners.xent import IGNORE_INDEX
+from runners.engines.xent import IGNORE_INDEX
+from runners.models.decoder import Decoder, lm_loss
+from runners.models.decoder_blocks import attend
+from runners.models.decoder_config import ATTENTIONS, POSITIONS, DecoderConfig
+from runners.models.positions import (
+    alibi_bias,
+    alibi_slopes,
+    apply_rope,
+    rope_tables,
+    sinusoid_table,
+)
 
 TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=48,
             max_seq_len=16)
@@ -191,7 +197,7 @@ def test_forward_loss_equals_cross_entropy_of_full_logits() -> None:
 
 
 def test_attend_takes_grouped_kv_and_equals_the_expanded_heads() -> None:
-    from runners.decoder_blocks import expand_kv, native_gqa
+    from runners.models.decoder_blocks import expand_kv, native_gqa
 
     torch.manual_seed(3)
     q = torch.randn(2, 4, 6, 8)

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runners.decoder import Decoder
-from runners.decoder_blocks import LatentAttention, MoE
-from runners.decoder_config import DecoderConfig, Positional
+from runners.models.decoder import Decoder
+from runners.models.decoder_blocks import LatentAttention, MoE
+from runners.models.decoder_config import DecoderConfig, Positional
 
 TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=48,
             max_seq_len=16)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runners import device as dev
 from runners.errors import Unsupported
+from runners.system import device as dev
 
 
 def test_resolve_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runners.eventlog import EventLog
 from runners.protocol import Event, Metric, RunResult
+from runners.system.eventlog import EventLog
 
 
 def test_events_append_as_parseable_lines(tmp_path: Path) -> None:

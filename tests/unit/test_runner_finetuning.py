@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from profiling import metrics as pm
-from runners import catalog, peft_methods, training
-from runners.compilation import COMPILE_AUTO, resolve_compile
+from runners.engines import training
+from runners.engines.compilation import COMPILE_AUTO, resolve_compile
 from runners.errors import BadInput, Unsupported
-from runners.eventlog import EventLog
-from runners.family import RunContext, family_class
-from runners.finetuning import FinetuningConfig, FinetuningFamily, train_flops_per_token
+from runners.families.base import RunContext, family_class
+from runners.families.finetuning import FinetuningConfig, FinetuningFamily, train_flops_per_token
+from runners.models import catalog
 from runners.protocol import (
     EVENTS_FILE,
     NO_PEAK_NOTE,
@@ -25,6 +25,8 @@ from runners.protocol import (
     RunResult,
     RunSpec,
 )
+from runners.system.eventlog import EventLog
+from runners.techniques import peft_methods
 
 TECHNIQUES = sorted(peft_methods.METHODS)
 SMALL = dict(seq_len=32, batch_size=2, steps=2, warmup=1)
@@ -369,7 +371,7 @@ def test_a_time_limit_inside_the_compiler_is_not_a_compiler_failure(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Inductor wraps what interrupts it (seen on an H200, 2026-11-27: `InductorError:
     TimeoutError`); the run must end, not fall back to eager."""
-    from runners.compilation import interrupted as _interrupted
+    from runners.engines.compilation import interrupted as _interrupted
 
     class BackendCompilerFailed(RuntimeError):
         def __init__(self, inner: Exception) -> None:

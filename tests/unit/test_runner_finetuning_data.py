@@ -1,4 +1,4 @@
-"""runners.sft: reading, checking, templating, tokenising and packing instruction data."""
+"""runners.data.sft: reading, checking, templating, tokenising and packing instruction data."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runners import sft
+from runners.data import sft
 from runners.errors import BadInput
-from runners.tokenizer import ByteTokenizer
+from runners.models.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
 ENC = sft.encoder_for(TOK)

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from runners import catalog, local, peft_methods
-from runners.eventlog import EventLog
-from runners.family import RunContext
-from runners.finetuning import FinetuningConfig, FinetuningFamily
+from runners.families.base import RunContext
+from runners.families.finetuning import FinetuningConfig, FinetuningFamily
+from runners.models import catalog, local
 from runners.protocol import EVENTS_FILE, Event, RunResult, RunSpec
+from runners.system.eventlog import EventLog
+from runners.techniques import peft_methods
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m"
@@ -29,9 +30,9 @@ MODEL = "smollm2-135m"
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     card = catalog.model_card(MODEL)
     try:
-        from runners import weights
+        from runners.models import weights
     except ImportError:
-        pytest.skip("runners.weights (the real-weights loader) is not available")
+        pytest.skip("runners.models.weights (the real-weights loader) is not available")
     if not local.package_available(card):
         pytest.skip(f"{card.requires} (the SmolLM2 GGUF) is not installed")
     if os.environ.get(weights.CACHE_ENV):

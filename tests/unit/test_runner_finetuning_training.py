@@ -1,4 +1,5 @@
-"""runners.training: the chunked loss against plain cross-entropy, the schedule, the step."""
+"""runners.engines.training: the chunked loss against plain cross-entropy, the schedule, the
+step."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from runners import catalog, training, xent
-from runners import model as model_mod
+from runners.engines import training, xent
+from runners.models import build as model_mod
+from runners.models import catalog
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,4 +1,5 @@
-"""The lean decode path (runners.fused) and the `fused` engine on the CPU: the same logits as
+"""The lean decode path (runners.engines.fused) and the `fused` engine on the CPU: the same logits
+as
 the transformers forward step by step, the same tokens as the own loop, weights shared (not
 copied) after fusing, quantized projections called unfused, clear refusals."""
 
@@ -10,12 +11,12 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from runners import catalog
-from runners import model as model_mod
-from runners import quantize as quant
-from runners.decode import ENGINES, FusedEngine, LoopEngine, cache_kwarg, default_chain
+from runners.engines.decode import ENGINES, FusedEngine, LoopEngine, cache_kwarg, default_chain
+from runners.engines.fused import LeanDecoder, supported
 from runners.errors import Unsupported
-from runners.fused import LeanDecoder, supported
+from runners.models import build as model_mod
+from runners.models import catalog
+from runners.techniques import quantize as quant
 from tests.model_cache import MODEL, smollm2_cache  # noqa: F401
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from runners import catalog
-from runners import model as model_mod
-from runners.eventlog import EventLog
-from runners.family import RunContext
-from runners.inference import TECHNIQUES, InferenceConfig, InferenceFamily
+from runners.families.base import RunContext
+from runners.families.inference import TECHNIQUES, InferenceConfig, InferenceFamily
+from runners.models import build as model_mod
+from runners.models import catalog
 from runners.protocol import EVENTS_FILE, RANDOM_WEIGHTS_NOTE, Event, Metric, RunResult, RunSpec
+from runners.system.eventlog import EventLog
 
 SMALL = dict(seq_len=16, new_tokens=4, steps=1, warmup=0)
 TINY_PARAMS = 4_003_072

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from profiling.window import WindowResult
-from runners.decode import RequestTiming
-from runners.inference_metrics import Measured, inference_metrics
-from runners.quality import Reference
+from runners.engines.decode import RequestTiming
+from runners.families.inference_metrics import Measured, inference_metrics
+from runners.techniques.quality import Reference
 
 
 def _window(name: str, seconds: float, energy: float | None) -> WindowResult:

@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from runners.lock import DeviceLock, lock_name, lock_path
+from runners.system.lock import DeviceLock, lock_name, lock_path
 
 
 def test_names() -> None:

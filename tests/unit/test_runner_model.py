@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runners import catalog
-from runners import model as model_mod
 from runners.errors import OutOfMemory
+from runners.models import build as model_mod
+from runners.models import catalog
 
 
 def _tiny_params() -> int:
@@ -92,7 +92,7 @@ def test_cast_and_cast_temporarily() -> None:
 
 
 def test_measure_counts_quantized_storage() -> None:
-    from runners import quantize as quant
+    from runners.techniques import quantize as quant
 
     built = model_mod.build(catalog.model_card("tiny"), torch.bfloat16, "cpu", seed=0)
     quant.quantize(built.model, quant.QUANTIZATIONS["int8"], quant.DEFAULT_EXCLUDE)

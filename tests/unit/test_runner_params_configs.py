@@ -7,21 +7,15 @@ from dataclasses import MISSING, fields
 
 import pytest
 
-from runners import (
-    architecture,
-    baselines,
-    compilation,
-    decode,
-    params,
-    peft_methods,
-    quantize,
-    training,
-)
+from runners import params
+from runners.engines import compilation, decode, training
 from runners.errors import BadInput
-from runners.family import COMMON_FIELDS, FamilyConfig
-from runners.finetuning_config import FinetuningConfig
-from runners.inference import DTYPES, InferenceConfig
-from runners.pretraining_config import PretrainingConfig
+from runners.families.base import COMMON_FIELDS, FamilyConfig
+from runners.families.finetuning_config import FinetuningConfig
+from runners.families.inference import DTYPES, InferenceConfig
+from runners.families.pretraining_config import PretrainingConfig
+from runners.models import baselines
+from runners.techniques import architecture, peft_methods, quantize
 
 CONFIGS = (InferenceConfig, FinetuningConfig, PretrainingConfig)
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from profiling.energy import energy_counter
-from runners import baselines, catalog
-from runners.architecture import BASELINE, VARIANTS, decoder_config, decoder_rule
+from profiling.backends.energy import energy_counter
 from runners.errors import BadInput
-from runners.eventlog import EventLog
-from runners.family import RunContext, family_class
-from runners.pretraining import PretrainingFamily, _to_tensor
-from runners.pretraining_config import PretrainingConfig, lr_at
+from runners.families.base import RunContext, family_class
+from runners.families.pretraining import PretrainingFamily, _to_tensor
+from runners.families.pretraining_config import PretrainingConfig, lr_at
+from runners.models import baselines, catalog
 from runners.protocol import Event, RunSpec
+from runners.system.eventlog import EventLog
+from runners.techniques.architecture import BASELINE, VARIANTS, decoder_config, decoder_rule
 
 
 def _spec(**kw: object) -> RunSpec:
@@ -130,7 +130,7 @@ def test_baselines_match_the_decoder_parameters(kind: str) -> None:
     card = catalog.model_card("tiny")
     import torch
 
-    from runners.decoder import Decoder
+    from runners.models.decoder import Decoder
 
     with torch.device("meta"):
         target = Decoder(decoder_config(card, BASELINE, 64)).param_counts().total

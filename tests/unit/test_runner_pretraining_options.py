@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 import torch
 
-from runners import catalog
-from runners.decoder import Decoder
+from runners.engines.xent import LossOptions, chunked_cross_entropy, xent_chunk
 from runners.errors import BadInput
-from runners.eventlog import EventLog
-from runners.family import RunContext
-from runners.pretraining import PretrainingFamily
-from runners.pretraining_config import PretrainingConfig
+from runners.families.base import RunContext
+from runners.families.pretraining import PretrainingFamily
+from runners.families.pretraining_config import PretrainingConfig
+from runners.models import catalog
+from runners.models.decoder import Decoder
 from runners.protocol import RunResult, RunSpec
-from runners.xent import LossOptions, chunked_cross_entropy, xent_chunk
+from runners.system.eventlog import EventLog
 
 SHORT = dict(batch_size=2, seq_len=16, warmup=1, steps=2)
 
@@ -142,7 +142,7 @@ def test_xent_chunk_matches_softmax_cross_entropy() -> None:
 
 
 def test_loss_options_path_equals_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runners import xent
+    from runners.engines import xent
 
     # The compiled-chunk loop with the chunk function run eagerly (no compile on CPU).
     monkeypatch.setattr(xent, "compiled_xent_chunk", lambda: xent.xent_chunk)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from runners import textstream
+from runners.data import textstream
+from runners.data.textstream import WindowPlan
 from runners.errors import BadInput
-from runners.textstream import WindowPlan
-from runners.tokenizer import ByteTokenizer
+from runners.models.tokenizer import ByteTokenizer
 
 
 def test_shipped_stream_trains_on_train_txt_and_holds_out_eval_txt() -> None:

@@ -8,10 +8,10 @@ import importlib.util
 import pytest
 import torch
 
-from runners import catalog
-from runners import model as model_mod
-from runners import quantize as quant
 from runners.errors import Unsupported
+from runners.models import build as model_mod
+from runners.models import catalog
+from runners.techniques import quantize as quant
 
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 LINEARS = 4 * 7  # tiny: 4 layers of q, k, v, o, gate, up, down

@@ -1,4 +1,4 @@
-"""RWKV's WKV recurrence (runners.rwkv_wkv) on the CPU: importing it loads no Triton, the
+"""RWKV's WKV recurrence (runners.kernels.rwkv_wkv) on the CPU: importing it loads no Triton, the
 reference loop is transformers' fallback loop (values and gradients, large keys included),
 and the attention patch keeps transformers' forward wherever the kernel cannot run while its
 training path wires transformers' projections around the recurrence exactly as transformers
@@ -18,7 +18,7 @@ import torch
 import transformers
 from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
 
-from runners import rwkv_wkv
+from runners.kernels import rwkv_wkv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def test_import_loads_no_triton() -> None:
-    probe = "import json, sys, runners.rwkv_wkv; print(json.dumps('triton' in sys.modules))"
+    probe = "import json, sys, runners.kernels.rwkv_wkv; print(json.dumps('triton' in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=ROOT, timeout=120)
     assert json.loads(out.stdout) is False

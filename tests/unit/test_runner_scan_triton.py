@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from runners import baselines, catalog, scan_triton
 from runners.errors import BadInput
+from runners.kernels import scan_triton
+from runners.models import baselines, catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,9 +32,9 @@ def test_importing_and_the_cpu_path_load_no_triton() -> None:
     """The kernel modules import no Triton, and a CPU build and step never defines the
     kernels (torch's own compiler may import an installed Triton; that is not ours)."""
     probe = ("import json, sys, torch\n"
-             "from runners import rwkv_wkv, scan_triton\n"
+             "from runners.kernels import rwkv_wkv, scan_triton\n"
              "ours = sorted(m for m in sys.modules if m.split('.')[0] == 'triton')\n"
-             "from runners import baselines, catalog\n"
+             "from runners.models import baselines, catalog\n"
              "card = catalog.model_card('tiny')\n"
              "ids = torch.randint(0, card.vocab_size, (1, 16))\n"
              "for kind in ('mamba', 'rwkv'):\n"
@@ -93,7 +94,8 @@ def test_the_mixers_run_the_scan_of_their_recurrence(monkeypatch: pytest.MonkeyP
     assert len(calls) == card.num_layers and torch.equal(got, want)
     info = model.describe()
     assert info["kernels"] == baselines.SCAN_PATH_TRITON and info["recurrence"] == "triton"
-    assert info["scan"] == f"triton selective scan (runners.scan_triton), {card.num_layers} mixers"
+    assert info["scan"] == (f"triton selective scan (runners.kernels.scan_triton), "
+                            f"{card.num_layers} mixers")
     assert torch_model.describe()["kernels"] == baselines.SCAN_PATH
     assert torch_model.describe()["scan"].startswith("chunked selective_scan")
     for text in (baselines.SCAN_PATH, baselines.SCAN_PATH_TRITON):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runners.tokenizer import ByteTokenizer
+from runners.models.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
 
@@ -28,7 +28,7 @@ def test_specials_frame_and_are_skipped() -> None:
 
 
 def test_vocab_matches_the_tiny_card() -> None:
-    from runners.catalog import model_card
+    from runners.models.catalog import model_card
 
     card = model_card("tiny")
     assert TOK.vocab_size == card.vocab_size == 260

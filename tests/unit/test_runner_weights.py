@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from runners import cards, catalog, local, weights
-from runners import model as model_mod
 from runners.errors import BadInput, Unsupported
-from runners.tokenizer import ByteTokenizer
+from runners.models import build as model_mod
+from runners.models import cards, catalog, local, weights
+from runners.models.tokenizer import ByteTokenizer
 from tests.model_cache import MODEL, smollm2_cache  # noqa: F401
 
 

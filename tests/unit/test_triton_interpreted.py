@@ -1,5 +1,6 @@
 """Our Triton kernels' math on CPU, in Triton's interpreter: Mamba's selective scan
-(runners.scan_triton) against the chunked torch scan and RWKV's WKV (runners.rwkv_wkv)
+(runners.kernels.scan_triton) against the chunked torch scan and RWKV's WKV
+(runners.kernels.rwkv_wkv)
 against the float64 loop, output and every gradient, on shapes that exercise the masks and
 the partial last chunk. The same kernels compiled for a GPU are checked in tests/gpu.
 scripts/setup.sh installs Triton where torch did not bring it (CPU builds)."""

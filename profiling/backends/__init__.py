@@ -1,0 +1,1 @@
+"""Sampling backends (NVML + GPM, host, simulated), energy readers and GPU process lists."""

@@ -1,0 +1,1 @@
+"""What runners read: eval and training text, instruction data, cheap checks of a user's file."""

@@ -1,0 +1,1 @@
+"""Execution engines: decode engines, the training step, chunked cross-entropy, compilation."""

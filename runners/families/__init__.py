@@ -1,0 +1,1 @@
+"""Benchmark families, one module each (and its config): what a run of a family measures."""

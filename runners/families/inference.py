@@ -1,0 +1,437 @@
+"""The inference family: time prefill and forced-length greedy decode of a model in one
+precision or weight quantization, then score it on held-out text.
+
+Shape of a run (nanoGPT's bench.py pattern): load the model; score the uncompressed
+reference on the held-out text when MCR needs it; cast and quantize; build the requests,
+so data prep is never timed; prepare the decode engine (static cache, CUDA graph capture,
+compilation) outside every window; run `warmup` requests in a window of their own; reset
+the peak-memory counters; run `steps` requests inside the `measure` window (energy is read
+only at its edges, after a device sync); replay the same requests' prefills alone in a
+`prefill` window, so energy splits into prefill and decode; then compute the perplexity of
+the held-out slice. Each request is `batch_size` prompts of exactly `seq_len` tokens
+decoding exactly `new_tokens` tokens (EOS ignored), so runs of different techniques do the
+same work.
+
+MCR (DESIGN.md section 6) = (reference bytes / stored bytes) x (reference ppl / ppl), with
+the reference the same weights in `mcr_reference` (by default bf16 on CUDA, fp32 on CPU),
+scored in this run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import torch
+
+from profiling import metrics as pm
+from profiling.window import WindowMeter, WindowResult
+from runners.data import corpus as corpus_mod
+from runners.engines.decode import (
+    ENGINES,
+    CompileEngine,
+    Engine,
+    FusedEngine,
+    RequestTiming,
+    default_chain,
+)
+from runners.errors import OutOfMemory, Unsupported, is_oom, one_line
+from runners.families.base import Family, FamilyConfig, register
+from runners.families.inference_metrics import Measured, inference_metrics
+from runners.models import build as model_mod
+from runners.protocol import RANDOM_WEIGHTS_NOTE, Event, RunResult
+from runners.system import device as dev
+from runners.techniques import quantize as quant
+from runners.techniques.quality import Reference, calibration_batches, perplexity
+
+__all__ = ["TECHNIQUES", "InferenceConfig", "InferenceFamily", "Technique", "perplexity"]
+
+SOURCE = "runner"
+PPL_CHUNK_TOKENS = 1024
+"""Longest sequence one perplexity forward sees (longer held-out text is chunked)."""
+CALIBRATION_CHUNK_TOKENS = 256
+"""Tokens per calibration forward (w8a8)."""
+DISTINCT_REQUESTS = 64
+"""Distinct prompt batches built per run; longer runs cycle through them."""
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True, slots=True)
+class Technique:
+    """An inference technique: a float dtype, or a weight quantization over one."""
+
+    id: str
+    dtype: str | None
+    """torch dtype name of a float technique; None: the run's `--set dtype` (quantized)."""
+    quantization: quant.Quantization | None = None
+
+    def compute_dtype(self, requested: str, device: str) -> torch.dtype:
+        """The dtype activations and unquantized tensors run in (quantized techniques:
+        `requested`, where `auto` is the device's natural float, see `float_default`)."""
+        if self.dtype is not None:
+            return getattr(torch, self.dtype)
+        return getattr(torch, DTYPES[float_default(device) if requested == "auto" else requested])
+
+
+def float_default(device: str) -> str:
+    """bf16 on CUDA (what the kernels and the paper use), fp32 on CPU (where most CPUs
+    lack fast bf16 matmuls: SmolLM2-135M decoded about 2x slower in bf16 than in fp32 on
+    a 2-core x86 VM)."""
+    return "bf16" if device.startswith("cuda") else "fp32"
+
+
+TECHNIQUES: dict[str, Technique] = {
+    **{t: Technique(t, DTYPES[t]) for t in ("fp32", "bf16", "fp16")},
+    **{q.id: Technique(q.id, None, q) for q in quant.QUANTIZATIONS.values()},
+}
+"""Inference techniques by id (each catalog id of the family)."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig(FamilyConfig):
+    """An inference run: the RunSpec's fields plus the `--set` parameters below."""
+
+    family: ClassVar[str] = "inference"
+
+    engine: str = "auto"
+    """`fused` (the lean decoder of runners.engines.fused: fused QKV and gate/up projections, own
+    static cache, compiled step replayed as a CUDA graph; the CUDA default), `graph` (the
+    transformers forward over a static cache, one decode step replayed as a CUDA graph),
+    `loop` (own loop over a dynamic cache; the CPU default), `static` (own loop over a
+    static cache), `compile` (`graph` over a torch.compile'd step) or `eager`
+    (`model.generate()`, the library baseline). `auto` tries the device's defaults in order
+    (CUDA: fused, graph, loop) and records why any was passed over."""
+    compile_mode: str = "default"
+    """torch.compile mode of `engine=compile` and `fused`: default or
+    max-autotune-no-cudagraphs; `none` (fused only) runs the lean step uncompiled."""
+    dtype: str = "auto"
+    """Compute dtype of quantized techniques: bf16, fp16 or fp32; `auto`: bf16 on CUDA,
+    fp32 on CPU."""
+    exclude: str = ",".join(quant.DEFAULT_EXCLUDE)
+    """Comma-separated module-name patterns left unquantized; `none` quantizes every linear."""
+    mcr_reference: str = "auto"
+    """Dtype of the uncompressed reference MCR compares against: bf16, fp32 or none;
+    `auto`: bf16 on CUDA, fp32 on CPU."""
+    calibration_tokens: int = 1024
+    """Prompt-pool tokens run through the model to calibrate activation scales (w8a8)."""
+    peak_tflops: float | None = field(default=None, metadata={"kind": float})
+    """Dense peak of the device in TFLOP/s for `mfu` (bf16 peak on GPUs); None: no mfu."""
+    mem_bw_gbps: float | None = field(default=None, metadata={"kind": float})
+    """Device memory bandwidth in GB/s for `roofline_fraction`; None: not computed."""
+    threads: int | None = field(default=None, metadata={"kind": int})
+    """torch intra-op threads; None: one fewer than the CPUs this process may use."""
+    eval_tokens: int = 512
+    """Held-out tokens scored for `eval_ppl`; 0 skips the evaluation (and MCR)."""
+    phase_windows: bool = True
+    """Also replay the measured prefills in a `prefill` window (energy by phase)."""
+    trust_remote_code: bool = False
+    """Let a local model dir run its own code (off unless asked for)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # choices, ranges and rules: runners.params
+        if self.mcr_reference == "auto":
+            object.__setattr__(self, "mcr_reference", float_default(self.device))
+
+
+@register
+class InferenceFamily(Family[InferenceConfig]):
+    """Latency, throughput, energy, size and perplexity of one model x technique."""
+
+    name = "inference"
+    config_type = InferenceConfig
+    techniques = frozenset(TECHNIQUES)
+
+    _built: model_mod.BuiltModel | None = None
+    _reference_note: str | None = None
+
+    @property
+    def technique(self) -> Technique:
+        return TECHNIQUES[self.config.technique]
+
+    def validate(self) -> None:
+        super().validate()  # positions, dtype and tokenizer: runners.params.pair_problem
+        c, tech = self.config, self.technique
+        if tech.quantization is not None:
+            quant.check_available(tech.quantization, c.device)
+        if c.engine == "graph" and not c.device.startswith("cuda"):
+            raise Unsupported(f"engine {c.engine!r} captures CUDA graphs and needs a CUDA device "
+                              f"(got {c.device}); use engine=loop or static")
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        c, ctx, tech = self.config, self.ctx, self.technique
+        ctx.phase("load", model=c.model, technique=c.technique)
+        threads = dev.set_threads(c.threads)
+        compute = tech.compute_dtype(c.dtype, c.device)
+        ref_dtype = self._reference_dtype()
+        base = compute if ref_dtype in (None, compute) else torch.float32
+        try:
+            built = model_mod.load(self.card, base, c.device, c.seed, home=ctx.home,
+                                   trust_remote_code=c.trust_remote_code, on_phase=ctx.phase)
+        except OutOfMemory as e:
+            if base == compute:
+                raise
+            # The float32 original that both the reference and the run's dtype derive from
+            # does not fit: run without the reference rather than not at all.
+            self._reference_note = f"no MCR reference: {e}"
+            ctx.emit(Event.log(self._reference_note))
+            ref_dtype = None
+            built = model_mod.load(self.card, compute, c.device, c.seed, home=ctx.home,
+                                   trust_remote_code=c.trust_remote_code, on_phase=ctx.phase)
+        self._built = built
+        tokenizer = model_mod.tokenizer_for(self.card, ctx.home, c.trust_remote_code)
+        text = corpus_mod.load(c.dataset, c.eval_tokens, tokenizer)
+
+        # Quality only where there is some: on random weights perplexity is noise around
+        # the vocabulary size at every precision (RANDOM_WEIGHTS_NOTE), so it is not scored.
+        scored = built.weights != "random" and c.eval_tokens > 0
+        reference = None
+        if ref_dtype is not None and ref_dtype != compute:
+            reference = self._reference(built, ref_dtype, text.heldout, scored)
+        built = self._built = model_mod.cast(built, compute)
+        if ref_dtype == compute and tech.quantization is not None:
+            reference = self._reference(built, ref_dtype, text.heldout, scored)
+        kernels: dict[str, Any] = {}
+        if tech.quantization is not None:
+            built, kernels = self._quantize(built, tech.quantization, text.pool)
+            self._built = built
+        self._probe(built)
+
+        # Requests are built before any window opens, so data prep is never timed. Past
+        # DISTINCT_REQUESTS they repeat: the content of a prompt does not change its cost.
+        sampler = corpus_mod.PromptSampler(text.pool, c.seq_len, c.seed)
+        distinct = [torch.tensor(sampler.batch(c.batch_size), dtype=torch.long, device=c.device)
+                    for _ in range(min(c.warmup + c.steps, DISTINCT_REQUESTS))]
+        requests = [distinct[i % len(distinct)] for i in range(c.warmup + c.steps)]
+        sync = dev.sync_fn(c.device)
+        pad = self.card.pad_token_id
+        if pad is None:
+            pad = getattr(tokenizer, "pad_token_id", None)
+        engine, fallback = self._engine(built, sync, pad, requests[0])
+        meter = dev.window_meter(c.device, sync, ctx.sample_device)
+
+        warm, _ = self._requests("warmup", requests[:c.warmup], engine, meter)
+        dev.reset_peak_memory(c.device)
+        timings, window = self._requests("measure", requests[c.warmup:], engine, meter)
+        assert window is not None  # steps >= 1 (RunSpec checks it)
+        peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
+        prefill_window = None
+        if c.phase_windows:
+            prefill_window = self._prefills(requests[c.warmup:], engine, meter)
+
+        ppl = None
+        if scored:
+            ctx.phase("eval", tokens=len(text.heldout))
+            ppl = perplexity(built.model, text.heldout, c.device,
+                             min(PPL_CHUNK_TOKENS, self.card.max_position))
+        if ref_dtype == compute and tech.quantization is None:
+            reference = Reference(model_mod.dtype_name(compute), built.size.weight_bytes, ppl)
+        reference_note = None
+        if reference is None:
+            reference_note = self._reference_note or (
+                "no reference: mcr_reference=none" if c.mcr_reference == "none"
+                else "no reference: eval_tokens=0")
+        quality_note = (RANDOM_WEIGHTS_NOTE if built.weights == "random" else
+                        "not scored: eval_tokens=0" if c.eval_tokens == 0 else None)
+
+        measured = Measured(
+            timings=tuple(timings), window=window, prefill_window=prefill_window,
+            batch_size=c.batch_size, prompt_tokens=c.seq_len, new_tokens=c.new_tokens,
+            total_params=built.size.total_params, weight_bytes=built.size.weight_bytes,
+            peak_allocated_gib=peak_alloc, peak_reserved_gib=peak_reserved,
+            peak_rss_gib=dev.peak_rss_gib(), ppl=ppl, reference=reference,
+            peak_tflops=c.peak_tflops, mem_bw_gbps=c.mem_bw_gbps,
+            n_layers=self.card.num_layers, d_attn=self.card.num_heads * self.card.head_dim,
+            quality_note=quality_note, reference_note=reference_note)
+        info = {
+            "weights": built.weights, "weights_source": built.source, "dtype": built.dtype,
+            "init_dtype": built.init_dtype, "total_params": built.size.total_params,
+            "weight_bytes": built.size.weight_bytes, "device": c.device,
+            "batch_size": c.batch_size, "prompt_tokens": c.seq_len, "new_tokens": c.new_tokens,
+            "engine": engine.name, "engine_detail": engine.describe(),
+            "engine_fallback": fallback, "attn_impl": built.attn_impl, "arch": self.card.arch,
+            "tokenizer": getattr(tokenizer, "name", "byte"), "threads": threads,
+            "text": text.source, "eval_tokens": len(text.heldout) if c.eval_tokens else 0,
+            "measure_s": window.elapsed_s, "warmup_requests": len(warm),
+            "measured_requests": len(timings), "peak_tflops": c.peak_tflops,
+            "mem_bw_gbps": c.mem_bw_gbps,
+            "mfu_flops_per_sequence": pm.inference_flops_per_sequence(
+                built.size.total_params, c.seq_len, c.new_tokens, n_layers=self.card.num_layers,
+                d_attn=self.card.num_heads * self.card.head_dim),
+            "quality_scored": scored,
+            "energy_note": window.energy_note,
+            "quantization": self._quant_info(kernels),
+            "mcr_reference": None if reference is None else reference.dtype,
+            "mcr_reference_note": self._reference_note,
+            "reference_weight_bytes": None if reference is None else reference.weight_bytes,
+        }
+        return RunResult(run_id=c.run_id, status="ok", metrics=tuple(inference_metrics(measured)),
+                         info=info)
+
+    # -- pieces of run -------------------------------------------------------------------------
+
+    def _reference_dtype(self) -> torch.dtype | None:
+        c = self.config
+        if c.mcr_reference == "none" or c.eval_tokens == 0:
+            return None
+        return getattr(torch, DTYPES[c.mcr_reference])
+
+    def _reference(self, built: model_mod.BuiltModel, dtype: torch.dtype,
+                   heldout: Sequence[int], scored: bool) -> Reference | None:
+        """Bytes (and, when `scored`, perplexity) of the model's weights in `dtype`, cast
+        for the block only; None, with a note, when the second copy does not fit."""
+        c = self.config
+        self.ctx.phase("reference", dtype=model_mod.dtype_name(dtype),
+                       tokens=len(heldout) if scored else 0)
+        chunk = min(PPL_CHUNK_TOKENS, self.card.max_position)
+        ppl = None
+        try:
+            with model_mod.cast_temporarily(built.model, dtype) as size:
+                if scored:
+                    ppl = perplexity(built.model, heldout, c.device, chunk)
+        except Exception as e:  # noqa: BLE001 - only memory is forgiven here
+            if not is_oom(e):
+                raise
+            self._reference_note = f"no MCR reference: out of memory scoring it ({one_line(e)})"
+            self.ctx.emit(Event.log(self._reference_note))
+            if c.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            return None
+        return Reference(model_mod.dtype_name(dtype), size.weight_bytes, ppl)
+
+    def _quantize(self, built: model_mod.BuiltModel, q: quant.Quantization,
+                  pool: Sequence[int]) -> tuple[model_mod.BuiltModel, dict[str, Any]]:
+        c, ctx = self.config, self.ctx
+        exclude = quant.exclude_patterns(c.exclude)
+        ctx.phase("quantize", technique=q.id, backend=q.backend, weights=q.weights,
+                  activations=q.activations, exclude=list(exclude))
+        calibrate: Callable[[], None] | None = None
+        if q.calibrated:
+            batches = calibration_batches(pool, c.calibration_tokens, CALIBRATION_CHUNK_TOKENS,
+                                          c.device)
+
+            def calibrate() -> None:
+                ctx.phase("calibrate", tokens=sum(b.shape[1] for b in batches),
+                          batches=len(batches))
+                with torch.no_grad():
+                    for batch in batches:
+                        built.model(input_ids=batch, use_cache=False)
+
+        quant.quantize(built.model, q, exclude, calibrate)
+        built = replace(built, size=model_mod.measure(built.model))
+        extension = quant.extension_needed(built.model, c.device)
+        if extension is not None:
+            ctx.phase("build_kernels", extension=extension)
+            quant.build_extension(extension)
+        report = quant.kernel_report(built.model, c.device)
+        report.update(backend=q.backend, weights=q.weights, activations=q.activations,
+                      exclude=list(exclude), extension=extension)
+        return built, report
+
+    def _quant_info(self, kernels: Mapping[str, Any]) -> dict[str, Any] | None:
+        q = self.technique.quantization
+        if q is None:
+            return None
+        return {"compute_dtype": self._built.dtype if self._built else None, **kernels}
+
+    def _probe(self, built: model_mod.BuiltModel) -> None:
+        """One tiny forward, so a dtype the device's kernels lack fails as `unsupported`."""
+        c = self.config
+        x = torch.zeros((1, 2), dtype=torch.long, device=c.device)
+        try:
+            with torch.no_grad():
+                built.model(input_ids=x, use_cache=False)
+        except (RuntimeError, NotImplementedError) as e:
+            text = str(e)
+            if "not implemented for" in text or isinstance(e, NotImplementedError):
+                raise Unsupported(f"{c.technique} ({built.dtype}) does not run on {c.device} "
+                                  f"with torch {torch.__version__}: "
+                                  f"{text.splitlines()[0] if text else type(e).__name__}"
+                                  ) from None
+            raise
+
+    def _engine(self, built: model_mod.BuiltModel, sync: Any, pad: int | None,
+                first: torch.Tensor) -> tuple[Engine, str | None]:
+        """The decode engine, prepared (cache allocated, graph captured, step compiled)
+        outside any window.
+
+        A requested engine that cannot prepare fails the run (`unsupported`). With
+        `engine=auto` the device's engines are tried in order (CUDA: fused, graph, loop) and
+        the run's info says why each one passed over did not prepare.
+        """
+        c, ctx = self.config, self.ctx
+        names = default_chain(c.device) if c.engine == "auto" else (c.engine,)
+        reasons: list[str] = []
+        for i, name in enumerate(names):
+            engine = self._make_engine(name, built, sync, pad)
+            ctx.phase("prepare", engine=engine.name)
+            try:
+                engine.prepare(first)
+            except Unsupported as e:
+                if i == len(names) - 1:
+                    raise
+                reason = f"engine {name} unavailable, fell back to {names[i + 1]}: {e}"
+                ctx.emit(Event.log(reason))
+                reasons.append(reason)
+                continue
+            return engine, "; ".join(reasons) or None
+        raise AssertionError("unreachable: the last engine raises")
+
+    def _make_engine(self, name: str, built: model_mod.BuiltModel, sync: Any,
+                     pad: int | None) -> Engine:
+        c = self.config
+        if name in (CompileEngine.name, FusedEngine.name):
+            cls = CompileEngine if name == CompileEngine.name else FusedEngine
+            return cls(built.model, c.new_tokens, sync, pad, mode=c.compile_mode)
+        return ENGINES[name](built.model, c.new_tokens, sync, pad)
+
+    def _requests(self, phase: str, batches: Sequence[torch.Tensor], engine: Engine,
+                  meter: WindowMeter) -> tuple[list[RequestTiming], WindowResult | None]:
+        """Run `batches` as requests inside window `phase`, one step event each."""
+        c, ctx = self.config, self.ctx
+        ctx.phase(phase, steps=len(batches))
+        if not batches:
+            return [], None
+        timings: list[RequestTiming] = []
+        meter.begin(phase)
+        for i, input_ids in enumerate(batches):
+            timing, _ = engine(input_ids)
+            timings.append(timing)
+            ctx.emit(Event.step(step=i, phase=phase, latency_s=timing.latency_s,
+                                tokens=c.batch_size * c.new_tokens, samples=c.batch_size,
+                                ttft_s=timing.ttft_s, prompt_tokens=c.batch_size * c.seq_len,
+                                tpot_s=pm.tpot_s(timing.latency_s, timing.ttft_s, c.new_tokens)))
+        window = meter.end(phase)
+        ctx.emit(Event.window(**window.to_dict()))
+        return timings, window
+
+    def _prefills(self, batches: Sequence[torch.Tensor], engine: Engine,
+                  meter: WindowMeter) -> WindowResult:
+        """The measured requests' prefills alone, in window `prefill` (energy by phase)."""
+        import time
+
+        c, ctx = self.config, self.ctx
+        ctx.phase("prefill", steps=len(batches))
+        sync = dev.sync_fn(c.device) or (lambda: None)
+        meter.begin("prefill")
+        for i, input_ids in enumerate(batches):
+            t0 = time.perf_counter_ns()
+            engine.prefill(input_ids)
+            sync()
+            latency = (time.perf_counter_ns() - t0) / 1e9
+            ctx.emit(Event.step(step=i, phase="prefill", latency_s=latency, tokens=0,
+                                samples=c.batch_size, prompt_tokens=c.batch_size * c.seq_len))
+        window = meter.end("prefill")
+        ctx.emit(Event.window(**window.to_dict()))
+        return window
+
+    def failure_info(self) -> Mapping[str, Any]:
+        info = dict(super().failure_info())
+        info["engine"] = self.config.engine
+        info["technique"] = self.config.technique
+        if self._built is not None:
+            info.update(dtype=self._built.dtype, total_params=self._built.size.total_params,
+                        weight_bytes=self._built.size.weight_bytes, weights=self._built.weights)
+        return info

@@ -1,0 +1,1 @@
+"""Own GPU kernels (Triton), each kept only where no maintained library fits."""

@@ -1,0 +1,1 @@
+"""The process around a run: its device, the per-device lock, the event log."""

@@ -1,0 +1,1 @@
+"""Techniques as recipes: quantization, PEFT methods, pretraining architecture variants, quality."""
