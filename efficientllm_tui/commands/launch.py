@@ -19,7 +19,6 @@ from efficientllm_tui.commands.common import (
     check_available,
     console,
     emit_json,
-    fmt,
     home_dir,
     open_store,
     print_run,
@@ -27,6 +26,7 @@ from efficientllm_tui.commands.common import (
     table,
 )
 from efficientllm_tui.display import duration
+from efficientllm_tui.display import num as fmt
 from efficientllm_tui.errors import BadInput, DatabaseLocked
 from efficientllm_tui.runs import dispatcher, follow, ingest, queue, rundir, specs
 from profiling import home as homes

@@ -234,8 +234,9 @@ def _events_table(events: Sequence[Any]) -> pa.Table:
 
 def _metrics_table(metrics: Sequence[Any]) -> pa.Table:
     rows = [_mapping(m, "metric") for m in metrics]
-    names = [r.get("name") for r in rows]
-    if any(not isinstance(n, str) or not n for n in names):
+    raw = [r.get("name") for r in rows]
+    names = [n for n in raw if isinstance(n, str) and n]
+    if len(names) != len(raw):
         raise BadInput("every metric needs a non-empty name")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

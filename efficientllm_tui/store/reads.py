@@ -51,7 +51,7 @@ class QueryResult:
 
 # The sandbox of read-only user SQL (`Store.connect(sandbox=True)`), a DuckDB of its own. Set
 # when it starts: no extension is installed or loaded behind the query's back.
-SANDBOX_CONFIG = {
+SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
     "allow_community_extensions": False,

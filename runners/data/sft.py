@@ -96,6 +96,7 @@ def _example(record: Any, where: str) -> Example:
             if not isinstance(value, str):
                 raise BadInput(f"{where}: field {name!r} must be a string, got "
                                f"{type(value).__name__}")
+        assert isinstance(prompt, str) and isinstance(response, str)  # checked just above
         if not response.strip():
             raise BadInput(f"{where}: field 'response' is empty")
         return Example(((PROMPT_HEADER + prompt + RESPONSE_HEADER, False), (response, True)),

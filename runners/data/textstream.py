@@ -181,9 +181,9 @@ def load(dataset: str | None, *, need_tokens: int, eval_tokens: int,
     tokenizer = tokenizer or ByteTokenizer()
     if dataset is None:
         train = array("H", tokenizer.encode(efficientllm_data.read_text(SHIPPED_TRAIN)))
-        held = array("H", tokenizer.encode(efficientllm_data.read_text(SHIPPED_EVAL))
-                     [:eval_tokens])
-        return TokenText(f"shipped:{SHIPPED_TRAIN}", train, held, 1, False)
+        eval_ids = array("H", tokenizer.encode(efficientllm_data.read_text(SHIPPED_EVAL))
+                         [:eval_tokens])
+        return TokenText(f"shipped:{SHIPPED_TRAIN}", train, eval_ids, 1, False)
     path = Path(dataset).expanduser()
     if not path.is_file():
         raise BadInput(f"dataset {dataset!r} is not a readable file")
