@@ -6,37 +6,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from profiling import metric_catalog
+
 GIB = 1024**3
 
-METRIC_LABELS: dict[str, tuple[str, str]] = {
-    "amu": ("AMU", "frac"),
-    "amu_gib": ("AMU", "GiB"),
-    "pcu": ("PCU", "frac"),
-    "al_s": ("AL", "s"),
-    "tt": ("TT", "tok/param/s"),
-    "st": ("ST", "smp/param/s"),
-    "it": ("IT", "tok/s"),
-    "ttft_s": ("TTFT", "s"),
-    "tpot_s": ("TPOT", "s"),
-    "aec_w": ("AEC", "W"),
-    "energy_j": ("energy", "J"),
-    "mcr": ("MCR", "ratio"),
-    "eval_ppl": ("PPL", ""),
-    "loss": ("loss", ""),
-    "tokens_per_s": ("tokens/s", "tok/s"),
-    "j_per_token": ("J/token", "J"),
-    "mfu": ("MFU", "frac"),
-}
-"""Metric id -> (short label, unit) as the paper and the screens print them."""
-
-THROUGHPUT_METRIC = {"inference": "it", "finetuning": "st", "pretraining": "tt"}
-"""The family's throughput metric (IT, ST or TT)."""
-
-
 def metric_label(name: str) -> str:
-    """`AEC W` for `aec_w`; the raw id for metrics without a label."""
-    label, unit = METRIC_LABELS.get(name, (name, ""))
-    return f"{label} {unit}".strip() if unit and unit != "frac" else label
+    """`AEC W` for `aec_w`: the one metric catalog's label and short unit; the raw id for
+    metrics it does not know."""
+    return metric_catalog.label(name)
 
 
 def num(value: Any, digits: int = 4) -> str:

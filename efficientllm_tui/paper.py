@@ -16,7 +16,8 @@ from typing import Any
 
 import efficientllm_data
 
-from efficientllm_tui.tui.matrix import estimate_params
+from efficientllm_tui.matrix import estimate_params
+from profiling import metric_catalog
 
 METHOD_NAMES: dict[str, str] = {
     "bf16": "bfloat16",
@@ -49,19 +50,7 @@ PAPER_FAMILY = {
     "pretraining": "pretraining",
 }
 
-METRIC_COLUMNS: dict[str, str] = {
-    "amu": "AMU",
-    "pcu": "PCU",
-    "al_s": "AL",
-    "tt": "TT",
-    "st": "ST",
-    "it": "IT",
-    "aec_w": "AEC",
-    "mcr": "MCR",
-    "eval_ppl": "performance",
-    "loss": "performance",
-}
-"""Our metric id -> the paper's rank column."""
+
 
 
 @dataclass(frozen=True)
@@ -109,7 +98,8 @@ def paper_rank(
 ) -> PaperRank | None:
     """The paper's rank for this run's technique and metric, or None where it has none."""
     method = METHOD_NAMES.get(technique)
-    column = METRIC_COLUMNS.get(metric)
+    known = metric_catalog.info(metric)
+    column = known.paper if known is not None else None
     paper_family = PAPER_FAMILY.get(family)
     if method is None or column is None or paper_family is None:
         return None

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from efficientllm_tui.display import METRIC_LABELS, num, run_label
+from efficientllm_tui.display import num, run_label
 from efficientllm_tui.errors import BadInput
 from efficientllm_tui.store.schema import METRIC_DIRECTIONS
+from profiling import metric_catalog
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948",
            "#9c755f", "#ff9da7", "#bab0ac")
@@ -52,14 +53,20 @@ def metric_names(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def choose_metrics(runs: Sequence[Mapping[str, Any]], wanted: str | None) -> list[str]:
-    """The panels to draw: all metrics of the runs, or the comma list `wanted` (in its order).
+    """The panels to draw: the paper's headline metrics the runs have (AMU, PCU, AL, the
+    throughput, AEC, MCR, quality; every stored metric when they have none of those), or the
+    comma list `wanted` (in its order).
 
     Raises:
         BadInput: A name in `wanted` that none of the runs has (the line lists the known ones).
     """
     known = metric_names(runs)
     if wanted is None:
-        return known
+        families = {r.get("family") for r in runs}
+        family = next(iter(families)) if len(families) == 1 else None
+        headline = [n for n in metric_catalog.headline(family if isinstance(family, str)
+                                                       else None) if n in known]
+        return headline or known
     names = list(dict.fromkeys(n.strip() for n in wanted.split(",") if n.strip()))
     unknown = [n for n in names if n not in known]
     if unknown or not names:
@@ -149,7 +156,8 @@ def _panel(name: str, runs: Sequence[Mapping[str, Any]], y: int) -> tuple[list[s
 
 def _heading(name: str, runs: Sequence[Mapping[str, Any]]) -> str:
     """`it (IT) [tok/s], higher is better`: id, paper label, stored unit(s), direction."""
-    label = METRIC_LABELS.get(name, (name, ""))[0]
+    known = metric_catalog.info(name)
+    label = known.label if known is not None else name
     text = name if label == name else f"{name} ({label})"
     entries = [(r.get("metrics") or {}).get(name) for r in runs]
     units = sorted({str(e[1]) for e in entries if e and e[1]})

@@ -21,14 +21,9 @@ from efficientllm_tui.errors import BadInput
 from efficientllm_tui.runs import specs
 from efficientllm_tui.store.db import Store
 from profiling import home as homes
+from profiling import metric_catalog
 from runners.protocol import RunSpec
 
-KEY_METRICS: dict[str, tuple[str, ...]] = {
-    "inference": ("it", "al_s", "ttft_s", "tpot_s", "amu", "pcu", "aec_w"),
-    "finetuning": ("st", "al_s", "loss", "amu", "pcu", "aec_w"),
-    "pretraining": ("tt", "al_s", "loss", "amu", "pcu", "aec_w"),
-}
-"""Metrics shown first, per family, in `run`, `runs` and `show` (all are stored)."""
 SIM_MARK = "(SIMULATED GPU)"
 """What `runs` and `compare` tables add to a simulated run's device or name (DESIGN.md 4)."""
 
@@ -131,8 +126,9 @@ def print_run(doc: dict[str, Any]) -> None:
     shared = contention(doc) or "unknown — not recorded for this run"
     console().print(f"contended: {shared}", markup=False)
     notes = doc.get("notes") or {}
+    # The family's headline metrics first, then the catalog's order.
     rows = [[n, doc["metrics"][n], doc["units"].get(n), doc["sources"].get(n), notes.get(n)]
-            for n in doc["metrics"]]
+            for n in metric_catalog.ordered(list(doc["metrics"]), doc.get("family"))]
     if rows:
         table(["metric", "value", "unit", "source", "why missing / note"], rows)
 

@@ -17,33 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from efficientllm_tui.errors import StoreError
+from profiling import metric_catalog
 
 # --------------------------------------------------------------------------- constants
 
-METRIC_DIRECTIONS: dict[str, bool] = {
-    "amu": False,
-    "pcu": True,
-    "al_s": False,
-    "tt": True,
-    "st": True,
-    "it": True,
-    "aec_w": False,
-    "mcr": True,
-    "eval_ppl": False,
-    "loss": False,
-}
+METRIC_DIRECTIONS: dict[str, bool] = metric_catalog.directions()
 """Leaderboard metrics and their direction: True when a higher value is better."""
 
-RUN_METRIC_COLUMNS: tuple[str, ...] = tuple(
-    """amu amu_gib peak_allocated_gib peak_reserved_gib pcu al_s al_p50_s al_p90_s al_p99_s
-    tt st it ttft_s tpot_s aec_w energy_j energy_integral_j mcr tokens_per_s j_per_token mfu
-    trainable_params total_params loss eval_ppl""".split()
-)
+RUN_METRIC_COLUMNS: tuple[str, ...] = metric_catalog.columns()
 """Metric names pivoted into columns of the `run_metrics` view (DESIGN.md section 6)."""
 
-LIST_METRIC_COLUMNS: tuple[str, ...] = tuple(
-    "amu amu_gib pcu al_s tt st it ttft_s aec_w energy_j mcr eval_ppl loss".split()
-)
+LIST_METRIC_COLUMNS: tuple[str, ...] = metric_catalog.listed()
 """The metric columns `list_runs` adds to each runs row (what a run table shows)."""
 
 # Schema version 1, frozen: a later version adds columns in a new migration (ALTER TABLE)

@@ -395,7 +395,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
             m("active_params", float(counts.active), "params"),
             m("trainable_params", float(counts.total), "params"),
             m("mfu", pm.mfu(flops_per_s, peak), "fraction"),
-            m("loss", sum(tail) / len(tail), "nats"),
+            m("loss", sum(tail) / len(tail), "nats/token"),
             m("eval_ppl", ppl, "ppl"),
         ]
         if auxes:

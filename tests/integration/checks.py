@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from profiling import metric_catalog
 from profiling import metrics as pm
 from profiling.backends.energy import energy_counter
 from runners.protocol import Metric
@@ -24,8 +25,12 @@ def by_name(metrics: Iterable[Metric]) -> dict[str, Metric]:
 
 
 def nulls_explained(metrics: Iterable[Metric]) -> None:
-    """Every None value has source `none` and a note; every value a real source."""
+    """Every None value has source `none` and a note; every value a real source; every
+    metric is in the one metric catalog, with the catalog's unit."""
     for m in metrics:
+        known = metric_catalog.info(m.name)
+        assert known is not None, f"{m.name} is missing from profiling.metric_catalog"
+        assert m.unit == known.unit, (m.name, m.unit, known.unit)
         if m.value is None:
             assert m.source == "none" and isinstance(m.note, str) and m.note.strip(), m
         else:

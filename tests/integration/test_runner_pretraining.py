@@ -38,7 +38,7 @@ METRICS = {
     "tokens_per_s": "tokens/s", "samples_per_s": "samples/s", "energy_j": "J", "aec_w": "W",
     "j_per_token": "J/token", "peak_allocated_gib": "GiB", "peak_reserved_gib": "GiB",
     "total_params": "params", "active_params": "params", "trainable_params": "params",
-    "mfu": "fraction", "loss": "nats", "eval_ppl": "ppl",
+    "mfu": "fraction", "loss": "nats/token", "eval_ppl": "ppl",
 }
 
 
