@@ -1,42 +1,36 @@
-"""The catalogs: `efficientllm models` and `efficientllm techniques`."""
+"""The catalogs: `efficientllm models` and `efficientllm techniques`, from the runners' typed
+catalog (stdlib only: listing them loads no torch)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import asdict
 
-import efficientllm_data
-
-from efficientllm_tui.commands.common import (
-    emit_json,
-    table,
-)
+from efficientllm_tui.commands.common import emit_json, table
+from runners.models import catalog
 
 
-def _catalog_rows(kind: str) -> list[dict[str, Any]]:
-    return list(efficientllm_data.catalog()[kind])
+def _status(available: bool) -> str:
+    return "available" if available else "not yet implemented"
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    rows = _catalog_rows("models")
+    cards = catalog.models()
     if args.json:
-        emit_json(rows)
+        emit_json([asdict(c) for c in cards])
         return 0
     table(["id", "arch", "weights", "layers", "hidden", "heads/kv", "status", "description"],
-           [[m["id"], m["arch"], m["weights"], m["num_layers"], m["hidden_size"],
-             f"{m['num_heads']}/{m['num_kv_heads']}",
-             "available" if m.get("available") else "not yet implemented", m["description"]]
-            for m in rows])
+          [[c.id, c.arch, c.weights, c.num_layers, c.hidden_size,
+            f"{c.num_heads}/{c.num_kv_heads}", _status(c.available), c.description]
+           for c in cards])
     return 0
 
 
 def cmd_techniques(args: argparse.Namespace) -> int:
-    rows = _catalog_rows("techniques")
+    techniques = catalog.techniques()
     if args.json:
-        emit_json(rows)
+        emit_json([asdict(t) for t in techniques])
         return 0
     table(["id", "family", "group", "status", "description"],
-           [[t["id"], t["family"], t["group"],
-             "available" if t.get("available") else "not yet implemented", t["description"]]
-            for t in rows])
+          [[t.id, t.family, t.group, _status(t.available), t.description] for t in techniques])
     return 0

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import efficientllm_data
-
 from efficientllm_tui.display import contention
 from efficientllm_tui.display import num as fmt
 from efficientllm_tui.errors import BadInput
@@ -96,8 +94,7 @@ def check_available(spec: RunSpec) -> None:
     if not specs.technique_available(spec.technique):
         raise BadInput(f"technique {spec.technique!r} ({spec.family}) is not implemented yet; "
                        "see `efficientllm techniques`")
-    card = efficientllm_data.find_model(spec.model)
-    if card is not None and not card.get("available"):
+    if not specs.resolve_model(spec.model).available:
         raise BadInput(f"model {spec.model!r} is not available yet; see `efficientllm models`")
 
 

@@ -18,8 +18,6 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-import efficientllm_data
-
 from efficientllm_tui.errors import BadInput
 from efficientllm_tui.runs import queue, rundir
 from efficientllm_tui.store.bundle import RunBundle
@@ -28,6 +26,8 @@ from profiling import home as homes
 from profiling import metrics as pm
 from profiling.daemon import spool
 from profiling.sample import Sample
+from runners import errors as runner_errors
+from runners.models import catalog
 from runners.protocol import SPEC_FILE, STDERR_FILE, Event, ProtocolError, RunSpec
 
 _STEP_COLUMNS = ("step", "phase", "latency_s", "tokens", "samples", "loss", "lr", "ttft_s")
@@ -214,7 +214,7 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
             have.add(m.get("name"))
     info = dict(result.get("info") or {}) if result else {}
     versions = dict(started.get("versions") or {}) if started else {}
-    entry = efficientllm_data.find_technique(spec.technique) or {}
+    group = _group(spec.technique)
     simulated = bool(spec.simulate_gpu)
 
     run = {
@@ -222,7 +222,7 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
                                                                  "created_ns", "device")},
         "device": device,
         "params": json.dumps(dict(spec.params), sort_keys=True),
-        "group_name": entry.get("group"),
+        "group_name": group,
         "simulated": simulated,
         "weights": info.get("weights"),
         "status": state.status,
@@ -253,6 +253,14 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
     raw = [{"t_ns": e.t_ns, "kind": e.kind, "payload": dict(e.fields)} for e in events]
     return RunBundle(run=run, samples=samples, steps=steps, windows=windows, events=raw,
                      metrics=metrics)
+
+
+def _group(technique: str) -> str | None:
+    """The technique's comparison group; None for an id the catalog no longer knows."""
+    try:
+        return catalog.technique(technique).group
+    except runner_errors.BadInput:
+        return None
 
 
 def _energy_note(measure: Event | None, info: dict[str, Any]) -> str | None:

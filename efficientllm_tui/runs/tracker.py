@@ -2,7 +2,8 @@
 
 The watcher runs on a worker thread and only reads files (run dirs are the protocol: a run
 started by the CLI, another TUI or this one looks the same). The app applies what it finds
-to `ActiveRun` records on the UI thread.
+to `ActiveRun` records on the UI thread. Runs still waiting in the queue are not active:
+the watcher picks them up once the dispatcher has started them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from efficientllm_tui.runs import queue as runqueue
 from efficientllm_tui.runs import rundir
 from profiling import home as homes
 from runners.protocol import SPEC_FILE, Event, ProtocolError, RunSpec
@@ -49,7 +51,6 @@ class ActiveRun:
     status: str = "running"
     error: str | None = None
     ended: bool = False
-    launched_here: bool = False
     recent: deque[tuple[float, int | None, int | None]] = field(
         default_factory=lambda: deque(maxlen=_RECENT_STEPS)
     )
@@ -217,6 +218,8 @@ class RunWatcher:
             if rundir.ingested_final(run_dir):
                 self._settled.add(name)
                 continue
+            if runqueue.is_waiting(run_dir):
+                continue  # not started yet, however long it waits: look again next scan
             pid = rundir.runner_pid(run_dir)
             if rundir.runner_alive(run_dir):
                 self._start(run_dir, update)

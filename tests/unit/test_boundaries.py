@@ -96,22 +96,26 @@ def test_runners_never_import_the_app(forbidden: str) -> None:
         assert forbidden not in _top(names), f"{path} imports {forbidden}"
 
 
-APP_RUNNER_MODULES = {"runners.protocol", "runners.errors", "runners.params", "runners.preflight"}
-"""The stdlib-level runner modules the app may import: the protocol, and the schema and checks
-that refuse bad input before a runner starts."""
+APP_RUNNER_MODULES = {"runners.protocol", "runners.errors", "runners.params", "runners.preflight",
+                      "runners.models.catalog", "runners.models.cards"}
+"""The stdlib-level runner modules the app may import: the protocol, the schema and checks
+that refuse bad input before a runner starts, and the typed catalog."""
 
 
 def _runner_imports(path: Path) -> set[str]:
-    """Runner modules a file imports, `from runners import x` counted as `runners.x`."""
+    """Runner modules a file imports: `from runners.models import catalog` counted as
+    `runners.models.catalog` (packages on the way are not counted)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names if a.name.split(".")[0] == "runners")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "runners":
-                names.update(f"runners.{a.name}" for a in node.names)
-            elif node.module.split(".")[0] == "runners":
-                names.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == "runners":
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                names.add(full if full in APP_RUNNER_MODULES or node.module in ("runners",
+                                                                               "runners.models")
+                          else node.module)
     return names
 
 
