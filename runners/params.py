@@ -306,7 +306,7 @@ def _card(card: Any, key: str) -> Any:
 def pair_problem(family: str, technique: str, card: Any, *, seq_len: int, new_tokens: int,
                  values: Mapping[str, Any] | None = None) -> str | None:
     """Why this technique cannot run on this model card with these lengths and parameters,
-    or None. `card` is a catalog entry (a mapping) or a runners.models.catalog.ModelCard; `values`
+    or None. `card` is a catalog entry (a mapping) or a runners.models.cards.ModelCard; `values`
     are the family's parameters (defaults for those missing).
 
     The one owner of these rules: the Launch matrix marks such pairs, the launcher refuses

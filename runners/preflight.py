@@ -10,7 +10,7 @@ checks everything again on its side, with what only it knows (the device, instal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from runners import params
@@ -24,13 +24,13 @@ DATASET_CHECKS: dict[str, Callable[[str], None]] = {
 """Family -> the cheap check of the dataset format that family reads."""
 
 
-def validate_spec(spec: RunSpec, card: Mapping[str, Any] | None) -> dict[str, Any]:
+def validate_spec(spec: RunSpec, card: Any) -> dict[str, Any]:
     """The spec's parameters, typed and checked (defaults filled in).
 
     Args:
         spec: The run to check.
-        card: The model's catalog entry; None for a local model dir (its card is read by
-            the runner, which checks the pair then).
+        card: The model's card (runners.models.cards.ModelCard, or a catalog entry as a
+            mapping); None skips the pair check (the runner checks it then).
 
     Raises:
         BadInput: One line naming the first problem: an unknown `--set` key (with the valid

@@ -90,6 +90,15 @@ def db_path(args: argparse.Namespace, home: Path) -> Path:
     return Path(args.db).expanduser() if getattr(args, "db", None) else default_db_path(home)
 
 
+def resolve_ids(store: Store, home: Path, tokens: Sequence[str]) -> list[str]:
+    """Run ids from what a user typed: ids, unique prefixes, or `last` (the newest run),
+    over the stored runs and the run dirs of the data dir."""
+    from efficientllm_tui.runs import queue
+
+    known = {**queue.known_runs(home), **store.run_created()}
+    return [queue.resolve_id(token, known) for token in tokens]
+
+
 def check_available(spec: RunSpec) -> None:
     if not specs.technique_available(spec.technique):
         raise BadInput(f"technique {spec.technique!r} ({spec.family}) is not implemented yet; "

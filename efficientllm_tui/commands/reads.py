@@ -15,6 +15,7 @@ from efficientllm_tui.commands.common import (
     home_dir,
     open_store,
     print_run,
+    resolve_ids,
     run_doc,
     sim_device,
     sim_footnote,
@@ -22,6 +23,7 @@ from efficientllm_tui.commands.common import (
 )
 from efficientllm_tui.display import run_label
 from efficientllm_tui.errors import BadInput, QueryError
+from profiling import metric_catalog
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -46,9 +48,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     store = open_store(args, home_dir())
-    run = store.get_run(args.run_id)
+    (run_id,) = resolve_ids(store, home_dir(), [args.run_id])
+    run = store.get_run(run_id)
     if run is None:
-        raise BadInput(f"no run {args.run_id!r} in {store.path}")
+        raise BadInput(f"run {run_id} is not stored in {store.path} yet (see `efficientllm "
+                       "queue`)")
     doc = run_doc(run, run.get("status", ""))
     if args.json:
         emit_json(doc)
@@ -83,7 +87,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise BadInput(f"output {out} is a directory; give a file path")
     if not out.parent.is_dir():
         raise BadInput(f"output directory {out.parent} does not exist")
-    n = store.export(out, args.format, run_ids=args.run_ids or None, table=args.table)
+    ids = resolve_ids(store, home_dir(), args.run_ids) if args.run_ids else None
+    n = store.export(out, args.format, run_ids=ids, table=args.table)
     print(f"wrote {n} rows of {args.table} to {out}", file=sys.stderr)
     return 0
 
@@ -95,18 +100,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise BadInput("--metrics chooses the chart's panels; give --plot FILE.svg with it")
     plot_path = plot.check_path(args.plot) if args.plot is not None else None
     store = open_store(args, home_dir())
+    run_ids = resolve_ids(store, home_dir(), args.run_ids)
     runs = []
-    for rid in args.run_ids:
+    for rid in run_ids:
         run = store.get_run(rid)
         if run is None:
-            raise BadInput(f"no run {rid!r} in {store.path}")
+            raise BadInput(f"run {rid} is not stored in {store.path} yet")
         runs.append(run)
     chosen: list[str] = []
     if plot_path is not None:  # written before any output: a failure leaves stdout empty
         chosen = plot.choose_metrics(runs, args.metrics)
         plot.write_svg(plot_path, plot.render_svg(runs, chosen))
-    board = store.leaderboard(run_ids=args.run_ids)
-    names = sorted({n for r in runs for n in (r.get("metrics") or {})})
+    board = store.leaderboard(run_ids=run_ids)
+    families = {r.get("family") for r in runs}
+    names = metric_catalog.ordered({n for r in runs for n in (r.get("metrics") or {})},
+                                   next(iter(families)) if len(families) == 1 else None)
     if args.json:
         emit_json({"runs": [run_doc(r, r.get("status", "")) for r in runs],
                    "leaderboard": board})

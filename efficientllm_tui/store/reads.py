@@ -382,10 +382,18 @@ class StoreReads:
 
     def run_ids(self) -> set[str]:
         """Every run id in the store."""
+        return set(self.run_created())
+
+    def run_created(self) -> dict[str, int]:
+        """Every run id in the store with when it was created (ns since the epoch; 0 when
+        unknown), for resolving `last` and unique prefixes."""
         if not self.path.exists():
-            return set()
+            return {}
+        sql = ("SELECT run_id, coalesce(epoch_ns(coalesce(created_at, started_at)), 0) "
+               "FROM runs")
         with self.connect(read_only=True) as con:
-            return set(arrow_table(con, "SELECT run_id FROM runs").column(0).to_pylist())
+            table = arrow_table(con, sql)
+        return dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
 
     def stats(self) -> dict[str, Any]:
         """Row counts per table, file size and schema version (zeros for a missing file)."""
