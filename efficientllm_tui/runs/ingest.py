@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from efficientllm_tui.errors import BadInput
-from efficientllm_tui.runs import queue, rundir
+from efficientllm_tui.runs import fold, queue, rundir
 from efficientllm_tui.store.bundle import RunBundle
 from efficientllm_tui.store.db import Store
 from profiling import home as homes
@@ -68,17 +68,10 @@ def classify(run_dir: Path, *, alive: bool | None = None) -> RunState:
     """Decide a run's status from its events and whether its runner still lives."""
     spec = load_spec(run_dir)
     events, _bad = rundir.read_events(run_dir)
-    result = next((e for e in reversed(events) if e.kind == "result"), None)
-    error = next((e for e in events if e.kind == "error"), None)
+    end = fold.ending(events)
     error_type = error_text = None
-    if error is not None:
-        error_type, error_text = error.get("type"), error.get("message")
-    if result is not None:
-        status = str(result.get("status", "failed"))
-        error_type = result.get("error_type") or error_type
-        error_text = result.get("error_message") or error_text
-    elif error is not None:
-        status = "oom" if error_type == "oom" else "failed"
+    if end is not None:
+        status, error_type, error_text = end.status, end.error_type, end.error_text
     elif queue.is_waiting(run_dir):
         status = "queued"
     else:
@@ -95,8 +88,6 @@ def classify(run_dir: Path, *, alive: bool | None = None) -> RunState:
             tail = _stderr_tail(run_dir)
             if tail:
                 error_text += f"; stderr: {tail}"
-    if error_text == "cancelled" and status in ("failed", "ok"):
-        status = "cancelled"
     started = next((e for e in events if e.kind == "started"), None)
     t_start = started.t_ns if started else (events[0].t_ns if events else spec.created_ns)
     t_end = events[-1].t_ns if events else t_start
