@@ -5,6 +5,11 @@ the daemon and the run dirs are read by thread workers that post messages back. 
 go into per-device rings held here (`history`), so every screen sees the same data and a
 slow redraw drops frames, never samples. Every worker error reaches one handler
 (`on_worker_state_changed`) and becomes a notification that says what to do.
+
+Runs are never started or stored here: the app enqueues them on disk and the per-host
+dispatcher starts and stores them (DESIGN.md section 3). What the queue holds is read back
+from disk every second (`queued`), so runs queued by the CLI or another TUI show too, and
+quitting the app drops nothing.
 """
 
 from __future__ import annotations
@@ -39,15 +44,16 @@ from efficientllm_tui.live.history import SampleHistory
 from efficientllm_tui.runs.tracker import ActiveRun, RunWatcher
 from efficientllm_tui.tui.messages import (
     FeedChanged,
+    QueueChanged,
     RecentRunsLoaded,
     RunIngested,
     RunsWatched,
     SamplesArrived,
     StoreChanged,
 )
-from efficientllm_tui.tui.runqueue import LaunchQueue
 
 if TYPE_CHECKING:
+    from efficientllm_tui.runs.queue import QueueRow
     from efficientllm_tui.store.db import Store
     from profiling.sample import Sample
     from runners.protocol import RunSpec
@@ -63,6 +69,13 @@ SCREENS_ORDER = (
 )
 REPLAY_S = 600.0
 """Seconds of daemon history asked for at start (its ring keeps ten minutes by default)."""
+QUEUE_POLL_S = 1.0
+"""How often the queue on disk is read back (sooner after a launch or a stop)."""
+ENSURE_EVERY_S = 5.0
+"""While runs wait, how often the app makes sure a dispatcher runs (one may have been killed)."""
+STORED_POLL_S = 0.2
+STORED_WAIT_S = 60.0
+"""How long the app waits for the dispatcher to store an ended run before it says so."""
 _NAV = Binding.Group("screens")
 
 
@@ -87,7 +100,8 @@ class EfficientLLMApp(App[None]):
         clock: Wall clock in ns (time.time_ns); tests freeze it so screens are repeatable.
         frozen: Deterministic rendering for snapshots: no cursor blink.
         watch_runs: Tail run dirs for active runs.
-        recover: Ingest run dirs that finished unseen, at start.
+        recover: Ingest run dirs that finished unseen, at start (waiting runs are left to
+            the dispatcher).
         lock_timeout_s: How long a database open waits for another process's lock.
         start_mode: The screen to open on (dashboard by default).
         catalog: The model/technique catalog for the Launch matrix (tests pin one).
@@ -145,14 +159,15 @@ class EfficientLLMApp(App[None]):
         """Models and techniques offered on Launch (None: the shipped catalog)."""
         self.history = SampleHistory()
         self.active: dict[str, ActiveRun] = {}
-        self.queue = LaunchQueue()
+        self.queued: list[QueueRow] = []
+        """Running and waiting runs of the queue on disk, per device (queue.snapshot)."""
         self.marked: set[str] = set()
         self.recent: list[dict[str, Any]] | None = None
         self.watcher = RunWatcher(self.home)
         self._watch_runs = watch_runs
         self._recover = recover
         self._stopping = threading.Event()
-        self._launched: set[str] = set()
+        self._queue_poke = threading.Event()
         self.redraws = 0
         """Dashboard redraws so far (the benchmark reads it)."""
         self.runs_version = 0
@@ -169,10 +184,12 @@ class EfficientLLMApp(App[None]):
         self.stream_samples()
         if self._watch_runs:
             self.watch_run_dirs()
+        self.watch_queue()
         self.startup_store()
 
     def on_unmount(self) -> None:
         self._stopping.set()
+        self._queue_poke.set()
 
     def now_ns(self) -> int:
         return self.clock()
@@ -188,25 +205,17 @@ class EfficientLLMApp(App[None]):
             self.switch_mode(mode)
 
     async def action_quit(self) -> None:
-        pending = self.queue.pending_count
-        if not pending:
-            self.exit()
-            return
-        from efficientllm_tui.tui.screens.confirm import ConfirmScreen
-
-        def done(ok: bool | None) -> None:
-            if ok:
-                self.exit()
-
-        self.push_screen(
-            ConfirmScreen(
-                "Quit?",
-                f"{pending} queued run(s) have not started and will be dropped. "
-                "Runs already going continue without the app.",
-                yes="Quit",
-            ),
-            done,
-        )
+        """Quit at once: the queue is on disk, so queued and running runs go on without
+        the app (the terminal is told so after the app closes)."""
+        waiting = sum(1 for r in self.queued if r.state == "waiting")
+        running = sum(1 for r in self.queued if r.state == "running")
+        message = None
+        if waiting or running:
+            message = (
+                f"efficientllm: {running} running and {waiting} queued run(s) go on without "
+                "the app; `efficientllm queue` lists them."
+            )
+        self.exit(message=message)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -247,7 +256,7 @@ class EfficientLLMApp(App[None]):
             self.report_error(event.worker.error, event.worker.name)
 
     def report_error(self, error: BaseException, where: str = "") -> None:
-        from profiling.client import DaemonError
+        from profiling.daemon.client import DaemonError
 
         if isinstance(error, EfficientLLMError):
             self.notify(error.msg, title=error.title, severity="error", timeout=8)
@@ -344,7 +353,6 @@ class EfficientLLMApp(App[None]):
         update = message.update
         for run_dir, spec in update.new:
             run = ActiveRun.from_dir(run_dir, spec)
-            run.launched_here = run.run_id in self._launched
             self.active.setdefault(run.run_id, run)
         for run_id, evs in update.events.items():
             tracked = self.active.get(run_id)
@@ -353,24 +361,48 @@ class EfficientLLMApp(App[None]):
                     tracked.apply(ev)
         for run_id in update.ended:
             ended = self.active.pop(run_id, None)
-            self.ingest_finished(run_id, ended.launched_here if ended else False)
-            nxt = self.queue.finished(run_id)
-            if nxt is not None:
-                self.spawn_runs([nxt])
+            self.await_stored(run_id, ended.error if ended else None)
+        if update.new or update.ended:
+            self._queue_poke.set()
 
-    @work(thread=True, exit_on_error=False, group="ingest", name="ingest")
-    def ingest_finished(self, run_id: str, launched_here: bool) -> None:
-        from efficientllm_tui.runs import ingest
+    @work(thread=True, exit_on_error=False, group="stored", name="await stored")
+    def await_stored(self, run_id: str, error: str | None = None) -> None:
+        """Wait until the dispatcher has stored an ended run, then let the screens know.
+
+        The app never stores a run itself: exactly one process does (the dispatcher). A
+        database held locked by another program delays that; after STORED_WAIT_S the user
+        is told the run waits safely in its run dir.
+        """
+        from efficientllm_tui.runs.follow import stored_status
         from profiling import home as homes
 
         run_dir = homes.runs_dir(self.home) / run_id
-        if not launched_here:
-            time.sleep(2.0)  # a CLI that launched it ingests first; ours is then a no-op
-        if not run_dir.is_dir() or not ingest.needs_ingest(run_dir):
-            self.post_message(StoreChanged())
-            return
-        state = ingest.ingest_run(self.store(), run_dir, self.home, alive=False)
-        self.post_message(RunIngested(run_id, state.status, state.error_text))
+        start = time.monotonic()
+        next_ensure = start + 2 * STORED_POLL_S
+        while not self._stopping.is_set():
+            status = stored_status(run_dir)
+            if status is not None:
+                self.post_message(RunIngested(run_id, status, error or _ending_error(run_dir)))
+                return
+            if not run_dir.is_dir():
+                self.post_message(StoreChanged())  # deleted meanwhile
+                return
+            now = time.monotonic()
+            if now - start >= STORED_WAIT_S:
+                self.call_from_thread(
+                    self.notify,
+                    f"{run_id} ended but is not stored yet (is another program holding the "
+                    "database?). It is safe in its run dir; the dispatcher stores it once "
+                    "the database is free.",
+                    title="Run not stored yet",
+                    severity="warning",
+                    timeout=10,
+                )
+                return
+            if now >= next_ensure:  # a dispatcher killed meanwhile: start another
+                self.ensure_dispatcher()
+                next_ensure = now + ENSURE_EVERY_S
+            self._stopping.wait(STORED_POLL_S)
 
     @on(RunIngested)
     def _run_ingested(self, message: RunIngested) -> None:
@@ -387,6 +419,48 @@ class EfficientLLMApp(App[None]):
                 timeout=10,
             )
         self.post_message(StoreChanged())
+
+    # ------------------------------------------------------------------ the queue on disk
+
+    @work(thread=True, exit_on_error=False, group="queue", name="queue watcher")
+    def watch_queue(self) -> None:
+        """Read the queue back from disk every QUEUE_POLL_S (at once when poked); while runs
+        wait, make sure a dispatcher runs to start them (at start-up too)."""
+        from efficientllm_tui.runs import queue
+
+        worker = get_current_worker()
+        last: list[QueueRow] | None = None
+        last_ensure: float | None = None
+        while not (worker.is_cancelled or self._stopping.is_set()):
+            self._queue_poke.clear()
+            try:
+                rows = queue.snapshot(self.home)
+            except OSError:
+                rows = last or []  # a data dir on a flaky mount: keep what we had
+            if rows != last:
+                last = rows
+                self.post_message(QueueChanged(rows))
+            now = time.monotonic()
+            if any(r.state == "waiting" for r in rows) and (
+                last_ensure is None or now - last_ensure >= ENSURE_EVERY_S
+            ):
+                self.ensure_dispatcher()
+                last_ensure = now
+            self._queue_poke.wait(QUEUE_POLL_S)
+
+    @on(QueueChanged)
+    def _queue_changed(self, message: QueueChanged) -> None:
+        self.queued = message.rows
+        hook = getattr(self.screen, "queue_changed", None)
+        if callable(hook):
+            hook()
+
+    def ensure_dispatcher(self) -> None:
+        """Make sure this host's dispatcher runs: it starts queued runs and stores ended
+        ones. Called from worker threads."""
+        from efficientllm_tui.runs import dispatcher
+
+        dispatcher.ensure(self.home)
 
     @on(StoreChanged)
     def _store_changed(self) -> None:
@@ -422,45 +496,49 @@ class EfficientLLMApp(App[None]):
 
     # ------------------------------------------------------------------ launching
 
-    def submit_runs(self, specs: list[RunSpec]) -> tuple[int, int]:
-        """Queue specs per device; start those whose device is free. Returns (started, queued)."""
-        # A simulated GPU is no CUDA device: `auto` runs land on the CPU there.
-        have_gpu = any(
-            name.startswith("gpu")
-            and (s := self.history.latest(name)) is not None
-            and not s.simulated
-            for name in self.history.devices
-        )
-        start = self.queue.submit(specs, have_gpu)
-        if start:
-            self.spawn_runs(start)
-        return len(start), len(specs) - len(start)
-
     @work(thread=True, exit_on_error=False, group="launch", name="launch")
-    def spawn_runs(self, specs: list[RunSpec]) -> None:
-        """Enqueue specs on disk; the per-host dispatcher starts them as devices free."""
-        from efficientllm_tui.runs import dispatcher, queue
-
-        for spec in specs:
-            self._launched.add(spec.run_id)  # before the watcher can see its dir
-            try:
-                run_dir = queue.enqueue(spec, self.home, self.db_path)
-            except (EfficientLLMError, OSError) as e:
-                self.call_from_thread(self._spawn_failed, spec, e)
-                continue
-            self.watcher.add(run_dir)
-        dispatcher.ensure(self.home)
-
-    def _spawn_failed(self, spec: RunSpec, error: BaseException) -> None:
-        self.report_error(error, "launch")
-        nxt = self.queue.finished(spec.run_id)
-        if nxt is not None:
-            self.spawn_runs([nxt])
-
-    def cancel_run(self, run_id: str) -> bool:
-        """Stop a run: a queued one leaves the queue, a running one gets SIGTERM (it
-        records `cancelled`)."""
+    def enqueue_runs(self, specs: list[RunSpec]) -> None:
+        """Enqueue specs on disk, in the order given; the per-host dispatcher starts them,
+        one run per device at a time, with or without the app."""
         from efficientllm_tui.runs import queue
 
-        return any(what.startswith(("stopping", "removed"))
-                   for _, what in queue.stop(self.home, [run_id]))
+        base_ns = time.time_ns()
+        queued = 0
+        for i, spec in enumerate(specs):
+            try:  # one ns apart: the queue keeps the order even on a coarse clock
+                queue.enqueue(spec, self.home, self.db_path, now_ns=base_ns + i)
+            except (EfficientLLMError, OSError) as e:
+                self.call_from_thread(self.report_error, e, "launch")
+                continue
+            queued += 1
+        if queued:
+            self.ensure_dispatcher()
+            self.call_from_thread(
+                self.notify,
+                f"queued {queued} run(s); they start one per device and go on if you quit. "
+                "Watch them on the Dashboard (1).",
+                title="Launch",
+            )
+        self._queue_poke.set()
+
+    def cancel_run(self, run_id: str) -> tuple[bool, str]:
+        """Stop a run: a queued one leaves the queue, a running one gets SIGTERM (it
+        records `cancelled`). Returns (done, what happened): not done when it had ended."""
+        from efficientllm_tui.runs import queue
+
+        what = "; ".join(w for _, w in queue.stop(self.home, [run_id]))
+        self._queue_poke.set()
+        return what.startswith(("stopping", "removed")), what
+
+
+def _ending_error(run_dir: Path) -> str | None:
+    """Why a run ended badly, from its events: the result's error text, else the last error."""
+    from efficientllm_tui.runs import rundir
+
+    events, _ = rundir.read_events(run_dir)
+    for ev in reversed(events):
+        if ev.kind == "result" and ev.get("error_message"):
+            return str(ev.get("error_message"))
+        if ev.kind == "error":
+            return f"{ev.get('type')}: {ev.get('message')}"
+    return None

@@ -8,6 +8,7 @@ from typing import Any
 
 from textual.message import Message
 
+from efficientllm_tui.runs.queue import QueueRow
 from efficientllm_tui.runs.tracker import WatchUpdate
 from profiling.sample import Sample
 
@@ -51,8 +52,15 @@ class RunsWatched(Message):
 
 
 @dataclass
+class QueueChanged(Message):
+    """The queue on disk changed: running and waiting runs per device, in start order."""
+
+    rows: list[QueueRow]
+
+
+@dataclass
 class RunIngested(Message):
-    """A finished run was stored in the database."""
+    """The dispatcher stored a finished run in the database."""
 
     run_id: str
     status: str

@@ -36,7 +36,7 @@ HISTORY_S = 90.0
 NOW_NS = T0_NS + int(HISTORY_S * 1e9)
 """The frozen app clock: the end of the fake history."""
 BASE = datetime(2027, 1, 15, 7, 0, tzinfo=UTC)
-BACKGROUND = ("samples", "runs")
+BACKGROUND = ("samples", "runs", "queue")
 INFERENCE = (
     ("fp32", 101.5, 0.315, 0.212, 412.0, 259.8),
     ("bf16", 176.2, 0.182, 0.118, 371.0, 260.1),

@@ -1,4 +1,4 @@
-"""Launch: the matrix explains invalid pairs, the form validates inline, the queue is per device."""
+"""Launch: the matrix explains invalid pairs, the form validates inline (test_queue: the queue)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 from textual.widgets import DataTable, Input, Static
 
-from efficientllm_tui.runs.tracker import WatchUpdate
 from efficientllm_tui.tui.app import EfficientLLMApp
 from efficientllm_tui.tui.screens.launch import LaunchScreen
 
@@ -17,7 +16,7 @@ SIZE = (120, 36)
 
 def _spy(app: EfficientLLMApp) -> list[str]:
     started: list[str] = []
-    app.spawn_runs = lambda specs: started.extend(s.run_id for s in specs)  # type: ignore[method-assign]
+    app.enqueue_runs = lambda specs: started.extend(s.run_id for s in specs)  # type: ignore[method-assign]
     return started
 
 
@@ -42,7 +41,7 @@ async def test_invalid_pairs_are_explained_not_selectable(
         assert "int8 × tiny" in _text(app, "#pair-info")
         assert "not implemented yet" in _text(app, "#pair-info")
         await pilot.press("space")
-        assert screen.selected == set()
+        assert list(screen.selected) == []
         table = screen.query_one("#matrix", DataTable)
         assert str(table.get_cell("int8", "tiny")) == "✗"
         assert str(table.get_cell("fp32", "tiny")) == "·"
@@ -56,7 +55,7 @@ async def test_form_errors_show_inline(new_app: Callable[..., EfficientLLMApp]) 
         await pilot.press("s")
         assert "select pairs first" in _text(app, "#form-error")
         await pilot.press("space")
-        assert screen.selected == {("fp32", "tiny")}
+        assert list(screen.selected) == [("fp32", "tiny")]
         screen.query_one("#steps", Input).value = "0"
         await pilot.press("s")
         await pilot.pause()
@@ -69,51 +68,8 @@ async def test_form_errors_show_inline(new_app: Callable[..., EfficientLLMApp]) 
         screen.query_one("#params", Input).value = ""
         screen.query_one("#seq_len", Input).value = "5000"
         await pilot.pause()
-        assert screen.selected == set()  # 5000 + 32 > tiny's 4096 positions
+        assert list(screen.selected) == []  # 5000 + 32 > tiny's 4096 positions
         assert started == []
-
-
-async def test_pairs_queue_per_device(new_app: Callable[..., EfficientLLMApp]) -> None:
-    app = new_app(seed=False, mode="launch")
-    started = _spy(app)
-    async with app.run_test(size=SIZE) as pilot:
-        screen = await _launch(app, pilot)
-        await pilot.press("space", "down", "space", "down", "space")  # fp32, bf16, fp16 x tiny
-        assert len(screen.selected) == 3
-        screen.query_one("#params", Input).value = "engine=eager"
-        await pilot.press("s")
-        await settle(app, pilot)
-        assert len(started) == 1 and screen.selected == set()
-        assert app.queue.pending_count == 2
-        queue = _text(app, "#queue")
-        assert "cpu" in queue and "queued: tiny × fp16, tiny × fp32" in queue
-        assert _text(app, "#form-error") == ""
-        # The first run ends: the next on the same device starts.
-        app.post_message(
-            __import__("efficientllm_tui.tui.messages", fromlist=["x"]).RunsWatched(
-                WatchUpdate(ended=[started[0]])
-            )
-        )
-        app.ingest_finished = lambda *a: None  # type: ignore[method-assign]
-        await settle(app, pilot)
-        assert len(started) == 2 and app.queue.pending_count == 1
-        await pilot.press("x")
-        assert app.queue.pending_count == 0
-
-
-async def test_quit_with_queued_runs_asks_first(new_app: Callable[..., EfficientLLMApp]) -> None:
-    app = new_app(seed=False, mode="launch")
-    _spy(app)
-    async with app.run_test(size=SIZE) as pilot:
-        await _launch(app, pilot)
-        await pilot.press("space", "down", "space", "s")
-        await settle(app, pilot)
-        await pilot.press("q")
-        await pilot.pause()
-        assert app.screen.__class__.__name__ == "ConfirmScreen"
-        await pilot.press("n")
-        await pilot.pause()
-        assert app.is_running and isinstance(app.screen, LaunchScreen)
 
 
 async def test_parameters_the_runner_would_refuse_start_nothing(
@@ -137,5 +93,4 @@ async def test_parameters_the_runner_would_refuse_start_nothing(
         assert _text(app, "#form-error").startswith(
             "⚠ fp32 × tiny: unknown --set parameter(s) for inference: bogus_key (valid: "
         )
-        assert started == [] and screen.selected == {("fp32", "tiny")}
-        assert app.queue.pending_count == 0
+        assert started == [] and list(screen.selected) == [("fp32", "tiny")]

@@ -1,4 +1,4 @@
-"""The live dashboard: device graphs, active runs with progress, and the latest stored runs."""
+"""The live dashboard: device graphs, active and queued runs, and the latest stored runs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
 from efficientllm_tui.display import (
-    THROUGHPUT_METRIC,
     ago,
     duration,
     gib,
@@ -25,11 +24,13 @@ from efficientllm_tui.display import (
     status_style,
 )
 from efficientllm_tui.live.history import energy_integral_j, source_label
+from efficientllm_tui.runs.queue import QueueRow
 from efficientllm_tui.runs.tracker import ActiveRun
 from efficientllm_tui.tui.screens.base import AppScreen
 from efficientllm_tui.tui.widgets.bars import bar_line
 from efficientllm_tui.tui.widgets.chart import Series, TimeChart, nice_max
 from efficientllm_tui.tui.widgets.devices import DeviceList
+from profiling import metric_catalog
 from profiling.sample import Sample
 
 WINDOWS: tuple[tuple[str, float | None], ...] = (
@@ -125,25 +126,38 @@ class DashboardScreen(AppScreen):
         self.redraw()
 
     def action_stop_run(self) -> None:
+        """Stop the selected run (SIGTERM), or take a queued one out of the queue."""
         table = self.query_one("#active", DataTable)
-        if not table.row_count:
-            self.notify("no active run to stop", severity="warning")
+        if not table.display or not table.row_count:
+            self.notify("no active or queued run to stop", severity="warning")
             return
         run_id = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
         from efficientllm_tui.tui.screens.confirm import ConfirmScreen
 
         def done(ok: bool | None) -> None:
-            if ok and not self.elapp.cancel_run(run_id):
-                self.notify(f"{run_id} is not running any more", severity="warning")
+            if not ok:
+                return
+            stopped, what = self.elapp.cancel_run(run_id)
+            if stopped:
+                self.notify(f"{run_id}: {what}", title="Stop")
+            else:
+                self.notify(f"{run_id}: {what} (it has ended)", severity="warning")
+            self.redraw()
 
-        self.app.push_screen(
-            ConfirmScreen(
-                "Stop run?",
-                f"Send SIGTERM to {run_id}? It stops at once and is stored as cancelled.",
-                yes="Stop",
-            ),
-            done,
-        )
+        if run_id in self.elapp.active:
+            title = "Stop run?"
+            message = f"Send SIGTERM to {run_id}? It stops at once and is stored as cancelled."
+            yes = "Stop"
+        else:
+            title = "Remove from the queue?"
+            message = f"Take {run_id} out of the queue? It never starts and is stored as cancelled."
+            yes = "Remove"
+        self.app.push_screen(ConfirmScreen(title, message, yes=yes), done)
+
+    def queue_changed(self) -> None:
+        """The app read a changed queue from disk: redraw the runs table."""
+        if self.is_current:
+            self._draw_active()
 
     # ------------------------------------------------------------------ drawing
 
@@ -299,36 +313,45 @@ class DashboardScreen(AppScreen):
         )
 
     def _draw_active(self) -> None:
-        runs = list(self.elapp.active.values())
+        """Runs going now, then the runs waiting in the queue on disk (in start order)."""
+        app = self.elapp
+        rows: dict[str, tuple[str, ...]] = {
+            run.run_id: self._active_cells(run) for run in app.active.values()
+        }
+        going = len(rows)
+        for queued in app.queued:
+            if queued.state == "waiting" and queued.run_id not in rows:
+                rows[queued.run_id] = _waiting_cells(queued)
         table = self.query_one("#active", DataTable)
+        waiting = len(rows) - going
+        table.border_title = "active runs" + (f" · {waiting} queued" if waiting else "")
         empty = self.query_one("#active-empty", Static)
-        table.display = bool(runs)
-        empty.display = not runs
-        if not runs:
-            pending = self.elapp.queue.pending_count
+        table.display = bool(rows)
+        empty.display = not rows
+        if not rows:
             _update(
                 empty,
-                "No run is going."
-                + (f" {pending} queued." if pending else "")
-                + " Press 2 to launch one, or from a shell:\n"
+                "No run is going and none is queued. Press 2 to launch one, or from a shell:\n"
                 "efficientllm run -m tiny -t fp32 --device cpu",
             )
             if table.row_count:
                 table.clear()
             return
-        wanted = {r.run_id for r in runs}
-        for key in list(table.rows):
-            if key.value not in wanted:
-                table.remove_row(key)
-        for run in runs:
-            cells = self._active_cells(run)
-            if run.run_id in table.rows:
-                old = table.get_row(run.run_id)
-                for (col, _), value, before in zip(_ACTIVE_COLUMNS, cells, old, strict=True):
-                    if value != before:
-                        table.update_cell(run.run_id, col, value, update_width=True)
-            else:
-                table.add_row(*cells, key=run.run_id)
+        if [k.value for k in table.rows] != list(rows):  # a run started, ended or queued
+            at = None
+            if table.row_count:
+                at = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+            table.clear()
+            for run_id, cells in rows.items():
+                table.add_row(*cells, key=run_id)
+            if at in rows:
+                table.move_cursor(row=list(rows).index(at))
+            return
+        for run_id, cells in rows.items():
+            old = table.get_row(run_id)
+            for (col, _), value, before in zip(_ACTIVE_COLUMNS, cells, old, strict=True):
+                if value != before:
+                    table.update_cell(run_id, col, value, update_width=True)
 
     def _active_cells(self, run: ActiveRun) -> tuple[str, ...]:
         prog = run.progress
@@ -377,7 +400,7 @@ class DashboardScreen(AppScreen):
             started = row.get("started_at")
             when = ago(now_s - started.timestamp()).replace(" ago", "") if started else "-"
             status = row.get("status") or "-"
-            metric = THROUGHPUT_METRIC.get(row.get("family") or "", "it")
+            metric = metric_catalog.THROUGHPUT.get(row.get("family") or "", "it")
             value = row.get(metric)
             key = f"{metric.upper()} {num(value, 3)}" if value is not None else "-"
             table.add_row(
@@ -389,6 +412,18 @@ class DashboardScreen(AppScreen):
             )
         if not rows:
             table.add_row("-", "nothing stored yet", "", "")
+
+
+def _waiting_cells(row: QueueRow) -> tuple[str, ...]:
+    """A queued run in the active-runs table: where it stands in its device's queue."""
+    return (
+        f"{row.model} × {row.technique}",
+        f"queued #{row.position}",
+        "-",
+        "waiting",
+        "-",
+        row.device_key,
+    )
 
 
 class StatusLine(Widget):

@@ -1,8 +1,12 @@
-"""Launch: pick model x technique pairs from a matrix, set parameters, start or queue them."""
+"""Launch: pick model x technique pairs from a matrix, set parameters, queue them.
+
+The queue shown here is the one on disk (queue.snapshot, read by the app every second): runs
+queued by the CLI or another TUI show too, and what is queued goes on after the app quits.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on
@@ -12,7 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Select, Static
 
 from efficientllm_tui.errors import BadInput
-from efficientllm_tui.tui.matrix import (
+from efficientllm_tui.matrix import (
     Group,
     groups,
     model_reason,
@@ -22,6 +26,9 @@ from efficientllm_tui.tui.matrix import (
 )
 from efficientllm_tui.tui.screens.base import AppScreen
 from runners.protocol import ProtocolError, RunSpec, parse_set
+
+if TYPE_CHECKING:
+    from efficientllm_tui.runs.queue import QueueRow
 
 _INT_FIELDS = (
     ("steps", "steps", 8),
@@ -34,6 +41,18 @@ _INT_FIELDS = (
 _SELECTED = Text("●", style="bold green", justify="center")
 _FREE = Text("·", style="dim", justify="center")
 _INVALID = Text("✗", style="red dim", justify="center")
+_QUEUE_COLUMNS = (
+    ("device", "device"),
+    ("state", "state"),
+    ("pair", "model × technique"),
+    ("progress", "progress"),
+    ("run", "run id"),
+)
+QUEUE_EMPTY = (
+    "Nothing queued. `s` queues the selected pairs in the order picked, one run per device "
+    "at a time. The queue is on disk: it goes on when you quit; runs queued from a shell "
+    "show here too."
+)
 
 
 class LaunchScreen(AppScreen):
@@ -42,12 +61,12 @@ class LaunchScreen(AppScreen):
     NAME = "launch"
     BINDINGS = [
         Binding("space", "toggle_pair", "Toggle pair"),
-        Binding("s", "start", "Start"),
-        Binding("ctrl+s", "start", "Start", show=False, priority=True),
+        Binding("s", "start", "Queue"),
+        Binding("ctrl+s", "start", "Queue", show=False, priority=True),
         Binding("c", "clear", "Clear"),
         Binding("f", "focus_form", "Form"),
         Binding("escape", "focus_matrix", "Matrix", show=False),
-        Binding("x", "drop_queue", "Drop queued"),
+        Binding("x", "remove_queued", "Remove queued"),
     ]
 
     def __init__(self) -> None:
@@ -57,8 +76,8 @@ class LaunchScreen(AppScreen):
         self.rows: list[tuple[Group, dict[str, Any]]] = [
             (g, t) for g in self.groups for t in g.techniques
         ]
-        self.selected: set[tuple[str, str]] = set()
-        self._queue_drawn = False
+        self.selected: dict[tuple[str, str], None] = {}
+        """Selected (technique, model) pairs in the order picked: the order they queue in."""
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="matrix-box"):
@@ -84,7 +103,8 @@ class LaunchScreen(AppScreen):
                 yield Label("params")
                 yield Input(placeholder="key=value ...", compact=True, id="params")
             yield Static(id="form-error")
-        yield Static(id="queue")
+        yield Static(QUEUE_EMPTY, id="queue-empty")
+        yield DataTable(id="queue", cursor_type="row", zebra_stripes=False)
 
     def on_mount(self) -> None:
         table = self.query_one("#matrix", DataTable)
@@ -106,10 +126,19 @@ class LaunchScreen(AppScreen):
                 key=tech["id"],
             )
         table.move_cursor(row=0, column=2)
-        self.set_interval(0.5, self._draw_queue)
+        queue = self.query_one("#queue", DataTable)
+        queue.border_title = "queue (on disk: goes on when you quit)"
+        for key, label in _QUEUE_COLUMNS:
+            queue.add_column(label, key=key)
+        self.query_one("#queue-empty", Static).border_title = "queue"
+        self._draw_queue()
+
+    def queue_changed(self) -> None:
+        """The app read a changed queue from disk."""
         self._draw_queue()
 
     def resumed(self) -> None:
+        self._draw_queue()
         history = self.elapp.history
         # Simulated GPUs are no CUDA devices: a run can only go to real ones (or cpu/auto).
         gpus = [
@@ -176,7 +205,10 @@ class LaunchScreen(AppScreen):
         keys = [(tech["id"], c["id"]) for c in valid]
         turn_on = any(k not in self.selected for k in keys)
         for key, c in zip(keys, valid, strict=True):
-            (self.selected.add if turn_on else self.selected.discard)(key)
+            if turn_on:
+                self.selected.setdefault(key, None)
+            else:
+                self.selected.pop(key, None)
             self._refresh_cell(tech, c)
         self._explain()
 
@@ -222,7 +254,7 @@ class LaunchScreen(AppScreen):
         for _, tech in self.rows:
             for card in self.models:
                 if pair_reason(tech, card, seq_len=seq_len, new_tokens=new_tokens):
-                    self.selected.discard((tech["id"], card["id"]))
+                    self.selected.pop((tech["id"], card["id"]), None)
                 table.update_cell(tech["id"], card["id"], self._cell(tech, card))
 
     def action_clear(self) -> None:
@@ -243,8 +275,9 @@ class LaunchScreen(AppScreen):
     # ------------------------------------------------------------------ starting
 
     def build_specs(self) -> list[RunSpec]:
-        """Validated specs of the selected pairs; BadInput (one line) on the first problem."""
-        from efficientllm_tui.runs.launch import build_spec
+        """Validated specs of the selected pairs, in the order they were selected; BadInput
+        (one line) on the first problem."""
+        from efficientllm_tui.runs.specs import build_spec
 
         if not self.selected:
             raise BadInput("select pairs first: space on a cell of the matrix")
@@ -265,7 +298,7 @@ class LaunchScreen(AppScreen):
         by_id = {t["id"]: t for _, t in self.rows}
         cards = {c["id"]: c for c in self.models}
         specs = []
-        for tech_id, model_id in sorted(self.selected):
+        for tech_id, model_id in self.selected:
             reason = pair_reason(
                 by_id[tech_id],
                 cards[model_id],
@@ -294,47 +327,71 @@ class LaunchScreen(AppScreen):
             return
         error.update("")
         error.remove_class("-shown")
-        started, queued = self.elapp.submit_runs(specs)
-        self.notify(
-            f"started {started}, queued {queued}; watch them on the Dashboard (1)", title="Launch"
-        )
+        self.elapp.enqueue_runs(specs)  # all at once; the app says when they are queued
         self.action_clear()
-        self._draw_queue()
 
-    def action_drop_queue(self) -> None:
-        n = self.elapp.queue.cancel_pending()
-        self.notify(f"dropped {n} queued run(s)" if n else "nothing is queued")
-        self._draw_queue()
+    # ------------------------------------------------------------------ the queue
+
+    def action_remove_queued(self) -> None:
+        """Remove the waiting run under the queue's cursor (the first `x` moves there)."""
+        table = self.query_one("#queue", DataTable)
+        rows = {r.run_id: r for r in self.elapp.queued}
+        waiting = [r for r in self.elapp.queued if r.state == "waiting"]
+        if not waiting:
+            self.notify("nothing is waiting in the queue", severity="warning")
+            return
+        if not table.has_focus:
+            table.focus()
+            table.move_cursor(row=table.get_row_index(waiting[0].run_id))
+            self.notify("queue: pick a waiting run, then x removes it", title="Remove queued")
+            return
+        run_id = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        row = rows.get(run_id)
+        if row is None:
+            self.notify(f"{run_id} left the queue", severity="warning")
+        elif row.state != "waiting":
+            self.notify(
+                f"{row.model} × {row.technique} is running: stop it on the Dashboard (1) with x",
+                severity="warning",
+            )
+        else:
+            done, what = self.elapp.cancel_run(run_id)
+            self.notify(
+                f"{row.model} × {row.technique} ({run_id}): {what}",
+                severity="information" if done else "warning",
+            )
 
     def _draw_queue(self) -> None:
-        if not self.is_current and self._queue_drawn:
+        rows = self.elapp.queued
+        table = self.query_one("#queue", DataTable)
+        table.display = bool(rows)
+        self.query_one("#queue-empty", Static).display = not rows
+        keys = [r.run_id for r in rows]
+        if [k.value for k in table.rows] == keys:
+            for row in rows:
+                for (col, _), value, before in zip(
+                    _QUEUE_COLUMNS, _queue_cells(row), table.get_row(row.run_id), strict=True
+                ):
+                    if value != before:
+                        table.update_cell(row.run_id, col, value, update_width=True)
             return
-        self._queue_drawn = True
-        app = self.elapp
-        lines = []
-        for key, q in sorted(app.queue.devices.items()):
-            running = app.active.get(q.running or "")
-            now = "idle"
-            if q.running:
-                now = f"▶ {q.running}"
-                if running is not None:
-                    prog = running.progress
-                    now = f"▶ {running.model} × {running.technique} {running.phase}" + (
-                        f" {prog:.0%}" if prog is not None else ""
-                    )
-            waiting = ", ".join(f"{s.model} × {s.technique}" for s in q.pending)
-            lines.append(f"[b]{key}[/b]  {now}" + (f"  · queued: {waiting}" if waiting else ""))
-        others = [r for r in app.active.values() if not r.launched_here]
-        if others:
-            lines.append(
-                "also running (started elsewhere): "
-                + ", ".join(f"{r.model} × {r.technique} on {r.device}" for r in others)
-            )
-        text = "\n".join(lines) or (
-            "Nothing queued. One run per device at a time: pairs on a "
-            "busy device wait here and start when it is free."
-        )
-        self.query_one("#queue", Static).update(text)
+        at = None
+        if table.row_count:
+            at = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        table.clear()
+        for row in rows:
+            table.add_row(*_queue_cells(row), key=row.run_id)
+        if at in keys:
+            table.move_cursor(row=keys.index(at))
+
+
+def _queue_cells(row: QueueRow) -> tuple[str, ...]:
+    if row.state == "waiting":
+        state, progress = f"#{row.position} waiting", "-"
+    else:
+        state = "▶ running"
+        progress = f"{row.phase or 'starting'} {row.steps_done}/{row.total_steps}"
+    return (row.device_key, state, f"{row.model} × {row.technique}", progress, row.run_id)
 
 
 SCREEN = LaunchScreen
