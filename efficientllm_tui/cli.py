@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    os.umask(0o077)  # the data dir holds this user's runs: nothing made here is for others
     try:
         args = build_parser().parse_args(argv)
         command = args.command or "tui"
@@ -161,8 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _say_error(e: EfficientLLMError) -> None:
-    line = " ".join(str(e).split())  # one line, whatever the message held
-    print(f"{PROG}: error: {line}", file=sys.stderr)
+    print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
+
+
+def one_line(text: str) -> str:
+    """One printable line, whatever the message held: whitespace runs become one space and
+    control characters (a run id or file name with terminal escape sequences in it) are shown
+    escaped, never sent to the terminal."""
+    flat = " ".join(text.split())
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in flat)
 
 
 if __name__ == "__main__":  # pragma: no cover

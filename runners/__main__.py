@@ -213,6 +213,7 @@ def execute(run_dir: Path, log: EventLog) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    os.umask(0o077)  # events, logs and checkpoints are this user's only
     if len(args) != 1 or args[0].startswith("-"):
         print(USAGE, file=sys.stderr)
         return EXIT_BAD_INPUT

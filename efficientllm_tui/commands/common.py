@@ -27,13 +27,20 @@ SIM_MARK = "(SIMULATED GPU)"
 
 
 def home_dir() -> Path:
+    """The data dir, made if missing, readable by this user only (runs, samples and the
+    database are private: 0700, and files made under it 0600 through the umask)."""
     home = homes.data_dir()
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
         raise BadInput(f"cannot create data dir {home}: {e.strerror or e}") from None
     if not home.is_dir():
         raise BadInput(f"data dir {home} is not a directory")
+    try:
+        if home.stat().st_uid == os.getuid() and home.stat().st_mode & 0o077:
+            home.chmod(0o700)
+    except OSError:
+        pass  # not ours to change; files are still made private by the umask
     return home
 
 

@@ -125,13 +125,17 @@ class Dispatcher:
     """Run dirs known to be stored in a final state: never looked at again."""
     reported: set[str] = field(default_factory=set)
     """Broken run dirs already logged (logged once, retried every loop)."""
+    retry_at: dict[str, float] = field(default_factory=dict)
+    """Runs whose store failed (a corrupt or unwritable database): when to try again."""
+    retry_s: float = 10.0
 
     def step(self) -> tuple[int, int]:
         """One pass: store what ended, start what can start. Returns (waiting, running)."""
         busy: set[str] = set()
         waiting: list[tuple[Path, queue.QueueEntry]] = []
+        now = time.monotonic()
         for run_dir in rundir.iter_dirs(self.home):
-            if run_dir.name in self.done:
+            if run_dir.name in self.done or self.retry_at.get(run_dir.name, 0.0) > now:
                 continue
             try:
                 state = self._look(run_dir)
@@ -226,9 +230,12 @@ class Dispatcher:
         except DatabaseLocked:
             return  # safe in its run dir; next pass
         except EfficientLLMError as e:
+            # The run is safe in its dir; a database that cannot take it now (corrupt,
+            # unwritable, a full disk) is tried again later, never given up on.
             self._report(run_dir, str(e))
-            self.done.add(run_dir.name)  # `recover` reports it to the user
+            self.retry_at[run_dir.name] = time.monotonic() + self.retry_s
             return
+        self.retry_at.pop(run_dir.name, None)
         if state.status not in ("running", "queued"):
             self.done.add(run_dir.name)
             log.info("stored %s: %s", run_dir.name, state.status)
@@ -322,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--idle-exit-s", type=float, default=None)
     args = parser.parse_args(argv)
+    os.umask(0o077)  # run dirs, the log and the database are this user's only
     home = (args.home or homes.data_dir()).expanduser()
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s dispatcher[%(process)d] %(levelname)s %(message)s")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable
@@ -18,10 +19,11 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from efficientllm_tui.errors import BadInput
+from efficientllm_tui.errors import BadInput, StoreError
 from efficientllm_tui.runs import fold, queue, rundir
 from efficientllm_tui.store.bundle import RunBundle
 from efficientllm_tui.store.db import Store
+from efficientllm_tui.store.schema import RUN_COLUMNS
 from profiling import home as homes
 from profiling import metrics as pm
 from profiling.daemon import spool
@@ -47,21 +49,48 @@ class RunState:
 
 
 def load_spec(run_dir: Path) -> RunSpec:
+    """The run's spec; BadInput when it is unreadable, malformed, or names another run (a
+    run dir is stored under its own name only: a copied or edited spec.json must never
+    replace another run's stored rows)."""
     try:
-        return RunSpec.from_json((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise BadInput(f"cannot read {run_dir / SPEC_FILE}: {e.strerror or e}") from None
+        spec = RunSpec.from_json((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read {run_dir / SPEC_FILE}: {getattr(e, 'strerror', None) or e}"
+                       ) from None
     except ProtocolError as e:
         raise BadInput(f"malformed {run_dir / SPEC_FILE}: {e}") from None
+    if spec.run_id != run_dir.name:
+        raise BadInput(f"{run_dir / SPEC_FILE} names run {spec.run_id!r}, not its own dir "
+                       f"{run_dir.name!r}; not stored (it would replace another run's data)")
+    return spec
+
+
+def _span(measure: Event | None, start_ns: int, end_ns: int) -> tuple[int, int, str | None]:
+    """The measured window (t0, t1), or the run's whole span with a note when the runner
+    reported none or a malformed one (non-numeric, reversed)."""
+    if measure is None:
+        return start_ns, end_ns, None
+    t0, t1 = measure.get("t0_ns"), measure.get("t1_ns")
+    if isinstance(t0, int) and isinstance(t1, int) and not isinstance(t0, bool) \
+            and not isinstance(t1, bool) and 0 <= t0 <= t1:
+        return t0, t1, None
+    return start_ns, end_ns, (f"the measure window is malformed (t0_ns={t0!r}, t1_ns={t1!r}); "
+                              "memory and compute are over the run's whole span")
+
+
+_ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Interrupt|Exit)\b|^Killed\b|^"
+                         r"(bad_input|unsupported|crash|oom): ")
 
 
 def _stderr_tail(run_dir: Path) -> str | None:
+    """The runner's last words on stderr: its last error line (a traceback's final line,
+    `oom: ...`), never a library warning printed earlier; None without one."""
     try:
         lines = (run_dir / STDERR_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return None
-    lines = [ln.strip() for ln in lines if ln.strip()]
-    return lines[-1][:500] if lines else None
+    errors = [ln.strip() for ln in lines if _ERROR_LINE.match(ln.strip())]
+    return errors[-1][:500] if errors else None
 
 
 def classify(run_dir: Path, *, alive: bool | None = None) -> RunState:
@@ -84,7 +113,8 @@ def classify(run_dir: Path, *, alive: bool | None = None) -> RunState:
             last = events[-1] if events else None
             where = f" after {last.kind} event" if last else " before its first event"
             error_type = "crash"
-            error_text = f"runner died without a result{where}"
+            how = rundir.exit_status(run_dir)
+            error_text = f"runner {how or 'died'} without a result{where}"
             tail = _stderr_tail(run_dir)
             if tail:
                 error_text += f"; stderr: {tail}"
@@ -167,7 +197,8 @@ def sample_metrics(samples: list[Sample], dev: str, t0_ns: int, t1_ns: int, n_cp
 
 def _no_samples_reason(result: Event | None, dev: str) -> str:
     """Why a run's device may have no samples, from what the runner reported."""
-    info = (result.get("info") or {}) if result is not None else {}
+    info = result.get("info") if result is not None else None
+    info = info if isinstance(info, dict) else {}
     if info.get("profiler_watched") is False:
         return "no profiling daemon was reachable when the run started"
     if result is None:
@@ -185,8 +216,7 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
     result = next((e for e in reversed(events) if e.kind == "result"), None)
     device = str(started.get("device")) if started and started.get("device") else spec.device
     measure = next((e for e in events if e.kind == "window" and e.get("name") == "measure"), None)
-    t0 = int(measure.get("t0_ns")) if measure else state.t_start_ns
-    t1 = int(measure.get("t1_ns")) if measure else state.t_end_ns
+    t0, t1, span_note = _span(measure, state.t_start_ns, max(state.t_start_ns, state.t_end_ns))
 
     dev = _sample_device(started, device, spec.simulate_gpu)
     samples = [s for s in spool.read_samples(homes.spool_dir(home), state.t_start_ns,
@@ -195,15 +225,16 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
     n_cpus = int((started.get("cpu_count") if started else None) or os.cpu_count() or 1)
     metrics, pcu_source = sample_metrics(samples, dev, t0, t1, n_cpus,
                                          _no_samples_reason(result, dev))
+    if span_note:
+        for m in metrics:
+            m["note"] = f"{m['note']}; {span_note}" if m.get("note") else span_note
     have = {m["name"] for m in metrics}
-    if result is not None:
-        for m in result.get("metrics") or ():
-            if m.get("name") in have:
-                continue
-            metrics.append(_metric(m.get("name"), m.get("value"), m.get("unit", ""),
-                                   m.get("source", "runner"), m.get("note")))
-            have.add(m.get("name"))
-    info = dict(result.get("info") or {}) if result else {}
+    for m in _result_metrics(result):
+        if m["name"] not in have:
+            metrics.append(m)
+            have.add(m["name"])
+    raw_info = result.get("info") if result is not None else None
+    info = dict(raw_info) if isinstance(raw_info, dict) else {}
     versions = dict(started.get("versions") or {}) if started else {}
     group = _group(spec.technique)
     simulated = bool(spec.simulate_gpu)
@@ -237,13 +268,32 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
         "info": json.dumps(info, sort_keys=True, default=str),
         "ingested_at": _ts(time.time_ns()),
     }
+    run = _clean_run(run)
     steps = [_step_row(e) for e in events if e.kind == "step"]
-    windows = [{"name": e.get("name"), "device": e.get("device"), "t0_ns": e.get("t0_ns"),
-                "t1_ns": e.get("t1_ns"), "energy_j": e.get("energy_j"),
-                "energy_source": e.get("energy_source")} for e in events if e.kind == "window"]
+    windows = [{k: _typed(k, e.get(k)) for k in ("name", "device", "t0_ns", "t1_ns",
+                                                 "energy_j", "energy_source")}
+               for e in events if e.kind == "window"]
     raw = [{"t_ns": e.t_ns, "kind": e.kind, "payload": dict(e.fields)} for e in events]
     return RunBundle(run=run, samples=samples, steps=steps, windows=windows, events=raw,
                      metrics=metrics)
+
+
+def _result_metrics(result: Event | None) -> list[dict[str, Any]]:
+    """The runner's metrics; an entry of the wrong shape is left out, never a crash (the
+    runner writes them through runners.protocol.Metric, so only a damaged file has such)."""
+    raw = result.get("metrics") if result is not None else None
+    out: list[dict[str, Any]] = []
+    for m in raw if isinstance(raw, list) else ():
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"]:
+            continue
+        value = m.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
+            value = None
+        note = m.get("note")
+        out.append(_metric(m["name"], value, str(m.get("unit") or ""),
+                           str(m.get("source") or "runner"),
+                           note if isinstance(note, str) else None))
+    return out
 
 
 def _group(technique: str) -> str | None:
@@ -268,8 +318,43 @@ def _ts(t_ns: int | None) -> Any:
     return datetime.fromtimestamp(t_ns / 1e9, tz=UTC)
 
 
+_INT_FIELDS = ("step", "tokens", "samples", "t0_ns", "t1_ns")
+_TEXT_FIELDS = ("phase", "name", "device", "energy_source")
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A field value of the type its column has, else None: a damaged event line costs that
+    value, never the run (the raw event is kept in `events` as it was)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if name in _INT_FIELDS:
+        return value if isinstance(value, int) else None
+    if name in _TEXT_FIELDS:
+        return value if isinstance(value, str) else None
+    if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
+        return float(value)
+    return None
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {"VARCHAR": (str,), "INTEGER": (int,),
+                                          "BIGINT": (int,), "BOOLEAN": (bool,),
+                                          "DOUBLE": (int, float), "JSON": (str,)}
+
+
+def _clean_run(run: dict[str, Any]) -> dict[str, Any]:
+    """The runs row with every value the runner reported in the wrong type left NULL (a
+    damaged `started` or `result` event costs that one field, not the run)."""
+    out = {}
+    for name, value in run.items():
+        want = _PY_TYPES.get(RUN_COLUMNS.get(name, ""))
+        bad = want is not None and value is not None and (
+            not isinstance(value, want) or (isinstance(value, bool) and bool not in want))
+        out[name] = None if bad else value
+    return out
+
+
 def _step_row(e: Event) -> dict[str, Any]:
-    row: dict[str, Any] = {k: e.get(k) for k in _STEP_COLUMNS}
+    row: dict[str, Any] = {k: _typed(k, e.get(k)) for k in _STEP_COLUMNS}
     row["t_ns"] = e.t_ns
     extra = {k: v for k, v in e.fields.items() if k not in _STEP_COLUMNS}
     row["extra"] = json.dumps(extra, sort_keys=True, default=str) if extra else None
@@ -294,8 +379,11 @@ def recover(store: Store, home: Path, run_dirs: Iterable[Path] | None = None
             continue
         try:
             state = ingest_run(store, run_dir, home)
-        except BadInput as e:  # one malformed run dir never stops the others
-            done.append((run_dir.name, f"skipped: {e}"))
+        except StoreError:
+            raise  # the database itself: every run would fail the same way
+        except Exception as e:  # noqa: BLE001 - one damaged run dir never stops the others
+            why = str(e) if isinstance(e, BadInput) else f"{type(e).__name__}: {e}"
+            done.append((run_dir.name, f"skipped: {why}"))
             continue
         done.append((state.spec.run_id, state.status))
     return done

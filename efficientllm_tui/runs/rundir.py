@@ -32,6 +32,8 @@ from runners.protocol import (
 
 LAUNCHER_FILE = "launcher.json"
 """The spawner's record of the runner's pid, before the runner writes runner.pid itself."""
+EXIT_FILE = "exit.json"
+"""How the runner process ended, written by the process that started (and reaped) it."""
 INGESTED_FILE = "ingested.json"
 """Written when a run is stored: its status and the events' size then."""
 PRIVATE_DIR_MODE = 0o700
@@ -78,12 +80,44 @@ def spawn(run_dir: Path, *, env: dict[str, str] | None = None) -> subprocess.Pop
     (run_dir / LAUNCHER_FILE).write_text(
         json.dumps({"pid": proc.pid, "spawned_ns": time.time_ns(),
                     "create_time": _create_time(proc.pid)}) + "\n", encoding="utf-8")
-    _CHILDREN[proc.pid] = proc
+    _CHILDREN[proc.pid] = (proc, run_dir)
     return proc
 
 
-# Popen objects of runners this process started, so their exit is reaped (no zombies).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+# Runners this process started, so their exit is reaped (no zombies) and recorded.
+_CHILDREN: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
+
+
+def _record_exit(run_dir: Path, returncode: int) -> None:
+    """exit.json: the runner's exit code, or the signal that killed it (best effort)."""
+    import signal
+
+    data: dict[str, object] = {"returncode": returncode, "t_ns": time.time_ns()}
+    if returncode < 0:
+        try:
+            data["signal"] = signal.Signals(-returncode).name
+        except ValueError:
+            data["signal"] = f"signal {-returncode}"
+    try:
+        tmp = run_dir / (EXIT_FILE + ".tmp")
+        tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
+        os.replace(tmp, run_dir / EXIT_FILE)
+    except OSError:
+        pass
+
+
+def exit_status(run_dir: Path) -> str | None:
+    """How the runner ended, in words (`killed by SIGKILL`, `exited with code 1`), when the
+    process that started it saw it end; else None."""
+    try:
+        data = json.loads((run_dir / EXIT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if data.get("signal"):
+        return f"killed by {data['signal']}"
+    return f"exited with code {data.get('returncode')}"
 
 
 def _create_time(pid: int) -> float | None:
@@ -126,11 +160,13 @@ def pid_alive(pid: int | None, create_time: float | None = None) -> bool:
     the same process: a pid reused by another process reads as dead."""
     if pid is None or pid <= 0:
         return False
-    proc = _CHILDREN.get(pid)
-    if proc is not None:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        proc, run_dir = child
         if proc.poll() is None:
             return True
         del _CHILDREN[pid]
+        _record_exit(run_dir, proc.returncode)
         return False
     try:
         os.kill(pid, 0)
