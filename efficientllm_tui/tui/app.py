@@ -7,18 +7,15 @@ slow redraw drops frames, never samples. Every worker error reaches one handler
 (`on_worker_state_changed`) and becomes a notification that says what to do.
 
 Runs are never started or stored here: the app enqueues them on disk and the per-host
-dispatcher starts and stores them (DESIGN.md section 3). What the queue holds is read back
-from disk every second (`queued`), so runs queued by the CLI or another TUI show too, and
-quitting the app drops nothing.
+dispatcher starts and stores them (DESIGN.md section 3). The queue is read back every second
+(`queued`), so runs queued elsewhere show too, and quitting the app drops nothing.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -57,8 +54,6 @@ if TYPE_CHECKING:
     from efficientllm_tui.store.db import Store
     from profiling.sample import Sample
     from runners.protocol import RunSpec
-
-log = logging.getLogger(__name__)
 
 SCREENS_ORDER = (
     ("dashboard", "Dashboard"),
@@ -256,41 +251,11 @@ class EfficientLLMApp(App[None]):
             self.report_error(event.worker.error, event.worker.name)
 
     def report_error(self, error: BaseException, where: str = "") -> None:
-        from profiling.daemon.client import DaemonError
+        """Tell the user about a failure: what happened and what to do."""
+        from efficientllm_tui.tui.notices import error_notice
 
-        if isinstance(error, EfficientLLMError):
-            self.notify(error.msg, title=error.title, severity="error", timeout=8)
-        elif isinstance(error, DaemonError):
-            self.notify(
-                f"{error}. Start it with: efficientllm daemon start",
-                title="Profiling daemon",
-                severity="warning",
-                timeout=8,
-            )
-        elif isinstance(error, OSError):
-            what = f" ({error.filename})" if error.filename else ""
-            self.notify(
-                f"{error.strerror or error}{what}", title="File error", severity="error", timeout=8
-            )
-        else:
-            path = self._log_exception(error, where)
-            self.notify(
-                f"{type(error).__name__}: {error}. Details in {path}",
-                title="Unexpected error",
-                severity="error",
-                timeout=10,
-            )
-
-    def _log_exception(self, error: BaseException, where: str) -> Path:
-        path = self.home / "tui.log"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} in {where or 'app'}\n")
-                f.write("".join(traceback.format_exception(error)))
-        except OSError:
-            pass
-        return path
+        n = error_notice(error, where, self.home)
+        self.notify(n.message, title=n.title, severity=n.severity, timeout=n.timeout_s)
 
     # ------------------------------------------------------------------ live samples
 
@@ -373,6 +338,7 @@ class EfficientLLMApp(App[None]):
         database held locked by another program delays that; after STORED_WAIT_S the user
         is told the run waits safely in its run dir.
         """
+        from efficientllm_tui.runs import fold, rundir
         from efficientllm_tui.runs.follow import stored_status
         from profiling import home as homes
 
@@ -382,7 +348,11 @@ class EfficientLLMApp(App[None]):
         while not self._stopping.is_set():
             status = stored_status(run_dir)
             if status is not None:
-                self.post_message(RunIngested(run_id, status, error or _ending_error(run_dir)))
+                end = fold.ending(rundir.read_events(run_dir)[0]) if error is None else None
+                if end is not None and end.error_text:  # ended unseen: why, as ingest read it
+                    error = f"{end.error_type}: {end.error_text}" if end.error_type \
+                        else end.error_text
+                self.post_message(RunIngested(run_id, status, error))
                 return
             if not run_dir.is_dir():
                 self.post_message(StoreChanged())  # deleted meanwhile
@@ -529,16 +499,3 @@ class EfficientLLMApp(App[None]):
         what = "; ".join(w for _, w in queue.stop(self.home, [run_id]))
         self._queue_poke.set()
         return what.startswith(("stopping", "removed")), what
-
-
-def _ending_error(run_dir: Path) -> str | None:
-    """Why a run ended badly, from its events: the result's error text, else the last error."""
-    from efficientllm_tui.runs import rundir
-
-    events, _ = rundir.read_events(run_dir)
-    for ev in reversed(events):
-        if ev.kind == "result" and ev.get("error_message"):
-            return str(ev.get("error_message"))
-        if ev.kind == "error":
-            return f"{ev.get('type')}: {ev.get('message')}"
-    return None

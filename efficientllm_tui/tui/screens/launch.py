@@ -128,8 +128,8 @@ class LaunchScreen(AppScreen):
         table.move_cursor(row=0, column=2)
         queue = self.query_one("#queue", DataTable)
         queue.border_title = "queue (on disk: goes on when you quit)"
-        for key, label in _QUEUE_COLUMNS:
-            queue.add_column(label, key=key)
+        for col_key, col_label in _QUEUE_COLUMNS:
+            queue.add_column(col_label, key=col_key)
         self.query_one("#queue-empty", Static).border_title = "queue"
         self._draw_queue()
 
