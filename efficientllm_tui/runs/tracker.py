@@ -15,8 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from efficientllm_tui.runs import fold, rundir
 from efficientllm_tui.runs import queue as runqueue
-from efficientllm_tui.runs import rundir
 from profiling import home as homes
 from runners.protocol import SPEC_FILE, Event, ProtocolError, RunSpec
 
@@ -51,6 +51,8 @@ class ActiveRun:
     status: str = "running"
     error: str | None = None
     ended: bool = False
+    endings: list[Event] = field(default_factory=list)
+    """The run's `error` and `result` events so far (runs.fold reads its ending from them)."""
     recent: deque[tuple[float, int | None, int | None]] = field(
         default_factory=lambda: deque(maxlen=_RECENT_STEPS)
     )
@@ -90,13 +92,13 @@ class ActiveRun:
         elif ev.kind == "window":
             if isinstance(ev.get("energy_j"), (int, float)):
                 self.window_energy_j += float(ev.get("energy_j"))
-        elif ev.kind == "error":
-            self.error = f"{ev.get('type')}: {ev.get('message')}"
-            self.status = "oom" if ev.get("type") == "oom" else "failed"
-        elif ev.kind == "result":
-            self.status = str(ev.get("status") or "failed")
-            if ev.get("error_message"):
-                self.error = str(ev.get("error_message"))
+        elif ev.kind in ("error", "result"):
+            self.endings.append(ev)
+            end = fold.ending(self.endings)
+            if end is not None:  # the same rule as ingest
+                self.status = end.status
+                self.error = (f"{end.error_type}: {end.error_text}" if end.error_type
+                              else end.error_text)
 
     @property
     def progress(self) -> float | None:

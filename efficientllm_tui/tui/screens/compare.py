@@ -15,13 +15,14 @@ from textual.message import Message
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from efficientllm_tui.display import METRIC_LABELS, metric_label, num
+from efficientllm_tui.display import metric_label, num
 from efficientllm_tui.paper import paper_rank
 from efficientllm_tui.tui.screens.base import AppScreen
 from efficientllm_tui.tui.widgets.bars import Bar, BarChart
 from efficientllm_tui.tui.widgets.scatter import Point, ScatterPlot
+from profiling import metric_catalog
 
-PAPER_METRICS = ("amu", "pcu", "al_s", "tt", "st", "it", "aec_w", "mcr", "eval_ppl", "loss")
+PAPER_METRICS = metric_catalog.headline()
 """Metrics the paper scores, in its order (quality last)."""
 AXES = (
     ("it", "aec_w"),
@@ -168,7 +169,8 @@ class CompareScreen(AppScreen):
         assert self.data is not None
         have = {n for r in self.data.runs for n in (r.get("metrics") or {})}
         first = [m for m in PAPER_METRICS if m in have]
-        rest = sorted(n for n in have if n not in first and n in METRIC_LABELS)
+        rest = [n for n in metric_catalog.ordered(have) if n not in first
+                and metric_catalog.info(n) is not None]
         return first + rest
 
     def _raw(self) -> None:
@@ -315,7 +317,7 @@ def board_direction(board: list[dict[str, Any]], metric: str) -> bool:
     for b in board:
         if b["metric"] == metric:
             return bool(b["higher_is_better"])
-    from efficientllm_tui.store.db import METRIC_DIRECTIONS
+    from efficientllm_tui.store.schema import METRIC_DIRECTIONS
 
     return METRIC_DIRECTIONS.get(metric, True)
 

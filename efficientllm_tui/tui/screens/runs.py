@@ -14,11 +14,12 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Select, Static
 from textual.worker import Worker, WorkerState
 
-from efficientllm_tui.display import THROUGHPUT_METRIC, metric_label, num, short_id, status_style
+from efficientllm_tui.display import metric_label, num, short_id, status_style
 from efficientllm_tui.errors import EfficientLLMError
 from efficientllm_tui.runlist import RunFilter, describe, fetch_runs
 from efficientllm_tui.tui.messages import StoreChanged
 from efficientllm_tui.tui.screens.base import AppScreen
+from profiling import metric_catalog
 from runners.protocol import FAMILIES, STATUSES
 
 PAGE = 100
@@ -251,7 +252,7 @@ class RunsScreen(AppScreen):
         ]
         for name in self._metrics:
             if name == "thrpt":
-                metric = THROUGHPUT_METRIC.get(row.get("family") or "", "it")
+                metric = metric_catalog.THROUGHPUT.get(row.get("family") or "", "it")
                 value = row.get(metric)
                 cells.append(f"{metric.upper()} {num(value)}" if value is not None else "-")
             else:
