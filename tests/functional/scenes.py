@@ -316,8 +316,19 @@ async def settle(
         redraw()
     for _ in range(3):  # tables measure new rows when idle: let them
         await pilot.pause()
-    while time.monotonic() < end and any(_measuring(t) for t in app.screen.query(DataTable)):
-        await pilot.pause(0.02)  # under load, idle can come later than three pauses
+    # Under load idle comes late, and a measured table lays itself out again afterwards:
+    # wait until every table is measured and its columns and size hold still for a while.
+    previous, stable = None, 0
+    while time.monotonic() < end and stable < 4:
+        await pilot.pause(0.02)
+        tables = list(app.screen.query(DataTable))
+        state = tuple((t.id, t.size, t.virtual_size,
+                       tuple(c.content_width for c in t.columns.values())) for t in tables)
+        calm = state == previous and not any(_measuring(t) for t in tables)
+        stable = stable + 1 if calm else 0
+        previous = state
+    app.screen.refresh(layout=True)
+    await pilot.pause()
     await pilot.pause()
 
 
