@@ -308,14 +308,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
     results = queue.stop(home, ids)
     if ids:
         dispatcher.ensure(home)  # it stores the cancelled runs
-    if args.json:
-        emit_json([{"run_id": r, "result": what} for r, what in results])
-    elif not results:
-        print("nothing queued or running")
-    else:
-        for run_id, what in results:
-            print(f"{run_id}: {what}")
+    _report(results, "result", "nothing queued or running", as_json=args.json)
     return 0
+
+
+def _report(pairs: list[tuple[str, str]], field: str, empty: str, *, as_json: bool) -> None:
+    """`run_id: what` lines (or one JSON list of {run_id, field}), or `empty` for none."""
+    if as_json:
+        emit_json([{"run_id": r, field: what} for r, what in pairs])
+    elif not pairs:
+        print(empty)
+    else:
+        for run_id, what in pairs:
+            print(f"{run_id}: {what}")
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -324,11 +329,5 @@ def cmd_recover(args: argparse.Namespace) -> int:
     done = ingest.recover(store, home)
     if any(True for _ in queue.waiting(home)):
         dispatcher.ensure(home)  # queued runs whose dispatcher died go on
-    if args.json:
-        emit_json([{"run_id": r, "status": s} for r, s in done])
-    elif not done:
-        print("nothing to recover")
-    else:
-        for rid, status in done:
-            print(f"{rid}: {status}")
+    _report(done, "status", "nothing to recover", as_json=args.json)
     return 0
