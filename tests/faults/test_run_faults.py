@@ -191,3 +191,47 @@ def test_a_second_run_waits_for_the_first_before_its_start_up(cli: Cli, tmp_path
     second_spawn = json.loads((dirs[1] / rundir.LAUNCHER_FILE).read_text())["spawned_ns"]
     assert second_spawn >= first_end
     stop_dispatcher(cli.home)
+
+
+def test_an_ingest_killed_mid_transaction_leaves_all_or_nothing(tmp_path: Path) -> None:
+    """DuckDB's own promise, checked here: a store killed inside its transaction leaves the
+    run either whole or absent (never half its samples), and the next recover completes it."""
+    from profiling.daemon.spool import SpoolWriter
+    from profiling.sample import Sample
+
+    home = tmp_path
+    t0 = 1_800_000_000 * S
+    run_dir = _made(home)
+    _events(run_dir, _finished(t0, window=(t0, t0 + 600 * S)) + [
+        {"t_ns": t0 + 601 * S, "kind": "log", "message": "end"}])
+    writer = SpoolWriter(homes.spool_dir(home))
+    n = 200_000  # 10 Hz x 20,000 s would be a long run; here it only has to take a while
+    for start in range(0, n, 20_000):
+        writer.write_samples([Sample(t_ns=t0 + i * (600 * S // n), host="h", device="cpu",
+                                     source="psutil", cpu_pct=50.0, rss_bytes=2**30,
+                                     mem_total_bytes=2**34)
+                              for i in range(start, start + 20_000)])
+    writer.close()
+    db = home / "db.duckdb"
+    code = ("import sys; from pathlib import Path; from efficientllm_tui.runs import ingest; "
+            "from efficientllm_tui.store.db import Store; "
+            "ingest.recover(Store(Path(sys.argv[1])), Path(sys.argv[2]))")
+    wal = db.with_name(db.name + ".wal")
+    killed_inside = 0
+    for delay_s in (0.0, 0.05, 0.2):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(home)])
+        deadline = time.monotonic() + 60
+        while not wal.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)  # the write-ahead log appears when the transaction writes
+        time.sleep(delay_s)
+        inside = proc.poll() is None
+        proc.kill()
+        proc.wait()
+        if rundir.ingested_final(run_dir):
+            break  # it finished first on this machine: nothing more to kill
+        killed_inside += inside
+        stored = Store(db).samples(run_dir.name).num_rows if db.exists() else 0
+        assert stored in (0, n), f"half a run stored: {stored} of {n} samples"
+    assert killed_inside >= 1, "no kill landed inside the store"
+    ingest.recover(Store(db), home)
+    assert Store(db).samples(run_dir.name).num_rows == n
