@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from efficientllm_tui.commands.common import (
@@ -23,7 +24,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             raise EfficientLLMError(f"could not start the profiling daemon: {e}") from None
         status: Any = {"running": True, "launched": info.launched, **(info.status or {})}
     elif args.action == "stop":
-        stopped = client.stop_daemon(home)
+        try:
+            stopped = client.stop_daemon(home, note=lambda line: print(line, file=sys.stderr))
+        except client.DaemonError as e:
+            raise EfficientLLMError(f"could not stop the profiling daemon: {e}") from None
         status = {"stopped": stopped}
     else:
         status = client.daemon_status(home)

@@ -5,18 +5,24 @@ inside it. The daemon is started detached: its own session, stdin from /dev/null
 appended to `daemon.log`, so no caller ever holds a pipe to it and closing a terminal does
 not stop it. `watch`/`unwatch` are best effort (a run must not fail because live profiling
 is off); the others raise DaemonError with a message that says what to look at.
+
+`ensure_daemon` doubles as a watchdog: with a daemon running it costs one status round
+trip (plus one `watch` for each given runner the daemon does not list), so a dispatcher
+may call it every few seconds while runs go on; a daemon killed or stopped mid-run is then
+replaced, and the new one watches the same runners (see watching.py). `stop_daemon` signals
+only a process proven to be this home's daemon (identity.py); a stale pid file naming
+anything else is removed with a note, and that process is left alone.
 """
 
 from __future__ import annotations
 
-import errno
+import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,17 +30,32 @@ from typing import Any
 import psutil
 
 from profiling import home as home_mod
+from profiling.daemon.identity import (
+    LOCK_FILE,
+    daemon_process,
+    lock_held,
+    pid_file_daemon,
+    remove_pid_file,
+)
+from profiling.daemon.stream import DaemonError, Subscription, not_running, subscribe
 from profiling.daemon.wire import LineReader, connect_unix, message_line
-from profiling.sample import Sample, SampleError
 
-LOCK_FILE = "daemon.lock"
+log = logging.getLogger("profiling.daemon.client")
 _LOG_ROTATE_BYTES = 1024 * 1024
 _spawned: list[subprocess.Popen[bytes]] = []
 """Daemons this process launched; polled now and then so none stays a zombie."""
 
 
-class DaemonError(Exception):
-    """The profiling daemon could not be started, reached or stopped."""
+@dataclass(frozen=True, slots=True)
+class RunnerWatch:
+    """A running runner the daemon must watch (what `ensure_daemon(watches=...)` takes)."""
+
+    pid: int
+    """Process id of the runner."""
+    run_id: str | None = None
+    """The run it executes."""
+    simulate_gpu: bool = False
+    """The run asked for simulated GPUs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +88,7 @@ def _home(home: Path | str | None) -> Path:
     return Path(home).expanduser().absolute() if home is not None else home_mod.data_dir()
 
 
-def _not_running(e: OSError) -> bool:
-    return isinstance(e, (FileNotFoundError, ConnectionRefusedError, ConnectionResetError,
-                          BrokenPipeError)) or e.errno in (errno.ENOTSOCK, errno.ECONNREFUSED)
+__all__ = ["LOCK_FILE", "DaemonError", "Subscription", "subscribe"]  # re-exported
 
 
 def request(home: Path | str | None, req: dict[str, Any],
@@ -83,7 +102,7 @@ def request(home: Path | str | None, req: dict[str, Any],
     try:
         sock = connect_unix(path, timeout_s)
     except OSError as e:
-        if _not_running(e):
+        if not_running(e):
             return None
         raise DaemonError(f"cannot connect to the profiling daemon at {path}: {e}") from e
     try:
@@ -93,7 +112,7 @@ def request(home: Path | str | None, req: dict[str, Any],
         raise DaemonError(f"the profiling daemon at {path} did not answer within "
                           f"{timeout_s:g} s") from e
     except OSError as e:
-        if _not_running(e):
+        if not_running(e):
             return None  # it was shutting down
         raise DaemonError(f"lost the profiling daemon at {path}: {e}") from e
     except ValueError as e:
@@ -165,8 +184,12 @@ def _check_simulation(st: dict[str, Any], home: Path, want: bool | None) -> bool
 def ensure_daemon(home: Path | str | None = None, rate_hz: float = 10.0,
                   idle_exit_s: float = 300.0, timeout_s: float = 5.0, *,
                   simulate_gpu: bool | None = None,
-                  gpm_interval_s: float | None = None) -> DaemonInfo:
+                  gpm_interval_s: float | None = None,
+                  watches: Sequence[RunnerWatch] = ()) -> DaemonInfo:
     """Return the running daemon of `home`, starting one when there is none.
+
+    Cheap enough for a watchdog: with the daemon running and every runner in `watches`
+    already watched it is one status round trip.
 
     Safe to call from many processes at once: the daemon takes a lock before it binds its
     socket, so racing launches leave exactly one daemon. A daemon already running keeps its
@@ -180,11 +203,14 @@ def ensure_daemon(home: Path | str | None = None, rate_hz: float = 10.0,
             and False raises DaemonError. A real daemon raises DaemonError for True:
             simulated and real samples are never mixed silently.
         gpm_interval_s: seconds between GPM samples for a daemon started here.
+        watches: runners that must be watched (e.g. the running runs, whose first daemon
+            may have died): each one the daemon does not list is watched (`rewatch`).
     """
     home = _home(home)
     if simulate_gpu is None:
         simulate_gpu = simulate_gpu_from_env()
-    home.mkdir(parents=True, exist_ok=True)
+    if not home.is_dir():
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
     proc: subprocess.Popen[bytes] | None = None
     launches = replaced = 0
@@ -199,6 +225,7 @@ def ensure_daemon(home: Path | str | None = None, rate_hz: float = 10.0,
             deadline = time.monotonic() + timeout_s  # the real one gets the whole time to start
             continue
         if st is not None:
+            _watch_missing(home, st, watches)
             # Several launchers may race; only the one whose process won did launch it.
             return _info(st, home, launched=proc is not None and st.get("pid") == proc.pid)
         if proc is None or proc.poll() is not None:
@@ -215,6 +242,22 @@ def ensure_daemon(home: Path | str | None = None, rate_hz: float = 10.0,
         time.sleep(0.02)
 
 
+def _watch_missing(home: Path, st: dict[str, Any], watches: Sequence[RunnerWatch]) -> None:
+    """Watch each runner of `watches` that the daemon's status `st` does not list."""
+    if not watches:
+        return
+    listed = {(w.get("pid"), w.get("run_id")) for w in st.get("watched", ())
+              if isinstance(w, dict)}
+    sim_runs = set(st.get("simulated_runs", ()))
+    for w in watches:
+        sim_missing = (w.simulate_gpu and st.get("simulated")
+                       and (w.run_id or str(w.pid)) not in sim_runs)
+        if (w.pid, w.run_id) not in listed or sim_missing:
+            if rewatch(home, w.pid, w.run_id, w.simulate_gpu):
+                log.info("the profiling daemon (pid %s) watches runner %d (run %s) again",
+                         st.get("pid"), w.pid, w.run_id)
+
+
 def _spawn(home: Path, rate_hz: float, idle_exit_s: float, simulate_gpu: bool = False,
            gpm_interval_s: float | None = None) -> subprocess.Popen[bytes]:
     log_path = home / home_mod.DAEMON_LOG_FILE
@@ -225,14 +268,15 @@ def _spawn(home: Path, rate_hz: float, idle_exit_s: float, simulate_gpu: bool = 
         pass
     env = dict(os.environ)
     # The daemon must import this very package, even from a source tree that is not installed.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the source tree: profiling/daemon/ up two
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "profiling.daemon.service", "--home", str(home),
            "--rate-hz", repr(float(rate_hz)), "--idle-exit-s", repr(float(idle_exit_s)),
            "--simulate-gpu" if simulate_gpu else "--no-simulate-gpu"]
     if gpm_interval_s is not None:
         cmd += ["--gpm-interval-s", repr(float(gpm_interval_s))]
-    with open(log_path, "ab") as log_file:
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "ab") as log_file:
         proc = subprocess.Popen(cmd, cwd=home, env=env, stdin=subprocess.DEVNULL,
                                 stdout=log_file, stderr=subprocess.STDOUT, close_fds=True,
                                 start_new_session=True)
@@ -269,42 +313,61 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def stop_daemon(home: Path | str | None = None, timeout_s: float = 5.0) -> bool:
+def stop_daemon(home: Path | str | None = None, timeout_s: float = 5.0, *,
+                note: Callable[[str], None] | None = None) -> bool:
     """Stop the daemon of `home`; True when one was running and is gone, False when none ran.
 
-    Asks it to stop, then sends SIGTERM to its pid if it is still there halfway through.
+    Asks it to stop over the socket, then sends SIGTERM halfway through `timeout_s`. A
+    daemon that does not answer is found through its pid file, and signalled only when
+    /proc proves that pid is this home's daemon (identity.py): a stale pid file naming any
+    other process is removed, that process is left alone, and `note` gets one line saying
+    so (default: logged as a warning).
 
     Raises:
-        DaemonError: it is still running after `timeout_s`.
+        DaemonError: it is still running after `timeout_s`, or something holds the daemon
+            lock without answering and is not provably the daemon (nothing is signalled).
     """
     home = _home(home)
+    say = note if note is not None else log.warning
+    unanswered: DaemonError | None = None
     try:
         st = daemon_status(home, timeout_s=min(2.0, timeout_s))
-    except DaemonError:
-        st = None
-        pid = _pid_from_file(home)
-    else:
-        if st is None:
-            return False
+    except DaemonError as e:
+        st, unanswered = None, e
+    if st is not None:
         pid = int(st["pid"])
         try:
             request(home, {"op": "stop"}, timeout_s=min(2.0, timeout_s))
         except DaemonError:
             pass
-    if pid is None:
-        return False
-    deadline = time.monotonic() + timeout_s
-    termed = st is None
-    if termed:
-        _signal(pid, signal.SIGTERM)
+        return _wait_gone(home, pid, timeout_s, term_after_s=timeout_s / 2)
+    file_pid, ours, why = pid_file_daemon(home)
+    if file_pid is not None and ours:
+        # It does not answer (hung, or its socket was removed), and it provably is ours.
+        _signal(file_pid, signal.SIGTERM)
+        return _wait_gone(home, file_pid, timeout_s, term_after_s=None)
+    if file_pid is not None and remove_pid_file(home, file_pid):
+        say(f"removed stale pid file {home / home_mod.DAEMON_PID_FILE}: pid {file_pid} {why}; "
+            "it was not signalled")
+    if unanswered is not None and lock_held(home):
+        raise DaemonError(f"{unanswered}; the daemon lock is held, but no process is provably "
+                          f"this data dir's daemon, so nothing was signalled")
+    return False
+
+
+def _wait_gone(home: Path, pid: int, timeout_s: float, term_after_s: float | None) -> bool:
+    """Wait for `pid` to exit; SIGTERM it after `term_after_s` if it is still this home's
+    daemon then (an exited daemon's pid may already belong to someone else)."""
+    start = time.monotonic()
     while pid_alive(pid):
-        now = time.monotonic()
-        if now >= deadline:
+        waited = time.monotonic() - start
+        if waited >= timeout_s:
             raise DaemonError(f"the profiling daemon (pid {pid}) did not stop within "
                               f"{timeout_s:g} s{_log_tail(home)}")
-        if not termed and now >= deadline - timeout_s / 2:
-            _signal(pid, signal.SIGTERM)
-            termed = True
+        if term_after_s is not None and waited >= term_after_s:
+            term_after_s = None
+            if daemon_process(pid, home)[0]:
+                _signal(pid, signal.SIGTERM)
         time.sleep(0.02)
     _reap()
     return True
@@ -315,13 +378,6 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _pid_from_file(home: Path) -> int | None:
-    try:
-        return int((home / home_mod.DAEMON_PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def watch(home: Path | str | None, pid: int, run_id: str | None = None, *,
@@ -339,6 +395,18 @@ def watch(home: Path | str | None, pid: int, run_id: str | None = None, *,
     return bool(reply and reply.get("ok"))
 
 
+def rewatch(home: Path | str | None, pid: int, run_id: str | None = None,
+            simulate_gpu: bool = False) -> bool:
+    """Make sure the daemon watches runner `pid` (of run `run_id`); False when it does not.
+
+    For a watchdog after a daemon restart: watching a runner that is watched already changes
+    nothing (its since_ns is kept), so calling this for every running run is safe. A daemon
+    started after another one died also reads the watch set that one saved (watching.py);
+    this covers a lost or unreadable watch file.
+    """
+    return watch(home, pid, run_id, simulate_gpu=simulate_gpu)
+
+
 def unwatch(home: Path | str | None, pid: int) -> bool:
     """Ask the daemon to stop watching `pid`; False when that did not happen."""
     try:
@@ -346,106 +414,3 @@ def unwatch(home: Path | str | None, pid: int) -> bool:
     except (DaemonError, OSError):
         return False
     return bool(reply and reply.get("ok"))
-
-
-class Subscription:
-    """An iterator of live Samples from the daemon; close() ends it (from any thread).
-
-    Iteration ends when the daemon closes the stream (`closed_reason` says why) or after
-    close(). Frames the daemon dropped because this reader was slow are counted in
-    `dropped_total`.
-    """
-
-    def __init__(self, sock: socket.socket, reader: LineReader, replay: int) -> None:
-        self._sock = sock
-        self._reader = reader
-        self.replay = replay
-        """How many ring samples the daemon replays before the live stream."""
-        self.dropped_total = 0
-        self.closed_reason: str | None = None
-        self._closed = False
-
-    def __iter__(self) -> Iterator[Sample]:
-        return self
-
-    def __next__(self) -> Sample:
-        while True:
-            if self._closed:
-                raise StopIteration
-            try:
-                obj = self._reader.read_json()
-            except TimeoutError as e:
-                raise DaemonError("no data from the profiling daemon in time") from e
-            except (OSError, ValueError) as e:
-                if self._closed:
-                    raise StopIteration from None
-                self.close("error")
-                raise DaemonError(f"the sample stream broke: {e}") from e
-            if obj is None:
-                self.close(self.closed_reason or "end of stream")
-                raise StopIteration
-            if "t_ns" in obj:
-                try:
-                    return Sample.from_dict(obj)
-                except SampleError:
-                    continue
-            if "dropped_total" in obj:
-                self.dropped_total = int(obj["dropped_total"])
-            elif "closing" in obj:
-                self.closed_reason = str(obj["closing"])
-
-    def close(self, reason: str = "closed") -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self.closed_reason is None:
-            self.closed_reason = reason
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in another thread
-        except OSError:
-            pass
-        self._sock.close()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def subscribe(home: Path | str | None = None, since_ns: int | None = None,
-              devices: list[str] | None = None, timeout_s: float | None = None) -> Subscription:
-    """Stream samples: first the daemon's ring samples with t_ns > since_ns (none when
-    since_ns is None), then every new one.
-
-    Args:
-        home: data dir of the daemon.
-        since_ns: replay the ring after this wall-clock time; None streams live only.
-        devices: only these devices; all when None.
-        timeout_s: raise DaemonError when no line arrives for this long (None waits).
-
-    Raises:
-        DaemonError: no daemon runs, or it refused the subscription.
-    """
-    path = home_mod.socket_path(_home(home))
-    try:
-        sock = connect_unix(path, 5.0)
-    except OSError as e:
-        if _not_running(e):
-            raise DaemonError(f"no profiling daemon is running for {path.parent}") from e
-        raise DaemonError(f"cannot connect to the profiling daemon at {path}: {e}") from e
-    try:
-        sock.sendall(message_line({"op": "subscribe", "since_ns": since_ns, "devices": devices}))
-        reader = LineReader(sock)
-        reply = reader.read_json()
-        if reply is None or not reply.get("ok"):
-            raise DaemonError("the profiling daemon refused the subscription: "
-                              f"{(reply or {}).get('error', 'connection closed')}")
-        sock.settimeout(timeout_s)
-    except (OSError, ValueError) as e:
-        sock.close()
-        raise DaemonError(f"cannot subscribe to the profiling daemon at {path}: {e}") from e
-    except DaemonError:
-        sock.close()
-        raise
-    return Subscription(sock, reader, int(reply.get("replay", 0)))

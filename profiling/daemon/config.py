@@ -1,17 +1,21 @@
 """What the profiling daemon is started with: `DaemonConfig`, the command line of
-`python -m profiling.daemon.service` that builds it (`parse_args`), and the daemon's log setup."""
+`python -m profiling.daemon.service` that builds it (`parse_args`), the daemon's log setup
+and the modes of its private files."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from profiling import home as home_mod
-from profiling.daemon.spool import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES
+from profiling.daemon.losses import LOSSES_FILE
+from profiling.daemon.spool import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, DEFAULT_RETRY_S
+from profiling.daemon.watching import WATCH_FILE
 
 AUTO_BACKENDS = ("psutil", "nvml")
 """What `--backends auto` runs: the host always, NVML where available."""
@@ -34,6 +38,8 @@ class DaemonConfig:
     """Rotate a spool segment at this size."""
     spool_max_age_s: float = DEFAULT_MAX_AGE_S
     """Rotate a spool segment at this age."""
+    spool_retry_s: float = DEFAULT_RETRY_S
+    """While the spool cannot be written, try again this often."""
     retention_s: float = 7 * 24 * 3600.0
     """Delete spool segments older than this (0 keeps everything)."""
     backends: tuple[str, ...] = AUTO_BACKENDS
@@ -63,6 +69,40 @@ def setup_logging(home: Path) -> None:
         root.addHandler(tty)
 
 
+PRIVATE_FILES = (home_mod.DAEMON_LOG_FILE, home_mod.DAEMON_LOG_FILE + ".1",
+                 home_mod.DAEMON_PID_FILE, "daemon.lock", WATCH_FILE)
+"""The daemon's files in the data dir: the user's only (0600)."""
+
+
+def make_private(home: Path) -> list[Path]:
+    """Close what earlier versions or a launcher's umask left open: the daemon's files in
+    `home` and every spool file become 0600, the spool dir 0700. Returns what changed.
+
+    Only files of this user are touched; a failure to change one is logged, not raised.
+    """
+    spool = home_mod.spool_dir(home)
+    paths = [(home / name, 0o600) for name in PRIVATE_FILES] + [(spool, 0o700)]
+    try:
+        paths += [(spool / name, 0o600) for name in sorted(os.listdir(spool))
+                  if name.endswith(".jsonl") or name == LOSSES_FILE]
+    except OSError:
+        pass
+    changed = []
+    for path, mode in paths:
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid() \
+                    or stat.S_IMODE(st.st_mode) == mode:
+                continue
+            os.chmod(path, mode)
+            changed.append(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            logging.getLogger("profiling.daemon").warning("cannot make %s private: %s", path, e)
+    return changed
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -90,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                    help="rotate spool segments at this size")
     p.add_argument("--spool-max-age-s", type=_positive, default=DEFAULT_MAX_AGE_S,
                    help="rotate spool segments at this age")
+    p.add_argument("--spool-retry-s", type=_positive, default=DEFAULT_RETRY_S,
+                   help="retry an unwritable spool this often (seconds)")
     p.add_argument("--retention-h", type=_non_negative, default=168.0,
                    help="delete spool segments older than this (0: keep all)")
     p.add_argument("--backends", default="auto",
@@ -118,7 +160,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     home = (a.home or home_mod.data_dir()).expanduser().absolute()
     return DaemonConfig(home=home, rate_hz=a.rate_hz, idle_exit_s=a.idle_exit_s,
                         ring_s=a.ring_s, spool_max_bytes=int(a.spool_max_mib * 2**20),
-                        spool_max_age_s=a.spool_max_age_s, retention_s=a.retention_h * 3600,
+                        spool_max_age_s=a.spool_max_age_s,
+                        spool_retry_s=a.spool_retry_s, retention_s=a.retention_h * 3600,
                         backends=tuple(dict.fromkeys(names)), simulate_gpu=bool(a.simulate_gpu),
                         gpm_interval_s=a.gpm_interval_s, seed=a.seed, sim_devices=a.sim_devices)
 

@@ -24,11 +24,23 @@ connection):
            line of Sample.to_json(). Control lines have no "t_ns":
            {"dropped": n, "dropped_total": N} and, when the daemon stops, {"closing": why}.
            Anything the client sends after subscribing is ignored; closing ends it.
+
+Faults it survives (tests/faults): any bytes as a request (too long, not UTF-8, nested
+deeper than wire.MAX_REQUEST_DEPTH, not JSON, not an object, wrong types) get one
+`{"ok": false, "error": "bad request: ..."}` line and the loop goes on; an exception in
+one connection's handling closes that connection only. Connections are capped at
+`_MAX_CONNECTIONS`; at the cap a new one first evicts the longest-idle request connection,
+and when every slot is a subscriber it still gets one answer on one of
+`_RESERVED_CONNECTIONS` one-shot slots (a subscribe there is refused). With those busy
+too, or out of file descriptors, the loop stops accepting until a connection closes:
+newcomers wait in the kernel's backlog, answered late rather than dropped, so no client
+concludes from a closed socket that no daemon runs. A client that
+vanishes (closes, resets, leaves half a request) is closed on the next read or write.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import os
 import selectors
@@ -39,7 +51,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from profiling.daemon.wire import MAX_LINE_BYTES, message_line
+from profiling.daemon.wire import MAX_LINE_BYTES, decode_request, message_line
 
 log = logging.getLogger("profiling.daemon.server")
 
@@ -51,7 +63,15 @@ ReplaySource = Callable[[int | None, set[str] | None], list[bytes]]
 _CHUNK = 64 * 1024
 _DROP_REPORT_S = 1.0
 _REQUEST_IDLE_S = 60.0
+_ONE_SHOT_IDLE_S = 5.0
 _MAX_CONNECTIONS = 256
+"""Connections held at once (subscribers and request connections together)."""
+_RESERVED_CONNECTIONS = 16
+"""One-shot slots beyond the cap: one answer each, then closed (see the module docstring)."""
+_EVICT_IDLE_S = 0.5
+"""A request connection silent this long may be closed to make room at the cap."""
+_ACCEPT_PAUSE_S = 0.2
+"""How long accepting pauses when every slot is busy or descriptors run out."""
 
 
 class _Conn:
@@ -59,7 +79,7 @@ class _Conn:
 
     __slots__ = ("sock", "inbuf", "out", "subscribed", "queue", "control", "replay",
                  "dropped_total", "dropped_reported", "close_after_flush", "last_active",
-                 "events", "devices")
+                 "events", "devices", "one_shot")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -75,6 +95,11 @@ class _Conn:
         self.last_active = time.monotonic()
         self.events = selectors.EVENT_READ
         self.devices: set[str] | None = None
+        self.one_shot = False
+
+    def idle(self) -> bool:
+        """A request connection with nothing left to send (at most half a request read)."""
+        return not (self.subscribed or self.out or self.close_after_flush)
 
     def has_pending(self) -> bool:
         return bool(self.out or self.control or self.replay or self.queue)
@@ -108,13 +133,33 @@ class SocketServer:
         subscription across 'drain published ticks' + replay, so a subscriber sees every
         sample exactly once."""
         self._stop = threading.Event()
+        self._accept_paused_until: float | None = None
         self.frames_dropped = 0
+        self.requests_served = 0
+        """Request lines answered (subscriptions and bad requests included)."""
+        self.connections_accepted = 0
+        self.connections_evicted = 0
+        """Idle request connections closed to make room for a new one at the cap."""
+        self.accept_pauses = 0
+        """Times accepting paused (every slot busy, or out of file descriptors)."""
+        self.loop_errors = 0
+        """Exceptions caught in the loop (each closed the connection it came from)."""
 
     # -- called from other threads ---------------------------------------------------------
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subs)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    def counters(self) -> dict[str, int]:
+        """The loop's counters, for the daemon's status."""
+        return {"connections": len(self._conns), "accepted": self.connections_accepted,
+                "evicted": self.connections_evicted, "accept_pauses": self.accept_pauses,
+                "requests": self.requests_served, "loop_errors": self.loop_errors}
 
     def publish(self, lines: list[bytes]) -> None:
         """Queue one tick's lines for the subscribers (call under publish_lock)."""
@@ -141,25 +186,46 @@ class SocketServer:
     def serve(self) -> None:
         next_house = time.monotonic() + self._housekeeping_s
         while not self._stop.is_set():
-            timeout = max(0.0, next_house - time.monotonic())
-            for key, mask in self._sel.select(timeout):
+            wake_at = next_house
+            if self._accept_paused_until is not None:
+                wake_at = min(wake_at, self._accept_paused_until)
+            for key, mask in self._sel.select(max(0.0, wake_at - time.monotonic())):
                 if key.data == "listen":
-                    self._accept()
+                    self._guarded(self._accept)
                 elif key.data == "wake":
                     self._drain_wake()
                 else:
-                    conn = key.data
-                    if mask & selectors.EVENT_READ:
-                        self._on_readable(conn)
-                    if mask & selectors.EVENT_WRITE and conn.sock.fileno() in self._conns:
-                        self._flush(conn)
-            self._fanout()
-            if time.monotonic() >= next_house:
-                next_house = time.monotonic() + self._housekeeping_s
-                self._report_drops()
-                self._close_idle_requests()
+                    self._on_event(key.data, mask)
+            self._guarded(self._fanout)
+            now = time.monotonic()
+            if self._accept_paused_until is not None and now >= self._accept_paused_until:
+                self._accept_paused_until = None
+                self._sel.register(self._listener, selectors.EVENT_READ, "listen")
+            if now >= next_house:
+                next_house = now + self._housekeeping_s
+                self._guarded(self._report_drops)
+                self._guarded(self._close_idle_requests)
                 if self._housekeeping is not None:
-                    self._housekeeping()
+                    self._guarded(self._housekeeping)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run one step of the loop; an exception is logged and the loop goes on."""
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - the loop must outlive any one bug
+            self.loop_errors += 1
+            log.exception("socket loop: %s failed", getattr(step, "__name__", step))
+
+    def _on_event(self, conn: _Conn, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_READ:
+                self._on_readable(conn)
+            if mask & selectors.EVENT_WRITE and conn.sock.fileno() in self._conns:
+                self._flush(conn)
+        except Exception:  # noqa: BLE001 - one connection's fault closes that one only
+            self.loop_errors += 1
+            log.exception("socket loop: connection failed; closing it")
+            self._close(conn)
 
     def close(self, reason: str) -> None:
         """Tell subscribers why the stream ends, flush what fits, close everything."""
@@ -179,20 +245,61 @@ class SocketServer:
 
     def _accept(self) -> None:
         while True:
+            if len(self._conns) >= _MAX_CONNECTIONS + _RESERVED_CONNECTIONS \
+                    and self._evictable() is None:
+                # Every slot busy: leave newcomers in the kernel's backlog, where they wait
+                # (and time out) instead of being told by a closed socket that no daemon runs.
+                self._pause_accept("every connection slot is busy")
+                return
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if self._evict_idle():
+                        continue  # a descriptor is free again
+                    self._pause_accept(f"accept failed: {e}")
+                    return
                 log.warning("accept failed: %s", e)
                 return
-            if len(self._conns) >= _MAX_CONNECTIONS:
-                sock.close()
-                continue
+            self.connections_accepted += 1
             sock.setblocking(False)
             conn = _Conn(sock)
+            # At the cap: make room by closing an idle holder, else answer once on a reserved
+            # slot (the module docstring says why).
+            if len(self._conns) >= _MAX_CONNECTIONS:
+                self._evict_idle()
+            conn.one_shot = len(self._conns) >= _MAX_CONNECTIONS
             self._conns[sock.fileno()] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _evictable(self) -> _Conn | None:
+        """The longest-idle request connection, idle at least _EVICT_IDLE_S (a client
+        between its connect and its request is spared), or None."""
+        limit = time.monotonic() - _EVICT_IDLE_S
+        idle = [c for c in self._conns.values() if c.idle() and c.last_active <= limit]
+        return min(idle, key=lambda c: c.last_active) if idle else None
+
+    def _evict_idle(self) -> bool:
+        """Close the `_evictable` connection to make room; False when there is none."""
+        conn = self._evictable()
+        if conn is None:
+            return False
+        self._close(conn)
+        self.connections_evicted += 1
+        return True
+
+    def _pause_accept(self, why: str) -> None:
+        """Stop polling the listener for a moment (it would stay readable and spin the
+        loop); resumed early when a connection closes. Pending clients wait in the backlog."""
+        if self._accept_paused_until is None:
+            self.accept_pauses += 1
+            if self.accept_pauses == 1 or self.accept_pauses % 100 == 0:
+                log.warning("%s; new connections wait (%d open, pause #%d)", why,
+                            len(self._conns), self.accept_pauses)
+            self._sel.unregister(self._listener)
+        self._accept_paused_until = time.monotonic() + _ACCEPT_PAUSE_S
 
     def _drain_wake(self) -> None:
         try:
@@ -230,14 +337,19 @@ class SocketServer:
         self._flush(conn)
 
     def _on_request(self, conn: _Conn, line: bytes) -> None:
+        self.requests_served += 1
+        if conn.one_shot:
+            conn.close_after_flush = True  # a reserved slot: this answer, then room again
         try:
-            req = json.loads(line)
-            if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-                raise ValueError("expected a JSON object with an 'op'")
+            req = decode_request(line)
         except ValueError as e:
             self._reply(conn, {"ok": False, "error": f"bad request: {e}"})
             return
         if req["op"] == "subscribe":
+            if conn.one_shot:
+                self._reply(conn, {"ok": False, "error": f"too many connections "
+                                   f"({self.subscriber_count} subscribers); try again later"})
+                return
             self._subscribe(conn, req)
             return
         try:
@@ -340,9 +452,10 @@ class SocketServer:
                 self._flush(conn)
 
     def _close_idle_requests(self) -> None:
-        limit = time.monotonic() - _REQUEST_IDLE_S
+        now = time.monotonic()
         for conn in list(self._conns.values()):
-            if not conn.subscribed and conn.last_active < limit:
+            idle_s = _ONE_SHOT_IDLE_S if conn.one_shot else _REQUEST_IDLE_S
+            if not conn.subscribed and conn.last_active < now - idle_s:
                 self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
@@ -352,6 +465,8 @@ class SocketServer:
                 self._sel.unregister(conn.sock)
             except (KeyError, ValueError):
                 pass
+            if self._accept_paused_until is not None:
+                self._accept_paused_until = 0.0  # room again: resume on this loop pass
         if conn in self._subs:
             with self.publish_lock:
                 self._subs.remove(conn)

@@ -27,6 +27,10 @@ Why it is built this way:
   real one when that list is empty; while a simulated run goes on it keeps it (the plain run
   gets no GPU samples; ingest never gives a plain run simulated ones). A simulated run whose
   daemon was so replaced before its runner's `watch` has no GPU samples, still `simulated`.
+- A daemon killed or stopped mid-run is replaced by the next `client.ensure_daemon` (the
+  dispatcher calls it as a watchdog); the new one reads the watch set its predecessor saved
+  (watchfile.py) and keeps watching the runs that still run. Lost spool lines are counted,
+  logged and recorded (losses.py); files are this user's only (umask 077, 0700 dirs).
 """
 
 from __future__ import annotations
@@ -43,13 +47,15 @@ import time
 from typing import Any
 
 from profiling import home as home_mod
-from profiling.backends.base import Backend, BackendUnavailable, WatchSet, load_backend
-from profiling.backends.host import process_create_time, watched_alive
-from profiling.daemon.client import LOCK_FILE, request
-from profiling.daemon.config import DaemonConfig, parse_args, setup_logging
+from profiling.backends.base import Backend, BackendUnavailable, load_backend
+from profiling.backends.host import watched_alive
+from profiling.daemon.client import request
+from profiling.daemon.config import DaemonConfig, make_private, parse_args, setup_logging
+from profiling.daemon.identity import LOCK_FILE
 from profiling.daemon.ring import Ring
 from profiling.daemon.server import SocketServer
 from profiling.daemon.spool import SpoolWriter, cleanup
+from profiling.daemon.watching import Watches
 from profiling.daemon.wire import PROTOCOL_VERSION, bind_unix, sample_line
 
 log = logging.getLogger("profiling.daemon.service")
@@ -69,8 +75,9 @@ class Daemon:
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.started_ns = time.time_ns()
-        self.watch_set = WatchSet()
-        self.sim_watch_set = WatchSet()  # the watched runs that asked for simulated GPUs
+        self.watches = Watches(self.home)
+        self.watch_set = self.watches.watch_set
+        self.sim_watch_set = self.watches.sim_watch_set  # runs that asked for simulated GPUs
         self.backends: list[Backend] = []
         self.devices: list[str] = []
         self.backend_states: dict[str, dict[str, Any]] = {}
@@ -80,6 +87,8 @@ class Daemon:
         self.ticks_missed = 0
         self.backend_errors = 0
         self.spool_queue_dropped = 0
+        self._queue_loss: list[int] | None = None  # [lines, first_t_ns, last_t_ns] to record
+        self._queue_loss_lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_reason = ""
         self._lock_fd: int | None = None
@@ -161,8 +170,11 @@ class Daemon:
         n_dev = max(1, len(self.devices))
         self.ring = Ring.for_duration(cfg.ring_s, cfg.rate_hz, n_dev)
         self.spool = SpoolWriter(home_mod.spool_dir(self.home), max_bytes=cfg.spool_max_bytes,
-                                 max_age_s=cfg.spool_max_age_s,
+                                 max_age_s=cfg.spool_max_age_s, retry_s=cfg.spool_retry_s,
                                  backlog_lines=self.ring.capacity)
+        self.watches.backends = self.backends
+        self.watches.simulated = self.simulated
+        self.watches.restore()
         sock_path = home_mod.socket_path(self.home)
         if os.path.lexists(sock_path):
             # We hold the lock, so whoever bound it is gone.
@@ -301,6 +313,11 @@ class Daemon:
             self._spool_q.put([(s.t_ns, ln) for s, ln in zip(samples, lines, strict=True)])
         else:  # the spool thread is stuck (hung file system): the ring still has them
             self.spool_queue_dropped += len(samples)
+            with self._queue_loss_lock:
+                if self._queue_loss is None:
+                    self._queue_loss = [0, now_ns, now_ns]
+                self._queue_loss[0] += len(samples)
+                self._queue_loss[2] = now_ns
 
     def _backend_failed(self, backend: Backend, e: Exception) -> None:
         self.backend_errors += 1
@@ -334,7 +351,14 @@ class Daemon:
                     done = True
                 else:
                     batch.extend(more)
-            if batch:
+            if self._queue_loss is not None:
+                with self._queue_loss_lock:
+                    lost, self._queue_loss = self._queue_loss, None
+                if lost is not None:
+                    self.spool.note_loss(lost[0], lost[1], lost[2],
+                                         "the spool writer was stuck (hung file system?) and "
+                                         f"{_SPOOL_QUEUE_TICKS} ticks were waiting for it")
+            if batch or self.spool.losses.pending:
                 self.spool.write(batch)
             if self.config.retention_s > 0 and time.monotonic() >= next_cleanup:
                 next_cleanup = time.monotonic() + _CLEANUP_EVERY_S
@@ -367,45 +391,14 @@ class Daemon:
             return {"ok": True, "pid": self.pid}
         if op in ("watch", "unwatch"):
             pid = req.get("pid")
-            if type(pid) is not int or pid <= 0:
-                return {"ok": False, "error": "pid must be a positive integer"}
-            return (self._watch(pid, req.get("run_id"), req.get("simulate_gpu", False))
-                    if op == "watch" else self._unwatch(pid))
+            return (self.watches.watch(pid, req.get("run_id"), req.get("simulate_gpu", False))
+                    if op == "watch" else self.watches.unwatch(pid))
         if op == "stop":
             log.info("stop requested over the socket")
             self.request_stop("stop requested")
             return {"ok": True, "stopping": True, "pid": self.pid}
         return {"ok": False, "error": f"unknown op {op!r} (status, watch, unwatch, subscribe, "
                                       "stop, ping)"}
-
-    def _watch(self, pid: int, run_id: Any, simulate_gpu: Any) -> dict[str, Any]:
-        if run_id is not None and not isinstance(run_id, str):
-            return {"ok": False, "error": "run_id must be a string"}
-        if not isinstance(simulate_gpu, bool):
-            return {"ok": False, "error": "simulate_gpu must be true or false"}
-        ctime = process_create_time(pid)
-        if ctime is None:
-            return {"ok": False, "error": f"no such process {pid}"}
-        self.watch_set.add(pid, run_id, ctime)
-        if simulate_gpu and self.simulated:
-            self.sim_watch_set.add(pid, run_id, ctime)
-        else:
-            self.sim_watch_set.discard(pid)
-        for backend in self.backends:
-            backend.watch(pid)
-        simulating = pid in self.sim_watch_set.pids()
-        log.info("watching pid %d (run %s)%s", pid, run_id, " (simulated)" * simulating)
-        return {"ok": True, "watched": [w.to_dict() for w in self.watch_set.entries()],
-                "simulating": simulating}
-
-    def _unwatch(self, pid: int) -> dict[str, Any]:
-        self.sim_watch_set.discard(pid)
-        was = self.watch_set.discard(pid)
-        if was:
-            for backend in self.backends:
-                backend.unwatch(pid)
-            log.info("unwatched pid %d", pid)
-        return {"ok": True, "was_watched": was}
 
     def _backend_report(self) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
         """(state of each backend, one line each, lost devices)."""
@@ -457,15 +450,12 @@ class Daemon:
             "simulated_runs": [w.run_id or str(w.pid) for w in self.sim_watch_set.entries()
                                if watched_alive(w)],
             "lost_devices": lost, "gpm_interval_s": self.config.gpm_interval_s,
+            "server": self.server.counters(),
         }
 
     def _housekeeping(self) -> None:
         """Once a second on the socket thread: forget dead runners, idle exit."""
-        for w in self.watch_set.prune(watched_alive):
-            self.sim_watch_set.discard(w.pid)
-            for backend in self.backends:
-                backend.unwatch(w.pid)
-            log.info("watched pid %d (run %s) has exited", w.pid, w.run_id)
+        self.watches.prune()
         busy = len(self.watch_set) > 0 or self.server.subscriber_count > 0
         now = time.monotonic()
         if busy:
@@ -480,12 +470,15 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     os.umask(0o077)  # socket, pid file, spool and log: this user only
     try:
-        config.home.mkdir(parents=True, exist_ok=True)
+        config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chdir(config.home)  # hold no launcher directory busy
     except OSError as e:
         print(f"profiling daemon: cannot use data dir {config.home}: {e}", file=sys.stderr)
         return 1
+    opened = make_private(config.home)  # what an older version or a umask left open
     setup_logging(config.home)
+    if opened:
+        log.info("made private (this user only): %s", ", ".join(p.name for p in opened))
     daemon = Daemon(config)
     try:
         if not daemon.acquire_lock():

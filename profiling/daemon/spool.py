@@ -14,6 +14,16 @@ Layout: `<home>/spool/samples-<first_t_ns>-<pid>.jsonl`, one JSON line a sample 
 - Rotation by size or age keeps deletion coarse and cheap: `cleanup` drops whole segments.
 - A full disk or unwritable dir never stops sampling: lines wait in a bounded in-memory
   backlog, one clear message is logged, and the writer retries every few seconds.
+- Nothing is lost silently. When the backlog overflows, the oldest held lines are dropped
+  and each drop is accounted for: the daemon's status shows `spool.lost` (total) and
+  `spool.losing` (the interval being lost now), daemon.log gets a line when losing starts
+  and one when it ends, and once the disk takes writes again a loss record is appended to
+  `<home>/spool/losses.jsonl`, one JSON object a line:
+  `{"lines_lost": n, "first_t_ns": t0, "last_t_ns": t1, "noticed_ns": t, "daemon_pid": p,
+  "reason": "..."}` = n samples (all devices) with t0 <= t_ns <= t1 are not in the
+  segments. `losses.spool_losses(home, t0_ns, t1_ns)` reads the records overlapping a
+  window (profiling/daemon/losses.py has the details). Lines on disk + lines lost = lines
+  sampled, exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from profiling.daemon.losses import LossLog
 from profiling.daemon.wire import sample_line
 from profiling.sample import FIELD_NAMES, SOURCES, Sample, SampleError
 
@@ -135,7 +146,8 @@ class SpoolWriter:
         self._retry_at = 0.0
         self._last_error: str | None = None
         self.lines_written = 0
-        self.lines_lost = 0
+        self.losses = LossLog(self.spool_dir, self.pid)
+        """Lines that never reached the disk: counted, logged and recorded (docstring)."""
         self.segments_opened = 0
         self.errors = 0
 
@@ -148,6 +160,15 @@ class SpoolWriter:
     def failing(self) -> bool:
         return self._failing
 
+    @property
+    def lines_lost(self) -> int:
+        """Lines dropped without reaching the disk (each one in a loss record)."""
+        return self.losses.lines_lost
+
+    def note_loss(self, lines: int, first_t_ns: int, last_t_ns: int, reason: str) -> None:
+        """Account for lines lost before they reached this writer (recorded with the rest)."""
+        self.losses.add(lines, first_t_ns, last_t_ns, reason)
+
     def write_samples(self, samples: Sequence[Sample]) -> bool:
         return self.write([(s.t_ns, sample_line(s)) for s in samples])
 
@@ -156,7 +177,8 @@ class SpoolWriter:
 
         While the spool is failing, entries join the backlog and a write is tried again only
         every `retry_s` (or now, with force=True). When the backlog is full the oldest lines
-        are dropped and counted in `lines_lost`.
+        are dropped and counted in `lines_lost`; the loss record is written once the disk
+        takes writes again.
         """
         if not self._backlog and not self._failing:
             pending: Sequence[tuple[int, bytes]] = entries
@@ -172,6 +194,9 @@ class SpoolWriter:
                 self._failing = False
                 log.warning("spool: %s is writable again; wrote %d held samples (%d lost)",
                             self.spool_dir, len(pending), self.lines_lost)
+            if self.losses.losing or self.losses.pending:
+                self.losses.end()
+                self.losses.flush()
             return True
         self._hold(pending[written:])
         return False
@@ -179,7 +204,9 @@ class SpoolWriter:
     def _hold(self, entries: Iterable[tuple[int, bytes]]) -> None:
         for entry in entries:
             if len(self._backlog) == self._backlog.maxlen:
-                self.lines_lost += 1
+                self.losses.dropped(self._backlog[0][0],
+                                    f"spool unwritable ({self._last_error}) and its backlog "
+                                    f"of {self._backlog.maxlen} samples full")
             self._backlog.append(entry)
 
     def _append(self, entries: Sequence[tuple[int, bytes]]) -> int:
@@ -271,9 +298,19 @@ class SpoolWriter:
         self._close_segment()
 
     def close(self) -> None:
-        """Write what is held (one last try), fsync and close."""
+        """Write what is held (one last try), fsync and close; what still cannot be written
+        is lost, and recorded as such (or logged when even that fails)."""
         if self._backlog:
             self.write([], force=True)
+        if self._backlog:
+            reason = f"daemon stopped while the spool was unwritable ({self._last_error})"
+            self.losses.end()  # what the full backlog dropped is one record, this another
+            for t_ns, _ in self._backlog:
+                self.losses.dropped(t_ns, reason)
+            self._backlog.clear()
+        self.losses.end()
+        if not self.losses.flush():
+            self.losses.give_up()
         self._close_segment()
 
     def status(self) -> dict[str, Any]:
@@ -281,7 +318,7 @@ class SpoolWriter:
                 "segment": self._path.name if self._path else None,
                 "segment_bytes": self._seg_bytes, "lines_written": self.lines_written,
                 "failing": self._failing, "last_error": self._last_error,
-                "held": len(self._backlog), "lost": self.lines_lost, "errors": self.errors}
+                "held": len(self._backlog), "errors": self.errors, **self.losses.status()}
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ PROTOCOL_VERSION = 1
 
 MAX_LINE_BYTES = 64 * 1024
 """Longest request line the daemon accepts (and longest reply line a client expects)."""
+
+MAX_REQUEST_DEPTH = 8
+"""Deepest nesting of arrays and objects a request may have (requests are flat: 2 at most)."""
 
 _SUN_PATH_MAX = 107
 """sockaddr_un.sun_path holds 108 bytes on Linux, one of them the terminating NUL."""
@@ -62,12 +66,25 @@ def _short_path(path: Path) -> Iterator[str]:
 
 
 def connect_unix(path: Path, timeout_s: float | None) -> socket.socket:
-    """A connected stream socket; raises OSError (FileNotFoundError, ConnectionRefusedError)."""
+    """A connected stream socket; raises OSError (FileNotFoundError, ConnectionRefusedError).
+
+    With a timeout, a unix-socket connect fails at once with EAGAIN while the server's
+    accept backlog is full (a burst of clients); that is retried until `timeout_s`, so a
+    busy daemon is waited for rather than taken for a missing one.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with _short_path(path) as addr:
-            sock.connect(addr)
+            while True:
+                try:
+                    sock.connect(addr)
+                    break
+                except BlockingIOError:
+                    if deadline is None or time.monotonic() >= deadline:
+                        raise TimeoutError(f"the accept backlog of {path} stayed full") from None
+                    time.sleep(0.005)
     except BaseException:
         sock.close()
         raise
@@ -80,11 +97,60 @@ def bind_unix(path: Path) -> socket.socket:
     try:
         with _short_path(path) as addr:
             sock.bind(addr)
-        sock.listen(64)
+        sock.listen(socket.SOMAXCONN)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def nesting_depth(line: bytes) -> int:
+    """The deepest nesting of `[`/`{` in a JSON text, brackets inside strings left out."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for byte in line:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_str = False
+        elif byte == 0x22:
+            in_str = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def decode_request(line: bytes, max_depth: int = MAX_REQUEST_DEPTH) -> dict[str, Any]:
+    """One request line as a JSON object with a string "op".
+
+    Never raises anything but ValueError, whatever the bytes: invalid UTF-8, nesting deeper
+    than `max_depth` (checked before parsing, so a deeply nested frame cannot exhaust the
+    parser's recursion), invalid JSON, a non-object or a missing op.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 (byte {e.start})") from None
+    # Counting brackets first costs nothing for a flat request; scan only when it could be deep.
+    if line.count(b"[") + line.count(b"{") > max_depth and nesting_depth(line) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth} levels")
+    try:
+        req = json.loads(text)
+    except RecursionError:  # unreachable after the depth check; kept as a last guard
+        raise ValueError("nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(req, dict):
+        raise ValueError(f"expected a JSON object, got {type(req).__name__}")
+    if not isinstance(req.get("op"), str):
+        raise ValueError("expected a JSON object with an 'op' string")
+    return req
 
 
 class LineReader:
