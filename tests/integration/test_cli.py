@@ -257,8 +257,9 @@ def test_export_formats(cli: Cli, tmp_path: Path) -> None:
         else:
             rows = pq.read_table(path).to_pylist()
         assert [{k: r[k] for k in want} for r in rows] == [want], fmt
-    assert "unknown" in _one_line_error(
-        cli("export", "nope", "--format", "csv", "-o", str(tmp_path / "x.csv"))).lower()
+    assert _one_line_error(
+        cli("export", "nope", "--format", "csv", "-o", str(tmp_path / "x.csv"))
+    ) == "efficientllm: error: no run 'nope'"
 
 
 def test_simulated_gpu_run_is_labelled_everywhere(cli: Cli) -> None:
