@@ -42,6 +42,8 @@ PID_FILE = "dispatcher.pid"
 LOG_FILE = "dispatcher.log"
 DEFAULT_IDLE_S = 5.0
 POLL_S = 0.25
+WATCHDOG_S = 3.0
+"""How often, while runs go, the dispatcher checks that a profiling daemon watches them."""
 INGEST_LOCK_TIMEOUT_S = 1.0
 """How long one ingest waits for a locked database before the loop moves on (retried)."""
 
@@ -128,11 +130,14 @@ class Dispatcher:
     retry_at: dict[str, float] = field(default_factory=dict)
     """Runs whose store failed (a corrupt or unwritable database): when to try again."""
     retry_s: float = 10.0
+    watchdog_at: float = 0.0
+    """When the profiling daemon was last checked for the running runs."""
 
     def step(self) -> tuple[int, int]:
         """One pass: store what ended, start what can start. Returns (waiting, running)."""
         busy: set[str] = set()
         waiting: list[tuple[Path, queue.QueueEntry]] = []
+        running_dirs: list[Path] = []
         now = time.monotonic()
         for run_dir in rundir.iter_dirs(self.home):
             if run_dir.name in self.done or self.retry_at.get(run_dir.name, 0.0) > now:
@@ -145,10 +150,14 @@ class Dispatcher:
             if state == "running":
                 entry = _entry_or_none(run_dir)
                 busy.add(entry.device_key if entry else _spec_key(run_dir))
+                running_dirs.append(run_dir)
             elif state == "waiting":
                 entry = _entry_or_none(run_dir)
                 if entry is not None:
                     waiting.append((run_dir, entry))
+        if running_dirs and time.monotonic() - self.watchdog_at >= WATCHDOG_S:
+            self.watchdog_at = time.monotonic()
+            self._watchdog(running_dirs)
         started = 0
         for run_dir, entry in sorted(waiting, key=lambda p: (p[1].queued_ns, p[0].name)):
             if entry.device_key in busy:
@@ -206,6 +215,28 @@ class Dispatcher:
             return False
         log.info("started %s on %s (pid %d)", run_dir.name, entry.device_key, proc.pid)
         return True
+
+    def _watchdog(self, running: list[Path]) -> None:
+        """While runs go, keep a profiling daemon alive and watching their runners: one
+        killed or stopped mid-run is replaced within WATCHDOG_S, and the hole it left is
+        reported at ingest (sample coverage), never bridged."""
+        from profiling.daemon import client
+
+        watches = []
+        for run_dir in running:
+            pid, _ = rundir.runner_process(run_dir)
+            try:
+                simulated = bool(_spec(run_dir).simulate_gpu)
+            except (BadInput, ProtocolError):
+                continue
+            if pid is not None:
+                watches.append(client.RunnerWatch(pid, run_dir.name, simulated))
+        try:
+            client.ensure_daemon(self.home, idle_exit_s=daemon_idle_s(),
+                                 simulate_gpu=True if any(w.simulate_gpu for w in watches)
+                                 else None, watches=watches)
+        except client.DaemonError as e:
+            log.warning("profiling daemon watchdog: %s", e)
 
     def _ensure_daemon(self, spec: RunSpec) -> None:
         from profiling.daemon import client

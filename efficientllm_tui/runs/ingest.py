@@ -26,7 +26,7 @@ from efficientllm_tui.store.db import Store
 from efficientllm_tui.store.schema import RUN_COLUMNS
 from profiling import home as homes
 from profiling import metrics as pm
-from profiling.daemon import spool
+from profiling.daemon import losses, spool
 from profiling.sample import Sample
 from runners import errors as runner_errors
 from runners.models import catalog
@@ -225,6 +225,9 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
     n_cpus = int((started.get("cpu_count") if started else None) or os.cpu_count() or 1)
     metrics, pcu_source = sample_metrics(samples, dev, t0, t1, n_cpus,
                                          _no_samples_reason(result, dev))
+    lost = _lost_samples(home, t0, t1)
+    if lost:
+        span_note = f"{span_note}; {lost}" if span_note else lost
     if span_note:
         for m in metrics:
             m["note"] = f"{m['note']}; {span_note}" if m.get("note") else span_note
@@ -276,6 +279,20 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
     raw = [{"t_ns": e.t_ns, "kind": e.kind, "payload": dict(e.fields)} for e in events]
     return RunBundle(run=run, samples=samples, steps=steps, windows=windows, events=raw,
                      metrics=metrics)
+
+
+def _lost_samples(home: Path, t0_ns: int, t1_ns: int) -> str | None:
+    """What the profiling daemon recorded losing in the window (a full spool disk), in
+    words; None when it lost nothing there."""
+    try:
+        records = losses.spool_losses(home, t0_ns, t1_ns)
+    except (OSError, ValueError):
+        return None
+    if not records:
+        return None
+    n = sum(r.lines_lost for r in records)
+    return (f"the profiling daemon lost {n} sample line(s) in this window "
+            f"({records[-1].reason})")
 
 
 def _result_metrics(result: Event | None) -> list[dict[str, Any]]:

@@ -235,3 +235,42 @@ def test_an_ingest_killed_mid_transaction_leaves_all_or_nothing(tmp_path: Path) 
     assert killed_inside >= 1, "no kill landed inside the store"
     ingest.recover(Store(db), home)
     assert Store(db).samples(run_dir.name).num_rows == n
+
+
+def test_a_daemon_killed_mid_run_is_replaced_and_the_hole_is_said(cli: Cli) -> None:
+    from profiling.daemon import client
+
+    cli.home.mkdir(parents=True, exist_ok=True)
+    db = cli.home / "efficientllm.duckdb"
+    spec = specs.build_spec(model="tiny", technique="fp32", device="cpu", steps=100000,
+                            warmup=0, new_tokens=4, seq_len=8)
+    run_dir = queue.enqueue(spec, cli.home, db)
+    os.environ["EFFICIENTLLM_HOME"] = str(cli.home)
+    try:
+        dispatcher.ensure(cli.home)
+        deadline = time.monotonic() + 90
+        while sum(e.kind == "step" for e in rundir.read_events(run_dir)[0]) < 3:
+            assert time.monotonic() < deadline, "the run never took 3 steps"
+            time.sleep(0.2)
+        first = client.daemon_status(cli.home)
+        assert first is not None
+        os.kill(int(first["pid"]), signal.SIGKILL)
+        killed_ns = time.time_ns()
+        deadline = time.monotonic() + 20
+        while True:  # the dispatcher's watchdog starts a new one, watching the runner
+            st = client.daemon_status(cli.home, timeout_s=0.5)
+            if st is not None and st["pid"] != first["pid"]:
+                break
+            assert time.monotonic() < deadline, "no daemon replaced the killed one"
+            time.sleep(0.2)
+        time.sleep(2.0)  # let the new daemon sample the runner for a while
+        assert queue.stop(cli.home, [spec.run_id])[0][1].startswith("stopping")
+        deadline = time.monotonic() + 60
+        while not rundir.ingested_final(run_dir):
+            assert time.monotonic() < deadline, "the run was never stored"
+            time.sleep(0.2)
+    finally:
+        os.environ.pop("EFFICIENTLLM_HOME", None)
+        stop_dispatcher(cli.home)
+    samples = Store(db).samples(spec.run_id, device="cpu").column("t_ns").to_pylist()
+    assert any(t > killed_ns + S for t in samples), "the new daemon never sampled the runner"
