@@ -274,3 +274,45 @@ def test_a_daemon_killed_mid_run_is_replaced_and_the_hole_is_said(cli: Cli) -> N
         stop_dispatcher(cli.home)
     samples = Store(db).samples(spec.run_id, device="cpu").column("t_ns").to_pylist()
     assert any(t > killed_ns + S for t in samples), "the new daemon never sampled the runner"
+
+
+def test_the_orphan_reason_is_what_happened_not_a_library_warning(tmp_path: Path) -> None:
+    home, store = tmp_path, Store(tmp_path / "db.duckdb")
+    quiet = _made(home)
+    _events(quiet, _finished(1_800_000_000 * S)[:2])
+    (quiet / "stderr.log").write_text(
+        "/site-packages/torchao/__init__.py:96: UserWarning: Failed to load _C_mxfp8.so\n")
+    loud = _made(home, technique="bf16")
+    _events(loud, _finished(1_800_000_000 * S)[:2])
+    (loud / "stderr.log").write_text("Traceback (most recent call last):\n  File x\n"
+                                     "RuntimeError: CUDA error: an illegal memory access\n"
+                                     "FutureWarning: something later\n")
+    assert ingest.ingest_run(store, quiet, home).error_text == (
+        "runner died without a result after step event")
+    assert ingest.ingest_run(store, loud, home).error_text == (
+        "runner died without a result after step event; stderr: RuntimeError: CUDA error: "
+        "an illegal memory access")
+
+
+def test_a_database_that_cannot_take_a_run_keeps_it_safe_until_it_can(cli: Cli) -> None:
+    """The launcher no longer owns a run: when the database breaks after a run was queued,
+    the run still goes, stays in its dir, and is stored once the database is usable."""
+    cli.home.mkdir(parents=True, exist_ok=True)
+    db = cli.home / "efficientllm.duckdb"
+    spec = specs.build_spec(model="tiny", technique="fp32", device="cpu", steps=2, warmup=0,
+                            new_tokens=4, seq_len=8)
+    run_dir = queue.enqueue(spec, cli.home, db)
+    db.write_bytes(b"this is not a duckdb file" * 100)  # damaged after the launch
+    dispatcher.ensure(cli.home)
+    deadline = time.monotonic() + 90
+    while not any(e.kind == "result" for e in rundir.read_events(run_dir)[0]):
+        assert time.monotonic() < deadline, "the run did not finish"
+        time.sleep(0.3)
+    time.sleep(1.0)
+    assert not rundir.ingested_final(run_dir)  # not stored, not lost
+    assert db.read_bytes().startswith(b"this is not a duckdb file")  # never overwritten
+    db.unlink()  # the user moves the damaged file away
+    out = cli("recover", "--json")
+    assert out.returncode == 0, out.stderr
+    assert {"run_id": spec.run_id, "status": "ok"} in json.loads(out.stdout)
+    stop_dispatcher(cli.home)
