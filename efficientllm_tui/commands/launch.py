@@ -34,7 +34,7 @@ from runners.protocol import Event, ProtocolError, RunSpec, new_run_id, parse_se
 
 
 def _goes_on(what: str, stop_hint: str) -> None:
-    print(f"\nefficientllm: {what} go(es) on in the background (the dispatcher runs it): "
+    print(f"\nefficientllm: {what} goes on in the background (the dispatcher runs it): "
           f"`efficientllm queue` shows it, `efficientllm stop {stop_hint}` stops it",
           file=sys.stderr, flush=True)
 
