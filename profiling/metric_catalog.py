@@ -38,6 +38,13 @@ class MetricInfo:
     """One line: what it is (docs/metrics.md has the exact definitions)."""
 
 
+SUITE_TASKS = ("ellm_boolean_expressions", "ellm_multistep_arithmetic", "ellm_word_sorting",
+               "ellm_dyck_languages", "ellm_object_counting", "ellm_date_arithmetic")
+"""The shipped quality suite's tasks (runners.techniques.tasks.TASKS; a test keeps them equal).
+Other lm-eval tasks store `acc_<task>` too, unknown to the catalog; `acc_<task>_stderr` is
+each one's standard error."""
+
+
 def _m(name: str, label: str, unit: str, **kw: object) -> MetricInfo:
     return MetricInfo(name, label, unit, **kw)  # type: ignore[arg-type]
 
@@ -153,6 +160,11 @@ CATALOG: tuple[MetricInfo, ...] = (
        doc='reference bytes / weight bytes'),
     _m("reference_ppl", "reference PPL", "ppl",
        doc='perplexity of the uncompressed reference on the same text'),
+    _m("quality", "quality", "fraction", paper="performance",
+       doc='mean accuracy over the --set quality tasks (lm-eval); MCR uses it when scored'),
+    *(_m(f"acc_{task}", task.removeprefix("ellm_").replace("_", " "), "fraction",
+         paper="performance", doc=f"accuracy on the shipped suite's {task} (lm-eval)")
+      for task in SUITE_TASKS),
     _m("eval_loss", "eval loss", "nats/token",
        doc='loss on the held-out data'),
     _m("aux_loss", "MoE aux loss", "ratio",

@@ -110,6 +110,19 @@ def parse_targets(value: str) -> str | list[str]:
     return names
 
 
+_TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_quality(value: str) -> list[str]:
+    """`off`/`none` -> []; `suite, mmlu_pro` -> ['suite', 'mmlu_pro'] (names lm-eval
+    resolves at run time: an unknown one is an `unsupported` note, not a failed run)."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not all(_TASK_NAME.fullmatch(n) for n in names):
+        raise BadInput(f"quality must be off, suite or comma-separated lm-eval task names, "
+                       f"got {value!r}")
+    return [n for n in names if n.lower() not in ("off", "none")]
+
+
 def _p(name: str, kind: type, default: ParamValue | None, doc: str, **kw: Any) -> Param:
     return Param(name, kind, default, doc, **kw)
 
@@ -139,6 +152,10 @@ INFERENCE = (
        low=1),
     _p("eval_tokens", int, 512, "held-out tokens scored for eval_ppl; 0 skips it (and MCR)",
        **_EVAL_TOKENS),
+    _p("quality", str, "off", "lm-eval tasks scored after the measured window: off, suite or "
+       "task names", parse=parse_quality),
+    _p("quality_items", int, 50, "items per quality task (suite: generated; other tasks: "
+       "their first N)", low=1),
     _p("phase_windows", bool, True, "also replay the measured prefills in a prefill window"),
     _p("trust_remote_code", bool, False, "let a local model dir run its own code"),
 )

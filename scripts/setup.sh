@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # Exact versions come from constraints.txt (torch==2.13.0: the CPU wheel here, CUDA on a GPU box).
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,eval]"
 # Triton runs our GPU kernels' tests in its interpreter on CPU; CUDA builds of torch bring it.
 .venv/bin/python -c "import triton" 2>/dev/null \
     || .venv/bin/python -m pip install -q --disable-pip-version-check "triton==3.6.0" \

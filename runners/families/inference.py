@@ -43,6 +43,7 @@ from runners.models import build as model_mod
 from runners.protocol import RANDOM_WEIGHTS_NOTE, Event, RunResult
 from runners.system import device as dev
 from runners.techniques import quantize as quant
+from runners.techniques import scoring
 from runners.techniques.quality import Reference, calibration_batches, perplexity
 
 __all__ = ["TECHNIQUES", "InferenceConfig", "InferenceFamily", "Technique", "perplexity"]
@@ -55,6 +56,8 @@ CALIBRATION_CHUNK_TOKENS = 256
 DISTINCT_REQUESTS = 64
 """Distinct prompt batches built per run; longer runs cycle through them."""
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+QUALITY_BATCH = 32
+"""Sequences per lm-eval forward when scoring tasks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,12 @@ class InferenceConfig(FamilyConfig):
     """torch intra-op threads; None: one fewer than the CPUs this process may use."""
     eval_tokens: int = 512
     """Held-out tokens scored for `eval_ppl`; 0 skips the evaluation (and MCR)."""
+    quality: str = "off"
+    """lm-eval tasks scored on the measured model after the measured window, in a `quality`
+    window of its own: `off`, `suite` (the shipped offline suite, runners.techniques.tasks)
+    or comma-separated task names (their datasets must be in the Hugging Face cache)."""
+    quality_items: int = 50
+    """Items per quality task: the suite generates this many; other tasks score their first N."""
     phase_windows: bool = True
     """Also replay the measured prefills in a `prefill` window (energy by phase)."""
     trust_remote_code: bool = False
@@ -144,6 +153,8 @@ class InferenceFamily(Family[InferenceConfig]):
 
     _built: model_mod.BuiltModel | None = None
     _reference_note: str | None = None
+    _tokenizer: Any = None
+    _tasks: tuple[str, ...] = ()
 
     @property
     def technique(self) -> Technique:
@@ -187,6 +198,9 @@ class InferenceFamily(Family[InferenceConfig]):
         # Quality only where there is some: on random weights perplexity is noise around
         # the vocabulary size at every precision (RANDOM_WEIGHTS_NOTE), so it is not scored.
         scored = built.weights != "random" and c.eval_tokens > 0
+        self._tokenizer = tokenizer
+        tasks = scoring.task_names(c.quality)
+        self._tasks = tasks if built.weights != "random" else ()
         reference = None
         if ref_dtype is not None and ref_dtype != compute:
             reference = self._reference(built, ref_dtype, text.heldout, scored)
@@ -226,8 +240,11 @@ class InferenceFamily(Family[InferenceConfig]):
             ctx.phase("eval", tokens=len(text.heldout))
             ppl = perplexity(built.model, text.heldout, c.device,
                              min(PPL_CHUNK_TOKENS, self.card.max_position))
+        task_scores = (self._score_tasks(built.model, "quality", meter) if self._tasks
+                       else scoring.unscored(tasks, RANDOM_WEIGHTS_NOTE))
         if ref_dtype == compute and tech.quantization is None:
-            reference = Reference(model_mod.dtype_name(compute), built.size.weight_bytes, ppl)
+            reference = Reference(model_mod.dtype_name(compute), built.size.weight_bytes, ppl,
+                                  scoring.mean(task_scores) if self._tasks else None)
         reference_note = None
         if reference is None:
             reference_note = self._reference_note or (
@@ -244,7 +261,8 @@ class InferenceFamily(Family[InferenceConfig]):
             peak_rss_gib=dev.peak_rss_gib(), ppl=ppl, reference=reference,
             peak_tflops=c.peak_tflops, mem_bw_gbps=c.mem_bw_gbps,
             n_layers=self.card.num_layers, d_attn=self.card.num_heads * self.card.head_dim,
-            quality_note=quality_note, reference_note=reference_note)
+            quality_note=quality_note, reference_note=reference_note,
+            task_scores=task_scores)
         info = {
             "weights": built.weights, "weights_source": built.source, "dtype": built.dtype,
             "init_dtype": built.init_dtype, "total_params": built.size.total_params,
@@ -261,6 +279,9 @@ class InferenceFamily(Family[InferenceConfig]):
                 built.size.total_params, c.seq_len, c.new_tokens, n_layers=self.card.num_layers,
                 d_attn=self.card.num_heads * self.card.head_dim),
             "quality_scored": scored,
+            "quality_tasks": scoring.info(task_scores),
+            "mcr_quality": ("tasks" if scoring.mean(task_scores) is not None
+                            else "perplexity" if ppl is not None else None),
             "energy_note": window.energy_note,
             "quantization": self._quant_info(kernels),
             "mcr_reference": None if reference is None else reference.dtype,
@@ -274,7 +295,8 @@ class InferenceFamily(Family[InferenceConfig]):
 
     def _reference_dtype(self) -> torch.dtype | None:
         c = self.config
-        if c.mcr_reference == "none" or c.eval_tokens == 0:
+        if c.mcr_reference == "none" or (c.eval_tokens == 0
+                                          and not scoring.task_names(c.quality)):
             return None
         return getattr(torch, DTYPES[c.mcr_reference])
 
@@ -286,11 +308,14 @@ class InferenceFamily(Family[InferenceConfig]):
         self.ctx.phase("reference", dtype=model_mod.dtype_name(dtype),
                        tokens=len(heldout) if scored else 0)
         chunk = min(PPL_CHUNK_TOKENS, self.card.max_position)
-        ppl = None
+        ppl = task_quality = None
         try:
             with model_mod.cast_temporarily(built.model, dtype) as size:
                 if scored:
                     ppl = perplexity(built.model, heldout, c.device, chunk)
+                if self._tasks:
+                    task_quality = scoring.mean(
+                        self._score_tasks(built.model, "reference_quality"))
         except Exception as e:  # noqa: BLE001 - only memory is forgiven here
             if not is_oom(e):
                 raise
@@ -299,7 +324,28 @@ class InferenceFamily(Family[InferenceConfig]):
             if c.device.startswith("cuda"):
                 torch.cuda.empty_cache()
             return None
-        return Reference(model_mod.dtype_name(dtype), size.weight_bytes, ppl)
+        return Reference(model_mod.dtype_name(dtype), size.weight_bytes, ppl, task_quality)
+
+    def _score_tasks(self, model: Any, phase: str,
+                     meter: WindowMeter | None = None) -> tuple[scoring.TaskScore, ...]:
+        """The run's quality tasks on `model` (lm-eval), in window `phase` when `meter` is
+        given, so their time and energy are never part of the measured window."""
+        c, ctx = self.config, self.ctx
+        ctx.phase(phase, tasks=list(self._tasks), items=c.quality_items)
+        tok = getattr(self._tokenizer, "transformers", None)
+        if tok is None:
+            return scoring.unscored(self._tasks, "unsupported: lm-eval needs the model's "
+                                    "transformers tokenizer (this model has the byte one)")
+        if meter is not None:
+            meter.begin(phase)
+        scores = scoring.score(model, tok, self._tasks, self.ctx.run_dir / "quality",
+                               items=c.quality_items, batch_size=QUALITY_BATCH)
+        if meter is not None:
+            ctx.emit(Event.window(**meter.end(phase).to_dict()))
+        for s in scores:
+            if s.note:
+                ctx.emit(Event.log(f"{phase}: {s.task}: {s.note}"))
+        return scores
 
     def _quantize(self, built: model_mod.BuiltModel, q: quant.Quantization,
                   pool: Sequence[int]) -> tuple[model_mod.BuiltModel, dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from profiling import metrics as pm
 from profiling.window import WindowResult
 from runners.protocol import ENERGY_METRICS, NO_PEAK_NOTE, Metric, explain_missing
+from runners.techniques import scoring
 
 if TYPE_CHECKING:
     from runners.engines.decode import RequestTiming
@@ -57,6 +58,8 @@ class Measured:
     """Why perplexity and MCR are None (random weights, eval_tokens=0)."""
     reference_note: str | None = None
     """Why there is no reference to compare sizes with (mcr_reference=none, out of memory)."""
+    task_scores: tuple[scoring.TaskScore, ...] = ()
+    """The `quality` tasks' scores (lm-eval); empty when none was asked for."""
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -105,8 +108,14 @@ def inference_metrics(m: Measured) -> list[Metric]:
 
     ref = m.reference
     ref_bytes = ref.weight_bytes if ref is not None else None
-    quality = pm.quality_from_perplexity(m.ppl)
-    ref_quality = pm.quality_from_perplexity(ref.ppl) if ref is not None else None
+    # MCR's quality: the mean task accuracy when tasks were scored, else 1 / perplexity
+    task_quality = scoring.mean(m.task_scores)
+    if task_quality is not None:
+        quality: float | None = task_quality
+        ref_quality = ref.task_quality if ref is not None else None
+    else:
+        quality = pm.quality_from_perplexity(m.ppl)
+        ref_quality = pm.quality_from_perplexity(ref.ppl) if ref is not None else None
 
     def metric(name: str, value: float | None, unit: str, source: str = SOURCE) -> Metric:
         return Metric(name, value, unit, source)
@@ -168,4 +177,5 @@ def inference_metrics(m: Measured) -> list[Metric]:
         metric("compression_ratio", ref_bytes / m.weight_bytes
                if ref_bytes and m.weight_bytes > 0 else None, "ratio"),
         metric("mcr", pm.mcr(ref_bytes, m.weight_bytes, ref_quality, quality), "ratio"),
+        *(scoring.metrics(m.task_scores, m.quality_note) if m.task_scores else ()),
     ], notes))

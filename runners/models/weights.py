@@ -207,6 +207,11 @@ class HFTokenizer:
         self.pad_token_id: int | None = pad if pad is not None else tokenizer.eos_token_id
         self.name = type(tokenizer).__name__
 
+    @property
+    def transformers(self) -> Any:
+        """The wrapped transformers tokenizer (lm-eval scores through it)."""
+        return self._tok
+
     def encode(self, text: str) -> list[int]:
         """Ids of `text` without special tokens (prompts are windows of running text)."""
         return list(self._tok(text, add_special_tokens=False)["input_ids"])

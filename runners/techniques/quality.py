@@ -21,6 +21,8 @@ class Reference:
     """Bytes the reference model's tensors store."""
     ppl: float | None
     """Its perplexity on the same held-out text; None when not finite."""
+    task_quality: float | None = None
+    """Its mean accuracy on the run's quality tasks; None when no task was scored."""
 
 
 def perplexity(model: Any, ids: Sequence[int], device: str, chunk_tokens: int) -> float | None:
