@@ -15,39 +15,20 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from profiling import home as home_mod
 from profiling.daemon import client
 from profiling.daemon.client import DaemonError, pid_alive
 from profiling.daemon.spool import list_segments, read_samples
+from tests.faults.daemon_rig import daemons_of, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 IDLE_S = 3.0
-
-
-def daemons_of(home: Path) -> list[psutil.Process]:
-    """Live daemon processes serving `home` (zombies left out)."""
-    out = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmd = proc.info["cmdline"] or []
-        if "profiling.daemon.service" in cmd and str(home) in cmd \
-                and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            out.append(proc)
-    return out
-
-
-def wait_for(cond: Callable[[], object], timeout_s: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -110,3 +110,20 @@ def make_bundle(
 
 def count_rows(store: Store) -> dict[str, int]:
     return store.stats()["rows"]
+
+
+def version_1_file(path: Path, *, metrics: bool = False) -> Path:
+    """A database as schema version 1 wrote it, with one run `old` (and its `al_s` metric)."""
+    import duckdb
+
+    from efficientllm_tui.store.schema import MIGRATIONS
+
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    MIGRATIONS[0](con)
+    con.execute("INSERT INTO schema_meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO runs (run_id, status) VALUES ('old', 'ok')")
+    if metrics:
+        con.execute("INSERT INTO metrics VALUES ('old', 'al_s', 0.5, 's', 'runner')")
+    con.close()
+    return path

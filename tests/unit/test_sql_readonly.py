@@ -147,17 +147,10 @@ def test_read_only_query_waits_for_a_writer_of_this_process(db: Store) -> None:
 
 
 def test_read_only_query_of_an_older_file_migrates_it_first(tmp_path: Path) -> None:
-    import duckdb
+    from efficientllm_tui.store.schema import SCHEMA_VERSION
+    from tests.unit.store_rows import version_1_file
 
-    from efficientllm_tui.store.schema import MIGRATIONS, SCHEMA_VERSION
-
-    path = tmp_path / "v1.duckdb"
-    con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    MIGRATIONS[0](con)
-    con.execute("INSERT INTO schema_meta VALUES ('schema_version', '1')")
-    con.execute("INSERT INTO runs (run_id, status) VALUES ('old', 'ok')")
-    con.close()
+    path = version_1_file(tmp_path / "v1.duckdb")
     got = Store(path).query(
         "SELECT (SELECT value FROM schema_meta WHERE key = 'schema_version'), run_id, status "
         "FROM runs"

@@ -344,18 +344,9 @@ def test_quality_on_random_weights_and_zero_energy_are_never_ranked(store: Store
 
 
 def test_a_version_1_file_migrates_keeping_its_rows(tmp_path: Path) -> None:
-    import duckdb
+    from tests.unit.store_rows import version_1_file
 
-    from efficientllm_tui.store.schema import MIGRATIONS
-
-    path = tmp_path / "v1.duckdb"
-    con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    MIGRATIONS[0](con)
-    con.execute("INSERT INTO schema_meta VALUES ('schema_version', '1')")
-    con.execute("INSERT INTO runs (run_id, status) VALUES ('old', 'ok')")
-    con.execute("INSERT INTO metrics VALUES ('old', 'al_s', 0.5, 's', 'runner')")
-    con.close()
+    path = version_1_file(tmp_path / "v1.duckdb", metrics=True)
     store = Store(path)
     got = store.get_run("old")
     assert got is not None and got["metrics"] == {"al_s": (0.5, "s", "runner")}
