@@ -7,6 +7,7 @@ any moment, Ctrl-C or a dropped SSH connection, and nothing is lost: the runs go
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,38 @@ def follow_run(home: Path, run_id: str, on_event: Callable[[Event], None] | None
                 and now - ended_at >= stored_timeout_s:
             return None
         time.sleep(poll_s)
+
+
+def wait_stored(home: Path, run_id: str, timeout_s: float, *,
+                stop: threading.Event | None = None, poll_s: float = 0.2,
+                ensure: Callable[[], object] | None = None,
+                ensure_after_s: float = ENSURE_EVERY_S,
+                ensure_every_s: float = ENSURE_EVERY_S) -> str | None:
+    """Wait until the dispatcher stored an ended run; its status, or None when `timeout_s`
+    passed, the run dir vanished or `stop` was set. Keeps a dispatcher running meanwhile (one
+    killed while the run ended is replaced): `ensure` (default dispatcher.ensure) is called
+    after `ensure_after_s`, then every `ensure_every_s`."""
+    run_dir = homes.runs_dir(home) / run_id
+    start = time.monotonic()
+    next_ensure = start + ensure_after_s
+    while stop is None or not stop.is_set():
+        status = stored_status(run_dir)
+        if status is not None or not run_dir.is_dir():
+            return status
+        now = time.monotonic()
+        if now - start >= timeout_s:
+            return None
+        if now >= next_ensure:
+            if ensure is not None:
+                ensure()
+            else:
+                dispatcher.ensure(home)
+            next_ensure = now + ensure_every_s
+        if stop is not None:
+            stop.wait(poll_s)
+        else:
+            time.sleep(poll_s)
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -338,41 +338,32 @@ class EfficientLLMApp(App[None]):
         database held locked by another program delays that; after STORED_WAIT_S the user
         is told the run waits safely in its run dir.
         """
-        from efficientllm_tui.runs import fold, rundir
-        from efficientllm_tui.runs.follow import stored_status
+        from efficientllm_tui.runs import fold, follow, rundir
         from profiling import home as homes
 
+        status = follow.wait_stored(self.home, run_id, STORED_WAIT_S, stop=self._stopping,
+                                    poll_s=STORED_POLL_S, ensure=self.ensure_dispatcher,
+                                    ensure_after_s=2 * STORED_POLL_S,
+                                    ensure_every_s=ENSURE_EVERY_S)
         run_dir = homes.runs_dir(self.home) / run_id
-        start = time.monotonic()
-        next_ensure = start + 2 * STORED_POLL_S
-        while not self._stopping.is_set():
-            status = stored_status(run_dir)
-            if status is not None:
-                end = fold.ending(rundir.read_events(run_dir)[0]) if error is None else None
-                if end is not None and end.error_text:  # ended unseen: why, as ingest read it
-                    error = f"{end.error_type}: {end.error_text}" if end.error_type \
-                        else end.error_text
-                self.post_message(RunIngested(run_id, status, error))
-                return
-            if not run_dir.is_dir():
-                self.post_message(StoreChanged())  # deleted meanwhile
-                return
-            now = time.monotonic()
-            if now - start >= STORED_WAIT_S:
-                self.call_from_thread(
-                    self.notify,
-                    f"{run_id} ended but is not stored yet (is another program holding the "
-                    "database?). It is safe in its run dir; the dispatcher stores it once "
-                    "the database is free.",
-                    title="Run not stored yet",
-                    severity="warning",
-                    timeout=10,
-                )
-                return
-            if now >= next_ensure:  # a dispatcher killed meanwhile: start another
-                self.ensure_dispatcher()
-                next_ensure = now + ENSURE_EVERY_S
-            self._stopping.wait(STORED_POLL_S)
+        if status is not None:
+            end = fold.ending(rundir.read_events(run_dir)[0]) if error is None else None
+            if end is not None and end.error_text:  # ended unseen: why, as ingest read it
+                error = f"{end.error_type}: {end.error_text}" if end.error_type \
+                    else end.error_text
+            self.post_message(RunIngested(run_id, status, error))
+        elif not run_dir.is_dir():
+            self.post_message(StoreChanged())  # deleted meanwhile
+        elif not self._stopping.is_set():
+            self.call_from_thread(
+                self.notify,
+                f"{run_id} ended but is not stored yet (is another program holding the "
+                "database?). It is safe in its run dir; the dispatcher stores it once "
+                "the database is free.",
+                title="Run not stored yet",
+                severity="warning",
+                timeout=10,
+            )
 
     @on(RunIngested)
     def _run_ingested(self, message: RunIngested) -> None:
