@@ -11,6 +11,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from profiling import home as home_mod
 from profiling.daemon.losses import LOSSES_FILE
@@ -54,6 +55,24 @@ class DaemonConfig:
     """Seed of the simulated GPUs."""
     sim_devices: int = 1
     """How many GPUs to simulate."""
+
+    def backend_names(self) -> list[str]:
+        """The backends to load, in order (simulated added when asked for)."""
+        names = list(dict.fromkeys(self.backends))
+        if self.simulate_gpu and "simulated" not in names:
+            names.append("simulated")
+        return names
+
+    def backend_options(self, name: str, host: str) -> dict[str, Any]:
+        """The keyword arguments backend `name` is loaded with."""
+        if name == "nvml":
+            return {"host": host, "gpm_interval_s": self.gpm_interval_s}
+        if name == "simulated":
+            return {"host": host, "seed": self.seed, "n_devices": self.sim_devices,
+                    "home": self.home}
+        if name == "psutil":
+            return {"host": host}
+        return {}
 
 
 def setup_logging(home: Path) -> None:

@@ -141,7 +141,7 @@ class Daemon:
     def start(self) -> None:
         """Build backends, ring, spool and socket; start the sampler and spool threads."""
         cfg = self.config
-        for name in self._backend_names():
+        for name in self.config.backend_names():
             if name == "nvml" and cfg.simulate_gpu:
                 self.backend_states[name] = {
                     "state": "skipped",
@@ -151,7 +151,8 @@ class Daemon:
                 continue
             watch_set = self.sim_watch_set if name == "simulated" else self.watch_set
             try:
-                backend = load_backend(name, watch_set, **self._backend_options(name))
+                options = self.config.backend_options(name, self.host)
+                backend = load_backend(name, watch_set, **options)
             except BackendUnavailable as e:
                 log.warning("backend %s unavailable: %s", name, e)
                 self.backend_states[name] = {"state": "unavailable", "reason": f"{e}"}
@@ -200,23 +201,6 @@ class Daemon:
                  f"{cfg.idle_exit_s:g} s" if cfg.idle_exit_s > 0 else "off")
         log.info("backends: %s%s", "; ".join(self._backend_report()[1]),
                  " (SIMULATED GPUs)" if self.simulated else "")
-
-    def _backend_names(self) -> list[str]:
-        names = list(dict.fromkeys(self.config.backends))
-        if self.config.simulate_gpu and "simulated" not in names:
-            names.append("simulated")
-        return names
-
-    def _backend_options(self, name: str) -> dict[str, Any]:
-        cfg = self.config
-        if name == "nvml":
-            return {"host": self.host, "gpm_interval_s": cfg.gpm_interval_s}
-        if name == "simulated":
-            return {"host": self.host, "seed": cfg.seed, "n_devices": cfg.sim_devices,
-                    "home": self.home}
-        if name == "psutil":
-            return {"host": self.host}
-        return {}
 
     @property
     def simulated(self) -> bool:
