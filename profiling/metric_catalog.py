@@ -160,8 +160,11 @@ CATALOG: tuple[MetricInfo, ...] = (
        doc='reference bytes / weight bytes'),
     _m("reference_ppl", "reference PPL", "ppl",
        doc='perplexity of the uncompressed reference on the same text'),
-    _m("quality", "quality", "fraction", paper="performance",
+    _m("quality", "quality", "fraction", higher_is_better=True, paper="performance",
+       column=True, listed=True,
        doc='mean accuracy over the --set quality tasks (lm-eval); MCR uses it when scored'),
+    _m("base_quality", "base quality", "fraction", column=True,
+       doc='fine-tuning: the same mean accuracy of the base model before training (cached)'),
     *(_m(f"acc_{task}", task.removeprefix("ellm_").replace("_", " "), "fraction",
          paper="performance", doc=f"accuracy on the shipped suite's {task} (lm-eval)")
       for task in SUITE_TASKS),

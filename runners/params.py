@@ -131,6 +131,15 @@ _POSITIVE = {"low": 0, "low_open": True}
 _FRACTION = {"low": 0, "high": 1, "high_open": True}
 _EVAL_TOKENS = {"low": 2, "also": (0,)}
 
+_QUALITY = (
+    _p("quality", str, "off", "lm-eval tasks scored after the measured window: off, suite or "
+       "task names", parse=parse_quality),
+    _p("quality_items", int, 50, "items per quality task (suite: generated; other tasks: "
+       "their first N)", low=1),
+)
+"""Task scoring after the measured window (inference: the measured model; fine-tuning: the
+adapted model, and the base model once per cache key)."""
+
 INFERENCE = (
     _p("engine", str, "auto", "decode engine; auto tries the device's defaults in order",
        choices=("auto", "loop", "eager", "static", "graph", "compile", "fused")),
@@ -152,10 +161,7 @@ INFERENCE = (
        low=1),
     _p("eval_tokens", int, 512, "held-out tokens scored for eval_ppl; 0 skips it (and MCR)",
        **_EVAL_TOKENS),
-    _p("quality", str, "off", "lm-eval tasks scored after the measured window: off, suite or "
-       "task names", parse=parse_quality),
-    _p("quality_items", int, 50, "items per quality task (suite: generated; other tasks: "
-       "their first N)", low=1),
+    *_QUALITY,
     _p("phase_windows", bool, True, "also replay the measured prefills in a prefill window"),
     _p("trust_remote_code", bool, False, "let a local model dir run its own code"),
 )
@@ -193,6 +199,7 @@ FINETUNING = (
     _p("heldout_fraction", float, 0.1, "share of the dataset's examples held out",
        **_FRACTION),
     _p("save", bool, True, "save what was trained under RUN_DIR/adapter/"),
+    *_QUALITY,
     _p("compile", str, "auto", "torch.compile: layers, model, off, or auto (layers on CUDA for "
        "the measured techniques)", choices=("auto", "off", "layers", "model"),
        aliases={"true": "layers", "on": "layers", "yes": "layers", "1": "layers",

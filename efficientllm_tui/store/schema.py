@@ -112,7 +112,7 @@ _MIGRATION_LOCK = threading.Lock()  # two threads of one process share a DuckDB 
 # --------------------------------------------------------------------------- views & migrations
 
 
-QUALITY_METRICS = ("eval_ppl", "mcr")
+QUALITY_METRICS = ("eval_ppl", "mcr", "quality")
 """Leaderboard metrics that measure quality: never ranked for inference or fine-tuning on
 random weights (no quality signal; pretraining trained its model, so its perplexity is)."""
 
@@ -209,7 +209,13 @@ def _migrate_to_2(con: Any) -> None:
             con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {typ}")
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_migrate_to_1, _migrate_to_2]
+def _migrate_to_3(con: Any) -> None:
+    """Version 3: no table changes; `quality` (task accuracy) and `base_quality` become
+    columns of `run_metrics` and `quality` a ranked metric of `leaderboard` (the views are
+    recreated after every migration)."""
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_migrate_to_1, _migrate_to_2, _migrate_to_3]
 """MIGRATIONS[v] takes a database from schema version v to v + 1.
 
 Views are derived, not migrated: they are recreated from the current code after every

@@ -53,6 +53,7 @@ from runners.engines.compilation import (
     resolve_compile,
 )
 from runners.errors import BadInput
+from runners.families import scored
 from runners.families.base import Family, register
 from runners.families.finetuning_config import FinetuningConfig
 from runners.models import build as model_mod
@@ -66,7 +67,7 @@ from runners.protocol import (
     explain_missing,
 )
 from runners.system import device as dev
-from runners.techniques import peft_methods
+from runners.techniques import peft_methods, scoring
 
 SOURCE = "runner"
 DISTINCT_MICRO_BATCHES = 64
@@ -140,6 +141,9 @@ class FinetuningFamily(Family[FinetuningConfig]):
                      base_params=built.size.total_params, attn_impl=built.attn_impl,
                      weights_source=getattr(built, "source", None),
                      tokenizer=getattr(tokenizer, "name", type(tokenizer).__name__))
+        meter = dev.window_meter(c.device, dev.sync_fn(c.device), ctx.sample_device)
+        tasks = scoring.task_names(c.quality)
+        base_scores = self._base_quality(built, tokenizer, tasks, meter)
         if method.quantized_base:
             facts["quantization"] = peft_methods.quantize_base(built.model, c.device,
                                                                ctx.phase)
@@ -185,7 +189,6 @@ class FinetuningFamily(Family[FinetuningConfig]):
         flops_per_token = self._flops_per_token(prepared, n_total, n_trainable)
         facts.update(peak_tflops=peak_tflops, peak_tflops_source=peak_source,
                      flops_per_token=flops_per_token)
-        meter = dev.window_meter(c.device, dev.sync_fn(c.device), ctx.sample_device)
 
         chunk = c.loss_chunk_rows
         loss_ctx = (contextlib.nullcontext() if chunk == 0
@@ -214,6 +217,16 @@ class FinetuningFamily(Family[FinetuningConfig]):
                     eval_loss = training.evaluate_loss(eval_model, eval_batches,
                                                        device=c.device, amp=amp)
 
+        task_scores: tuple[scoring.TaskScore, ...] = ()
+        if tasks and built.weights != "random":
+            # The adapted model as trained, after the measured window, in a window of its own.
+            eval_model = prepared.model if _prompt_learning(prepared) else lm
+            eval_model.eval()
+            with compiler.eager(), torch.autocast(c.device.split(":")[0], torch.bfloat16,
+                                                  enabled=amp):
+                task_scores = scored.score_in_window(ctx, eval_model, tokenizer, tasks,
+                                                     "quality", items=c.quality_items,
+                                                     meter=meter)
         saved: list[str] = []
         if c.save:
             ctx.phase("save", path=str(ctx.run_dir / ADAPTER_DIR))
@@ -223,6 +236,9 @@ class FinetuningFamily(Family[FinetuningConfig]):
                                                           n_trainable),
                                 peak_alloc, peak_reserved, eval_loss, flops_per_token,
                                 peak_tflops, random_weights=built.weights == "random")
+        if tasks:
+            metrics += scored.adapted_metrics(tasks, task_scores, base_scores,
+                                              random_weights=built.weights == "random")
         info = {
             **facts, **data_facts, "device": c.device, "batch_size": c.batch_size,
             "seq_len": c.seq_len, "grad_accum": c.grad_accum,
@@ -238,10 +254,28 @@ class FinetuningFamily(Family[FinetuningConfig]):
             "energy_note": window.energy_note, "adapter_files": saved,
             "adapter_dir": ADAPTER_DIR if saved else None,
             "flops_formula": "2N + 2N_path + 2N_trainable + 4*L*d*T + 8*L_path*d*T",
+            "quality_tasks": scoring.info(task_scores), "base_quality_tasks": scoring.info(
+                base_scores[0]) if base_scores else {},
+            "base_quality_cached": base_scores[1] if base_scores else [],
         }
         return RunResult(run_id=c.run_id, status="ok", metrics=tuple(metrics), info=info)
 
     # -- pieces of run -------------------------------------------------------------------------
+
+    def _base_quality(self, built: model_mod.BuiltModel, tokenizer: Any, tasks: Sequence[str],
+                      meter: WindowMeter
+                      ) -> tuple[tuple[scoring.TaskScore, ...], list[str]] | None:
+        """The base model's scores on the run's tasks, before any adapter or quantization
+        touches it: cached per model, weights, dtype, device type, items and task version, so
+        the arms of a PEFT comparison score it once. None when there is nothing to score."""
+        if not tasks or built.weights == "random":
+            return None
+        c = self.config
+        built.model.eval()
+        identity = {"model": self.card.id, "weights_source": built.source,
+                    "dtype": built.dtype, "device_type": c.device.split(":")[0]}
+        return scored.base_scores(self.ctx, built.model, tokenizer, tasks,
+                                  items=c.quality_items, identity=identity, meter=meter)
 
     def _base_dtype(self, method: peft_methods.Method, precision: str) -> torch.dtype:
         """fp32 for fp32 runs, bf16 otherwise (trained fp32 copies live outside the model,

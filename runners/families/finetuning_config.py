@@ -69,6 +69,12 @@ class FinetuningConfig(FamilyConfig):
     """Share of the dataset's examples held out (never trained on)."""
     save: bool = True
     """Save what was trained under RUN_DIR/adapter/."""
+    quality: str = "off"
+    """lm-eval tasks scored on the adapted model after training, in a `quality` phase and
+    window of its own (`off`, `suite`, or task names); the base model is scored on the same
+    tasks once per model and task version (cached under the data home)."""
+    quality_items: int = 50
+    """Items per quality task: the suite generates this many; other tasks score their first N."""
     compile: str = "auto"
     """torch.compile: `layers` (each decoder block on its own; the blocks share one compiled
     graph: PyTorch's regional compilation), `model` (the whole decoder as one graph), `off`,

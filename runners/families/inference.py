@@ -37,6 +37,7 @@ from runners.engines.decode import (
     default_chain,
 )
 from runners.errors import OutOfMemory, Unsupported, is_oom, one_line
+from runners.families import scored
 from runners.families.base import Family, FamilyConfig, register
 from runners.families.inference_metrics import Measured, inference_metrics
 from runners.models import build as model_mod
@@ -56,8 +57,6 @@ CALIBRATION_CHUNK_TOKENS = 256
 DISTINCT_REQUESTS = 64
 """Distinct prompt batches built per run; longer runs cycle through them."""
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-QUALITY_BATCH = 32
-"""Sequences per lm-eval forward when scoring tasks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,22 +329,8 @@ class InferenceFamily(Family[InferenceConfig]):
                      meter: WindowMeter | None = None) -> tuple[scoring.TaskScore, ...]:
         """The run's quality tasks on `model` (lm-eval), in window `phase` when `meter` is
         given, so their time and energy are never part of the measured window."""
-        c, ctx = self.config, self.ctx
-        ctx.phase(phase, tasks=list(self._tasks), items=c.quality_items)
-        tok = getattr(self._tokenizer, "transformers", None)
-        if tok is None:
-            return scoring.unscored(self._tasks, "unsupported: lm-eval needs the model's "
-                                    "transformers tokenizer (this model has the byte one)")
-        if meter is not None:
-            meter.begin(phase)
-        scores = scoring.score(model, tok, self._tasks, self.ctx.run_dir / "quality",
-                               items=c.quality_items, batch_size=QUALITY_BATCH)
-        if meter is not None:
-            ctx.emit(Event.window(**meter.end(phase).to_dict()))
-        for s in scores:
-            if s.note:
-                ctx.emit(Event.log(f"{phase}: {s.task}: {s.note}"))
-        return scores
+        return scored.score_in_window(self.ctx, model, self._tokenizer, self._tasks, phase,
+                                      items=self.config.quality_items, meter=meter)
 
     def _quantize(self, built: model_mod.BuiltModel, q: quant.Quantization,
                   pool: Sequence[int]) -> tuple[model_mod.BuiltModel, dict[str, Any]]:

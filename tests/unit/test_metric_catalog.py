@@ -30,7 +30,7 @@ def test_names_are_unique_and_units_have_one_spelling() -> None:
 def test_the_store_and_the_leaderboard_read_the_catalog() -> None:
     assert METRIC_DIRECTIONS == {"amu": False, "pcu": True, "al_s": False, "tt": True,
                                  "st": True, "it": True, "aec_w": False, "mcr": True,
-                                 "eval_ppl": False, "loss": False}
+                                 "eval_ppl": False, "loss": False, "quality": True}
     assert RUN_METRIC_COLUMNS[:10] == ("amu", "pcu", "al_s", "tt", "st", "it", "aec_w", "mcr",
                                        "eval_ppl", "loss")
     assert set(LIST_METRIC_COLUMNS) <= set(RUN_METRIC_COLUMNS)

@@ -46,7 +46,7 @@ def test_migration_creates_schema_and_version(store: Store) -> None:
     with store.connect():
         pass
     stats = store.stats()
-    assert stats["schema_version"] == SCHEMA_VERSION == 2
+    assert stats["schema_version"] == SCHEMA_VERSION == 3
     for table, cols in COLUMNS.items():
         got = store.query(
             "SELECT column_name, data_type FROM information_schema.columns "
@@ -351,10 +351,37 @@ def test_a_version_1_file_migrates_keeping_its_rows(tmp_path: Path) -> None:
     got = store.get_run("old")
     assert got is not None and got["metrics"] == {"al_s": (0.5, "s", "runner")}
     assert got["metric_notes"] == {} and got["energy_note"] is None
-    assert store.stats()["schema_version"] == 2
+    assert store.stats()["schema_version"] == 3
+
+
+def test_a_version_2_file_gains_ranked_task_quality(tmp_path: Path) -> None:
+    """Schema 3 recreates the views: a `quality` stored by a version-2 writer becomes a
+    run_metrics column and a ranked (higher is better) leaderboard metric."""
+    import duckdb
+
+    from efficientllm_tui.store.schema import MIGRATIONS
+
+    path = tmp_path / "v2.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    MIGRATIONS[0](con)
+    MIGRATIONS[1](con)
+    con.execute("INSERT INTO schema_meta VALUES ('schema_version', '2')")
+    for run_id, quality in (("a", 0.6), ("b", 0.3)):
+        con.execute("INSERT INTO runs (run_id, family, model, weights, status) VALUES "
+                    "(?, 'inference', 'smollm2-135m', 'real', 'ok')", [run_id])
+        con.execute("INSERT INTO metrics VALUES (?, 'quality', ?, 'fraction', 'lm-eval', NULL)",
+                    [run_id, quality])
+    con.close()
+    store = Store(path)
+    rows = store.query("SELECT run_id, quality, base_quality FROM run_metrics ORDER BY run_id")
+    assert [tuple(r) for r in rows.rows] == [("a", 0.6, None), ("b", 0.3, None)]
+    ranks = {(b["run_id"], b["rank"]) for b in store.leaderboard() if b["metric"] == "quality"}
+    assert ranks == {("a", 1), ("b", 2)}
+    assert store.stats()["schema_version"] == 3
 
 
 def test_metric_directions_follow_the_paper() -> None:
     lower = {m for m, higher in METRIC_DIRECTIONS.items() if not higher}
     assert lower == {"amu", "al_s", "aec_w", "eval_ppl", "loss"}
-    assert set(METRIC_DIRECTIONS) - lower == {"pcu", "tt", "st", "it", "mcr"}
+    assert set(METRIC_DIRECTIONS) - lower == {"pcu", "tt", "st", "it", "mcr", "quality"}
