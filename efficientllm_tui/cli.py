@@ -20,7 +20,7 @@ PROG = "efficientllm"
 HANDLERS = {"tui": "tui", "run": "launch", "sweep": "launch", "queue": "launch",
             "stop": "launch", "recover": "launch", "runs": "reads", "show": "reads",
             "sql": "reads", "export": "reads", "compare": "reads", "models": "catalog",
-            "techniques": "catalog", "daemon": "daemon"}
+            "techniques": "catalog", "daemon": "daemon", "eval": "evaluate"}
 """Which module of efficientllm_tui.commands handles each command (`cmd_<name>`)."""
 
 
@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="technique parameter, repeatable")
     p.add_argument("--simulate-gpu", action="store_true",
                    help="profile a simulated GPU (for demos; labelled simulated everywhere)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    _add_db(p)
+
+    p = sub.add_parser("eval", help="score a stored run's model on more quality tasks "
+                       "(its cost is not measured again)")
+    p.add_argument("run_id", metavar="RUN_ID", help="id, unique prefix, or last")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="quality=TASKS (added to those the run scored), quality_items=N")
+    p.add_argument("--device", help="cpu | cuda:N (default: the run's own device)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     _add_db(p)
 

@@ -123,6 +123,16 @@ def parse_quality(value: str) -> list[str]:
     return [n for n in names if n.lower() not in ("off", "none")]
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def parse_run_id(value: str) -> str:
+    """A run id as RunSpec accepts it."""
+    if not _RUN_ID.fullmatch(value.strip()):
+        raise BadInput(f"score_of must be a run id, got {value!r}")
+    return value.strip()
+
+
 def _p(name: str, kind: type, default: ParamValue | None, doc: str, **kw: Any) -> Param:
     return Param(name, kind, default, doc, **kw)
 
@@ -136,6 +146,8 @@ _QUALITY = (
        "task names", parse=parse_quality),
     _p("quality_items", int, 50, "items per quality task (suite: generated; other tasks: "
        "their first N)", low=1),
+    _p("score_of", str, None, "set by `efficientllm eval`: score this stored run's model, "
+       "cost not measured", parse=parse_run_id),
 )
 """Task scoring after the measured window (inference: the measured model; fine-tuning: the
 adapted model, and the base model once per cache key)."""

@@ -33,7 +33,7 @@ from profiling import home as homes
 from runners.protocol import Event, ProtocolError, RunSpec, new_run_id, parse_set
 
 
-def _goes_on(what: str, stop_hint: str) -> None:
+def goes_on(what: str, stop_hint: str) -> None:
     print(f"\nefficientllm: {what} goes on in the background (the dispatcher runs it): "
           f"`efficientllm queue` shows it, `efficientllm stop {stop_hint}` stops it",
           file=sys.stderr, flush=True)
@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    stored_timeout_s=store.lock_timeout_s + 5)
     except KeyboardInterrupt:
         progress.close()
-        _goes_on(f"run {spec.run_id}", spec.run_id)
+        goes_on(f"run {spec.run_id}", spec.run_id)
         return 130
     progress.close()
     if status is None:
@@ -253,7 +253,7 @@ def _follow_sweep(home: Path, store: Any, sweep_id: str, run_ids: list[str], *,
     try:
         final = follow.follow_batch(home, run_ids, show, devices=devices)
     except KeyboardInterrupt:
-        _goes_on(f"sweep {sweep_id}", "--all")
+        goes_on(f"sweep {sweep_id}", "--all")
         return 130
     rows = []
     for run_id in run_ids:

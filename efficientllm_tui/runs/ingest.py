@@ -14,7 +14,7 @@ import re
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -378,10 +378,49 @@ def _step_row(e: Event) -> dict[str, Any]:
     return row
 
 
+EVAL_PARAM = "score_of"
+"""The `--set` parameter an `efficientllm eval` job carries: the stored run it re-scores."""
+
+
+def attach_eval(store: Store, state: RunState, target: str) -> None:
+    """Store an ended `efficientllm eval` job onto the run it re-scored: its metrics (only
+    when it ended ok: a failed one changes no number), its windows, and one `eval` event
+    saying what was scored, when, and how it ended."""
+    result = next((e for e in reversed(state.events) if e.kind == "result"), None)
+    ok = state.status == "ok"
+    metrics = _result_metrics(result) if ok else []
+    raw_info = result.get("info") if result is not None else None
+    info = dict(raw_info) if isinstance(raw_info, dict) else {}
+    windows = [dict(e.fields) for e in state.events if e.kind == "window"]
+    params = dict(state.spec.params)
+    record = {"eval_id": state.spec.run_id, "status": state.status,
+              "error_type": None if ok else state.error_type,
+              "error_text": None if ok else state.error_text,
+              "quality": params.get("quality"), "quality_items": params.get("quality_items"),
+              "device": info.get("device"), "started_ns": state.t_start_ns,
+              "ended_ns": state.t_end_ns, "metrics": sorted(m["name"] for m in metrics)}
+    patch: dict[str, Any] = {"evals": [record]}
+    if ok:
+        patch.update({k: info[k] for k in ("quality_tasks", "base_quality_tasks", "mcr_quality")
+                      if k in info})
+    store.attach_scores(target, metrics, windows, {"t_ns": state.t_end_ns, "payload": record},
+                        patch)
+
+
 def ingest_run(store: Store, run_dir: Path, home: Path, *, alive: bool | None = None) -> RunState:
-    """Ingest one run dir (idempotent); returns the state it was stored with."""
+    """Ingest one run dir (idempotent); returns the state it was stored with. An
+    `efficientllm eval` job is stored onto the run it re-scored, once it has ended."""
     state = classify(run_dir, alive=alive)
-    store.ingest(build_bundle(run_dir, home, state))
+    target = state.spec.params.get(EVAL_PARAM)
+    if target:
+        if state.status == "running":
+            return state  # stored when it ends
+        try:
+            attach_eval(store, state, str(target))
+        except BadInput:  # the run it re-scored was deleted: nothing to attach it to
+            state = replace(state, status="failed")
+    else:
+        store.ingest(build_bundle(run_dir, home, state))
     rundir.mark_ingested(run_dir, state.status)
     return state
 

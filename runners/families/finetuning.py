@@ -52,7 +52,7 @@ from runners.engines.compilation import (
     interrupted,
     resolve_compile,
 )
-from runners.errors import BadInput
+from runners.errors import BadInput, Unsupported
 from runners.families import scored
 from runners.families.base import Family, register
 from runners.families.finetuning_config import FinetuningConfig
@@ -155,6 +155,9 @@ class FinetuningFamily(Family[FinetuningConfig]):
         prepared = peft_methods.prepare(c.technique, built.model, c.hyper(),
                                         adapter_dtype_fp32=amp or precision == "fp32")
         lm = prepared.lm
+        if c.score_of:
+            return self._score_only(prepared, built, tokenizer, tasks, base_scores, meter,
+                                    amp=amp)
         lm.config.use_cache = False
         if c.grad_ckpt:
             # transformers 5.x renamed the switch; older 5.x releases have only the old name.
@@ -261,6 +264,30 @@ class FinetuningFamily(Family[FinetuningConfig]):
         return RunResult(run_id=c.run_id, status="ok", metrics=tuple(metrics), info=info)
 
     # -- pieces of run -------------------------------------------------------------------------
+
+    def _score_only(self, prepared: peft_methods.Prepared, built: model_mod.BuiltModel,
+                    tokenizer: Any, tasks: Sequence[str],
+                    base: tuple[tuple[scoring.TaskScore, ...], list[str]] | None,
+                    meter: WindowMeter, *, amp: bool) -> RunResult:
+        """`efficientllm eval`: what stored run `score_of` trained, restored into a model
+        prepared the same way, scored on the quality tasks; no training, no cost measured."""
+        c, ctx = self.config, self.ctx
+        if built.weights == "random":
+            raise Unsupported(f"{c.model} has random weights: no quality to score")
+        source = ctx.home / "runs" / str(c.score_of) / ADAPTER_DIR
+        ctx.phase("restore", path=str(source))
+        files = peft_methods.restore(prepared, source)
+        model = prepared.model if _prompt_learning(prepared) else prepared.lm
+        model.eval()
+        with torch.autocast(c.device.split(":")[0], torch.bfloat16, enabled=amp):
+            scores = scored.score_in_window(ctx, model, tokenizer, tasks, "quality",
+                                            items=c.quality_items, meter=meter)
+        info = {"score_of": c.score_of, "restored_files": files, "device": c.device,
+                "weights_source": built.source, "quality_tasks": scoring.info(scores),
+                "base_quality_tasks": scoring.info(base[0]) if base else {},
+                "base_quality_cached": base[1] if base else []}
+        return RunResult(run_id=c.run_id, status="ok", info=info, metrics=tuple(
+            scored.adapted_metrics(tasks, scores, base, random_weights=False)))
 
     def _base_quality(self, built: model_mod.BuiltModel, tokenizer: Any, tasks: Sequence[str],
                       meter: WindowMeter

@@ -75,6 +75,9 @@ class FinetuningConfig(FamilyConfig):
     tasks once per model and task version (cached under the data home)."""
     quality_items: int = 50
     """Items per quality task: the suite generates this many; other tasks score their first N."""
+    score_of: str | None = field(default=None, metadata={"kind": str})
+    """Set by `efficientllm eval`: restore what stored run `score_of` trained (its RUN_DIR/
+    adapter/) and score it on the quality tasks, without training or measuring again."""
     compile: str = "auto"
     """torch.compile: `layers` (each decoder block on its own; the blocks share one compiled
     graph: PyTorch's regional compilation), `model` (the whole decoder as one graph), `off`,

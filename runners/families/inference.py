@@ -39,7 +39,7 @@ from runners.engines.decode import (
 from runners.errors import OutOfMemory, Unsupported, is_oom, one_line
 from runners.families import scored
 from runners.families.base import Family, FamilyConfig, register
-from runners.families.inference_metrics import Measured, inference_metrics
+from runners.families.inference_metrics import Measured, inference_metrics, quality_metrics
 from runners.models import build as model_mod
 from runners.protocol import RANDOM_WEIGHTS_NOTE, Event, RunResult
 from runners.system import device as dev
@@ -131,6 +131,8 @@ class InferenceConfig(FamilyConfig):
     or comma-separated task names (their datasets must be in the Hugging Face cache)."""
     quality_items: int = 50
     """Items per quality task: the suite generates this many; other tasks score their first N."""
+    score_of: str | None = field(default=None, metadata={"kind": str})
+    """Set by `efficientllm eval`: build stored run `score_of`'s model and score it only."""
     phase_windows: bool = True
     """Also replay the measured prefills in a `prefill` window (energy by phase)."""
     trust_remote_code: bool = False
@@ -196,21 +198,23 @@ class InferenceFamily(Family[InferenceConfig]):
 
         # Quality only where there is some: on random weights perplexity is noise around
         # the vocabulary size at every precision (RANDOM_WEIGHTS_NOTE), so it is not scored.
-        scored = built.weights != "random" and c.eval_tokens > 0
+        ppl_scored = built.weights != "random" and c.eval_tokens > 0
         self._tokenizer = tokenizer
         tasks = scoring.task_names(c.quality)
         self._tasks = tasks if built.weights != "random" else ()
         reference = None
         if ref_dtype is not None and ref_dtype != compute:
-            reference = self._reference(built, ref_dtype, text.heldout, scored)
+            reference = self._reference(built, ref_dtype, text.heldout, ppl_scored)
         built = self._built = model_mod.cast(built, compute)
         if ref_dtype == compute and tech.quantization is not None:
-            reference = self._reference(built, ref_dtype, text.heldout, scored)
+            reference = self._reference(built, ref_dtype, text.heldout, ppl_scored)
         kernels: dict[str, Any] = {}
         if tech.quantization is not None:
             built, kernels = self._quantize(built, tech.quantization, text.pool)
             self._built = built
         self._probe(built)
+        if c.score_of:
+            return self._score_only(built, text.heldout, reference, ppl_scored, kernels)
 
         # Requests are built before any window opens, so data prep is never timed. Past
         # DISTINCT_REQUESTS they repeat: the content of a prompt does not change its cost.
@@ -235,7 +239,7 @@ class InferenceFamily(Family[InferenceConfig]):
             prefill_window = self._prefills(requests[c.warmup:], engine, meter)
 
         ppl = None
-        if scored:
+        if ppl_scored:
             ctx.phase("eval", tokens=len(text.heldout))
             ppl = perplexity(built.model, text.heldout, c.device,
                              min(PPL_CHUNK_TOKENS, self.card.max_position))
@@ -277,7 +281,7 @@ class InferenceFamily(Family[InferenceConfig]):
             "mfu_flops_per_sequence": pm.inference_flops_per_sequence(
                 built.size.total_params, c.seq_len, c.new_tokens, n_layers=self.card.num_layers,
                 d_attn=self.card.num_heads * self.card.head_dim),
-            "quality_scored": scored,
+            "quality_scored": ppl_scored,
             "quality_tasks": scoring.info(task_scores),
             "mcr_quality": ("tasks" if scoring.mean(task_scores) is not None
                             else "perplexity" if ppl is not None else None),
@@ -289,6 +293,36 @@ class InferenceFamily(Family[InferenceConfig]):
         }
         return RunResult(run_id=c.run_id, status="ok", metrics=tuple(inference_metrics(measured)),
                          info=info)
+
+    def _score_only(self, built: model_mod.BuiltModel, heldout: Sequence[int],
+                    reference: Reference | None, ppl_scored: bool,
+                    kernels: dict[str, Any]) -> RunResult:
+        """`efficientllm eval`: the stored run's model, built the same way, scored on the
+        quality tasks (and perplexity) without measuring its cost again."""
+        c, ctx = self.config, self.ctx
+        if built.weights == "random":
+            raise Unsupported(f"{c.model} has random weights: no quality to score")
+        meter = dev.window_meter(c.device, dev.sync_fn(c.device), ctx.sample_device)
+        ppl = None
+        if ppl_scored:
+            ctx.phase("eval", tokens=len(heldout))
+            ppl = perplexity(built.model, heldout, c.device,
+                             min(PPL_CHUNK_TOKENS, self.card.max_position))
+        task_scores = self._score_tasks(built.model, "quality", meter)
+        if reference is None and self._reference_dtype() == built.model.dtype:
+            reference = Reference(model_mod.dtype_name(built.model.dtype),
+                                  built.size.weight_bytes, ppl, scoring.mean(task_scores))
+        metrics = quality_metrics(
+            built.size.weight_bytes, ppl, reference, task_scores,
+            quality_note=None if ppl_scored else "not scored: eval_tokens=0",
+            reference_note=None if reference else self._reference_note or "no reference")
+        info = {"score_of": c.score_of, "weights_source": built.source, "dtype": built.dtype,
+                "device": c.device, "quality_tasks": scoring.info(task_scores),
+                "mcr_quality": ("tasks" if scoring.mean(task_scores) is not None
+                                else "perplexity" if ppl is not None else None),
+                "mcr_reference": None if reference is None else reference.dtype,
+                "quantization": self._quant_info(kernels)}
+        return RunResult(run_id=c.run_id, status="ok", metrics=tuple(metrics), info=info)
 
     # -- pieces of run -------------------------------------------------------------------------
 

@@ -106,17 +106,6 @@ def inference_metrics(m: Measured) -> list[Metric]:
     decode_energy = _minus(energy, prefill_energy)
     decoded = n_req * b * (m.new_tokens - 1)
 
-    ref = m.reference
-    ref_bytes = ref.weight_bytes if ref is not None else None
-    # MCR's quality: the mean task accuracy when tasks were scored, else 1 / perplexity
-    task_quality = scoring.mean(m.task_scores)
-    if task_quality is not None:
-        quality: float | None = task_quality
-        ref_quality = ref.task_quality if ref is not None else None
-    else:
-        quality = pm.quality_from_perplexity(m.ppl)
-        ref_quality = pm.quality_from_perplexity(ref.ppl) if ref is not None else None
-
     def metric(name: str, value: float | None, unit: str, source: str = SOURCE) -> Metric:
         return Metric(name, value, unit, source)
 
@@ -127,10 +116,6 @@ def inference_metrics(m: Measured) -> list[Metric]:
         notes[name] = prefill_note
     for name in ("decode_energy_j", "decode_j_per_token"):
         notes[name] = m.window.energy_note if energy is None else prefill_note
-    for name in ("eval_ppl", "reference_ppl", "mcr"):
-        notes[name] = m.quality_note or m.reference_note
-    for name in ("reference_weight_bytes", "compression_ratio"):
-        notes[name] = m.reference_note
     if peak is None:
         notes["mfu"] = NO_PEAK_NOTE
     if roofline is None:
@@ -169,13 +154,38 @@ def inference_metrics(m: Measured) -> list[Metric]:
         metric("peak_reserved_gib", m.peak_reserved_gib, "GiB"),
         metric("peak_rss_gib", m.peak_rss_gib, "GiB"),
         metric("total_params", float(m.total_params), "params"),
-        metric("weight_bytes", float(m.weight_bytes), "bytes"),
         metric("mfu", pm.mfu(flops_per_s, peak), "fraction"),
-        metric("eval_ppl", m.ppl, "ppl"),
-        metric("reference_ppl", ref.ppl if ref is not None else None, "ppl"),
-        metric("reference_weight_bytes", float(ref_bytes) if ref_bytes else None, "bytes"),
-        metric("compression_ratio", ref_bytes / m.weight_bytes
-               if ref_bytes and m.weight_bytes > 0 else None, "ratio"),
-        metric("mcr", pm.mcr(ref_bytes, m.weight_bytes, ref_quality, quality), "ratio"),
-        *(scoring.metrics(m.task_scores, m.quality_note) if m.task_scores else ()),
+    ], notes)) + quality_metrics(m.weight_bytes, m.ppl, m.reference, m.task_scores,
+                                 quality_note=m.quality_note, reference_note=m.reference_note)
+
+
+def quality_metrics(weight_bytes: int, ppl: float | None, ref: Reference | None,
+                    task_scores: Sequence[scoring.TaskScore], *, quality_note: str | None,
+                    reference_note: str | None) -> list[Metric]:
+    """What the model keeps against its uncompressed reference: sizes, perplexities, task
+    scores and MCR (its quality: the mean task accuracy when tasks were scored, else
+    1 / perplexity). Also the whole result of an `efficientllm eval` re-score."""
+    ref_bytes = ref.weight_bytes if ref is not None else None
+    task_quality = scoring.mean(task_scores)
+    if task_quality is not None:
+        quality: float | None = task_quality
+        ref_quality = ref.task_quality if ref is not None else None
+    else:
+        quality = pm.quality_from_perplexity(ppl)
+        ref_quality = pm.quality_from_perplexity(ref.ppl) if ref is not None else None
+    notes: dict[str, str | None] = {}
+    for name in ("eval_ppl", "reference_ppl", "mcr"):
+        notes[name] = quality_note or reference_note
+    for name in ("reference_weight_bytes", "compression_ratio"):
+        notes[name] = reference_note
+    return list(explain_missing([
+        Metric("weight_bytes", float(weight_bytes), "bytes", SOURCE),
+        Metric("eval_ppl", ppl, "ppl", SOURCE),
+        Metric("reference_ppl", ref.ppl if ref is not None else None, "ppl", SOURCE),
+        Metric("reference_weight_bytes", float(ref_bytes) if ref_bytes else None, "bytes",
+               SOURCE),
+        Metric("compression_ratio", ref_bytes / weight_bytes
+               if ref_bytes and weight_bytes > 0 else None, "ratio", SOURCE),
+        Metric("mcr", pm.mcr(ref_bytes, weight_bytes, ref_quality, quality), "ratio", SOURCE),
+        *(scoring.metrics(task_scores, quality_note) if task_scores else ()),
     ], notes))

@@ -342,5 +342,37 @@ def save(prepared: Prepared, directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
+def restore(prepared: Prepared, directory: Path) -> list[str]:
+    """Load what `save` wrote under `directory` into a model prepared the same way (same
+    technique, hyperparameters and seed); returns the file names read.
+
+    Raises:
+        Unsupported: Nothing saved there, or it does not fit the prepared model.
+    """
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
+    if not files:
+        raise Unsupported(f"nothing trained is saved in {directory} (the run had save=false, "
+                          "or its run dir was removed)")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        tensors.update(load_file(str(f)))
+    if prepared.method.kind in ("freeze", "full"):
+        result = prepared.model.load_state_dict(tensors, strict=False)
+        if result.unexpected_keys or (prepared.method.kind == "full" and any(
+                k for k in result.missing_keys if not k.endswith("lm_head.weight"))):
+            raise Unsupported(f"{directory} does not fit this model (unexpected "
+                              f"{result.unexpected_keys[:3]}, missing {result.missing_keys[:3]})")
+    else:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(prepared.model, tensors)
+        if getattr(result, "unexpected_keys", None):
+            raise Unsupported(f"{directory} does not fit this adapter (unexpected "
+                              f"{result.unexpected_keys[:3]})")
+    return [f.name for f in files]
+
+
 def hyper_dict(h: Hyper) -> dict[str, Any]:
     return asdict(h)
