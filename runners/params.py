@@ -152,6 +152,15 @@ _QUALITY = (
 """Task scoring after the measured window (inference: the measured model; fine-tuning: the
 adapted model, and the base model once per cache key)."""
 
+QUANT_BACKEND_NAMES = ("quanto", "torchao", "gemlite", "bnb")
+"""Weight-quantization backends (runners.techniques.quant_backends)."""
+QUANT_BACKENDS: dict[str, tuple[str, ...]] = {
+    "int8": QUANT_BACKEND_NAMES, "int4": QUANT_BACKEND_NAMES,
+    "fp8": ("quanto", "torchao", "gemlite"), "w8a8": ("quanto",),
+    "int8-ao": ("torchao",), "int4-ao": ("torchao",)}
+"""Inference technique -> the backends that serve it (`--set backend`): bitsandbytes' 4-bit
+is NF4; w8a8 is quanto's calibrated static activations only; `-ao` ids are torchao's."""
+
 INFERENCE = (
     _p("engine", str, "auto", "decode engine; auto tries the device's defaults in order",
        choices=("auto", "loop", "eager", "static", "graph", "compile", "fused")),
@@ -159,6 +168,9 @@ INFERENCE = (
        "(none: fused uncompiled)", choices=("default", "max-autotune-no-cudagraphs", "none")),
     _p("dtype", str, "auto", "compute dtype of quantized techniques; auto: bf16 on CUDA, fp32 "
        "on CPU", choices=("auto", "fp32", "bf16", "fp16")),
+    _p("backend", str, "auto", "library that quantizes and runs the weights; auto: the "
+       "device's first that can run it", choices=("auto", *QUANT_BACKEND_NAMES),
+       aliases={"bitsandbytes": "bnb", "optimum-quanto": "quanto"}),
     _p("exclude", str, "lm_head", "comma-separated module patterns left unquantized; none "
        "quantizes every linear"),
     _p("mcr_reference", str, "auto", "dtype of the uncompressed MCR reference; auto: bf16 on "
@@ -355,6 +367,14 @@ def pair_problem(family: str, technique: str, card: Any, *, seq_len: int, new_to
         if technique in FLOAT_TECHNIQUES and v["dtype"] not in ("auto", technique):
             return (f"--set dtype applies to quantized techniques; {technique} runs in "
                     f"{technique}")
+        backend = v.get("backend", "auto")
+        if backend != "auto" and technique in FLOAT_TECHNIQUES:
+            return (f"--set backend applies to quantized techniques; {technique} runs in "
+                    f"{technique}")
+        served = QUANT_BACKENDS.get(technique, ())
+        if backend != "auto" and served and backend not in served:
+            return (f"{technique} has no {backend} backend (choose from auto, "
+                    f"{', '.join(served)})")
         vocab = _card(card, "vocab_size")
         if _card(card, "tokenizer") == "byte" and vocab is not None and vocab < BYTE_VOCAB:
             return f"{name} has {vocab} tokens, fewer than the byte tokenizer's {BYTE_VOCAB}"

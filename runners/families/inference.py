@@ -110,6 +110,9 @@ class InferenceConfig(FamilyConfig):
     dtype: str = "auto"
     """Compute dtype of quantized techniques: bf16, fp16 or fp32; `auto`: bf16 on CUDA,
     fp32 on CPU."""
+    backend: str = "auto"
+    """Library that quantizes and runs the weights: quanto, torchao, gemlite or bnb; `auto`:
+    the first of runners.techniques.quant_backends.PREFERENCE that can run here."""
     exclude: str = ",".join(quant.DEFAULT_EXCLUDE)
     """Comma-separated module-name patterns left unquantized; `none` quantizes every linear."""
     mcr_reference: str = "auto"
@@ -165,7 +168,8 @@ class InferenceFamily(Family[InferenceConfig]):
         super().validate()  # positions, dtype and tokenizer: runners.params.pair_problem
         c, tech = self.config, self.technique
         if tech.quantization is not None:
-            quant.check_available(tech.quantization, c.device)
+            quant.check_available(tech.quantization, c.device, c.backend,
+                                  tech.compute_dtype(c.dtype, c.device))
         if c.engine == "graph" and not c.device.startswith("cuda"):
             raise Unsupported(f"engine {c.engine!r} captures CUDA graphs and needs a CUDA device "
                               f"(got {c.device}); use engine=loop or static")
@@ -370,6 +374,7 @@ class InferenceFamily(Family[InferenceConfig]):
                   pool: Sequence[int]) -> tuple[model_mod.BuiltModel, dict[str, Any]]:
         c, ctx = self.config, self.ctx
         exclude = quant.exclude_patterns(c.exclude)
+        q = quant.resolve(q, c.backend, c.device, self.technique.compute_dtype(c.dtype, c.device))
         ctx.phase("quantize", technique=q.id, backend=q.backend, weights=q.weights,
                   activations=q.activations, exclude=list(exclude))
         calibrate: Callable[[], None] | None = None
@@ -385,14 +390,17 @@ class InferenceFamily(Family[InferenceConfig]):
                         built.model(input_ids=batch, use_cache=False)
 
         quant.quantize(built.model, q, exclude, calibrate)
-        built = replace(built, size=model_mod.measure(built.model))
+        # packed layers (gemlite, bitsandbytes) hold fewer elements than parameters
+        built = replace(built, size=replace(model_mod.measure(built.model),
+                                            total_params=built.size.total_params))
         extension = quant.extension_needed(built.model, c.device)
         if extension is not None:
             ctx.phase("build_kernels", extension=extension)
             quant.build_extension(extension)
         report = quant.kernel_report(built.model, c.device)
-        report.update(backend=q.backend, weights=q.weights, activations=q.activations,
-                      exclude=list(exclude), extension=extension)
+        report.update(backend=q.backend, backend_asked=c.backend, weights=q.weights,
+                      activations=q.activations, dynamic_activations=q.dynamic_activations,
+                      group_size=q.group_size, exclude=list(exclude), extension=extension)
         return built, report
 
     def _quant_info(self, kernels: Mapping[str, Any]) -> dict[str, Any] | None:

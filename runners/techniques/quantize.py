@@ -1,62 +1,92 @@
-"""Weight quantization techniques (optimum-quanto, optionally torchao) and the bytes a
-quantized model really stores.
+"""Weight quantization techniques (one bit-width each, on a backend: optimum-quanto,
+torchao, gemlite or bitsandbytes) and the bytes a quantized model really stores.
 
 Why bytes are counted here and not from `numel * element_size`: a quantized weight is a
 tensor subclass whose logical dtype is the compute dtype (bf16) while its storage is packed
 integers plus scales (and shifts). MCR divides original by compressed bytes, so the count
 walks each subclass down to the plain tensors it holds (`__tensor_flatten__`, the protocol
-both quanto and torchao implement) and adds their bytes.
+both quanto and torchao implement) and adds their bytes; gemlite's and bitsandbytes' layers
+hold their packed data and scales as parameters and buffers.
 
 Which kernel runs is decided by the library from the weight's dtype, device and shape
 (quanto 0.2.7: `WeightQBytesTensor.create`, `WeightQBitsTensor.create`, `qbytes_mm`), so
 after quantizing the runner reads it back from the weight classes and reports it: a
 quantized model that decodes slower than bf16 is only understandable with that fact.
+The backend itself is chosen per run (`--set backend`, runners.techniques.quant_backends).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from runners.errors import Unsupported, is_oom, one_line
+from runners.errors import BadInput, Unsupported, is_oom, one_line
+from runners.techniques import quant_backends as qb
 
 
 @dataclass(frozen=True, slots=True)
 class Quantization:
-    """One weight-quantization technique."""
+    """One weight-quantization technique, on one backend once resolved."""
 
     id: str
     """Technique id (`int8`, `int4`, `fp8`, `w8a8`, `int8-ao`, `int4-ao`)."""
     backend: str
-    """`quanto` (optimum-quanto) or `torchao`."""
+    """`auto` (chosen per run by `resolve`), or `quanto`, `torchao`, `gemlite`, `bnb`."""
     weights: str
-    """Weight format: quanto qtype name (`qint8`, `qint4`, `qfloat8`) or torchao's (`int8`,
-    `int4`)."""
+    """Weight format: the bit-width (`int8`, `int4`, `fp8`) until resolved, then the
+    backend's name for it (quanto's `qint8`, `qint4`, `qfloat8`; bitsandbytes' `nf4`)."""
     activations: str | None = None
     """Activation qtype (`qint8` for w8a8), calibrated before freezing; None: weight-only."""
     group_size: int | None = None
     """Weights sharing one scale along the input dimension (int4); None: per output row."""
+    bits: str = ""
+    """The bit-width the backends are chosen for: `int8`, `int4`, `fp8` or `w8a8`."""
+    dynamic_activations: str | None = None
+    """How a backend quantizes activations at run time, uncalibrated (bitsandbytes'
+    LLM.int8(), torchao's fp8); None: they stay in the compute dtype."""
 
     @property
     def calibrated(self) -> bool:
         return self.activations is not None
 
 
+def _q(id: str, backend: str, bits: str, **kw: Any) -> Quantization:
+    return Quantization(id, backend, kw.pop("weights", bits), bits=bits, **kw)
+
+
 QUANTIZATIONS: dict[str, Quantization] = {q.id: q for q in (
-    Quantization("int8", "quanto", "qint8"),
-    Quantization("int4", "quanto", "qint4", group_size=128),
-    Quantization("fp8", "quanto", "qfloat8"),
-    Quantization("w8a8", "quanto", "qint8", activations="qint8"),
-    Quantization("int8-ao", "torchao", "int8"),
-    Quantization("int4-ao", "torchao", "int4", group_size=128),
+    _q("int8", "auto", "int8"),
+    _q("int4", "auto", "int4", group_size=128),
+    _q("fp8", "auto", "fp8"),
+    _q("w8a8", "auto", "w8a8", weights="int8", activations="int8"),
+    _q("int8-ao", "torchao", "int8"),
+    _q("int4-ao", "torchao", "int4", group_size=128),
 )}
-"""Weight-quantization techniques by id."""
+"""Weight-quantization techniques by id. `int8-ao` and `int4-ao` are `int8` and `int4` with
+the backend fixed to torchao (kept for the runs stored under those ids)."""
+
+FORMATS: dict[tuple[str, str], dict[str, Any]] = {
+    ("quanto", "int8"): {"weights": "qint8"},
+    ("quanto", "int4"): {"weights": "qint4", "group_size": 128},
+    ("quanto", "fp8"): {"weights": "qfloat8"},
+    ("quanto", "w8a8"): {"weights": "qint8", "activations": "qint8"},
+    ("torchao", "int8"): {"weights": "int8"},
+    ("torchao", "int4"): {"weights": "int4", "group_size": 128},
+    ("torchao", "fp8"): {"weights": "float8_e4m3fn",
+                         "dynamic_activations": "float8_e4m3fn per row"},
+    ("gemlite", "int8"): {"weights": "int8"},
+    ("gemlite", "int4"): {"weights": "uint4 asymmetric", "group_size": 128},
+    ("gemlite", "fp8"): {"weights": "float8_e4m3fn"},
+    ("bnb", "int8"): {"weights": "int8",
+                      "dynamic_activations": "int8 per row, outliers > 6.0 in 16-bit"},
+    ("bnb", "int4"): {"weights": "nf4", "group_size": qb.BNB_4BIT_BLOCK},
+}
+"""What each backend stores for each bit-width it serves (runners.params.QUANT_BACKENDS)."""
 
 DEFAULT_EXCLUDE = ("lm_head",)
 """Modules left unquantized unless `--set exclude=...` says otherwise. The output head is
@@ -89,20 +119,47 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 # -- availability -----------------------------------------------------------------------------
 
-def check_available(q: Quantization, device: str) -> None:
-    """Raise Unsupported when the technique's backend cannot run here (before any loading)."""
-    if q.backend == "quanto":
-        if importlib.util.find_spec("optimum.quanto") is None:
-            raise Unsupported(f"{q.id} needs optimum-quanto, which is not installed "
-                              "(pip install optimum-quanto)")
-        return
-    if importlib.util.find_spec("torchao") is None:
-        raise Unsupported(f"{q.id} needs torchao, which is not installed here "
-                          f"(pip install torchao); quanto's {q.id.removesuffix('-ao')} is the "
-                          "installed alternative")
-    if q.weights == "int4" and not device.startswith("cuda"):
-        raise Unsupported(f"{q.id} runs torchao's int4 tinygemm layout, which needs a CUDA "
-                          f"device (got {device})")
+def resolve(q: Quantization, backend: str, device: str,
+            dtype: torch.dtype | None = None) -> Quantization:
+    """`q` on the backend that will run it: `backend` when named (the technique's own for
+    `int8-ao` / `int4-ao`), else the first of quant_backends.PREFERENCE that can run on
+    `device` in `dtype` (default: bf16 on CUDA, fp32 on CPU). Unsupported, with the reason
+    (each backend's for `auto`), when none can; BadInput for a backend that does not serve
+    the technique (runners.params.pair_problem refuses it before the runner starts)."""
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if q.backend != "auto":
+        if backend not in ("auto", q.backend):
+            raise BadInput(f"{q.id} runs on {q.backend}; --set backend={backend} does not "
+                           f"apply (use {q.id.removesuffix('-ao')})")
+        named = q.backend
+    else:
+        named = backend
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    if named != "auto":
+        if (named, q.bits) not in FORMATS:
+            raise BadInput(f"{q.id} has no {named} backend")
+        candidates: tuple[str, ...] = (named,)
+    else:
+        candidates = qb.PREFERENCE[device_type][q.bits]
+    reasons = []
+    for candidate in candidates:
+        why = qb.why_not(candidate, q.bits, device, dtype)
+        if why is None:
+            return replace(q, backend=candidate, **FORMATS[candidate, q.bits])
+        reasons.append(f"{candidate}: {why}" if named == "auto" else why)
+    if named != "auto":
+        alternative = ("; quanto's " + q.id.removesuffix("-ao") + " is the installed "
+                       "alternative") if q.id.endswith("-ao") and qb.installed("quanto") else ""
+        raise Unsupported(f"{q.id} on {named}: {reasons[0]}{alternative}")
+    raise Unsupported(f"{q.id}: no backend can run it on {device} ({'; '.join(reasons)})")
+
+
+def check_available(q: Quantization, device: str, backend: str = "auto",
+                    dtype: torch.dtype | None = None) -> Quantization:
+    """Raise Unsupported when no backend of the technique can run here (before any
+    loading); the resolved technique otherwise (see `resolve`)."""
+    return resolve(q, backend, device, dtype)
 
 
 # -- quantizing -------------------------------------------------------------------------------
@@ -117,20 +174,32 @@ def _excluded(name: str, exclude: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in exclude)
 
 
+def _model_device_dtype(model: torch.nn.Module) -> tuple[str, torch.dtype]:
+    weight = next(model.parameters())
+    return str(weight.device), weight.dtype
+
+
 def quantize(model: torch.nn.Module, q: Quantization, exclude: Sequence[str],
-             calibrate: Callable[[], None] | None = None) -> None:
-    """Quantize `model` in place (and freeze it: weights become their quantized storage).
+             calibrate: Callable[[], None] | None = None) -> Quantization:
+    """Quantize `model` in place (and freeze it: weights become their quantized storage);
+    returns `q` as it ran (an `auto` backend resolved on the model's device and dtype).
 
     `calibrate` runs calibration forwards for techniques with quantized activations; it is
     called inside quanto's Calibration context, between quantizing and freezing.
     """
+    if q.backend == "auto":
+        q = resolve(q, "auto", *_model_device_dtype(model))
+    else:  # named by the caller, who checked that it can run here
+        q = replace(q, **FORMATS[q.backend, q.bits])
     if q.backend == "quanto":
         _quanto(model, q, exclude, calibrate)
     else:
-        _torchao(model, q, exclude)
+        qb.quantize(q.backend, model, q.id, q.bits, q.group_size,
+                    lambda name: not _excluded(name, exclude))
     if quantized_linear_count(model) == 0:
         raise Unsupported(f"{q.id}: no layer was quantized (exclude={','.join(exclude)!r} "
                           "leaves nothing)")
+    return q
 
 
 def _quanto(model: torch.nn.Module, q: Quantization, exclude: Sequence[str],
@@ -155,53 +224,30 @@ def _quanto(model: torch.nn.Module, q: Quantization, exclude: Sequence[str],
                           f"{one_line(e)}") from None
 
 
-def _torchao(model: torch.nn.Module, q: Quantization, exclude: Sequence[str]) -> None:
-    try:
-        from torchao.quantization import quantize_
-    except ImportError as e:
-        raise Unsupported(f"{q.id}: torchao does not import here: {one_line(e)}") from None
-    config = _torchao_config(q)
-
-    def only_linears(module: torch.nn.Module, fqn: str) -> bool:
-        return isinstance(module, torch.nn.Linear) and not _excluded(fqn, exclude)
-
-    try:
-        quantize_(model, config, filter_fn=only_linears)
-    except ImportError as e:  # a kernel package this layout needs (e.g. int4's mslk)
-        raise Unsupported(f"{q.id}: torchao's {q.weights} layout needs a package that is "
-                          f"not installed here: {one_line(e)}") from None
-    except (RuntimeError, NotImplementedError, ValueError, AssertionError) as e:
-        if is_oom(e):
-            raise
-        raise Unsupported(f"{q.id}: torchao cannot quantize this model here: "
-                          f"{one_line(e)}") from None
-
-
-def _torchao_config(q: Quantization) -> Any:
-    """The torchao config object for `q`: the class API (torchao >= 0.10) or the older
-    factory functions, whichever this torchao has."""
-    import torchao.quantization as tq
-
-    if q.weights == "int8":
-        names: tuple[tuple[str, dict[str, Any]], ...] = (
-            ("Int8WeightOnlyConfig", {}), ("int8_weight_only", {}))
-    else:
-        names = (("Int4WeightOnlyConfig", {"group_size": q.group_size}),
-                 ("int4_weight_only", {"group_size": q.group_size}))
-    for name, kwargs in names:
-        factory = getattr(tq, name, None)
-        if factory is not None:
-            return factory(**kwargs)
-    raise Unsupported(f"{q.id}: this torchao has none of {', '.join(n for n, _ in names)}")
-
-
 # -- what ran ---------------------------------------------------------------------------------
 
-def _linear_weights(model: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    name: str
+    cls: str
+    """The weight's class (quanto, torchao, `Tensor`), or the layer's own where the backend
+    swaps the module (gemlite, bitsandbytes)."""
+    quantized: bool
+    weight: torch.Tensor | None
+    module: torch.nn.Module
+
+
+def _layers(model: torch.nn.Module) -> Iterable[_Layer]:
+    """Every linear layer of `model`, quantized or not."""
     for name, module in model.named_modules():
+        kind = qb.module_kind(module)
         weight = getattr(module, "weight", None)
-        if isinstance(module, torch.nn.Linear) and isinstance(weight, torch.Tensor):
-            yield name, weight.data if isinstance(weight, torch.nn.Parameter) else weight
+        if kind is not None:
+            yield _Layer(name, kind, True, weight if isinstance(weight, torch.Tensor) else None,
+                         module)
+        elif isinstance(module, torch.nn.Linear) and isinstance(weight, torch.Tensor):
+            w = weight.data if isinstance(weight, torch.nn.Parameter) else weight
+            yield _Layer(name, type(w).__name__, _is_quantized(w), w, module)
 
 
 def _is_quantized(t: torch.Tensor) -> bool:
@@ -209,12 +255,13 @@ def _is_quantized(t: torch.Tensor) -> bool:
 
 
 def quantized_linear_count(model: torch.nn.Module) -> int:
-    return sum(1 for _, w in _linear_weights(model) if _is_quantized(w))
+    return sum(1 for layer in _layers(model) if layer.quantized)
 
 
 def weight_classes(model: torch.nn.Module) -> dict[str, int]:
-    """How many linear layers hold each weight class (`Tensor` for unquantized ones)."""
-    counts = Counter(type(w).__name__ for _, w in _linear_weights(model))
+    """How many linear layers hold each weight class (`Tensor` for unquantized ones; the
+    layer class where a backend swaps the module)."""
+    counts = Counter(layer.cls for layer in _layers(model))
     return dict(sorted(counts.items()))
 
 
@@ -254,21 +301,23 @@ def kernel_report(model: torch.nn.Module, device: str) -> dict[str, Any]:
     """Weight classes of the linear layers and the matmul each quantized class runs."""
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     kernels: dict[str, str] = {}
-    for _, w in _linear_weights(model):
-        name = type(w).__name__
-        if name in kernels or not _is_quantized(w):
+    for layer in _layers(model):
+        name = layer.cls
+        if name in kernels or not layer.quantized:
             continue
-        if name == "WeightQBytesTensor":
-            kernels[name] = _qbytes_kernel(w, device_type)
+        if name == "WeightQBytesTensor" and layer.weight is not None:
+            kernels[name] = _qbytes_kernel(layer.weight, device_type)
         else:
-            kernels[name] = _QUANTO_KERNELS.get((name, device_type), f"{name} (library default)")
+            kernels[name] = (_QUANTO_KERNELS.get((name, device_type))
+                             or qb.kernel(name, layer.module, layer.weight, device_type)
+                             or f"{name} (library default)")
     return {"weight_classes": weight_classes(model), "kernels": kernels}
 
 
 def extension_needed(model: torch.nn.Module, device: str) -> str | None:
     """The quanto extension the model's weights will call (`quanto_cpp` / `quanto_cuda`),
     which quanto compiles on first use; None when every kernel is a torch built-in."""
-    names = {type(w).__name__ for _, w in _linear_weights(model)}
+    names = {layer.cls for layer in _layers(model)}
     if not names & _EXTENSION_CLASSES:
         return None
     return "quanto_cuda" if device.startswith("cuda") else "quanto_cpp"

@@ -43,6 +43,11 @@ def _bad_sft(tmp_path: Path) -> Path:
     (("-m", "tiny", "-t", "fp32", "--set", "engine=warp"),
      "efficientllm: error: unknown engine 'warp' (choose from auto, loop, eager, static, "
      "graph, compile, fused)"),
+    (("-m", "tiny", "-t", "int8", "--set", "backend=marlin"),
+     "efficientllm: error: unknown backend 'marlin' (choose from auto, quanto, torchao, "
+     "gemlite, bnb; or bitsandbytes/optimum-quanto)"),
+    (("-m", "tiny", "-t", "w8a8", "--set", "backend=bnb"),
+     "efficientllm: error: w8a8 has no bnb backend (choose from auto, quanto)"),
     (("-m", "tiny", "-t", "lora", "--set", "bogus_key=1"),
      "efficientllm: error: unknown --set parameter(s) for finetuning: bogus_key (valid: "),
     (("-m", "tiny", "-t", "lora", "--set", "dropout=1"),

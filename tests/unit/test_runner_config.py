@@ -40,10 +40,11 @@ def test_set_params_are_coerced() -> None:
 
 def test_param_kinds() -> None:
     assert InferenceConfig.param_kinds() == {
-        "engine": str, "compile_mode": str, "dtype": str, "exclude": str, "mcr_reference": str,
+        "engine": str, "compile_mode": str, "dtype": str, "backend": str, "exclude": str,
+        "mcr_reference": str,
         "calibration_tokens": int, "peak_tflops": float, "mem_bw_gbps": float, "threads": int,
         "eval_tokens": int, "phase_windows": bool, "trust_remote_code": bool, "quality": str,
-        "quality_items": int}
+        "quality_items": int, "score_of": str}
 
 
 def test_device_defaults() -> None:
