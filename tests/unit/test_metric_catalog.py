@@ -31,14 +31,14 @@ def test_the_store_and_the_leaderboard_read_the_catalog() -> None:
     assert METRIC_DIRECTIONS == {"amu": False, "pcu": True, "al_s": False, "tt": True,
                                  "st": True, "it": True, "aec_w": False, "mcr": True,
                                  "eval_ppl": False, "loss": False, "quality": True}
-    assert RUN_METRIC_COLUMNS[:10] == ("amu", "pcu", "al_s", "tt", "st", "it", "aec_w", "mcr",
-                                       "eval_ppl", "loss")
+    assert RUN_METRIC_COLUMNS[:11] == ("amu", "pcu", "al_s", "tt", "st", "it", "aec_w", "mcr",
+                                       "eval_ppl", "quality", "loss")
     assert set(LIST_METRIC_COLUMNS) <= set(RUN_METRIC_COLUMNS)
 
 
 def test_headline_order_per_family() -> None:
     assert mc.headline("inference") == ("amu", "pcu", "al_s", "it", "aec_w", "mcr", "eval_ppl",
-                                        "loss")
+                                        "quality", "loss")
     assert mc.headline("finetuning")[:5] == ("amu", "pcu", "al_s", "st", "aec_w")
     assert mc.headline("pretraining")[3] == "tt"
     assert mc.ordered({"mfu", "zzz_unknown", "it", "amu"}, "inference") == [
