@@ -1,17 +1,17 @@
 """RWKV's WKV recurrence, forward + backward of one layer, on a CUDA device: transformers'
 fallback loop (`rwkv_linear_attention_cpu` on CUDA tensors, what RwkvForCausalLM trains
-through without the hub kernel) against the Triton kernels of runners.kernels.rwkv_wkv.
+through without the hub kernel) against flash-linear-attention's fused RWKV-4 kernel, as
+runners.kernels.rwkv_wkv runs it.
 
     python benchmarks/bench_wkv.py [--batch 8] [--seq 2048] [--channels 896]
-                                   [--dtype bf16] [--loop-seq 128] [--block-c 32]
-                                   [--skip-loop]
+                                   [--dtype bf16] [--loop-seq 128] [--skip-loop]
 
 The Triton time is measured at the full shape. transformers' loop costs the same per time
 step whatever the position (a fixed set of small kernels a step), so it is timed at
 `--loop-seq` steps and scaled linearly to `--seq` (`loop_scaled_ms`; `loop_ms` is the time
 as measured). The error is the Triton result against the float64 reference loop at the full
 shape: max |difference| / max |reference|, for the output and each gradient. Prints one JSON
-line; exits 2 with one line when there is no CUDA device or no Triton.
+line; exits 2 with one line when there is no CUDA device or no fla-core.
 """
 
 from __future__ import annotations
@@ -71,17 +71,15 @@ def main() -> int:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--loop-seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--block-c", type=int, default=rwkv_wkv.BLOCK_C,
-                    help="channels per Triton program (a power of two >= 32)")
     ap.add_argument("--skip-loop", action="store_true",
                     help="time the Triton kernels only (no transformers loop, no error check)")
     args = ap.parse_args()
     if not torch.cuda.is_available() or not rwkv_wkv.available():
-        print("bench_wkv: needs a CUDA device and Triton (none here)", file=sys.stderr)
+        print(f"bench_wkv: needs a CUDA device and {rwkv_wkv.FLA_PACKAGE} (missing here)",
+              file=sys.stderr)
         return 2
     from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
 
-    rwkv_wkv.BLOCK_C = args.block_c
     dtype = DTYPES[args.dtype]
     b, T, C = args.batch, args.seq, args.channels
     full = inputs(b, T, C, dtype)
@@ -93,7 +91,7 @@ def main() -> int:
     triton_ms = timed_ms(lambda: fwd_bwd(rwkv_wkv.wkv, full), args.repeats)
     if args.skip_loop:
         print(json.dumps({"device": torch.cuda.get_device_name(), "shape": [b, T, C],
-                          "dtype": args.dtype, "block_c": rwkv_wkv.BLOCK_C,
+                          "dtype": args.dtype, "kernel": rwkv_wkv.describe(),
                           "triton_ms": round(triton_ms, 3)}))
         return 0
     loop_ms = timed_ms(lambda: fwd_bwd(loop, short), max(1, args.repeats // 2))
@@ -107,7 +105,7 @@ def main() -> int:
     loop_scaled_ms = loop_ms * T / args.loop_seq
     print(json.dumps({
         "device": torch.cuda.get_device_name(), "shape": [b, T, C], "dtype": args.dtype,
-        "block_c": rwkv_wkv.BLOCK_C, "loop_seq": args.loop_seq,
+        "kernel": rwkv_wkv.describe(), "loop_seq": args.loop_seq,
         "loop_ms": round(loop_ms, 3), "loop_scaled_ms": round(loop_scaled_ms, 3),
         "triton_ms": round(triton_ms, 3), "speedup": round(loop_scaled_ms / triton_ms, 1),
         "triton_peak_gib": round(peak_gib, 3),

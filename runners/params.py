@@ -218,6 +218,8 @@ FINETUNING = (
     _p("packing", bool, True, "pack examples end to end into full rows (no padding)"),
     _p("loss_chunk_rows", int, None, "rows per cross-entropy chunk; 0: unchunked; unset: "
        "about 1 GiB of logits", low=0),
+    _p("loss_kernel", str, "auto", "loss: liger (liger-kernel fused linear CE, CUDA), torch "
+       "(chunked), auto (liger where it runs)", choices=("auto", "liger", "torch")),
     _p("eval_batches", int, 4, "held-out micro-batches scored for eval_loss; 0 skips it",
        low=0),
     _p("heldout_fraction", float, 0.1, "share of the dataset's examples held out",
@@ -259,6 +261,8 @@ PRETRAINING = (
     _p("aux_loss_coef", float, 0.01, "moe: load-balancing loss weight", low=0),
     _p("loss_chunk_tokens", int, 0, "tokens per cross-entropy chunk; 0: about 1 GiB of "
        "logits", low=0),
+    _p("loss_kernel", str, "auto", "loss: liger (liger-kernel fused linear CE, CUDA), torch "
+       "(chunked), auto (liger where it runs)", choices=("auto", "liger", "torch")),
     _p("compile", str, "auto", "torch.compile each block: true, false, or auto (decoder "
        "variants on CUDA)", choices=("auto", "true", "false")),
     _p("checkpointing", str, "auto", "activation checkpointing: true, false, or auto (Mamba "

@@ -18,6 +18,7 @@ how the fallback undoes it, the result-info keys and the events):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from runners.engines import training
-from runners.engines.xent import LossOptions
 from runners.protocol import Event
 from runners.system import device as dev
 from runners.techniques import peft_methods
@@ -241,8 +241,7 @@ def compile_decoder(model: Any, wanted: bool, rows: torch.Tensor, *, requested: 
     except Exception as e:  # noqa: BLE001 - any compiler failure: run eager instead
         reason = f"{type(e).__name__}: {e}"[:500]
         model.uncompile_blocks()
-        model.loss_options = LossOptions(compiled=False,
-                                         fp32_gemm=model.loss_options.fp32_gemm)
+        model.loss_options = dataclasses.replace(model.loss_options, compiled=False)
         with contextlib.suppress(Exception):
             torch._dynamo.reset()
         info.update(enabled=False, fallback=reason)

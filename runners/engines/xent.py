@@ -6,11 +6,18 @@ layer inside its forward pass, one chunk of rows at a time (the fused linear-cro
 idea of Liger-Kernel / Apple's Cut-Cross-Entropy, here in plain torch): peak memory is one
 chunk of logits, and no logits are recomputed in the backward pass, so the step does the same
 FLOPs as the unchunked one. `chunked_lm_loss` puts it under a transformers causal LM.
+
+`LossOptions.kernel` picks who computes it for a dense head: `torch` (the chunks above: the
+CPU path, kept because a 151,936-token vocabulary at 16k tokens would otherwise hold 10 GB of
+fp32 logits and as much again in their gradient) or `liger` (liger-kernel's fused linear
+cross-entropy, Triton, CUDA only; the optional `kernels` extra), resolved from the `auto |
+liger | torch` parameter by `resolve_loss_kernel`. liger is imported only when it runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,11 +49,73 @@ class LossOptions:
     """Accumulate the output layer's weight gradient in the GEMM itself (bf16 operands, fp32
     output, beta = 1: `addmm(out_dtype=float32)`), instead of a bf16 product per chunk that
     is then converted and added; also keeps each chunk's product in fp32."""
+    kernel: str = "torch"
+    """`torch` (the chunked path of this module) or `liger` (liger-kernel's fused linear
+    cross-entropy on CUDA, for a dense head; `compiled` and `fp32_gemm` do not apply)."""
 
     def describe(self) -> str:
+        if self.kernel == LIGER:
+            return "liger-kernel fused linear cross-entropy"
         parts = [p for p, on in (("compiled chunk", self.compiled),
                                  ("fp32-accumulating GEMM", self.fp32_gemm)) if on]
         return ", ".join(parts) or "eager"
+
+
+LOSS_KERNELS = ("auto", "liger", "torch")
+"""Values of the `loss_kernel` parameter (pretraining and fine-tuning)."""
+LIGER = "liger"
+LIGER_PACKAGE = "liger-kernel==0.8.5"
+
+
+def liger_installed() -> bool:
+    """liger-kernel is importable (it is not imported here)."""
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def resolve_loss_kernel(requested: str, device: str) -> str:
+    """`auto` -> `liger` on CUDA with liger-kernel installed, else `torch`; `torch` as given;
+    `liger` as given where it can run. ValueError, in one line, for an unknown value or for
+    `liger` off CUDA or without the package."""
+    if requested not in LOSS_KERNELS:
+        raise ValueError(f"unknown loss_kernel {requested!r} (choose from "
+                         f"{', '.join(LOSS_KERNELS)})")
+    cuda = device.startswith("cuda")
+    if requested == "torch":
+        return "torch"
+    if requested == "auto":
+        return LIGER if cuda and liger_installed() else "torch"
+    if not cuda:
+        raise ValueError(f"loss_kernel=liger needs a CUDA device (device {device}); use "
+                         "loss_kernel=torch or auto")
+    if not liger_installed():
+        raise ValueError(f"loss_kernel=liger needs the liger-kernel package (pip install "
+                         f"{LIGER_PACKAGE}, the `kernels` extra); use loss_kernel=torch or auto")
+    return LIGER
+
+
+def liger_chunk_const(rows: int, tokens: int, hidden: int, vocab: int) -> int:
+    """liger's `chunk_mem_const` whose chunks come closest to `rows` rows (liger sizes a chunk
+    as next_pow2(tokens / ceil(vocab / (const x hidden))) rows)."""
+    return max(1, round(vocab * min(rows, tokens) / max(1, hidden * tokens)))
+
+
+def _use_liger(options: LossOptions | None, h: torch.Tensor) -> bool:
+    """Whether the loss of `h` runs liger's kernel: asked for, and on CUDA (elsewhere the
+    chunked torch path runs)."""
+    return options is not None and options.kernel == LIGER and h.is_cuda
+
+
+def _liger_sum(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               y: torch.Tensor, rows: int) -> torch.Tensor:
+    """Sum of the token cross-entropies through liger's fused linear cross-entropy (logits
+    a chunk of about `rows` rows at a time; weight and bias gradients accumulated in fp32)."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    const = liger_chunk_const(rows, h.shape[0], h.shape[1], weight.shape[0])
+    loss = liger_fused_linear_cross_entropy(h, weight, y, bias, ignore_index=IGNORE_INDEX,
+                                            reduction="sum", accum_dtype=torch.float32,
+                                            chunk_mem_const=const)
+    return loss.float()
 
 
 LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
@@ -229,7 +298,8 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module | torch.Tensor,
             (their rows never reach the output layer).
         chunk_rows: rows per chunk; default `default_chunk_rows(vocab)` (about 1 GiB of fp32
             logits).
-        options: `LossOptions` for a bias-free dense head on CUDA; None: the plain path.
+        options: `LossOptions` for a dense head (the kernel; the compiled chunk and the fp32
+            GEMM apply to a bias-free head on CUDA); None: the plain chunked path.
 
     Under bf16 autocast the output matmul runs in bf16 with fp32 softmax and loss.
     """
@@ -245,6 +315,8 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module | torch.Tensor,
     if params is not None:
         weight, bias = params
         rows = chunk_rows or default_chunk_rows(weight.shape[0])
+        if _use_liger(options, h):
+            return _liger_sum(h, weight, bias, y, rows), n
         dtype = (torch.get_autocast_dtype(h.device.type)
                  if torch.is_autocast_enabled(h.device.type) else weight.dtype)
         if options is None:
@@ -265,13 +337,14 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module | torch.Tensor,
 
 def causal_lm_loss(hidden: torch.Tensor, head: nn.Module | torch.Tensor, labels: torch.Tensor,
                    *, num_items: int | float | torch.Tensor | None = None,
-                   chunk_rows: int | None = None, ignore_index: int = IGNORE_INDEX
-                   ) -> torch.Tensor:
+                   chunk_rows: int | None = None, ignore_index: int = IGNORE_INDEX,
+                   options: LossOptions | None = None) -> torch.Tensor:
     """Next-token loss: position t predicts labels[t + 1]; sum / `num_items` (default: the
-    number of scored tokens here; pass the whole step's count under gradient accumulation)."""
+    number of scored tokens here; pass the whole step's count under gradient accumulation).
+    `options`: as `chunked_cross_entropy` takes them."""
     shifted = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     total, n = chunked_cross_entropy(hidden, head, shifted, chunk_rows=chunk_rows,
-                                     ignore_index=ignore_index)
+                                     ignore_index=ignore_index, options=options)
     denom = num_items if num_items is not None else max(1, n)
     if isinstance(denom, torch.Tensor):
         denom = denom.to(total.device)
@@ -298,7 +371,8 @@ class _HiddenPassthrough(nn.Module):
 
 
 @contextlib.contextmanager
-def chunked_lm_loss(model: Any, *, chunk_rows: int | None = None) -> Iterator[LossTap]:
+def chunked_lm_loss(model: Any, *, chunk_rows: int | None = None,
+                    options: LossOptions | None = None) -> Iterator[LossTap]:
     """Within the block, `model(input_ids=..., labels=...)` computes its loss with
     `causal_lm_loss` instead of materialising full logits.
 
@@ -308,6 +382,7 @@ def chunked_lm_loss(model: Any, *, chunk_rows: int | None = None) -> Iterator[Lo
     model's forward still runs: a PEFT prompt-tuning wrapper's virtual-token labels, an
     AdaLoRA wrapper's orthogonality penalty added to `outputs.loss`, and `num_items_in_batch`
     for token-weighted gradient accumulation. Yields a `LossTap` holding the last task loss.
+    `options` (e.g. the liger kernel) go to `chunked_cross_entropy`.
     """
     head = model.lm_head
     tap = LossTap()
@@ -317,7 +392,8 @@ def chunked_lm_loss(model: Any, *, chunk_rows: int | None = None) -> Iterator[Lo
                       num_items_in_batch: Any = None, ignore_index: int = IGNORE_INDEX,
                       **_: Any) -> torch.Tensor:
         loss = causal_lm_loss(logits, head, labels, num_items=num_items_in_batch,
-                              chunk_rows=chunk_rows, ignore_index=ignore_index)
+                              chunk_rows=chunk_rows, ignore_index=ignore_index,
+                              options=options)
         tap.last = loss.detach().clone()  # a wrapper may add its penalty in place
         return loss
 

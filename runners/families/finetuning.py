@@ -117,6 +117,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
     def validate(self) -> None:
         super().validate()  # positions, freeze_k, seq_len: runners.params.pair_problem
         c = self.config
+        _loss_kernel(c)
         self._data = sft.load(c.dataset, c.heldout_fraction)  # bad data fails before the lock
 
     # -- the run --------------------------------------------------------------------------
@@ -194,8 +195,10 @@ class FinetuningFamily(Family[FinetuningConfig]):
                      flops_per_token=flops_per_token)
 
         chunk = c.loss_chunk_rows
+        loss_kernel = _loss_kernel(c)
         loss_ctx = (contextlib.nullcontext() if chunk == 0
-                    else xent.chunked_lm_loss(lm, chunk_rows=chunk))
+                    else xent.chunked_lm_loss(lm, chunk_rows=chunk,
+                                              options=xent.LossOptions(kernel=loss_kernel)))
         with loss_ctx as tap:
             step = training.TrainStep(prepared.model, optimizer, device=c.device, amp=amp,
                                       scheduler=scheduler, max_grad_norm=c.max_grad_norm,
@@ -247,7 +250,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
             "seq_len": c.seq_len, "grad_accum": c.grad_accum,
             "samples_per_step": c.batch_size * c.grad_accum, "arch": self.card.arch,
             "threads": threads, "grad_ckpt": c.grad_ckpt, **compiler.facts(),
-            "loss_chunk_rows": chunk, "packing": c.packing,
+            "loss_chunk_rows": chunk, "loss_kernel": loss_kernel, "packing": c.packing,
             "optimizer": type(optimizer).__name__,
             "optimizer_fused": bool(optimizer.defaults.get("fused")),
             "param_group_lrs": sorted({g["initial_lr"] for g in optimizer.param_groups
@@ -513,3 +516,17 @@ def _prompt_learning(prepared: peft_methods.Prepared) -> bool:
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def _loss_kernel(c: FinetuningConfig) -> str:
+    """`loss_kernel` resolved for this run (`torch` under loss_chunk_rows=0, the model's own
+    loss); BadInput where the one asked for cannot run."""
+    if c.loss_chunk_rows == 0:
+        if c.loss_kernel == "liger":
+            raise BadInput("loss_kernel=liger replaces the chunked loss; loss_chunk_rows=0 "
+                           "runs the model's own (leave loss_chunk_rows unset)")
+        return "torch"
+    try:
+        return xent.resolve_loss_kernel(c.loss_kernel, c.device)
+    except ValueError as e:
+        raise BadInput(str(e)) from None

@@ -63,6 +63,9 @@ class FinetuningConfig(FamilyConfig):
     loss_chunk_rows: int | None = field(default=None, metadata={"kind": int})
     """Rows per cross-entropy chunk; default about 1 GiB of fp32 logits; 0: the model's own
     unchunked loss."""
+    loss_kernel: str = "auto"
+    """Who computes the chunked loss: `liger` (liger-kernel's fused linear cross-entropy,
+    CUDA), `torch` (runners.engines.xent's chunks), `auto` (liger on CUDA where installed)."""
     eval_batches: int = 4
     """Held-out micro-batches scored for eval_loss; 0 skips the evaluation."""
     heldout_fraction: float = 0.1

@@ -26,8 +26,10 @@ Run-time options that leave the model and its math alone (each resolved value is
 result's info): `compile` (torch.compile of each decoder block and of the loss's per-chunk
 softmax; `auto`: on for decoder variants on CUDA), `checkpointing` (activation checkpointing;
 `auto`: on for Mamba without its fused kernels, whose reference path cannot keep every
-layer's activations), and on CUDA the loss accumulates its weight gradient in fp32 inside
-the GEMM (`LossOptions.fp32_gemm`).
+layer's activations), `loss_kernel` (`auto`: liger-kernel's fused linear cross-entropy on
+CUDA where it is installed, else the chunked torch loss, which on CUDA accumulates its weight
+gradient in fp32 inside the GEMM, `LossOptions.fp32_gemm`) and `recurrence` (Mamba's scan
+and RWKV's WKV: runners.models.baselines).
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ import torch
 from profiling import metrics as pm
 from profiling.window import WindowMeter, WindowResult
 from runners.data import textstream
+from runners.engines import xent
 from runners.engines.compilation import compile_decoder, dynamo_stats, eager_if
 from runners.engines.xent import LossOptions, fp32_gemm_status
+from runners.errors import BadInput
 from runners.families.base import Family, register
 from runners.families.pretraining_config import PretrainingConfig, lr_at, measure_matmul_tflops
 from runners.models import baselines
@@ -96,6 +100,13 @@ class PretrainingFamily(Family[PretrainingConfig]):
 
     def validate(self) -> None:
         super().validate()  # random weights, positions: runners.params.pair_problem
+        c = self.config
+        try:
+            xent.resolve_loss_kernel(c.loss_kernel, c.device)
+        except ValueError as e:
+            raise BadInput(str(e)) from None
+        if VARIANTS[c.technique].baseline in ("mamba", "rwkv"):
+            baselines.check_recurrence(c.recurrence, c.device, VARIANTS[c.technique].baseline)
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -113,7 +124,10 @@ class PretrainingFamily(Family[PretrainingConfig]):
         model, matching = self._build(variant)
         checkpointing = self._apply_checkpointing(model)
         compile_on = self._compile_wanted(model)
-        model.loss_options = LossOptions(compiled=compile_on, fp32_gemm=cuda)
+        loss_kernel = xent.resolve_loss_kernel(c.loss_kernel, c.device)
+        model.loss_options = LossOptions(kernel=loss_kernel,
+                                         compiled=compile_on and loss_kernel == "torch",
+                                         fp32_gemm=cuda)
         counts = self._counts = model.param_counts()
         n_layers, d_attn = model.attention_shape()
         flops_per_token = pm.flops_per_token(counts.flop, training=True, n_layers=n_layers,
@@ -194,9 +208,10 @@ class PretrainingFamily(Family[PretrainingConfig]):
             "batch_size": c.batch_size, "seq_len": c.seq_len, "steps": c.steps,
             "warmup": c.warmup, "lr": c.lr, "lr_warmup_steps": warm_lr,
             "optimizer": "AdamW (fused)" if cuda else "AdamW (foreach)",
-            "loss_impl": "chunked linear cross-entropy (runners.engines.training), "
+            "loss_impl": "chunked linear cross-entropy (runners.engines.xent), "
                     f"{c.loss_chunk_tokens or 'auto'} rows a chunk, "
                     f"{_loss_describe(model.loss_options)}",
+            "loss_kernel": model.loss_options.kernel,
             "compile": compiled, "activation_checkpointing": checkpointing,
             "tokenizer": "byte", "vocab_size": self.card.vocab_size, "text": text.source,
             "train_tokens": len(text.train), "documents": text.documents,
@@ -416,7 +431,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
 def _loss_describe(options: LossOptions) -> str:
     text = options.describe()
     ok, error = fp32_gemm_status()
-    if options.fp32_gemm and ok is False:
+    if options.fp32_gemm and options.kernel == "torch" and ok is False:
         text += f" (fp32 GEMM unavailable, plain accumulation: {error})"
     return text
 

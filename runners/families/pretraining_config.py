@@ -55,6 +55,9 @@ class PretrainingConfig(FamilyConfig):
     aux_loss_coef: float = 0.01
     loss_chunk_tokens: int = 0
     """Tokens per cross-entropy chunk; 0: about 1 GiB of fp32 logits a chunk."""
+    loss_kernel: str = "auto"
+    """Who computes the loss: `liger` (liger-kernel's fused linear cross-entropy, CUDA),
+    `torch` (runners.engines.xent's chunks), `auto` (liger on CUDA where installed)."""
     compile: str = "auto"
     """torch.compile each decoder block and the loss chunk: `true`, `false`, or `auto` (on for
     decoder variants on CUDA, off on CPU and for the transformers baselines). Compilation runs

@@ -23,10 +23,11 @@ ran.
 RWKV without its hub kernel runs transformers' Python loop over time steps.
 
 `recurrence` picks how those two recurrences run: `torch` (the default: the chunked torch
-scan above for Mamba, transformers' loop for RWKV) or `triton`, our own Triton kernels on
-CUDA (`runners.kernels.scan_triton` for Mamba's scan, `runners.kernels.rwkv_wkv` for RWKV's WKV),
-forward
-and backward in one launch each per layer, tested against the torch paths and float64.
+scan above for Mamba, transformers' loop for RWKV) or `triton`, Triton kernels on CUDA,
+forward and backward in one launch each per layer: for RWKV flash-linear-attention's
+maintained RWKV-4 kernel (`runners.kernels.rwkv_wkv`, package fla-core), for Mamba our own
+scan (`runners.kernels.scan_triton`), since no maintained kernel that installs without a CUDA
+toolchain fits Mamba-1's recurrence (docs/benchmarks.md says why).
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ RECURRENCES = ("torch", "triton")
 """Values of the pretraining parameter `recurrence` (see the module docstring)."""
 
 
-def check_recurrence(recurrence: str, device: str | torch.device) -> None:
-    """BadInput unless `recurrence` is known and, for `triton`, can run on `device`."""
+def check_recurrence(recurrence: str, device: str | torch.device, kind: str = "mamba"
+                     ) -> None:
+    """BadInput unless `recurrence` is known and, for `triton`, can run on `device` (RWKV's
+    also needs fla-core)."""
     if recurrence not in RECURRENCES:
         raise BadInput(f"unknown recurrence {recurrence!r} (choose from "
                        f"{', '.join(RECURRENCES)})")
@@ -129,6 +132,10 @@ def check_recurrence(recurrence: str, device: str | torch.device) -> None:
                                         and scan_triton.available()):
         raise BadInput("recurrence=triton needs a CUDA device and the triton package "
                        "(use recurrence=torch)")
+    if recurrence == "triton" and kind == "rwkv" and not rwkv_wkv.fla_installed():
+        raise BadInput(f"recurrence=triton for rwkv runs flash-linear-attention's kernel: "
+                       f"pip install {rwkv_wkv.FLA_PACKAGE} (the `kernels` extra), or use "
+                       "recurrence=torch")
 
 
 def kernels(kind: str, recurrence: str = "torch") -> str:
@@ -398,7 +405,7 @@ def build(kind: str, card: ModelCard, seq_len: int, device: str, seed: int,
     RWKV's attention on the WKV of `recurrence` where their fused kernels are absent.
     BadInput if `recurrence` cannot run on `device` (Mamba and RWKV only)."""
     if kind in ("mamba", "rwkv"):
-        check_recurrence(recurrence, device)
+        check_recurrence(recurrence, device, kind)
     width = matched_width(kind, card, seq_len, target_params)
     config = _config(kind, card, seq_len, width)
     torch.manual_seed(seed)

@@ -1,8 +1,8 @@
-"""RWKV's WKV recurrence (runners.kernels.rwkv_wkv) on the CPU: importing it loads no Triton, the
-reference loop is transformers' fallback loop (values and gradients, large keys included),
-and the attention patch keeps transformers' forward wherever the kernel cannot run while its
-training path wires transformers' projections around the recurrence exactly as transformers
-does. The Triton kernels themselves are checked in tests/gpu/test_rwkv_gpu.py."""
+"""RWKV's WKV recurrence (runners.kernels.rwkv_wkv) on the CPU: importing it loads neither Triton
+nor fla, the reference loop is transformers' fallback loop (values and gradients, large keys
+included), and the attention patch keeps transformers' forward wherever the kernel cannot run
+while its training path wires transformers' projections around the recurrence exactly as
+transformers does. fla's kernel itself is checked in tests/gpu/test_rwkv_gpu.py."""
 
 from __future__ import annotations
 
@@ -38,10 +38,11 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def test_import_loads_no_triton() -> None:
-    probe = "import json, sys, runners.kernels.rwkv_wkv; print(json.dumps('triton' in sys.modules))"
+    probe = ("import json, sys, runners.kernels.rwkv_wkv; "
+             "print(json.dumps(['triton' in sys.modules, 'fla' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=ROOT, timeout=120)
-    assert json.loads(out.stdout) is False
+    assert json.loads(out.stdout) == [False, False]
 
 
 @pytest.mark.parametrize("key_scale", [1.0, 30.0])
@@ -108,12 +109,12 @@ def test_patch_falls_through_to_transformers_on_cpu() -> None:
 
 
 class _RecordingWKV:
-    """Stands in for the Triton autograd function: the reference, counting its calls."""
+    """Stands in for fla's kernel: the reference, counting its calls."""
 
     calls = 0
 
     @classmethod
-    def apply(cls, *args: torch.Tensor) -> torch.Tensor:
+    def __call__(cls, *args: torch.Tensor) -> torch.Tensor:
         cls.calls += 1
         return rwkv_wkv.wkv_reference(*args)
 
@@ -122,7 +123,7 @@ def test_patched_training_path_matches_transformers(monkeypatch: pytest.MonkeyPa
     """The kernel path (forced on the CPU, the reference standing in for the kernel) gives
     transformers' loss and gradients; calls with a cache still take transformers' path."""
     monkeypatch.setattr(rwkv_wkv, "_runs_kernel", lambda t: True)
-    monkeypatch.setattr(rwkv_wkv, "_WKV", _RecordingWKV)
+    monkeypatch.setattr(rwkv_wkv, "kernel_wkv", _RecordingWKV())
     _RecordingWKV.calls = 0
     ours = _tiny_rwkv()
     ref = copy.deepcopy(ours)
@@ -139,12 +140,11 @@ def test_patched_training_path_matches_transformers(monkeypatch: pytest.MonkeyPa
     assert _RecordingWKV.calls == 2
 
 
-def test_wkv_operands_that_disagree_are_refused_before_any_launch() -> None:
+def test_wkv_operands_that_disagree_are_refused_before_any_import() -> None:
     k = torch.randn(2, 5, 8)
     good = (torch.zeros(8), torch.zeros(8), k, torch.randn(2, 5, 8))
     for i, bad in ((0, torch.zeros(7)), (1, torch.zeros(8, 1)), (3, torch.randn(2, 4, 8))):
         operands = list(good)
         operands[i] = bad
         with pytest.raises(ValueError, match="WKV operands disagree"):
-            rwkv_wkv._WKV.apply(*operands)
-    assert rwkv_wkv._kernels.cache_info().currsize == 0
+            rwkv_wkv.kernel_wkv(*operands)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from runners.errors import BadInput
-from runners.kernels import scan_triton
+from runners.kernels import rwkv_wkv, scan_triton
 from runners.models import baselines, catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +42,8 @@ def test_importing_and_the_cpu_path_load_no_triton() -> None:
              "    m.forward_loss(ids, ids).loss.backward()\n"
              "m = baselines.build('mamba', card, 16, 'cpu', 0, 10**6)\n"
              "print(json.dumps([scan_triton.available(), m.describe()['kernels'], ours,"
-             " scan_triton._kernels.cache_info().currsize == 0 ==\n"
-             " rwkv_wkv._kernels.cache_info().currsize]))\n")
+             " scan_triton._kernels.cache_info().currsize == 0 and\n"
+             " 'fla' not in sys.modules]))\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=ROOT, timeout=120)
     available, kernels, loaded, undefined = json.loads(out.stdout.strip().splitlines()[-1])
@@ -66,6 +66,11 @@ def test_recurrence_triton_is_bad_input_where_it_cannot_run(
         baselines.check_recurrence("fast", "cpu")
     monkeypatch.setattr(scan_triton, "available", lambda: True)
     baselines.check_recurrence("triton", "cuda:1")  # no error
+    # RWKV's triton recurrence is fla's kernel: without fla-core it is refused too
+    monkeypatch.setattr(rwkv_wkv, "fla_installed", lambda: False)
+    with pytest.raises(BadInput, match="pip install fla-core==0.6.0"):
+        baselines.check_recurrence("triton", "cuda:1", "rwkv")
+    baselines.check_recurrence("triton", "cuda:1", "mamba")  # Mamba's scan is ours
     baselines.check_recurrence("torch", "cpu")
     # Pythia has no recurrence: the parameter does not concern it
     assert "scan" not in baselines.build("pythia", card, 16, "cpu", 0, 10**6).describe()
@@ -88,7 +93,7 @@ def test_the_mixers_run_the_scan_of_their_recurrence(monkeypatch: pytest.MonkeyP
     inputs = torch.randint(0, card.vocab_size, (2, 16))
     want = torch_model.forward_loss(inputs, inputs).loss
     assert calls == []
-    monkeypatch.setattr(baselines, "check_recurrence", lambda recurrence, device: None)
+    monkeypatch.setattr(baselines, "check_recurrence", lambda recurrence, device, kind: None)
     model = baselines.build("mamba", card, 16, "cpu", 0, 10**6, "triton")
     got = model.forward_loss(inputs, inputs).loss
     assert len(calls) == card.num_layers and torch.equal(got, want)
