@@ -8,8 +8,9 @@ weights (lm_head kept in bf16, the runner's default) and decoded on the same eng
 runner uses for quantized models: `fused@none`, the lean decode step uncompiled inside one
 captured CUDA graph (falling back as the runner's `engine=auto` does, to `graph`, then
 `loop`, with the reason recorded). bf16 is also decoded on `fused` (compiled), the runner's
-bf16 default, and backends named by --compiled (torchao: its int8 kernel is fused only
-under inductor) once more with the lean step compiled, which the runner does not do today.
+bf16 default, and backends named by --compiled (gemlite) once more with the lean step
+compiled and captured (`fused+compile`, against bf16 on `fused`), which the runner does not
+do for quantized models today. (torchao's subclasses failed to compile there on torch 2.11.)
 
 A backend that cannot run here is reported with its reason (not installed, no CUDA, compute
 capability, a shape its kernels refuse); any failure is caught, recorded in one line, and
@@ -268,10 +269,14 @@ def main() -> int:
     p.add_argument("--shape", default="qwen2.5-7b")
     p.add_argument("--batches", default="1,16")
     p.add_argument("--prompt", type=int, default=64)
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--only", default="", help="comma-separated cases, e.g. gemlite:int4,bnb:int8")
-    p.add_argument("--compiled", default="torchao",
-                   help="backends also measured with the lean step compiled (none: skip)")
+    p.add_argument("--compiled", default="gemlite",
+                   help="backends also measured with the lean step compiled (gemlite's matmul "
+                        "is a torch.library op inductor keeps; none: skip)")
+    p.add_argument("--gemlite-config", default="",
+                   help="a gemlite autotune cache to load (e.g. the h100.json gemlite ships): "
+                        "its shapes skip autotuning, which takes minutes per case without it")
     p.add_argument("--budget-s", type=float, default=540.0)
     p.add_argument("--case-s", type=float, default=40.0,
                    help="time a case needs; fewer seconds left skips it")
@@ -300,6 +305,13 @@ def main() -> int:
         b.log(f"copy bandwidth {bw['gbps']:.0f} GB/s")
     except Exception as e:  # noqa: BLE001
         b.doc["bandwidth_error"] = one_line(e)
+    if args.gemlite_config:
+        try:
+            import gemlite
+
+            b.doc["gemlite_config_loaded"] = gemlite.load_config(args.gemlite_config)
+        except Exception as e:  # noqa: BLE001 - autotuning instead
+            b.doc["gemlite_config_error"] = f"{type(e).__name__}: {one_line(e)}"
     only = {tuple(x.split(":")) for x in args.only.split(",") if x}
     reference: dict[str, Any] = {}
     run_case(b, args, None, None, reference)

@@ -61,15 +61,24 @@ its result. CPU: quanto (the kernels the project's CPU figures were taken with:
 torch fallbacks; gemlite has no CPU path."""
 
 
+def _found(module: str) -> bool:
+    """Whether `module` can be imported (a dotted name whose parent package is missing
+    makes find_spec raise, not return None)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def installed(backend: str) -> bool:
-    return importlib.util.find_spec(PACKAGES[backend][0]) is not None
+    return _found(PACKAGES[backend][0])
 
 
 def why_not(backend: str, bits: str, device: str, dtype: torch.dtype) -> str | None:
     """Why `backend` cannot quantize to `bits` and run on `device` in `dtype` (None: it can),
     found without importing the backend. Shape limits show only when quantizing."""
     module, dist = PACKAGES[backend]
-    if importlib.util.find_spec(module) is None:
+    if not _found(module):
         return f"needs {dist}, which is not installed here (pip install {dist})"
     cuda = device.startswith("cuda")
     dtype_name = str(dtype).removeprefix("torch.")
@@ -85,7 +94,7 @@ def why_not(backend: str, bits: str, device: str, dtype: torch.dtype) -> str | N
     elif backend == "gemlite":
         if not cuda:
             return f"gemlite's kernels are Triton GPU kernels and need a CUDA device (got {device})"
-        if importlib.util.find_spec("triton") is None:
+        if not _found("triton"):
             return "gemlite needs triton, which is not installed here"
         if dtype not in (torch.float16, torch.bfloat16):
             return f"gemlite takes float16 or bfloat16 activations, not {dtype_name}"

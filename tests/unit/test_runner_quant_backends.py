@@ -103,6 +103,22 @@ def test_auto_takes_the_next_backend_that_runs(hidden: set[str]) -> None:
         "installed here (pip install bitsandbytes))")
 
 
+def test_a_missing_parent_package_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """find_spec('optimum.quanto') raises, not returns None, when `optimum` is missing (as
+    on the GPU image without the wheel): the backend is passed over, not a crash."""
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *a: object) -> object:
+        if name.startswith("optimum"):
+            raise ModuleNotFoundError("No module named 'optimum'")
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert quant.resolve(Q["int8"], "auto", "cpu").backend == "torchao"
+    with pytest.raises(Unsupported, match="^int8 on quanto: needs optimum-quanto, which is not"):
+        quant.check_available(Q["int8"], "cpu", "quanto")
+
+
 # -- GPU-only backends here ------------------------------------------------------------------
 
 def test_gemlite_is_unsupported_on_the_cpu(hidden: set[str], monkeypatch: pytest.MonkeyPatch,
