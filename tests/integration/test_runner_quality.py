@@ -1,6 +1,6 @@
-"""Task scores through lm-eval on the runner's own model: SmolLM2-135M bf16 and int8 on two
-suite tasks (CPU, real weights), a task whose dataset is not cached, an unknown task, and
-random weights."""
+"""Task scores through lm-eval on the runner's own model: SmolLM2-135M bf16, int8 and int4 on
+the whole shipped suite (CPU, real weights, 48 items a model), a task whose dataset is not
+cached, an unknown task, and random weights."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from .test_runner_inference import execute_here
 
 pytestmark = pytest.mark.slow
 
-TASKS = "ellm_boolean_expressions,ellm_object_counting"
-ITEMS = 10
+TASKS = ",".join(scoring.suite.TASKS)
+ITEMS = 8
 SMALL = dict(seq_len=16, new_tokens=4, steps=1, warmup=1)
 
 
@@ -32,10 +32,11 @@ def _run(home: Path, technique: str, quality: str, model: str = MODEL
 
 
 @pytest.mark.skipif(not scoring.available(), reason="lm-eval (the eval extra) not installed")
-def test_bf16_and_int8_scored_and_mcr_from_the_scores(
+def test_bf16_int8_int4_scored_and_mcr_from_the_scores(
         smollm2_cache: Path, tmp_path: Path) -> None:  # noqa: F811
-    runs = {"bf16": _run(tmp_path / "bf16", "bf16", TASKS),
-            "int8": _run(tmp_path / "int8", "int8", f"{TASKS},arc_easy,no_such_task")}
+    runs = {"bf16": _run(tmp_path / "bf16", "bf16", "suite"),
+            "int8": _run(tmp_path / "int8", "int8", "suite,arc_easy,no_such_task"),
+            "int4": _run(tmp_path / "int4", "int4", "suite")}
     for technique, (code, result, windows) in runs.items():
         assert code == 0 and result.status == "ok", result.error_message
         v = {m.name: m for m in result.metrics}
@@ -59,8 +60,13 @@ def test_bf16_and_int8_scored_and_mcr_from_the_scores(
         ref_quality = v["quality"].value * v["compression_ratio"].value / v["mcr"].value
         assert 0 < ref_quality <= 1
         runs[technique] = (code, result, [str(ref_quality)])
-    # both runs compare with the same fp32 reference, scored the same way
-    assert runs["bf16"][2] == runs["int8"][2]
+    # every run compares with the same fp32 reference, scored the same way
+    refs = [float(r[2][0]) for r in runs.values()]
+    assert refs == pytest.approx([refs[0]] * 3)
+    ratio = {t: {m.name: m.value for m in r[1].metrics}["compression_ratio"]
+             for t, r in runs.items()}
+    assert ratio["bf16"] == pytest.approx(2.0, rel=1e-5)
+    assert ratio["bf16"] < ratio["int8"] < ratio["int4"]
     v = {m.name: m for m in runs["int8"][1].metrics}
     assert v["acc_arc_easy"].value is None and v["acc_arc_easy"].source == "none"
     assert v["acc_arc_easy"].note.startswith("unsupported: lm-eval could not score arc_easy")
