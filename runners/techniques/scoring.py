@@ -119,7 +119,7 @@ def score(model: Any, tokenizer: Any, names: Sequence[str], work_dir: Path, *,
         except Exception as e:  # noqa: BLE001 - lm-eval's errors are many; each is a reason
             out.append(TaskScore(task, None, None, None, None,
                                  f"unsupported: lm-eval could not score {task}: "
-                                 f"{type(e).__name__}: {one_line(e)}"))
+                                 f"{one_line(e)}"))
             continue
         out.append(_read(task, results))
     return tuple(out)

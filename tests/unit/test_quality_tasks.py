@@ -136,3 +136,33 @@ def test_mcr_uses_the_task_scores_when_scored() -> None:
         quality_note=RANDOM_WEIGHTS_NOTE))}
     for name in ("acc_a", "acc_a_stderr", "quality", "mcr"):
         assert (got[name].value, got[name].note) == (None, RANDOM_WEIGHTS_NOTE), name
+
+
+@pytest.mark.skipif(not scoring.available(), reason="lm-eval (the eval extra) not installed")
+def test_a_task_that_fails_leaves_the_others_scored(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """One task raising inside lm-eval is that task's `unsupported` note; the task before
+    and after it keep their scores (each task is its own simple_evaluate call)."""
+    import lm_eval
+    import lm_eval.models.huggingface as hf
+
+    def fake_evaluate(*, tasks: list[str], **_: object) -> dict[str, object]:
+        (task,) = tasks
+        if task == "ellm_dyck_languages":
+            raise RuntimeError("CUDA error: device-side assert triggered\nsecond line")
+        return {"results": {task: {"acc,none": 0.75, "acc_stderr,none": 0.05}},
+                "n-samples": {task: {"effective": 12}}, "versions": {task: "1.0"}}
+
+    monkeypatch.setattr(hf, "HFLM", lambda **_: object())
+    monkeypatch.setattr(lm_eval, "simple_evaluate", fake_evaluate)
+    names = ("ellm_word_sorting", "ellm_dyck_languages", "ellm_object_counting")
+    scores = scoring.score(object(), object(), names, tmp_path, items=12, batch_size=1)
+    assert [(s.task, s.acc, s.stderr, s.n, s.version) for s in scores] == [
+        ("ellm_word_sorting", 0.75, 0.05, 12, "1.0"),
+        ("ellm_dyck_languages", None, None, None, None),
+        ("ellm_object_counting", 0.75, 0.05, 12, "1.0")]
+    assert scores[1].note == ("unsupported: lm-eval could not score ellm_dyck_languages: "
+                              "RuntimeError: CUDA error: device-side assert triggered")
+    got = {m.name: m for m in scoring.metrics(scores)}
+    assert got["quality"].value == pytest.approx(0.75)  # the mean of the two scored
+    assert got["acc_ellm_dyck_languages"].note == scores[1].note
