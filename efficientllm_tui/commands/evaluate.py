@@ -22,9 +22,9 @@ from efficientllm_tui.commands.common import (
     resolve_ids,
     run_doc,
 )
-from efficientllm_tui.commands.launch import Progress, goes_on
-from efficientllm_tui.errors import BadInput, DatabaseLocked
-from efficientllm_tui.runs import dispatcher, follow, ingest, queue, specs
+from efficientllm_tui.commands.launch import queue_and_follow
+from efficientllm_tui.errors import BadInput
+from efficientllm_tui.runs import ingest, specs
 from profiling import home as homes
 from runners.protocol import ProtocolError, new_run_id, parse_set
 
@@ -102,21 +102,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             family=run["family"], device=device,
                             params=params, **fields,
                             run_id=f"eval-{new_run_id(run['model'], run['technique'])}")
-    queue.enqueue(spec, home, store.path)
-    dispatcher.ensure(home)
-    progress = Progress(spec, enabled=not args.json, home=home)
-    try:
-        status = follow.follow_run(home, spec.run_id, progress,
-                                   stored_timeout_s=store.lock_timeout_s + 5)
-    except KeyboardInterrupt:
-        progress.close()
-        goes_on(f"eval {spec.run_id}", spec.run_id)
-        return 130
-    progress.close()
+    status = queue_and_follow(spec, store, home, what="eval", show=not args.json)
     if status is None:
-        raise DatabaseLocked(f"eval {spec.run_id} ended but {store.path} stayed locked; it is "
-                             f"safe in {homes.runs_dir(home) / spec.run_id} and the dispatcher "
-                             "stores it once the database is free", "Database locked")
+        return 130
     stored = store.get_run(run_id) or run
     record: dict[str, Any] = next((e for e in (stored.get("info") or {}).get("evals", [])
                    if e.get("eval_id") == spec.run_id), {})

@@ -41,6 +41,35 @@ def goes_on(what: str, stop_hint: str) -> None:
 
 # -- run ---------------------------------------------------------------------------------------
 
+def queue_and_follow(spec: RunSpec, store: Any, home: Path, *, what: str,
+                     show: bool) -> str | None:
+    """Queue `spec`, make sure a dispatcher runs, and follow it (a progress bar when
+    `show`) until it is stored; its stored status. None after Ctrl-C: the run goes on in
+    the background, as the message printed says.
+
+    Raises:
+        DatabaseLocked: It ended but the database stayed locked (it is safe in its dir).
+    """
+    queue.enqueue(spec, home, store.path)
+    dispatcher.ensure(home)
+    progress = Progress(spec, enabled=show, home=home)
+    try:
+        status = follow.follow_run(home, spec.run_id, progress,
+                                   stored_timeout_s=store.lock_timeout_s + 5)
+    except KeyboardInterrupt:
+        progress.close()
+        goes_on(f"{what} {spec.run_id}", spec.run_id)
+        return None
+    progress.close()
+    if status is None:
+        raise DatabaseLocked(f"{what} {spec.run_id} ended but {store.path} stayed locked; it "
+                             f"is safe in {homes.runs_dir(home) / spec.run_id} and the "
+                             "dispatcher stores it once the database is free",
+                             "Database locked")
+    return status
+
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         params = parse_set(args.sets)
@@ -56,21 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     home = home_dir()
     store = open_store(args, home)
     store.check()  # a corrupt DB is reported now, before any work; a locked one is waited on
-    queue.enqueue(spec, home, store.path)
-    dispatcher.ensure(home)
-    progress = Progress(spec, enabled=not args.json, home=home)
-    try:
-        status = follow.follow_run(home, spec.run_id, progress,
-                                   stored_timeout_s=store.lock_timeout_s + 5)
-    except KeyboardInterrupt:
-        progress.close()
-        goes_on(f"run {spec.run_id}", spec.run_id)
-        return 130
-    progress.close()
+    status = queue_and_follow(spec, store, home, what="run", show=not args.json)
     if status is None:
-        raise DatabaseLocked(f"run {spec.run_id} ended but {store.path} stayed locked; it is "
-                             f"safe in {homes.runs_dir(home) / spec.run_id} and the dispatcher "
-                             "stores it once the database is free", "Database locked")
+        return 130
     run = store.get_run(spec.run_id) or {}
     doc = run_doc(run, status)
     bad_input = run.get("error_type") == "bad_input"
