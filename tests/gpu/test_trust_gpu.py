@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from runners.families.base import RunContext
-from runners.families.finetuning import FinetuningFamily
-from runners.families.finetuning_config import FinetuningConfig
-from runners.families.inference import InferenceConfig, InferenceFamily
-from runners.models import catalog
-from runners.protocol import RANDOM_WEIGHTS_NOTE, Event, Metric, RunResult, RunSpec
+from runners.protocol import (
+    EVENTS_FILE,
+    RANDOM_WEIGHTS_NOTE,
+    SPEC_FILE,
+    Event,
+    Metric,
+    RunResult,
+    RunSpec,
+)
 from runners.system.eventlog import EventLog
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(300)]
@@ -21,22 +24,22 @@ DEVICE = "cuda:0"
 
 
 def _run(tmp_path: Path, spec: RunSpec) -> tuple[RunResult, list[Event]]:
-    run_dir = tmp_path / spec.run_id
-    run_dir.mkdir()
-    log = EventLog(run_dir / "events.jsonl")
-    config_type = InferenceConfig if spec.family == "inference" else FinetuningConfig
-    family_type = InferenceFamily if spec.family == "inference" else FinetuningFamily
-    family = family_type(config_type.from_spec(spec, DEVICE),  # type: ignore[arg-type]
-                         catalog.model_card(spec.model),
-                         RunContext(spec, run_dir, tmp_path, DEVICE, log))
-    family.validate()
+    """The spec through the runner's own entry point (as `python -m runners` runs it: the
+    device lock, the contention watch and the result event), in this process."""
+    from runners.__main__ import execute
+
+    run_dir = tmp_path / "runs" / spec.run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / SPEC_FILE).write_text(spec.to_json())
+    log = EventLog(run_dir / EVENTS_FILE)
     try:
-        result = family.run()
+        code = execute(run_dir, log)
     finally:
         log.close()
     events = [Event.from_json(line) for line in
-              (run_dir / "events.jsonl").read_text().splitlines()]
-    return result, events
+              (run_dir / EVENTS_FILE).read_text().splitlines()]
+    assert code == 0 and events[-1].kind == "result", events[-1].to_json()
+    return RunResult.from_dict(events[-1].fields), events
 
 
 def _explained(metrics: tuple[Metric, ...]) -> None:
@@ -65,14 +68,14 @@ def _energy_consistent(result: RunResult, events: list[Event]) -> None:
 def test_inference_on_cuda_scores_no_quality_on_random_weights(tmp_path: Path) -> None:
     spec = RunSpec(run_id="trust-int8", family="inference", technique="bf16", model="tiny",
                    device=DEVICE, seq_len=64, new_tokens=32, steps=20, warmup=2,
-                   params={"engine": "graph"})
+                   params={"engine": "graph", "peak_tflops": 989.0})
     result, events = _run(tmp_path, spec)
     assert result.status == "ok"
     _explained(result.metrics)
     got = {m.name: m for m in result.metrics}
     for name in ("eval_ppl", "mcr", "reference_ppl"):
         assert (got[name].value, got[name].note) == (None, RANDOM_WEIGHTS_NOTE), name
-    assert got["mfu"].value is not None and 0 < got["mfu"].value < 1
+    assert got["mfu"].value is not None and 0 < got["mfu"].value < 1  # against the given peak
     _energy_consistent(result, events)
     assert result.info["contended"] is False, result.info.get("contended_note")
     assert result.info["foreign_processes"] == []
