@@ -318,15 +318,22 @@ async def settle(
         await pilot.pause()
     # Under load idle comes late, and a measured table lays itself out again afterwards:
     # wait until every table is measured and its columns and size hold still for a while.
-    previous, stable = None, 0
-    while time.monotonic() < end and stable < 4:
+    # Held still means for a stretch of wall time, not a count of polls: on two busy cores
+    # a few polls can all fall before the next layout pass.
+    previous, calm_since = None, None
+    while time.monotonic() < end:
         await pilot.pause(0.02)
         tables = list(app.screen.query(DataTable))
         state = tuple((t.id, t.size, t.virtual_size,
                        tuple(c.content_width for c in t.columns.values())) for t in tables)
         calm = state == previous and not any(_measuring(t) for t in tables)
-        stable = stable + 1 if calm else 0
         previous = state
+        if not calm:
+            calm_since = None
+        elif calm_since is None:
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= 0.3:
+            break
     app.screen.refresh(layout=True)
     await pilot.pause()
     await pilot.pause()
