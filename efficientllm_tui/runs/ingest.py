@@ -268,6 +268,7 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
         "gpu_name": started.get("gpu_name") if started else None,
         "pcu_source": pcu_source,
         "energy_note": _energy_note(measure, info),
+        "sweep_id": _sweep_id(run_dir),
         "info": json.dumps(info, sort_keys=True, default=str),
         "ingested_at": _ts(time.time_ns()),
     }
@@ -279,6 +280,15 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
     raw = [{"t_ns": e.t_ns, "kind": e.kind, "payload": dict(e.fields)} for e in events]
     return RunBundle(run=run, samples=samples, steps=steps, windows=windows, events=raw,
                      metrics=metrics)
+
+
+def _sweep_id(run_dir: Path) -> str | None:
+    """The sweep or study that queued the run (its queue entry says); None otherwise."""
+    try:
+        entry = queue.entry(run_dir)
+    except ValueError:
+        return None
+    return entry.sweep_id if entry is not None else None
 
 
 def _lost_samples(home: Path, t0_ns: int, t1_ns: int) -> str | None:

@@ -78,8 +78,15 @@ _V2_COLUMNS: dict[str, dict[str, str]] = {
     "metrics": {"note": "VARCHAR"},
 }
 
+# Schema version 4: the sweep or study a run was queued by (its id), so a study's report
+# selects its runs from the database alone.
+_V4_COLUMNS: dict[str, dict[str, str]] = {
+    "runs": {"sweep_id": "VARCHAR"},
+}
+
 COLUMNS: dict[str, dict[str, str]] = {
-    t: {**_columns(spec), **_V2_COLUMNS.get(t, {})} for t, spec in _V1_TABLES.items()
+    t: {**_columns(spec), **_V2_COLUMNS.get(t, {}), **_V4_COLUMNS.get(t, {})}
+    for t, spec in _V1_TABLES.items()
 }
 """Every table's columns (name -> DuckDB type) in the current schema version."""
 
@@ -215,7 +222,16 @@ def _migrate_to_3(con: Any) -> None:
     recreated after every migration)."""
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_migrate_to_1, _migrate_to_2, _migrate_to_3]
+def _migrate_to_4(con: Any) -> None:
+    """Version 4: `runs.sweep_id`, the sweep or study that queued the run (NULL for a run
+    queued alone, and for runs stored before)."""
+    for table, cols in _V4_COLUMNS.items():
+        for name, typ in cols.items():
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {typ}")
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_migrate_to_1, _migrate_to_2, _migrate_to_3,
+                                           _migrate_to_4]
 """MIGRATIONS[v] takes a database from schema version v to v + 1.
 
 Views are derived, not migrated: they are recreated from the current code after every

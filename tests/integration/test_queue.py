@@ -125,6 +125,9 @@ def test_a_sweep_outlives_its_terminal(cli: Cli, tmp_path: Path) -> None:
     _wait(lambda: _all_quiet(cli.home), 30, "no queue, runner or dispatcher left")
     sweeps = list((cli.home / "sweeps").glob("*.json"))
     assert len(sweeps) == 1 and len(json.loads(sweeps[0].read_text())["specs"]) == 4
+    # every stored run names the sweep that queued it (schema 4: runs.sweep_id)
+    rows = cli.json("sql", "SELECT DISTINCT sweep_id FROM runs", "--format", "json")
+    assert rows == [{"sweep_id": sweeps[0].stem}]
 
 
 @pytest.mark.slow
