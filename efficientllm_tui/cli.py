@@ -20,7 +20,8 @@ PROG = "efficientllm"
 HANDLERS = {"tui": "tui", "run": "launch", "sweep": "launch", "queue": "launch",
             "stop": "launch", "recover": "launch", "runs": "reads", "show": "reads",
             "sql": "reads", "export": "reads", "compare": "reads", "models": "catalog",
-            "techniques": "catalog", "daemon": "daemon", "eval": "evaluate"}
+            "techniques": "catalog", "daemon": "daemon", "eval": "evaluate",
+            "report": "report"}
 """Which module of efficientllm_tui.commands handles each command (`cmd_<name>`)."""
 
 
@@ -121,11 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="runs side by side with the paper's scores and ranks")
     p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
-    p.add_argument("--plot", metavar="FILE.svg",
-                   help="also write an SVG chart: one panel per metric, one bar per run")
+    p.add_argument("--plot", metavar="FILE.svg|png",
+                   help="also write a chart (SVG or PNG): one panel per metric, one bar per run")
     p.add_argument("--metrics", metavar="A,B,C",
                    help="the chart's metrics, comma-separated (default: every stored one)")
     p.add_argument("--json", action="store_true")
+    _add_db(p)
+
+    p = sub.add_parser("report", help="a study's tables, ranks beside the paper's, Kendall tau "
+                       "and charts, as HTML + Markdown in a folder")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="ids, unique prefixes, or last")
+    p.add_argument("--study", metavar="ID", help="the runs a study (sweep) queued; prefix ok")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     _add_db(p)
 
     for name, text in (("models", "the model catalog"), ("techniques", "the technique catalog")):

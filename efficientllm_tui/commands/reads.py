@@ -97,7 +97,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from efficientllm_tui import plot
 
     if args.metrics is not None and args.plot is None:
-        raise BadInput("--metrics chooses the chart's panels; give --plot FILE.svg with it")
+        raise BadInput("--metrics chooses the chart's panels; give --plot FILE.svg|png with it")
     plot_path = plot.check_path(args.plot) if args.plot is not None else None
     store = open_store(args, home_dir())
     run_ids = resolve_ids(store, home_dir(), args.run_ids)
@@ -110,7 +110,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     chosen: list[str] = []
     if plot_path is not None:  # written before any output: a failure leaves stdout empty
         chosen = plot.choose_metrics(runs, args.metrics)
-        plot.write_svg(plot_path, plot.render_svg(runs, chosen))
+        plot.write_chart(plot_path, runs, chosen)
     board = store.leaderboard(run_ids=run_ids)
     families = {r.get("family") for r in runs}
     names = metric_catalog.ordered({n for r in runs for n in (r.get("metrics") or {})},

@@ -54,15 +54,13 @@ def test_compare_plot_writes_svg_and_still_prints_tables(cli: Cli, db: Path,
     assert out.returncode == 0, out.stderr
     assert "raw metrics" in out.stdout and "int8<&> (02-tiny-int8)" in out.stdout
     root = ET.fromstring(svg.read_bytes())
-    title = root.find(NS + "title")
-    assert title is not None and "SIMULATED" in (title.text or "")
-    panels = {g.get("data-metric"): g for g in root.iter(NS + "g") if g.get("class") == "panel"}
-    assert list(panels) == ["al_s", "it"]
-    bars = {m: [r.get("data-run") for r in g.iter(NS + "rect") if r.get("class") == "bar"]
-            for m, g in panels.items()}
-    assert bars == {"al_s": [FP32], "it": [FP32, INT8]}
-    na = [t.text for t in panels["al_s"].iter(NS + "text") if t.get("class") == "na"]
-    assert na == ["n/a"]
+    groups = {g.get("id"): g for g in root.iter(NS + "g") if g.get("id")}
+    title = [t.text for t in groups["title"].iter(NS + "text")]
+    assert title[0].startswith("SIMULATED GPU DATA")
+    assert [k for k in groups if k.startswith("panel:")] == ["panel:al_s", "panel:it"]
+    assert [k for k in groups if k.startswith("bar:")] == ["bar:al_s:0", "bar:it:0",
+                                                          "bar:it:1:sim"]
+    assert [k for k in groups if k.startswith("na:")] == ["na:al_s:1"]
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
 
 
@@ -73,18 +71,20 @@ def test_compare_plot_with_json_keeps_the_document(cli: Cli, db: Path, tmp_path:
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == plain
     root = ET.fromstring(svg.read_bytes())
-    assert [g.get("data-metric") for g in root.iter(NS + "g")] == ["it"]
+    assert [g.get("id") for g in root.iter(NS + "g")
+            if (g.get("id") or "").startswith("panel:")] == ["panel:it"]
 
 
 def test_compare_plot_bad_inputs_exit_2(cli: Cli, db: Path, tmp_path: Path) -> None:
-    assert ".svg" in _one_line_error(_compare(cli, db, "--plot", str(tmp_path / "c.png")))
+    assert ".svg or .png" in _one_line_error(_compare(cli, db, "--plot",
+                                                      str(tmp_path / "c.pdf")))
     line = _one_line_error(_compare(cli, db, "--plot", str(tmp_path / "c.svg"),
                                     "--metrics", "it,bogus"))
     assert "bogus" in line and "al_s, it" in line
     assert "cannot write plot" in _one_line_error(
         _compare(cli, db, "--plot", str(tmp_path / "missing" / "c.svg")))
     assert "--plot" in _one_line_error(_compare(cli, db, "--metrics", "it"))
-    assert not (tmp_path / "c.png").exists() and not (tmp_path / "c.svg").exists()
+    assert not (tmp_path / "c.pdf").exists() and not (tmp_path / "c.svg").exists()
     keep = tmp_path / "keep.svg"
     keep.write_text("old", encoding="utf-8")
     _one_line_error(_compare(cli, db, "--plot", str(keep), "--metrics", "nope"))

@@ -105,14 +105,14 @@ def test_compare_json_and_plot_mark_the_simulated_run(db: Path, tmp_path: Path,
     assert runs[SIM]["sources"] == {"amu": "simulated", "it": "runner", "pcu": "simulated"}
     assert {b["run_id"]: b["simulated"] for b in doc["leaderboard"]} == {REAL: False, SIM: True}
     root = ET.fromstring(svg.read_bytes())
-    bars = [r for r in root.iter(NS + "rect") if r.get("class") == "bar"]
-    assert [(b.get("data-run"), b.get("data-simulated")) for b in bars] == [
-        (REAL, None), (SIM, "true")] * 3  # panels amu, it, pcu
-    hatches = [r for r in root.iter(NS + "rect") if r.get("class") == "sim-hatch"]
-    assert [(h.get("x"), h.get("y"), h.get("width")) for h in hatches] == [
-        (b.get("x"), b.get("y"), b.get("width")) for b in bars if b.get("data-simulated")]
-    labels = [t.text or "" for t in root.iter(NS + "text") if t.get("class") == "label"]
-    assert [lb.endswith("[sim]") for lb in labels] == [False, True] * 3
+    bars = [g.get("id") for g in root.iter(NS + "g") if (g.get("id") or "").startswith("bar:")]
+    assert bars == [f"bar:{m}:{i}" for m in ("amu", "pcu", "it") for i in ("0", "1:sim")]
+    hatched = [g.get("id") for g in root.iter(NS + "g") if (g.get("id") or "").startswith("bar:")
+               and any("url(#" in (p.get("style") or "") for p in g.iter(NS + "path"))]
+    assert hatched == [b for b in bars if b.endswith(":sim")]
+    labels = [t.text or "" for t in root.iter(NS + "text")]
+    assert sum(lb.endswith(f"({SIM[-12:]}) [sim]") for lb in labels) == 3  # one a panel
+    assert sum(lb.endswith(f"({REAL[-12:]})") for lb in labels) == 3
 
 
 def test_export_keeps_the_simulated_column(db: Path, tmp_path: Path,

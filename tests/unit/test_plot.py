@@ -1,4 +1,5 @@
-"""The `compare --plot` SVG renderer: valid XML, one bar per run and metric, honest gaps."""
+"""The `compare --plot` chart (matplotlib): valid SVG, one bar per run and metric, honest gaps,
+simulated runs marked, the same bytes for the same data, PNG too."""
 
 from __future__ import annotations
 
@@ -26,62 +27,86 @@ RUNS = [
 ]
 
 
-def _panels(svg: str) -> dict[str, ET.Element]:
-    root = ET.fromstring(svg.encode("utf-8"))
+def _chart(tmp_path: Path, runs: list[dict[str, Any]], metrics: list[str],
+           name: str = "c.svg") -> ET.Element:
+    path = tmp_path / name
+    plot.write_chart(path, runs, metrics)
+    root = ET.fromstring(path.read_bytes())
     assert root.tag == NS + "svg"
-    return {g.get("data-metric", ""): g for g in root.iter(NS + "g") if g.get("class") == "panel"}
+    return root
 
 
-def _texts(el: ET.Element, cls: str) -> list[str]:
-    return [t.text or "" for t in el.iter(NS + "text") if t.get("class") == cls]
+def ids(root: ET.Element, prefix: str) -> dict[str, ET.Element]:
+    """Elements whose gid starts with `prefix` (`panel:`, `bar:it:`), in document order."""
+    return {g.get("id", ""): g for g in root.iter(NS + "g")
+            if g.get("id", "").startswith(prefix)}
 
 
-def test_plot_is_valid_xml_with_one_bar_per_run_and_metric() -> None:
-    svg = plot.render_svg(RUNS, ["it", "al_s"])
-    panels = _panels(svg)
-    assert list(panels) == ["it", "al_s"]
-    bars = [r for r in panels["it"].iter(NS + "rect") if r.get("class") == "bar"]
-    assert [b.get("data-run") for b in bars] == [r["run_id"] for r in RUNS]
-    assert float(bars[0].get("width", 0)) < float(bars[1].get("width", 0))
-    assert _texts(panels["it"], "value") == ["1234", "2000"]  # display.num, like the tables
-    assert _texts(panels["it"], "label") == ["fp32 (01-tiny-fp32)", "int8 (02-tiny-int8)"]
-    heading = _texts(panels["it"], "heading")[0]
-    assert "tok/s" in heading and "higher is better" in heading
-    assert "lower is better" in _texts(panels["al_s"], "heading")[0]
-    assert "SIMULATED" not in svg
+def texts(el: ET.Element) -> list[str]:
+    return [(t.text or "").strip() for t in el.iter(NS + "text")]
 
 
-def test_plot_missing_value_is_na_never_a_zero_bar() -> None:
+def test_plot_is_valid_svg_with_one_bar_per_run_and_metric(tmp_path: Path) -> None:
+    root = _chart(tmp_path, RUNS, ["it", "al_s"])
+    assert list(ids(root, "panel:")) == ["panel:it", "panel:al_s"]
+    assert list(ids(root, "bar:it:")) == ["bar:it:0", "bar:it:1"]
+    assert list(ids(root, "bar:al_s:")) == ["bar:al_s:0"]
+    values = ids(root, "value:it:")
+    assert [texts(v) for v in values.values()] == [["1234"], ["2000"]]  # display.num
+    panel = ids(root, "panel:it")["panel:it"]
+    assert "fp32 (01-tiny-fp32)" in texts(panel) and "int8 (02-tiny-int8)" in texts(panel)
+    assert "it (IT) [tok/s], higher is better" in texts(panel)
+    assert "al_s (AL) [s], lower is better" in texts(ids(root, "panel:al_s")["panel:al_s"])
+    svg = (tmp_path / "c.svg").read_text(encoding="utf-8")
+    assert "SIMULATED" not in svg and "<pattern" not in svg  # nothing hatched
+
+
+def test_plot_missing_value_is_na_never_a_zero_bar(tmp_path: Path) -> None:
     runs = [*RUNS, _run("r3", "nan", {"al_s": (float("nan"), "s"), "it": (None, "tok/s")})]
-    panel = _panels(plot.render_svg(runs, ["al_s"]))["al_s"]
-    bars = [r.get("data-run") for r in panel.iter(NS + "rect") if r.get("class") == "bar"]
-    assert bars == [RUNS[0]["run_id"]]
-    assert _texts(panel, "na") == ["n/a", "n/a"]
-    assert len(_texts(panel, "label")) == 3
+    root = _chart(tmp_path, runs, ["al_s"])
+    assert list(ids(root, "bar:al_s:")) == ["bar:al_s:0"]
+    assert {k: texts(v) for k, v in ids(root, "na:").items()} == {
+        "na:al_s:1": ["n/a"], "na:al_s:2": ["n/a"]}
 
 
-def test_plot_escapes_odd_technique_names() -> None:
-    odd = 'a<b>&"c\'\x01 ]]> é'
-    svg = plot.render_svg([_run('x"<&>', odd, {"it": (1.0, "t<s>")})], ["it"])
-    panel = _panels(svg)["it"]  # parses: nothing leaked unescaped
-    assert _texts(panel, "label") == ['a<b>&"c\' ]]> é (x"<&>)']
-    assert "t<s>" in _texts(panel, "heading")[0]
-    assert "<b>" not in svg and "\x01" not in svg
+def test_plot_escapes_odd_technique_names(tmp_path: Path) -> None:
+    odd = 'a<b>&"c\'\x01 ]]> $x$ é'
+    root = _chart(tmp_path, [_run('x"<&>', odd, {"it": (1.0, "t<s>")})], ["it"])
+    panel = ids(root, "panel:it")["panel:it"]  # parses: nothing leaked unescaped
+    assert 'a<b>&"c\' ]]> $x$ é (x"<&>)' in texts(panel)
+    assert "it (IT) [t<s>], higher is better" in texts(panel)
 
 
-def test_plot_title_says_simulated() -> None:
+def test_plot_title_says_simulated_and_hatches_its_bars(tmp_path: Path) -> None:
     runs = [RUNS[0], _run("r-sim", "fp32", {"it": (9.0, "tok/s")}, simulated=True)]
-    root = ET.fromstring(plot.render_svg(runs, ["it"]))
-    title = root.find(NS + "title")
-    assert title is not None and "SIMULATED" in (title.text or "")
-    heads = [t.text or "" for t in root.iter(NS + "text") if t.get("class") == "title"]
-    assert heads and heads[0].startswith("SIMULATED")
-    assert _texts(_panels(plot.render_svg(runs, ["it"]))["it"], "label")[1].endswith("[sim]")
+    root = _chart(tmp_path, runs, ["it"])
+    title = texts(ids(root, "title")["title"])
+    assert title[0] == "SIMULATED GPU DATA - efficientllm compare: 2 run(s), raw metrics"
+    assert list(ids(root, "bar:it:")) == ["bar:it:0", "bar:it:1:sim"]
+    hatched = [p for p in ids(root, "bar:it:1:sim")["bar:it:1:sim"].iter(NS + "path")
+               if "url(#" in (p.get("style") or "")]
+    assert len(hatched) == 1 and root.find(f".//{NS}pattern") is not None
+    assert "fp32 (r-sim) [sim]" in texts(ids(root, "panel:it")["panel:it"])
 
 
-def test_plot_without_metrics_still_renders() -> None:
-    svg = plot.render_svg([_run("r", "fp32", {})], plot.choose_metrics([_run("r", "x", {})], None))
-    assert _panels(svg) == {}
+def test_plot_without_metrics_still_renders(tmp_path: Path) -> None:
+    runs = [_run("r", "fp32", {})]
+    root = _chart(tmp_path, runs, plot.choose_metrics(runs, None))
+    assert ids(root, "panel:") == {}
+    assert texts(ids(root, "empty")["empty"]) == ["no metrics stored for these runs"]
+
+
+def test_plot_is_deterministic_and_writes_png(tmp_path: Path) -> None:
+    plot.write_chart(tmp_path / "a.svg", RUNS, ["it"])
+    first = (tmp_path / "a.svg").read_bytes()
+    plot.write_chart(tmp_path / "a.svg", RUNS, ["it"])
+    assert (tmp_path / "a.svg").read_bytes() == first  # fixed hash salt, no date
+    assert b"<dc:date>" not in first
+    plot.write_chart(tmp_path / "a.png", RUNS, ["it"])
+    png = (tmp_path / "a.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    plot.write_chart(tmp_path / "a.png", RUNS, ["it"])
+    assert (tmp_path / "a.png").read_bytes() == png
 
 
 def test_plot_choose_metrics() -> None:
@@ -94,14 +119,15 @@ def test_plot_choose_metrics() -> None:
 
 
 def test_plot_path_and_atomic_write(tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match=r"\.svg"):
-        plot.check_path(str(tmp_path / "chart.png"))
+    with pytest.raises(BadInput, match=r"\.svg or \.png"):
+        plot.check_path(str(tmp_path / "chart.pdf"))
+    assert plot.check_path(str(tmp_path / "chart.PNG")).name == "chart.PNG"
     path = plot.check_path(str(tmp_path / "chart.SVG"))
-    plot.write_svg(path, "<svg/>")
-    plot.write_svg(path, "<svg>2</svg>")
-    assert path.read_text(encoding="utf-8") == "<svg>2</svg>"
+    plot.write_chart(path, RUNS, ["it"])
+    plot.write_chart(path, RUNS, ["al_s"])
+    assert list(ids(ET.fromstring(path.read_bytes()), "panel:")) == ["panel:al_s"]
     assert [p.name for p in tmp_path.iterdir()] == ["chart.SVG"]  # no temp file left
     with pytest.raises(BadInput, match="cannot write plot"):
-        plot.write_svg(tmp_path / "missing" / "c.svg", "<svg/>")
+        plot.write_chart(tmp_path / "missing" / "c.svg", RUNS, ["it"])
     with pytest.raises(BadInput, match="directory"):
-        plot.write_svg(tmp_path, "<svg/>")
+        plot.write_chart(tmp_path, RUNS, ["it"])
