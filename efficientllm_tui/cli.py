@@ -17,7 +17,8 @@ from typing import NoReturn
 from efficientllm_tui.errors import BadInput, EfficientLLMError
 
 PROG = "efficientllm"
-HANDLERS = {"tui": "tui", "run": "launch", "sweep": "launch", "queue": "launch",
+HANDLERS = {"tui": "tui", "run": "launch", "sweep": "launch", "study": "study",
+            "import": "merge", "queue": "launch",
             "stop": "launch", "recover": "launch", "runs": "reads", "show": "reads",
             "sql": "reads", "export": "reads", "compare": "reads", "models": "catalog",
             "techniques": "catalog", "daemon": "daemon", "eval": "evaluate",
@@ -80,6 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="SWEEP_ID",
                    help="re-queue the runs of a sweep that never ran (unique prefix ok)")
     p.add_argument("--json", action="store_true")
+    _add_db(p)
+
+    p = sub.add_parser("study", help="queue a shipped study (paper, ci-tiny) or a sweep file "
+                       "with repeats; every run tagged with the study id")
+    p.add_argument("name", metavar="NAME|FILE", nargs="?")
+    p.add_argument("--list", action="store_true", help="list the shipped studies")
+    p.add_argument("--repeats", type=int, metavar="N",
+                   help="runs per pair, seeds seed, seed+1, ... (default: the study's)")
+    p.add_argument("--device", help="auto | cpu | cuda:N for every run (default: the study's)")
+    p.add_argument("--follow", action="store_true",
+                   help="show the study's progress until every run is stored")
+    p.add_argument("--resume", metavar="STUDY_ID",
+                   help="re-queue the runs of a study that never ran (unique prefix ok)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    _add_db(p)
+
+    p = sub.add_parser("import", help="merge runs into the database from an export "
+                       "(parquet, json, csv) or another efficientllm database file")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--replace", action="store_true",
+                   help="replace runs already stored under the same run id (default: skip)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     _add_db(p)
 
     p = sub.add_parser("queue", help="what is queued and running, per device")

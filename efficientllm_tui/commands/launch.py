@@ -182,7 +182,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.file is not None:
             raise BadInput("give either a sweep FILE or --resume SWEEP_ID, not both")
-        sweep_id, run_ids, requeued = _resume(home, store.path, args.resume)
+        sweep_id, run_ids, requeued = resume_sweep(home, store.path, args.resume)
         if not args.json:
             print(f"sweep {sweep_id}: re-queued {requeued} run(s) that never ran; "
                   f"{len(run_ids) - requeued} kept", file=sys.stderr)
@@ -192,14 +192,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from efficientllm_tui.runs.sweep import load_sweep
 
         specs = load_sweep(Path(args.file))
-        for spec in specs:
-            check_available(spec)
-        store.check()
         sweep_id = _sweep_id(str(Path(args.file).absolute()), time.time_ns())
-        queue.save_sweep(home, sweep_id, str(Path(args.file).absolute()), specs)
-        for spec in specs:
-            queue.enqueue(spec, home, store.path, sweep_id=sweep_id)
-        run_ids = [s.run_id for s in specs]
+        run_ids = queue_sweep(home, store, sweep_id, str(Path(args.file).absolute()), specs)
     dispatcher.ensure(home)
     if not args.follow:
         if args.json:
@@ -208,7 +202,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"queued {len(run_ids)} run(s) as {sweep_id}; follow: efficientllm sweep "
                   f"--resume {sweep_id} --follow · list: efficientllm queue")
         return 0
-    return _follow_sweep(home, store, sweep_id, run_ids, as_json=args.json)
+    return follow_sweep(home, store, sweep_id, run_ids, as_json=args.json)
+
+
+def queue_sweep(home: Path, store: Any, sweep_id: str, source: str,
+                specs: list[RunSpec]) -> list[str]:
+    """Check every spec can run here and the database can be used, then record the sweep
+    and queue its runs tagged `sweep_id`; their run ids. Nothing is queued when a check
+    fails."""
+    for spec in specs:
+        check_available(spec)
+    store.check()
+    queue.save_sweep(home, sweep_id, source, specs)
+    for spec in specs:
+        queue.enqueue(spec, home, store.path, sweep_id=sweep_id)
+    return [s.run_id for s in specs]
 
 
 def _never_ran(run_dir: Path) -> bool:
@@ -225,7 +233,9 @@ def _never_ran(run_dir: Path) -> bool:
     return (c is not None and c.action == "cancel") or follow.stored_status(run_dir) is not None
 
 
-def _resume(home: Path, db: Path, token: str) -> tuple[str, list[str], int]:
+def resume_sweep(home: Path, db: Path, token: str) -> tuple[str, list[str], int]:
+    """Re-queue the runs of sweep `token` (a unique prefix ok) that never ran, under new
+    run ids; (its id, every run id now, how many were re-queued)."""
     record = queue.load_sweep_record(home, token)
     sweep_id = str(record["sweep_id"])
     specs: list[RunSpec] = []
@@ -251,8 +261,10 @@ def _resume(home: Path, db: Path, token: str) -> tuple[str, list[str], int]:
     return sweep_id, [s.run_id for s in out], requeued
 
 
-def _follow_sweep(home: Path, store: Any, sweep_id: str, run_ids: list[str], *,
-                  as_json: bool) -> int:
+def follow_sweep(home: Path, store: Any, sweep_id: str, run_ids: list[str], *,
+                 as_json: bool, id_key: str = "sweep_id") -> int:
+    """Show a sweep's progress until every run is stored, then its table (or one JSON
+    document, its id under `id_key`); 0 when every run is ok, 1 otherwise, 130 on Ctrl-C."""
     devices = max(1, len({r.device_key for r in queue.snapshot(home)}))
     last_line = [""]
 
@@ -279,7 +291,7 @@ def _follow_sweep(home: Path, store: Any, sweep_id: str, run_ids: list[str], *,
                      "technique": run.get("technique"), "device": run.get("device"),
                      "status": final.statuses.get(run_id), "error": run.get("error_text")})
     if as_json:
-        emit_json({"sweep_id": sweep_id, "runs": rows})
+        emit_json({id_key: sweep_id, "runs": rows})
     else:
         table(["run_id", "model", "technique", "device", "status", "error"],
               [[r[k] for k in ("run_id", "model", "technique", "device", "status", "error")]

@@ -36,6 +36,7 @@ import json
 import os
 import random
 import re
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,6 +52,7 @@ from efficientllm_tui.errors import (
     QueryError,
     StoreError,
 )
+from efficientllm_tui.store import merge
 from efficientllm_tui.store.bundle import RunBundle, bundle_rows, first_line, run_values
 from efficientllm_tui.store.reads import (
     SANDBOX_CONFIG,
@@ -444,6 +446,27 @@ class Store(StoreReads):
             for table in ("runs", *DATA_TABLES):
                 con.execute(f"DELETE FROM {table} WHERE list_contains(?, run_id)", [wanted])
         return int(n)
+
+    def import_files(self, paths: Sequence[Path | str], *, replace: bool = False
+                     ) -> merge.ImportReport:
+        """Merge runs from `efficientllm export` files or other efficientllm databases in one
+        transaction (store.merge; a stored run is skipped unless `replace`). A database file
+        is only read; one of an older schema is migrated on a copy in a temporary folder.
+
+        Raises:
+            BadInput: A file that cannot be imported as it is (nothing is written then).
+            StoreError: This database could not be written (locked, corrupt, ...).
+        """
+        sources = [merge.identify(Path(p).expanduser(), self.path) for p in paths]
+        with tempfile.TemporaryDirectory(prefix="efficientllm-import-") as tmp:
+
+            def migrate_copy(copy: Path) -> None:
+                with Store(copy, lock_timeout_s=self.lock_timeout_s).connect():
+                    pass  # a write open migrates
+
+            with self._transaction() as con:
+                return merge.merge(con, sources, replace=replace, scratch=Path(tmp),
+                                   migrate_copy=migrate_copy)
 
     # ------------------------------------------------------------------ export
 

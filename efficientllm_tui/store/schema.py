@@ -90,6 +90,10 @@ COLUMNS: dict[str, dict[str, str]] = {
 }
 """Every table's columns (name -> DuckDB type) in the current schema version."""
 
+FIRST_COLUMNS: dict[str, frozenset[str]] = {
+    t: frozenset(_columns(spec)) for t, spec in _V1_TABLES.items()}
+"""Every table's columns in schema version 1: what a copy of it from any version holds."""
+
 RUN_COLUMNS: dict[str, str] = COLUMNS["runs"]
 """Columns of `runs`, the keys a run row may have."""
 
