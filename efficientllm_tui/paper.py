@@ -33,6 +33,7 @@ METHOD_NAMES: dict[str, str] = {
     "mqa": "MQA",
     "gqa": "GQA",
     "mla": "MLA",
+    "nsa": "NSA",
     "rope": "RoPE",
     "absolute": "Absolute",
     "learned": "Learnable Absolute",

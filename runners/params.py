@@ -269,6 +269,11 @@ PRETRAINING = (
        "without its fused kernels)", choices=("auto", "true", "false")),
     _p("recurrence", str, "torch", "Mamba's scan and RWKV's WKV without their packages: torch "
        "or triton (CUDA)", choices=("torch", "triton")),
+    _p("nsa_block", int, 64, "nsa: tokens per block, compressed and selected (a power of two, "
+       "divides seq_len)", low=16, high=256),
+    _p("nsa_blocks", int, 8, "nsa: blocks each query attends in full (a power of two, 4 to "
+       "nsa_block / 2)", low=4),
+    _p("nsa_window", int, 256, "nsa: sliding-window tokens; 0 drops the window branch", low=0),
 )
 
 SCHEMA: dict[str, dict[str, Param]] = {
@@ -396,6 +401,30 @@ def pair_problem(family: str, technique: str, card: Any, *, seq_len: int, new_to
             return (f"pretraining trains from random weights; {name} is a real-weights model "
                     "(choose a shape: tiny, qwen2.5-0.5b, ...)")
         need, what = seq_len, f"seq_len {seq_len}"
+        if technique == "nsa":
+            heads, width = _card(card, "num_heads"), _card(card, "hidden_size")
+            problem = nsa_problem(v["nsa_block"], v["nsa_blocks"], v["nsa_window"],
+                                  width // heads if heads and width else 0)
+            if problem:
+                return problem
+            if seq_len % v["nsa_block"]:
+                return (f"nsa needs seq_len a multiple of nsa_block {v['nsa_block']}, got "
+                        f"seq_len {seq_len}")
     if max_pos and need > max_pos:
         return f"{what} exceeds {name}'s {max_pos} positions"
+    return None
+
+
+def nsa_problem(block_size: int, block_count: int, window: int, head_dim: int) -> str | None:
+    """Why NSA cannot run with these sizes (fla's kernel's limits, held on every device so a
+    model is the same everywhere), or None."""
+    if block_size < 16 or block_size & (block_size - 1):
+        return f"nsa_block must be a power of two of at least 16, got {block_size}"
+    if block_count < 4 or block_count & (block_count - 1) or 2 * block_count > block_size:
+        return (f"nsa_blocks must be a power of two within [4, nsa_block / 2 = "
+                f"{block_size // 2}], got {block_count}")
+    if window < 0:
+        return f"nsa_window must be at least 0, got {window}"
+    if head_dim > 256:
+        return f"NSA's kernel takes heads at most 256 wide, got {head_dim}"
     return None

@@ -19,7 +19,8 @@ warm-up then cosine decay of the learning rate over warmup + steps.
 MFU = tokens/s x FLOPs per token / peak, FLOPs per token = 6 N + 12 L d T (Kaplan et al. 2020;
 the attention term of PaLM, Chowdhery et al. 2022, appendix B): N the parameters that multiply
 a token (MoE: the active ones; lookup tables excluded), L layers, d = heads x head width,
-T = seq_len (the full square, causal masking not halved, as PaLM and nanoGPT count it).
+T = seq_len (the full square, causal masking not halved, as PaLM and nanoGPT count it; NSA:
+the keys its three branches meet, runners.models.decoder.Decoder.attention_context).
 Recomputation under activation checkpointing is not counted (model FLOPs, not hardware FLOPs).
 
 Run-time options that leave the model and its math alone (each resolved value is in the
@@ -52,6 +53,7 @@ from runners.engines.xent import LossOptions, fp32_gemm_status
 from runners.errors import BadInput
 from runners.families.base import Family, register
 from runners.families.pretraining_config import PretrainingConfig, lr_at, measure_matmul_tflops
+from runners.kernels.nsa import NSAShape
 from runners.models import baselines
 from runners.models.decoder import Decoder, ParamCounts
 from runners.protocol import (
@@ -130,8 +132,9 @@ class PretrainingFamily(Family[PretrainingConfig]):
                                          fp32_gemm=cuda)
         counts = self._counts = model.param_counts()
         n_layers, d_attn = model.attention_shape()
+        context = _attention_context(model, c.seq_len)
         flops_per_token = pm.flops_per_token(counts.flop, training=True, n_layers=n_layers,
-                                             d_attn=d_attn, context_len=c.seq_len)
+                                             d_attn=d_attn, context_len=context)
         optimizer = self._optimizer(model, cuda)
 
         # Every step's windows are planned and on the device before any window opens.
@@ -201,8 +204,9 @@ class PretrainingFamily(Family[PretrainingConfig]):
             "weights": "random", "group": variant.group, "variant": variant.describe(),
             "matching": matching, "total_params": counts.total, "active_params": counts.active,
             "flop_params": counts.flop, "flops_per_token": flops_per_token,
-            "mfu_formula": "6*flop_params + 12*layers*d_attn*seq_len per trained token "
-                           f"(layers={n_layers}, d_attn={d_attn})",
+            "mfu_formula": "6*flop_params + 12*layers*d_attn*context per trained token "
+                           f"(layers={n_layers}, d_attn={d_attn}, context={context}: keys a "
+                           "query meets, seq_len for dense attention)",
             "peak_tflops": peak_tflops, "peak_source": peak_source,
             "precision": "bf16-autocast" if autocast_dtype else "fp32", "device": c.device,
             "batch_size": c.batch_size, "seq_len": c.seq_len, "steps": c.steps,
@@ -260,7 +264,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
         counts = model.param_counts()
         layers, d_attn = model.attention_shape()
         flops = pm.flops_per_token(counts.flop, training=True, n_layers=layers, d_attn=d_attn,
-                                   context_len=c.seq_len)
+                                   context_len=_attention_context(model, c.seq_len))
         matching = {
             "rule": rule, "baseline": "gqa+rope+dense decoder",
             "baseline_total_params": base_counts.total, "total_params": counts.total,
@@ -295,7 +299,8 @@ class PretrainingFamily(Family[PretrainingConfig]):
     def _decoder_config(self, variant: Variant) -> Any:
         c = self.config
         return decoder_config(self.card, variant, c.seq_len, experts=c.experts, top_k=c.top_k,
-                              moe_match=c.moe_match, aux_loss_coef=c.aux_loss_coef)
+                              moe_match=c.moe_match, aux_loss_coef=c.aux_loss_coef,
+                              nsa=NSAShape(c.nsa_block, c.nsa_blocks, c.nsa_window))
 
     def _optimizer(self, model: Any, cuda: bool) -> torch.optim.Optimizer:
         """AdamW; matrices decay, vectors (norms, biases) do not; fused kernels on CUDA."""
@@ -434,6 +439,11 @@ def _loss_describe(options: LossOptions) -> str:
     if options.fp32_gemm and options.kernel == "torch" and ok is False:
         text += f" (fp32 GEMM unavailable, plain accumulation: {error})"
     return text
+
+
+def _attention_context(model: Any, seq_len: int) -> int:
+    """Keys a query meets in the attention FLOPs (seq_len but for NSA's sparse attention)."""
+    return model.attention_context(seq_len) if isinstance(model, Decoder) else seq_len
 
 
 def _to_tensor(ids: Sequence[int], device: str) -> torch.Tensor:

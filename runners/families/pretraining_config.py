@@ -69,6 +69,12 @@ class PretrainingConfig(FamilyConfig):
     """How Mamba's selective scan and RWKV's WKV run without their fused packages: `torch`
     (chunked torch ops for Mamba, transformers' loop for RWKV) or `triton` (our own Triton
     kernels, CUDA only; runners.kernels.scan_triton and runners.kernels.rwkv_wkv)."""
+    nsa_block: int = 64
+    """nsa: tokens per block, compressed and selected (a power of two dividing seq_len)."""
+    nsa_blocks: int = 8
+    """nsa: blocks each query attends at full resolution (1 initial + 2 local among them)."""
+    nsa_window: int = 256
+    """nsa: sliding-window tokens; 0 drops the window branch."""
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:

@@ -5,7 +5,8 @@ positions and q/k/v biases, a SwiGLU FFN, tied embeddings. A pretraining techniq
 switch, so a comparison changes one thing:
 
 - attention: `mha` (KV heads = heads), `mqa` (one KV head), `gqa` (the card's KV heads),
-  `mla` (DeepSeek-V2 multi-head latent attention, see `LatentAttention`).
+  `mla` (DeepSeek-V2 multi-head latent attention, see `LatentAttention`), `nsa` (native
+  sparse attention, runners.models.decoder_nsa).
 - position: `rope`, `absolute` (sinusoidal, Vaswani et al. 2017), `learned` (a GPT-2 table),
   `relative` (ALiBi bias, Press et al. 2022), `nope` (none: causal masking alone).
 - ffn: `dense` (SwiGLU), `moe` (8 experts, top-2, dropless, see `MoE`).
@@ -48,6 +49,7 @@ from torch import Tensor, nn
 from runners.engines.xent import IGNORE_INDEX, LossOptions, chunked_cross_entropy
 from runners.models.decoder_blocks import LatentAttention, MoE, SelfAttention, SwiGLU
 from runners.models.decoder_config import DecoderConfig, Positional
+from runners.models.decoder_nsa import SparseAttention
 from runners.models.positions import alibi_bias, rope_tables, sinusoid_table
 
 
@@ -80,7 +82,7 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attn: nn.Module = LatentAttention(cfg) if cfg.attention == "mla" else \
-            SelfAttention(cfg)
+            SparseAttention(cfg) if cfg.attention == "nsa" else SelfAttention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.ffn: nn.Module = MoE(cfg) if cfg.ffn == "moe" else SwiGLU(cfg.d_model,
                                                                        cfg.ffn_hidden)
@@ -251,7 +253,19 @@ class Decoder(nn.Module):
 
     def attention_shape(self) -> tuple[int, int]:
         """(layers, heads x q/k head width): the L and d of the 12 L d T attention FLOPs."""
-        return self.cfg.n_layers, self.cfg.n_heads * self.cfg.head_dim
+        return self.cfg.n_layers, self.cfg.q_heads * self.cfg.head_dim
+
+    def attention_context(self, seq_len: int) -> int:
+        """The T of the 12 L d T attention FLOPs: keys a query meets, counted as dense
+        attention counts them (the full square). NSA: its compressed keys, 1.5 x seq_len /
+        block (attended, then scored again for the choice, q k only), plus the chosen
+        blocks' and the window's keys, each at most seq_len."""
+        cfg = self.cfg
+        if cfg.attention != "nsa":
+            return seq_len
+        return (math.ceil(1.5 * seq_len / cfg.nsa_block_size)
+                + min(seq_len, cfg.nsa_block_count * cfg.nsa_block_size)
+                + min(seq_len, cfg.nsa_window))
 
 
 # --- loss -----------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-ATTENTIONS = ("mha", "mqa", "gqa", "mla")
+from runners.kernels.nsa import FLA_GROUP, NSAShape
+from runners.params import nsa_problem
+
+ATTENTIONS = ("mha", "mqa", "gqa", "mla", "nsa")
 POSITIONS = ("rope", "absolute", "learned", "relative", "nope")
 FFNS = ("dense", "moe")
 
@@ -47,6 +50,12 @@ class DecoderConfig:
     """MLA latent width; None: 4 x head_dim (DeepSeek-V2: 512 for its 128-wide heads)."""
     rope_head_dim: int | None = None
     """MLA decoupled rotary width per head; None: head_dim // 2 (DeepSeek-V2: 64 of 128)."""
+    nsa_block_size: int = 64
+    """NSA: tokens per block (compression and selection)."""
+    nsa_block_count: int = 8
+    """NSA: blocks each query attends at full resolution (1 initial + 2 local among them)."""
+    nsa_window: int = 256
+    """NSA: sliding-window tokens; 0 drops the window branch."""
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -70,6 +79,11 @@ class DecoderConfig:
         if self.attention == "mla" and not 0 < self.mla_rope_dim < self.head_dim:
             raise ValueError(f"MLA rope width {self.mla_rope_dim} must lie in "
                              f"(0, {self.head_dim})")
+        if self.attention == "nsa":
+            problem = nsa_problem(self.nsa_block_size, self.nsa_block_count, self.nsa_window,
+                                  self.head_dim)
+            if problem:
+                raise ValueError(problem)
 
     @property
     def head_dim(self) -> int:
@@ -77,9 +91,19 @@ class DecoderConfig:
 
     @property
     def kv_heads(self) -> int:
-        """KV heads of this attention (MLA: every head gets its own up-projected K and V)."""
+        """KV heads of this attention (MLA: every head gets its own up-projected K and V;
+        NSA: one per 16 of the card's heads, at least one)."""
         return {"mha": self.n_heads, "mqa": 1, "gqa": self.n_kv_heads,
-                "mla": self.n_heads}[self.attention]
+                "mla": self.n_heads, "nsa": max(1, self.n_heads // FLA_GROUP)}[self.attention]
+
+    @property
+    def q_heads(self) -> int:
+        """Query heads: n_heads, except NSA's 16 per K/V head (its kernel's group)."""
+        return FLA_GROUP * self.kv_heads if self.attention == "nsa" else self.n_heads
+
+    @property
+    def nsa_shape(self) -> NSAShape:
+        return NSAShape(self.nsa_block_size, self.nsa_block_count, self.nsa_window)
 
     @property
     def moe_hidden(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from runners.kernels import nsa as nsa_kernels
 from runners.models.cards import ModelCard
 from runners.models.decoder import Decoder
 from runners.models.decoder_config import DecoderConfig
@@ -43,6 +44,7 @@ VARIANTS: dict[str, Variant] = {v.id: v for v in (
     Variant("mqa", "attention", attention="mqa"),
     Variant("gqa", "attention"),
     Variant("mla", "attention", attention="mla"),
+    Variant("nsa", "attention", attention="nsa"),
     Variant("rope", "positional_encoding"),
     Variant("absolute", "positional_encoding", position="absolute"),
     Variant("learned", "positional_encoding", position="learned"),
@@ -59,9 +61,13 @@ BASELINE = Variant("gqa", "attention")
 
 
 def decoder_config(card: ModelCard, variant: Variant, seq_len: int, *, experts: int = 8,
-                   top_k: int = 2, moe_match: str = "flops",
-                   aux_loss_coef: float = 0.01) -> DecoderConfig:
-    """The decoder of a card with the variant's switches (the baseline for `transformer`)."""
+                   top_k: int = 2, moe_match: str = "flops", aux_loss_coef: float = 0.01,
+                   nsa: nsa_kernels.NSAShape | None = None) -> DecoderConfig:
+    """The decoder of a card with the variant's switches (the baseline for `transformer`);
+    `nsa`: NSA's block, chosen blocks and window (None: DecoderConfig's defaults)."""
+    shape = {} if nsa is None else {"nsa_block_size": nsa.block_size,
+                                    "nsa_block_count": nsa.block_count,
+                                    "nsa_window": nsa.window}
     return DecoderConfig(
         vocab_size=card.vocab_size, d_model=card.hidden_size, n_layers=card.num_layers,
         n_heads=card.num_heads, n_kv_heads=card.num_kv_heads,
@@ -70,7 +76,7 @@ def decoder_config(card: ModelCard, variant: Variant, seq_len: int, *, experts: 
         qkv_bias=card.arch == "qwen2", tie_embeddings=card.tie_embeddings,
         n_experts=experts, top_k=top_k,
         expert_hidden=card.intermediate_size if moe_match == "expert" else None,
-        aux_loss_coef=aux_loss_coef)
+        aux_loss_coef=aux_loss_coef, **shape)
 
 
 def decoder_rule(variant: Variant, cfg: DecoderConfig) -> str:
@@ -81,6 +87,12 @@ def decoder_rule(variant: Variant, cfg: DecoderConfig) -> str:
                     f"{cfg.moe_hidden}, so a token's active FFN FLOPs equal the dense FFN's")
         return (f"expert-sized: {cfg.n_experts} experts as wide as the dense FFN "
                 f"({cfg.moe_hidden}); {cfg.top_k}x the dense FFN FLOPs per token")
+    if variant.attention == "nsa":
+        return (f"equal-width: same layers, width, head width and FFN as the baseline; NSA's "
+                f"kernel groups {nsa_kernels.FLA_GROUP} query heads on each K/V head, so "
+                f"{cfg.q_heads} query heads over {cfg.kv_heads} K/V heads (baseline: "
+                f"{cfg.n_heads} over {cfg.n_kv_heads}), plus a gate projection (3 gates a "
+                "query head)")
     what = {"mha": "K/V projections for every head", "mqa": "K/V projections for one head",
             "mla": "the latent K/V path (down- and up-projections) replaces the K/V "
                    "projections", "learned": "a learned position table",
@@ -94,9 +106,12 @@ BASELINE_RULE = ("equal-params: same width, depth, vocabulary and tying as the b
                  "decoder; {width} solved to match its parameters")
 
 
-def attention_kernel(cfg: DecoderConfig, native_gqa: bool) -> str:
+def attention_kernel(cfg: DecoderConfig, native_gqa: bool, cuda: bool = False) -> str:
     """How the decoder's attention reaches SDPA; `native_gqa`: CUDA with bf16/fp16 autocast,
-    where flash reads grouped K/V (runners.models.decoder_blocks.native_gqa)."""
+    where flash reads grouped K/V (runners.models.decoder_blocks.native_gqa). NSA: which of
+    runners.kernels.nsa's implementations runs (`cuda`: the model is on a CUDA device)."""
+    if cfg.attention == "nsa":
+        return nsa_kernels.describe(cuda)
     if cfg.position == "relative":
         grouped = ", K/V expanded to every head" if cfg.kv_heads < cfg.n_heads else ""
         return f"sdpa attn_mask (ALiBi bias: no flash){grouped}"
@@ -113,11 +128,19 @@ def facts(model: Any, variant: Variant, moe_match: str, *,
     if not isinstance(model, Decoder):
         return {"arch": variant.baseline, **model.describe()}
     cfg = model.cfg
+    cuda = model.embed.weight.is_cuda
     out: dict[str, Any] = {
         "arch": "decoder", "layers": cfg.n_layers, "d_model": cfg.d_model,
-        "heads": cfg.n_heads, "kv_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
+        "heads": cfg.q_heads, "kv_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
         "ffn_hidden": cfg.ffn_hidden, "tie_embeddings": cfg.tie_embeddings,
-        "attention_kernel": attention_kernel(cfg, native_gqa)}
+        "attention_kernel": attention_kernel(cfg, native_gqa, cuda)}
+    if cfg.attention == "nsa":
+        out["kernels"] = out["attention_kernel"]
+        out["nsa"] = {"block_size": cfg.nsa_block_size, "blocks": cfg.nsa_block_count,
+                      "window": cfg.nsa_window, "query_heads": cfg.q_heads,
+                      "kv_heads": cfg.kv_heads, "forced_blocks": "first, previous, own",
+                      "compression": "mean pooling over each block (fla)",
+                      "gates": "sigmoid(linear(x)), 3 a query head"}
     if cfg.attention == "mla":
         out["mla"] = {"kv_lora_rank": cfg.mla_rank, "rope_head_dim": cfg.mla_rope_dim,
                       "nope_head_dim": cfg.head_dim - cfg.mla_rope_dim,

@@ -130,7 +130,8 @@ def test_nope_and_rope_differ_only_in_positions() -> None:
 
 
 def test_kv_heads_by_attention() -> None:
-    assert [DecoderConfig(**{**TINY, "attention": a}).kv_heads for a in ATTENTIONS] == [4, 1, 2, 4]
+    assert [DecoderConfig(**{**TINY, "attention": a}).kv_heads
+            for a in ATTENTIONS] == [4, 1, 2, 4, 1]
 
 
 def test_attention_params_differ_by_kv_projections_only() -> None:
@@ -157,7 +158,7 @@ def test_longer_than_max_seq_len_is_refused() -> None:
         make(position="learned")(torch.zeros(1, 17, dtype=torch.long))
 
 
-@pytest.mark.parametrize("bad", [dict(attention="nsa"), dict(position="xpos"), dict(ffn="glu"),
+@pytest.mark.parametrize("bad", [dict(attention="swa"), dict(position="xpos"), dict(ffn="glu"),
                                  dict(n_heads=5), dict(n_kv_heads=3), dict(top_k=9),
                                  dict(attention="mla", rope_head_dim=8)])
 def test_config_rejects_bad_switches(bad: dict[str, object]) -> None:

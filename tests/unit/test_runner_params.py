@@ -28,8 +28,9 @@ def test_unknown_key_names_every_valid_key() -> None:
     assert str(e.value) == (
         "unknown --set parameter(s) for pretraining: bogus_key (valid: aux_loss_coef, beta2, "
         "checkpointing, compile, eval_tokens, experts, grad_clip, loss_chunk_tokens, "
-        "loss_kernel, lr, lr_warmup_steps, measure_peak, min_lr_ratio, moe_match, peak_tflops, "
-        "precision, recurrence, save, threads, top_k, weight_decay)")
+        "loss_kernel, lr, lr_warmup_steps, measure_peak, min_lr_ratio, moe_match, nsa_block, "
+        "nsa_blocks, nsa_window, peak_tflops, precision, recurrence, save, threads, top_k, "
+        "weight_decay)")
 
 
 def test_wrong_type() -> None:
