@@ -84,9 +84,9 @@ def sections(runs: Sequence[Mapping[str, Any]]) -> tuple[Section, ...]:
     out, n = [], 0
     for family, group in order:
         workloads = []
-        for key in sorted(by_group[(family, group)]):
+        for wkey in sorted(by_group[(family, group)]):
             n += 1
-            workloads.append(workload(f"W{n}", key, by_group[(family, group)][key]))
+            workloads.append(workload(f"W{n}", wkey, by_group[(family, group)][wkey]))
         title = f"{family} / {GROUP_TITLES.get(group, group)}"
         out.append(Section(family, group, title, tuple(workloads)))
     return tuple(out)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from efficientllm_tui.display import num, run_label
-from efficientllm_tui.report.record import MARKS, Workload
+from efficientllm_tui.report.record import MARKS, Stat, Workload
 from efficientllm_tui.store.schema import METRIC_DIRECTIONS
 from profiling import metric_catalog
 
@@ -49,7 +49,8 @@ def style(salt: str) -> Iterator[None]:
     (give each chart of one page its own, so their ids differ)."""
     import matplotlib
 
-    with matplotlib.rc_context({**RC, "svg.hashsalt": salt}):
+    params: Any = {**RC, "svg.hashsalt": salt}
+    with matplotlib.rc_context(params):
         yield
 
 
@@ -172,16 +173,14 @@ def bars(wl: Workload) -> Any:
             if s.median is None:
                 ax.text(0, y, " n/a", va="center", color="#888888", gid=f"na:{name}:{i}")
                 continue
-            err = [[s.median - (s.lo if s.lo is not None else s.median)],
-                   [(s.hi if s.hi is not None else s.median) - s.median]]
-            (bar,) = ax.barh([y], [s.median], xerr=err if s.n > 1 else None, capsize=3,
+            (bar,) = ax.barh([y], [s.median], xerr=_spread(s), capsize=3,
                              color=PALETTE[i % len(PALETTE)], height=0.7,
                              hatch=HATCH if row.marks else None)
             bar.set_gid(f"bar:{name}:{i}" + (":marked" if row.marks else ""))
             ax.text(s.hi if s.hi is not None else s.median, y, f" {num(s.median)} (n={s.n})",
                     va="center", gid=f"value:{name}:{i}")
         ax.set_yticks(ys, labels)
-        known = [r.stats[name].hi for r in wl.rows if r.stats[name].hi is not None]
+        known = [hi for r in wl.rows if (hi := r.stats[name].hi) is not None]
         ax.set_xlim(min([0.0, *known]), (max([0.0, *known]) or 1.0) * 1.35)
     _legend_note(fig, wl.marks)
     return fig
@@ -191,11 +190,9 @@ def scatter(wl: Workload) -> Any | None:
     """Trade-off: AEC (W) against the family's throughput, one point per row (medians);
     None when no row has both."""
     x_name = metric_catalog.THROUGHPUT.get(wl.family)
-    points = [(i, r, r.stats.get(x_name or ""), r.stats.get("aec_w"))
-              for i, r in enumerate(wl.rows)]
-    points = [(i, r, x, y) for i, r, x, y in points
-              if x is not None and y is not None and x.median is not None
-              and y.median is not None]
+    points = [(i, r, x, y) for i, r in enumerate(wl.rows)
+              if (x := r.stats.get(x_name or "")) is not None and x.median is not None
+              and (y := r.stats.get("aec_w")) is not None and y.median is not None]
     if not points or x_name is None:
         return None
     fig = _figure(6.5, 4.5)
@@ -204,18 +201,23 @@ def scatter(wl: Workload) -> Any | None:
     fig.suptitle(f"{wl.tag}: AEC vs {metric_catalog.label(x_name, with_unit=False)}, "
                  f"{wl.model}", fontweight="bold", gid="title")
     for i, row, x, y in points:
-        marked = bool(row.marks)
-        ax.errorbar([x.median], [y.median],
-                    xerr=[[x.median - x.lo], [x.hi - x.median]] if x.n > 1 else None,
-                    yerr=[[y.median - y.lo], [y.hi - y.median]] if y.n > 1 else None,
-                    fmt="o", color=PALETTE[i % len(PALETTE)], capsize=3,
-                    mfc="none" if marked else PALETTE[i % len(PALETTE)], gid=f"point:{i}")
+        colour = PALETTE[i % len(PALETTE)]
+        ax.errorbar([x.median], [y.median], xerr=_spread(x), yerr=_spread(y), fmt="o",
+                    color=colour, capsize=3, mfc="none" if row.marks else colour,
+                    gid=f"point:{i}")
         ax.annotate(_row_label(row.label, row.marks), (x.median, y.median),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel(_heading(x_name, [u for *_, x, _ in points if (u := x.unit)]))
     ax.set_ylabel(_heading("aec_w", [u for *_, y in points if (u := y.unit)]))
     _legend_note(fig, wl.marks)
     return fig
+
+
+def _spread(s: Stat) -> list[list[float]] | None:
+    """Error-bar lengths below and above the median (min and max), None for one value."""
+    if s.n < 2 or s.median is None or s.lo is None or s.hi is None:
+        return None
+    return [[s.median - s.lo], [s.hi - s.median]]
 
 
 def loss(wl: Workload) -> Any | None:

@@ -77,7 +77,7 @@ def rank_table(wl: Workload) -> Table:
     ranked = [m for m in wl.metrics if any(m in r.ranks for r in wl.rows)]
     groups = sorted({p.group + (" (nearest size)" if p.nearest else "")
                      for r in wl.rows for p in r.paper.values()})
-    notes = (f"paper group: {', '.join(groups)}" if groups
+    notes: tuple[str, ...] = (f"paper group: {', '.join(groups)}" if groups
              else "the paper ranks none of these methods here",)
     if any(p.nearest for r in wl.rows for p in r.paper.values()):
         notes += ("* the model lies outside the paper group's size range (nearest group)",)

@@ -6,6 +6,7 @@ temporary name and renamed, so a failure never leaves a half-written file."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +52,7 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
                         continue
                     for suffix in ("svg", "png"):
                         path = out_dir / "charts" / f"{stem}.{suffix}"
-                        _atomic(path, lambda tmp, f=fig: chart.save(f, tmp))
+                        _atomic(path, functools.partial(chart.save, fig))
                         written.append(path)
                     svgs.setdefault(wl.tag, []).append(chart.svg_text(fig))
                 pngs.setdefault(wl.tag, []).append(f"charts/{stem}.png")
