@@ -1,10 +1,17 @@
 """NSA (runners.kernels.nsa, runners.models.decoder_nsa): the torch reference against a
-per-query loop written from the definition, the window branch of the CUDA path against the
-reference, the head layout and FLOPs of the decoder variant, and the parameter checks."""
+per-query loop written from the definition and, where fla-core is installed, against fla's
+Triton kernel in the interpreter; the window branch of the CUDA path against the reference;
+the head layout and FLOPs of the decoder variant; the parameter checks."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +24,7 @@ from runners.models import catalog
 from runners.models.decoder import Decoder
 from runners.models.decoder_config import DecoderConfig
 
+ROOT = Path(__file__).resolve().parents[2]
 QWEN05 = dict(vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2,
               ffn_hidden=4864, max_seq_len=2048)
 
@@ -212,3 +220,20 @@ def test_out_of_range_params_are_refused(raw: dict[str, int], message: str) -> N
     with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("]", r"\]")):
         params.resolve("pretraining", raw)
     assert params.resolve("pretraining", {})["nsa_block"] == 64
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("fla") is None
+                    or importlib.util.find_spec("triton") is None,
+                    reason="fla-core (the `kernels` extra) and triton are not installed")
+def test_reference_matches_flas_kernel_in_the_triton_interpreter() -> None:
+    """fla's parallel_nsa (Triton, interpreted on CPU): output and every gradient."""
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT),
+                                                       os.environ.get("PYTHONPATH"))))}
+    out = subprocess.run([sys.executable, str(ROOT / "tests/unit/interpreted_nsa.py")],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    errors = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(errors) == {"y", "q", "k", "v", "gates"}
+    assert all(e < 1e-5 for e in errors.values()), errors  # float32 rounding only
