@@ -18,10 +18,16 @@ Measures the bf16 matmul peak (runners.engines.training.matmul_peak_tflops), the
   channel and the state, so each channel is its own head, state width 16, value width 1,
   with B, C and the decay expanded to [batch, T, channels, 16]); time, peak memory and
   error against ours.
+- nsa: NSA's attention alone (runners.kernels.nsa) at the decoder's NSA head layout of the
+  model shape (0.5B: 16 query heads over one K/V head of 64), forward and backward in bf16:
+  flash-linear-attention's `parallel_nsa` (the path `nsa` trains on, CUDA) against the torch
+  reference (dense masked SDPA, the CPU path), with dense causal SDPA (flash, grouped K/V) at
+  the same heads for scale; time, peak memory and error against the reference. The `nsa`
+  step case trains the NSA decoder through the family (fla where installed).
 
 Every case runs in try/except and prints one line; the JSON is rewritten after each case.
 
-    python benchmarks/kernels_training.py --out DIR [--only steps,loss,scan] [--budget-s 480]
+    python benchmarks/kernels_training.py --out DIR [--only steps,loss,scan,nsa] [--budget-s 480]
     python benchmarks/kernels_training.py --smoke --out DIR   # tiny shapes on the CPU
 
 The libraries are optional (`pip install liger-kernel==0.8.5 fla-core==0.6.0`, the
@@ -60,7 +66,7 @@ from runners.protocol import RunSpec  # noqa: E402
 from runners.system import device as dev  # noqa: E402
 from runners.system.eventlog import EventLog  # noqa: E402
 
-SECTIONS = ("steps", "loss", "scan")
+SECTIONS = ("steps", "loss", "scan", "nsa")
 STEP_CASES = (
     # name, technique, params, (warmup, steps) or None for the defaults
     ("transformer+liger_ce", "gqa", {"loss_kernel": "liger"}, None),
@@ -70,6 +76,7 @@ STEP_CASES = (
                                                 "checkpointing": "false"}, None),
     ("rwkv+fla_wkv", "rwkv", {"recurrence": "triton"}, None),
     ("mamba+torch_scan", "mamba", {"recurrence": "torch"}, (1, 2)),
+    ("nsa", "nsa", {}, None),
 )
 KEEP = ("al_s", "al_p50_s", "tokens_per_s", "mfu", "peak_allocated_gib", "peak_reserved_gib",
         "loss", "total_params")
@@ -117,7 +124,8 @@ def case(section: str, name: str, fn: Callable[[], dict[str, Any]], device: str)
     save()
     cleanup(device)
     shown = {k: row[k] for k in ("al_s", "ms", "tokens_per_s", "mfu", "peak_reserved_gib",
-                                 "peak_gib", "vs_transformer", "rel_err", "reason", "error")
+                                 "peak_gib", "vs_transformer", "vs_reference", "rel_err",
+                                 "reason", "error")
              if row.get(k) is not None}
     print(f"[{section}] {name}: {row['status']} in {row['wall_s']} s {json.dumps(shown)}",
           flush=True)
@@ -162,6 +170,9 @@ def run_steps(args: argparse.Namespace, device: str, peak: float | None,
             print(f"[steps] {name}: skipped (budget spent)", flush=True)
             continue
         full = {**params, **({"peak_tflops": peak} if peak else {})}
+        if technique == "nsa":
+            full |= {"nsa_block": args.nsa_block, "nsa_blocks": args.nsa_blocks,
+                     "nsa_window": args.nsa_window}
         case("steps", name, lambda t=technique, p=full, w=warm_steps:
              train_case(t, p, args, device, w), device)
     rows = R.get("steps", {})
@@ -333,6 +344,71 @@ def run_scan(args: argparse.Namespace, device: str) -> None:
         case("scan", name, measure, device)
 
 
+# --- nsa ------------------------------------------------------------------------------------
+
+
+def run_nsa(args: argparse.Namespace, device: str) -> None:
+    from runners.kernels import nsa as nsa_ops
+
+    card = catalog.model_card(args.model)
+    kv = max(1, card.num_heads // nsa_ops.FLA_GROUP)
+    b, T, hq, d = args.batch_size, args.seq_len, nsa_ops.FLA_GROUP * kv, card.hidden_size \
+        // card.num_heads
+    shape = nsa_ops.NSAShape(args.nsa_block, args.nsa_blocks, args.nsa_window)
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(b, T, hq, d, generator=g), torch.randn(b, T, kv, d, generator=g),
+              torch.randn(b, T, kv, d, generator=g),
+              torch.sigmoid(torch.randn(b, T, hq, 3, generator=g))]
+    inputs = [x.to(device=device, dtype=dtype) for x in inputs]
+    gy = torch.randn(b, T, hq, d, generator=g).to(device=device, dtype=dtype)
+    R["nsa_shape"] = {"batch": b, "seq": T, "query_heads": hq, "kv_heads": kv, "head_dim": d,
+                      "dtype": str(dtype), **shape._asdict(),
+                      "kernel": nsa_ops.describe(cuda)}
+
+    def dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              gates: torch.Tensor) -> torch.Tensor:
+        from runners.models.decoder_blocks import attend
+
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None)
+        return y.transpose(1, 2) * gates[..., 1:2]
+
+    fla_ok = cuda and nsa_ops.fla_installed()
+    variants = [
+        ("torch_reference", lambda *x: nsa_ops.nsa_reference(*x, shape), None),
+        ("fla_parallel_nsa", (lambda *x: nsa_ops.nsa_kernel(*x, shape)) if fla_ok else None,
+         "needs CUDA and fla-core"),
+        ("sdpa_dense_causal", dense, None),
+    ]
+    reference: dict[str, Any] = {}
+    for name, fn, why in variants:
+        if args.cases and name not in args.cases:
+            continue
+        if fn is None:
+            R.setdefault("nsa", {})[name] = {"status": "skipped", "reason": why}
+            print(f"[nsa] {name}: skipped ({why})", flush=True)
+            continue
+
+        def measure(fn: Callable[..., torch.Tensor] = fn, name: str = name) -> dict[str, Any]:
+            def go() -> tuple[torch.Tensor, ...]:
+                leaves = [x.detach().requires_grad_() for x in inputs]
+                y = fn(*leaves)
+                return (y.detach(), *torch.autograd.grad(y, leaves, gy))
+            ms, peak = timed(go, device, max(1, args.repeats // 2))
+            got = go()
+            out: dict[str, Any] = {"ms": round(ms, 3), "peak_gib": peak}
+            if name == "torch_reference":
+                reference["out"] = got
+            elif reference and name != "sdpa_dense_causal":
+                out["rel_err"] = {k: rel(a, w) for k, a, w in zip(
+                    ("y", "q", "k", "v", "gates"), got, reference["out"], strict=True)}
+            if reference and "ms" in R.get("nsa", {}).get("torch_reference", {}):
+                out["vs_reference"] = round(ms / R["nsa"]["torch_reference"]["ms"], 3)
+            return out
+        case("nsa", name, measure, device)
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -348,6 +424,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--scan-channels", type=int, default=1792,
                     help="Mamba inner width of the scan case (expand 2 x the 0.5B's 896)")
+    ap.add_argument("--nsa-block", type=int, default=64, help="nsa: tokens per block")
+    ap.add_argument("--nsa-blocks", type=int, default=8, help="nsa: blocks chosen per query")
+    ap.add_argument("--nsa-window", type=int, default=256, help="nsa: sliding-window tokens")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"sections, comma-separated: {', '.join(SECTIONS)}")
     ap.add_argument("--cases", default="", help="case names to run (default: all)")
@@ -365,6 +444,7 @@ def main() -> int:
     if args.smoke:
         args.model, args.batch_size, args.seq_len = "tiny", 2, 32
         args.warmup, args.steps, args.repeats, args.scan_channels = 1, 1, 2, 8
+        args.nsa_block, args.nsa_blocks, args.nsa_window = 16, 4, 16
     t0 = time.monotonic()
     R["setup"] = {"device": device, "gpu": dev.gpu_name(device), "versions": dev.versions(),
                   "liger-kernel": package("liger-kernel"), "fla-core": package("fla-core"),
@@ -384,6 +464,8 @@ def main() -> int:
         run_loss(args, device)
     if "scan" in sections:
         run_scan(args, device)
+    if "nsa" in sections:
+        run_nsa(args, device)
     if "steps" in sections:
         run_steps(args, device, peak, t0 + args.budget_s)
     R["total_s"] = round(time.monotonic() - t0, 1)

@@ -178,6 +178,7 @@ def nsa_kernel(q: Tensor, k: Tensor, v: Tensor, gates: Tensor, shape: NSAShape) 
     else here through SDPA with a band mask over K/V expanded to every query head."""
     from fla.ops.nsa import parallel_nsa
 
+    q, k, v = (x.contiguous() for x in (q, k, v))
     g_cmp, g_slc, g_swa = (gates[..., i].contiguous() for i in range(3))
     in_fla = shape.window > 0 and flash_attn_installed()
     o = parallel_nsa(q, k, v, g_cmp=g_cmp, g_slc=g_slc, g_swa=g_swa if in_fla else None,
