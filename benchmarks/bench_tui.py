@@ -55,72 +55,86 @@ def _tmux_session(name: str, *command: str) -> None:
     raise RuntimeError(f"tmux would not start a session: {done.stderr.strip()}")
 
 
+# The real `efficientllm` entry (cli.main -> commands.tui -> the app) over the data dir of
+# EFFICIENTLLM_HOME with its own daemon source and start-up workers; the app class is only
+# told to write the time and quit once its first frame is painted.
 _FIRST_FRAME = """
 import sys, time
 t_start = float(sys.argv[1])
 from pathlib import Path
-from efficientllm_tui.tui.app import EfficientLLMApp
-from efficientllm_tui.live.feed import SyntheticFeed
+import efficientllm_tui.tui.app as app_module
 
-class FirstFrame(EfficientLLMApp):
+class FirstFrame(app_module.EfficientLLMApp):
     def on_mount(self):  # runs after EfficientLLMApp.on_mount (Textual calls both)
         self.call_after_refresh(self.done)
 
     def done(self):
-        Path(sys.argv[3]).write_text(str(time.time() - t_start))
+        Path(sys.argv[2]).write_text(str(time.time() - t_start))
         self.exit()
 
-home = Path(sys.argv[2])
-headless = "--headless" in sys.argv
-FirstFrame(home / "efficientllm.duckdb", home, sample_source=SyntheticFeed(2, history_s=5),
-           watch_runs=False).run(headless=headless, size=(120, 36) if headless else None)
+    def run(self, **kwargs):
+        if "--headless" in sys.argv:
+            kwargs.update(headless=True, size=(120, 36))
+        return super().run(**kwargs)
+
+app_module.EfficientLLMApp = FirstFrame
+from efficientllm_tui import cli
+cli.main(["tui"])
 """
 
 
-def _first_frame_once(home: Path, out: Path, tmux: str | None) -> float:
+def _first_frame_once(tree: Path, home: Path, out: Path, tmux: str | None) -> float:
+    """One fresh `efficientllm` process in `tree` over the data dir `home`."""
     out.unlink(missing_ok=True)
-    argv = [sys.executable, "-c", _FIRST_FRAME, repr(time.time()), str(home), str(out)]
+    argv = [sys.executable, "-c", _FIRST_FRAME, repr(time.time()), str(out)]
     if tmux is None:
-        subprocess.run([*argv, "--headless"], cwd=ROOT, check=True, timeout=60, capture_output=True)
+        subprocess.run([*argv, "--headless"], cwd=tree, check=True, timeout=60,
+                       capture_output=True, env={**os.environ, "EFFICIENTLLM_HOME": str(home)})
     else:
-        # The tmux server runs already, so only the app's own start is timed.
-        argv[3] = "$(python3 -c 'import time; print(time.time())')"
-        cmd = "cd {} && {}".format(
-            ROOT, " ".join(a if a.startswith("$(") else f"'{a}'" for a in argv)
+        # The tmux server runs already, so only the app's own start is timed (from a clock
+        # read by `date`, just before the interpreter starts).
+        argv[3] = "$(date +%s.%N)"
+        cmd = "cd {} && EFFICIENTLLM_HOME='{}' {}".format(
+            tree, home, " ".join(a if a.startswith("$(") else f"'{a}'" for a in argv)
         )
         subprocess.run([tmux, "new-window", "-t", "bench-tui-ff", cmd], check=True)
         end = time.monotonic() + 30
         while not out.exists() and time.monotonic() < end:
             time.sleep(0.01)
-        time.sleep(0.05)
+        time.sleep(0.5)  # let it exit before the next one starts
     return float(out.read_text())
 
 
-def first_frame(tmp: Path, repeats: int = 5) -> list[tuple[str, str]]:
-    home = tmp / "ff"
-    home.mkdir()
+def _ms(times: list[float]) -> str:
+    return f"{statistics.median(times) * 1000:.0f} ms (max {max(times) * 1000:.0f})"
+
+
+def first_frame(tmp: Path, trees: dict[str, Path], repeats: int = 5) -> list[tuple[str, str]]:
+    """Median and worst first frame of each tree; the trees take turns, so a change in the
+    machine's load falls on all of them alike."""
     out = tmp / "ff.txt"
-    times = [_first_frame_once(home, out, None) for _ in range(repeats)]
-    rows = [
-        (
-            f"(a) first frame, headless (median of {repeats})",
-            f"{statistics.median(times) * 1000:.0f} ms (max {max(times) * 1000:.0f})",
-        )
-    ]
     tmux = shutil.which("tmux")
+    modes: list[tuple[str, str | None]] = [("headless", None)]
     if tmux:
+        modes.append(("real terminal under tmux", tmux))
         _tmux_session("bench-tui-ff")
-        try:
-            real = [_first_frame_once(home, out, tmux) for _ in range(repeats)]
-        finally:
+    times: dict[tuple[str, str], list[float]] = {}
+    try:
+        for _ in range(repeats):
+            for mode, driver in modes:
+                for name, tree in trees.items():
+                    home = tmp / "ff-home" / str(list(trees).index(name))
+                    times.setdefault((mode, name), []).append(
+                        _first_frame_once(tree, home, out, driver))
+    finally:
+        if tmux:
             subprocess.run([tmux, "kill-session", "-t", "bench-tui-ff"], check=False)
-        rows.append(
-            (
-                f"(a) first frame, real terminal under tmux (median of {repeats})",
-                f"{statistics.median(real) * 1000:.0f} ms (max {max(real) * 1000:.0f})",
-            )
-        )
-    return rows
+    return [(f"(a) first frame, {mode} (median of {repeats}){_label(name, trees)}", _ms(t))
+            for (mode, name), t in times.items()]
+
+
+def _label(name: str, trees: dict[str, Path]) -> str:
+    return f" [{name}]" if len(trees) > 1 else ""
 
 
 # --------------------------------------------------------------------------- (b)
@@ -197,22 +211,24 @@ def streaming(tmp: Path, seconds: float) -> list[tuple[str, str]]:
 
 # --------------------------------------------------------------------------- (c)
 
+_BURST = """
+import asyncio, json, sys, tempfile, time
+from pathlib import Path
+from textual import events
+from efficientllm_tui.live.feed import SyntheticFeed
+from efficientllm_tui.tui.app import EfficientLLMApp
 
-async def _burst() -> list[tuple[str, str]]:
-    from textual import events
 
-    from efficientllm_tui.live.feed import SyntheticFeed
-    from efficientllm_tui.tui.app import EfficientLLMApp
-
+async def main():
     feed = SyntheticFeed(n_gpus=8, rate_hz=10.0, history_s=10.0, live=True)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         app = EfficientLLMApp(home / "e.duckdb", home, sample_source=feed, watch_runs=False)
-        async with app.run_test(size=SIZE) as pilot:
+        async with app.run_test(size=(120, 36)) as pilot:
             await pilot.pause(1.5)
-            screen: Any = app.screen
+            screen = app.screen
 
-            async def round_trip() -> float:
+            async def round_trip():
                 # The key goes in as the terminal driver would post it; done when its action ran.
                 before = screen.window_index
                 t = time.perf_counter()
@@ -226,9 +242,8 @@ async def _burst() -> list[tuple[str, str]]:
                 quiet.append(await round_trip())
                 await asyncio.sleep(0.05)
             t_last = app.history.last_t_ns() or time.time_ns()
-            burst = [
-                feed.sample(f"gpu{k % 8}", t_last + 1_000_000 * (k // 8 + 1)) for k in range(10_000)
-            ]
+            burst = [feed.sample(f"gpu{k % 8}", t_last + 1_000_000 * (k // 8 + 1))
+                     for k in range(10_000)]
             received = app.history.received
             feed.inject(burst)
             busy = []
@@ -238,14 +253,39 @@ async def _burst() -> list[tuple[str, str]]:
             drained = time.perf_counter() - t0
             kept = app.history.received - received
             feed.stop()
-    return [
-        ("(c) key round trip, steady stream (median)", f"{statistics.median(quiet) * 1000:.1f} ms"),
-        (
-            "(c) key round trip during a 10,000-sample burst (max)",
-            f"{max(busy) * 1000:.1f} ms over {len(busy)} presses" if busy else "burst done first",
-        ),
-        ("(c) burst absorbed (samples kept / time)", f"{kept:,} in {drained * 1000:.0f} ms"),
-    ]
+    print(json.dumps({"quiet": quiet, "busy": busy, "kept": kept, "drained_s": drained}))
+
+asyncio.run(main())
+"""
+
+
+def burst(trees: dict[str, Path], repeats: int = 3) -> list[tuple[str, str]]:
+    """Key round trips during a 10,000-sample burst, `repeats` bursts per tree (taking
+    turns); the worst press of each burst, and the worst of all."""
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    for _ in range(repeats):
+        for name, tree in trees.items():
+            done = subprocess.run([sys.executable, "-c", _BURST], cwd=tree, check=True,
+                                  timeout=120, capture_output=True, text=True)
+            results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = []
+    for name, runs in results.items():
+        label = _label(name, trees)
+        quiet = [t for r in runs for t in r["quiet"]]
+        worst = [max(r["busy"]) * 1000 for r in runs if r["busy"]]
+        presses = sum(len(r["busy"]) for r in runs)
+        rows += [
+            (f"(c) key round trip, steady stream (median){label}",
+             f"{statistics.median(quiet) * 1000:.1f} ms"),
+            (f"(c) key round trip during a 10,000-sample burst (worst of each of "
+             f"{len(runs)} bursts){label}",
+             " / ".join(f"{w:.1f}" for w in worst) + f" ms over {presses} presses"
+             if worst else "burst done first"),
+            (f"(c) burst absorbed (samples kept / time, worst){label}",
+             f"{min(r['kept'] for r in runs):,} in "
+             f"{max(r['drained_s'] for r in runs) * 1000:.0f} ms"),
+        ]
+    return rows
 
 
 # --------------------------------------------------------------------------- (d)
@@ -298,20 +338,48 @@ def big_history(tmp: Path, n_runs: int, per_run: int) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- main
 
 
+def _rev_name(rev: str) -> str:
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return sha if sha.startswith(rev) else f"{rev} = {sha}"
+
+
+def _export(rev: str, dest: Path) -> Path:
+    """The files of commit `rev` in `dest` (git archive: the repository is left as it was).
+    Run from there, `python -c` imports that tree's packages before the installed ones."""
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stream-s", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--samples-per-run", type=int, default=1_000)
     parser.add_argument("--skip-big", action="store_true", help="skip (d)")
+    parser.add_argument("--skip-stream", action="store_true", help="skip (b)")
+    parser.add_argument("--base", metavar="REV",
+                        help="also measure (a) and (c) at this commit, side by side")
+    parser.add_argument("--head", metavar="REV",
+                        help="measure this commit instead of the working tree")
+    parser.add_argument("--repeats", type=int, default=5, help="first frames per tree and mode")
     args = parser.parse_args()
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="bench-tui-") as tmp_name:
         tmp = Path(tmp_name)
         os.environ["EFFICIENTLLM_HOME"] = str(tmp / "home")
-        rows += first_frame(tmp)
-        rows += streaming(tmp, args.stream_s)
-        rows += asyncio.run(_burst())
+        trees = {"working tree": ROOT}
+        if args.head:
+            trees = {_rev_name(args.head): _export(args.head, tmp / "head")}
+        if args.base:
+            trees[_rev_name(args.base)] = _export(args.base, tmp / "base")
+        rows += first_frame(tmp, trees, args.repeats)
+        if not args.skip_stream:
+            rows += streaming(tmp, args.stream_s)
+        rows += burst(trees)
         if not args.skip_big:
             rows += big_history(tmp, args.runs, args.samples_per_run)
     load = os.getloadavg()

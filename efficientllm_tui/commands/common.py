@@ -11,16 +11,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from efficientllm_tui.display import contention
 from efficientllm_tui.display import num as fmt
 from efficientllm_tui.errors import BadInput
-from efficientllm_tui.runs import specs
-from efficientllm_tui.store.db import Store
 from profiling import home as homes
 from profiling import metric_catalog
-from runners.protocol import RunSpec
+
+if TYPE_CHECKING:  # DuckDB, pyarrow and the runners' catalog stay off `efficientllm tui`'s path
+    from efficientllm_tui.store.db import Store
+    from runners.protocol import RunSpec
 
 SIM_MARK = "(SIMULATED GPU)"
 """What `runs` and `compare` tables add to a simulated run's device or name (DESIGN.md 4)."""
@@ -45,6 +46,8 @@ def home_dir() -> Path:
 
 
 def open_store(args: argparse.Namespace, home: Path) -> Store:
+    from efficientllm_tui.store.db import Store
+
     raw = os.environ.get("EFFICIENTLLM_DB_LOCK_TIMEOUT_S", "30")
     try:
         timeout_s = max(0.0, float(raw))
@@ -107,6 +110,8 @@ def resolve_ids(store: Store, home: Path, tokens: Sequence[str]) -> list[str]:
 
 
 def check_available(spec: RunSpec) -> None:
+    from efficientllm_tui.runs import specs
+
     if not specs.technique_available(spec.technique):
         raise BadInput(f"technique {spec.technique!r} ({spec.family}) is not implemented yet; "
                        "see `efficientllm techniques`")

@@ -61,6 +61,7 @@ SCREENS_ORDER = (
     ("runs", "Runs"),
     ("compare", "Compare"),
     ("sql", "SQL"),
+    ("study", "Study"),
 )
 REPLAY_S = 600.0
 """Seconds of daemon history asked for at start (its ring keeps ten minutes by default)."""
@@ -71,6 +72,8 @@ ENSURE_EVERY_S = 5.0
 STORED_POLL_S = 0.2
 STORED_WAIT_S = 60.0
 """How long the app waits for the dispatcher to store an ended run before it says so."""
+FIRST_FRAME_WAIT_S = 2.0
+"""Longest a start-up worker waits for the first frame to be painted before it begins."""
 _NAV = Binding.Group("screens")
 
 
@@ -162,6 +165,9 @@ class EfficientLLMApp(App[None]):
         self._watch_runs = watch_runs
         self._recover = recover
         self._stopping = threading.Event()
+        self._painted = threading.Event()
+        """Set once the first frame is painted: start-up workers (samples, run dirs, queue,
+        store) wait for it, so the first paint shares the cores and the GIL with nothing."""
         self._queue_poke = threading.Event()
         self.redraws = 0
         """Dashboard redraws so far (the benchmark reads it)."""
@@ -176,6 +182,7 @@ class EfficientLLMApp(App[None]):
 
     def on_mount(self) -> None:
         self.sub_title = str(self.db_path)
+        self.call_after_refresh(self._painted.set)
         self.stream_samples()
         if self._watch_runs:
             self.watch_run_dirs()
@@ -184,10 +191,16 @@ class EfficientLLMApp(App[None]):
 
     def on_unmount(self) -> None:
         self._stopping.set()
+        self._painted.set()
         self._queue_poke.set()
 
     def now_ns(self) -> int:
         return self.clock()
+
+    def _after_first_frame(self) -> bool:
+        """In a worker: wait until the first frame is painted; False if the app is closing."""
+        self._painted.wait(FIRST_FRAME_WAIT_S)
+        return not self._stopping.is_set()
 
     def store(self) -> Store:
         """A Store for this app's file (imported lazily: DuckDB is not needed for frame 1)."""
@@ -229,9 +242,11 @@ class EfficientLLMApp(App[None]):
             if b.description and b.show and active.enabled:
                 seen.add(b.action)
                 keys = self.get_key_display(b)
+                where = getattr(screen, "PALETTE_NAME", None) or dict(SCREENS_ORDER).get(
+                    getattr(screen, "NAME", ""), "this screen")
                 yield SystemCommand(
                     b.description,
-                    f"{screen.__class__.__name__}: key {keys}",
+                    f"{where} · key {keys}",
                     partial(self.run_action, b.action, active.node),
                 )
 
@@ -262,6 +277,8 @@ class EfficientLLMApp(App[None]):
     @work(thread=True, exit_on_error=False, group="samples", name="sample feed")
     def stream_samples(self) -> None:
         worker = get_current_worker()
+        if not self._after_first_frame():
+            return
         since = self.now_ns() - int(REPLAY_S * 1e9)
         oldest = oldest_active_start_ns(self.home)
         if oldest is not None:
@@ -284,7 +301,7 @@ class EfficientLLMApp(App[None]):
     @on(SamplesArrived)
     def _take_samples(self, message: SamplesArrived) -> None:
         if self.history.extend(message.samples):
-            hook = getattr(self.screen, "samples_arrived", None)
+            hook = getattr(self.screen, "samples_arrived", None) if self.screen_stack else None
             if callable(hook):
                 hook()
         if self.history.simulated and not self.simulated:
@@ -307,6 +324,7 @@ class EfficientLLMApp(App[None]):
     @work(thread=True, exit_on_error=False, group="runs", name="run watcher")
     def watch_run_dirs(self) -> None:
         worker = get_current_worker()
+        self._after_first_frame()
         while not (worker.is_cancelled or self._stopping.is_set()):
             update = self.watcher.poll()
             if update:
@@ -390,6 +408,7 @@ class EfficientLLMApp(App[None]):
         from efficientllm_tui.runs import queue
 
         worker = get_current_worker()
+        self._after_first_frame()
         last: list[QueueRow] | None = None
         last_ensure: float | None = None
         while not (worker.is_cancelled or self._stopping.is_set()):
@@ -412,7 +431,7 @@ class EfficientLLMApp(App[None]):
     @on(QueueChanged)
     def _queue_changed(self, message: QueueChanged) -> None:
         self.queued = message.rows
-        hook = getattr(self.screen, "queue_changed", None)
+        hook = getattr(self.screen, "queue_changed", None) if self.screen_stack else None
         if callable(hook):
             hook()
 
@@ -433,6 +452,8 @@ class EfficientLLMApp(App[None]):
 
     @work(thread=True, exit_on_error=False, group="store", name="recover")
     def startup_store(self) -> None:
+        if not self._after_first_frame():
+            return
         if self._recover:
             from efficientllm_tui.runs.ingest import recover
 
