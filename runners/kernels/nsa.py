@@ -142,12 +142,11 @@ def nsa_reference(q: Tensor, k: Tensor, v: Tensor, gates: Tensor, shape: NSAShap
     causal = j[None, :] <= t
     sel_mask = chosen.repeat_interleave(bs, dim=-1) & causal  # [B, H, T, T]
     o_slc = _masked(qh, kh, vh, sel_mask)
-    outs = {"cmp": o_cmp, "slc": o_slc}
+    o = o_cmp * _gate(gates, 0, b, h, g, t_all, t_len) \
+        + o_slc * _gate(gates, 1, b, h, g, t_all, t_len)
     if shape.window > 0:
         band = causal & (j[None, :] > t - shape.window)
-        outs["swa"] = _masked(qh, kh, vh, band)
-    o = sum(outs[name] * _gate(gates, i, b, h, g, t_all, t_len)
-            for i, name in enumerate(("cmp", "slc", "swa")) if name in outs)
+        o = o + _masked(qh, kh, vh, band) * _gate(gates, 2, b, h, g, t_all, t_len)
     return o.reshape(b, hq, t_all, d).permute(0, 2, 1, 3)[:, :t_len].to(q.dtype)
 
 

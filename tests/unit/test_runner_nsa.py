@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from runners.models.decoder import Decoder
 from runners.models.decoder_config import DecoderConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-QWEN05 = dict(vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2,
+QWEN05: dict[str, Any] = dict(vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2,
               ffn_hidden=4864, max_seq_len=2048)
 
 
@@ -206,9 +207,14 @@ def test_bad_sizes_are_refused(values: dict[str, int], seq_len: int, message: st
     assert params.pair_problem("pretraining", "gqa", card, seq_len=seq_len, new_tokens=0,
                                values=values) is None
     assert params.pair_problem("pretraining", "nsa", card, seq_len=2048, new_tokens=0) is None
-    with pytest.raises(ValueError):
-        DecoderConfig(**QWEN05, attention="nsa", nsa_block_size=values.get("nsa_block", 64),
-                      nsa_block_count=values.get("nsa_blocks", 8) if values else 3)
+
+
+@pytest.mark.parametrize(("block", "count", "window"), [(48, 4, 0), (64, 64, 0), (16, 16, 0),
+                                                        (64, 6, 0), (64, 8, -1)])
+def test_decoder_config_refuses_the_same_sizes(block: int, count: int, window: int) -> None:
+    with pytest.raises(ValueError, match=r"^nsa_"):
+        DecoderConfig(**QWEN05, attention="nsa", nsa_block_size=block, nsa_block_count=count,
+                      nsa_window=window)
 
 
 @pytest.mark.parametrize(("raw", "message"), [
