@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from efficientllm_tui.commands.common import emit_json, home_dir, open_store, table
 from efficientllm_tui.commands.launch import follow_sweep, queue_sweep, resume_sweep
@@ -65,7 +66,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def _list(*, as_json: bool) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in studies.shipped():
         try:
             sweep = studies.load_shipped(name)

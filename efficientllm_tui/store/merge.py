@@ -127,7 +127,9 @@ def _reader(src: Source, columns: Sequence[str] | None = None, table: str | None
     if src.kind == "parquet":
         return f"read_parquet({where})"
     if src.kind == "csv":
-        return f"read_csv({where}, header = true, all_varchar = true)"
+        # `""` is an empty string in an export, an empty field is NULL.
+        return (f"read_csv({where}, header = true, all_varchar = true, "
+                "allow_quoted_nulls = false)")
     if columns is None or table is None:
         return f"read_json({where}, format = 'array')"
     # Named types: auto-detection would turn a JSON column into a STRUCT of every key seen.
@@ -170,16 +172,19 @@ def attached_version(con: Any, alias: str) -> int | None:
 
 
 def _attach(con: Any, src: Source, alias: str, scratch: Path,
-            migrate_copy: Callable[[Path], None]) -> None:
-    """Attach database `src` read-only as `alias`, checked for its schema version: one of an
-    older schema is copied into `scratch` and the copy migrated (the file stays as it was),
-    one of a newer schema or without one is refused."""
+            migrate_copy: Callable[[Path], None]) -> str:
+    """Attach database `src` read-only, checked for its schema version: one of an older
+    schema is copied into `scratch` and the copy migrated (the file stays as it was), one
+    of a newer schema or without one is refused. Returns the alias to read from.
+
+    Nothing is detached: DuckDB refuses DETACH inside a transaction that has read from the
+    database; the attachments end with the connection.
+    """
     _guarded(src.path, lambda: con.execute(
         f"ATTACH {literal(str(src.path))} AS {alias} (READ_ONLY)"))
     version = attached_version(con, alias)
     if version == SCHEMA_VERSION:
-        return
-    con.execute(f"DETACH {alias}")
+        return alias
     if version is None:
         raise BadInput(f"{src.path} is a DuckDB database but not efficientllm's (no "
                        "schema_meta table); nothing was imported")
@@ -193,7 +198,8 @@ def _attach(con: Any, src: Source, alias: str, scratch: Path,
     if wal.exists():  # changes not yet checkpointed belong to the copy too
         shutil.copyfile(wal, copy.with_name(copy.name + ".wal"))
     migrate_copy(copy)
-    con.execute(f"ATTACH {literal(str(copy))} AS {alias} (READ_ONLY)")
+    con.execute(f"ATTACH {literal(str(copy))} AS {alias}_migrated (READ_ONLY)")
+    return f"{alias}_migrated"
 
 
 def _stage(con: Any, sources: Sequence[Source], scratch: Path,
@@ -208,8 +214,7 @@ def _stage(con: Any, sources: Sequence[Source], scratch: Path,
     carried: set[str] = set()
     for i, src in enumerate(sources):
         if src.kind == "duckdb":
-            alias = f"_import_src{i}"
-            _attach(con, src, alias, scratch, migrate_copy)
+            alias = _attach(con, src, f"_import_src{i}", scratch, migrate_copy)
             held = []
             for table in TABLES:
                 cols = ", ".join(f'"{c}"' for c in COLUMNS[table])
@@ -217,17 +222,16 @@ def _stage(con: Any, sources: Sequence[Source], scratch: Path,
                                 f"? FROM {alias}.main.{table}", [str(src.path)]).fetchall()
                 held.append(f"{table} {n[0][0] if n else 0}")
                 carried.add(table)
-            con.execute(f"DETACH {alias}")
             lines.append(f"{src.path}: database, rows: {', '.join(held)}")
             continue
         columns = _describe(con, src)
         table = match_table(src.path, columns)
         cols = ", ".join(f'"{c}"' for c in columns)
         select = ", ".join(_cast(table, c) for c in columns)
-        reader = _reader(src, columns, table)
-        n = _guarded(src.path, lambda t=table, c=cols, s=select, r=reader, p=str(src.path):
-                     con.execute(f"INSERT INTO _import_{t} ({c}, _file) SELECT {s}, ? FROM {r}",
-                                 [p]).fetchall())
+        sql = (f"INSERT INTO _import_{table} ({cols}, _file) SELECT {select}, ? "
+               f"FROM {_reader(src, columns, table)}")
+        path = str(src.path)
+        n = _guarded(src.path, lambda: con.execute(sql, [path]).fetchall())  # noqa: B023
         carried.add(table)
         lines.append(f"{src.path}: {table}, {n[0][0] if n else 0} rows")
     return lines, carried
