@@ -38,9 +38,25 @@ def _add_db(p: argparse.ArgumentParser) -> None:
                    help="database file (default: DATA_DIR/efficientllm.duckdb)")
 
 
+class _Version(argparse.Action):
+    """`--version`: the installed package's version, looked up only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("efficientllm-tui")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed as a package)"
+        print(f"{PROG} {version}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Measure what LLM efficiency techniques cost and buy "
                      "on your GPU; live dashboard, run history in DuckDB.")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     p = sub.add_parser("tui", help="open the dashboard (default)")
@@ -129,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
 
     p = sub.add_parser("sql", help="run SQL against the database (read-only unless --write)")
-    p.add_argument("query")
+    p.add_argument("query", nargs="?", metavar="QUERY",
+                   help="the SQL; `-` reads it from standard input")
+    p.add_argument("-f", "--file", metavar="FILE", help="read the SQL from FILE")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--write", action="store_true", help="allow statements that modify the DB")
     _add_db(p)

@@ -135,3 +135,127 @@ def contention(run: Mapping[str, Any]) -> str | None:
     text = "yes — " + (", ".join(parts) or "which processes was not recorded")
     text += f" on {', '.join(devices)}" if devices else ""
     return text + (f" ({note})" if note else "")
+
+
+# --------------------------------------------------------------------------- SQL values
+
+NULL_TEXT = "NULL"
+"""How a SQL NULL reads in the console's grid and in `sql --format table` (CSV leaves the
+field empty, JSON writes null)."""
+
+
+def sql_cell(value: Any, *, exact: bool = False) -> str:
+    """One value of a SQL result as text, the same in the console's grid and the CLI.
+
+    DuckDB's own spelling where it has one: INTERVAL `1 year 2 months 3 days 04:05:06.5`,
+    TIMESTAMP `2026-01-02 03:04:05`, TIMESTAMPTZ `... +00`, DECIMAL `1.50`, BOOLEAN
+    `true`, LIST `[1, NULL]`, STRUCT `{'a': 1, 'b': x}`, MAP `{k=1}`, BLOB `\\x00ab`.
+
+    Args:
+        value: A value as Arrow's `to_pylist` gives it.
+        exact: Write floats in full (CSV); otherwise 4 significant digits (`num`).
+    """
+    if value is None:
+        return NULL_TEXT
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value) if exact else num(value)
+    if isinstance(value, int):
+        return str(value)
+    return _sql_text(value)
+
+
+def sql_json(value: Any) -> Any:
+    """One value of a SQL result as JSON: numbers, booleans, null, arrays and objects stay
+    themselves (a DECIMAL a number); INTERVAL, TIMESTAMP, BLOB and the like become the text
+    `sql_cell` shows (NaN and infinities too: JSON has no number for them)."""
+    from decimal import Decimal
+
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else sql_cell(value)
+    if isinstance(value, Decimal):
+        if value.is_finite() and value == value.to_integral_value():
+            return int(value)
+        return float(value) if value.is_finite() else str(value)
+    if _is_map(value):
+        return {sql_cell(k, exact=True): sql_json(v) for k, v in value}
+    if isinstance(value, list):
+        return [sql_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): sql_json(v) for k, v in value.items()}
+    return _sql_text(value)
+
+
+def _is_map(value: Any) -> bool:
+    """Arrow gives a MAP as a list of (key, value) tuples; no other type comes as tuples."""
+    return isinstance(value, list) and bool(value) and all(
+        type(v) is tuple and len(v) == 2 for v in value)
+
+
+def _nested(value: Any) -> str:
+    return sql_cell(value, exact=True)
+
+
+def _sql_text(value: Any) -> str:
+    import datetime as dt
+    from decimal import Decimal
+
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if hasattr(value, "months") and hasattr(value, "nanoseconds"):  # pyarrow MonthDayNano
+        return interval_text(int(value.months), int(value.days), int(value.nanoseconds))
+    if isinstance(value, dt.timedelta):
+        micros = (value.days * 86400 + value.seconds) * 10**6 + value.microseconds
+        return interval_text(0, 0, micros * 1000)
+    if isinstance(value, dt.datetime):
+        text = value.strftime("%Y-%m-%d %H:%M:%S") + _fraction(value.microsecond)
+        offset = value.utcoffset()
+        if offset is not None:
+            sign, secs = ("-", -offset) if offset < dt.timedelta(0) else ("+", offset)
+            hours, rest = divmod(int(secs.total_seconds()), 3600)
+            text += f"{sign}{hours:02d}" + (f":{rest // 60:02d}" if rest else "")
+        return text
+    if isinstance(value, dt.time):
+        return value.strftime("%H:%M:%S") + _fraction(value.microsecond)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02X}"
+                       for b in bytes(value))
+    if _is_map(value):
+        return "{" + ", ".join(f"{_nested(k)}={_nested(v)}" for k, v in value) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_nested(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"'{k}': {_nested(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _fraction(microsecond: int) -> str:
+    return f".{microsecond:06d}".rstrip("0") if microsecond else ""
+
+
+def interval_text(months: int, days: int, nanoseconds: int) -> str:
+    """An INTERVAL as DuckDB writes it: `1 year 2 months 3 days 04:05:06.5`, `01:30:00`,
+    `-1 day -02:00:00`, `00:00:00` for none."""
+    parts = []
+    years, months = int(months / 12), months - int(months / 12) * 12  # toward zero, as DuckDB
+    for n, unit in ((years, "year"), (months, "month"), (days, "day")):
+        if n:
+            parts.append(f"{n} {unit}{'' if abs(n) == 1 else 's'}")
+    if nanoseconds or not parts:
+        sign = "-" if nanoseconds < 0 else ""
+        micros = abs(nanoseconds) // 1000
+        secs, frac = divmod(micros, 10**6)
+        hours, rest = divmod(secs, 3600)
+        parts.append(f"{sign}{hours:02d}:{rest // 60:02d}:{rest % 60:02d}{_fraction(frac)}")
+    return " ".join(parts)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from efficientllm_tui.display import contention
+from efficientllm_tui.display import contention, sql_cell, sql_json
 from efficientllm_tui.display import num as fmt
 from efficientllm_tui.errors import BadInput
 from profiling import home as homes
@@ -83,15 +83,40 @@ def emit_json(doc: Any) -> None:
 
 
 def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
-    """Render rows as csv or json text (tables are printed with rich by the caller)."""
+    """Render SQL result rows as csv or json text (tables: `sql_table`). Values are written
+    as display.sql_cell / sql_json write them: booleans true/false, NULL an empty CSV field
+    or JSON null, INTERVAL and TIMESTAMP as DuckDB spells them."""
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows([["" if v is None else sql_cell(v, exact=True) for v in r]
+                          for r in rows])
         return buf.getvalue()
-    return json.dumps([dict(zip(columns, r, strict=False)) for r in rows], indent=2,
-                      default=str) + "\n"
+    return json.dumps([{c: sql_json(v) for c, v in zip(columns, r, strict=False)}
+                       for r in rows], indent=2, default=str) + "\n"
+
+
+def sql_table(columns: Sequence[str], types: Sequence[str], rows: Sequence[Sequence[Any]]
+              ) -> None:
+    """Print a SQL result as a table: values as the SQL console's grid shows them (NULL,
+    true/false, DuckDB's spelling of INTERVAL & co), numbers right-aligned, no markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out = Table(header_style="bold")
+    for i, c in enumerate(columns):
+        kind = types[i] if i < len(types) else ""
+        out.add_column(Text(c), overflow="fold", justify="right" if _numeric(kind) else "left")
+    for r in rows:
+        out.add_row(*(Text(sql_cell(v), style="dim" if v is None else "") for v in r))
+    console().print(out)
+
+
+def _numeric(duckdb_type: str) -> bool:
+    head = duckdb_type.split("(")[0].upper()
+    return head.endswith("INT") or head in ("DOUBLE", "FLOAT", "REAL", "DECIMAL", "HUGEINT",
+                                            "UHUGEINT", "BIGINT", "SMALLINT", "TINYINT")
 
 
 def db_path(args: argparse.Namespace, home: Path) -> Path:

@@ -28,7 +28,7 @@ from efficientllm_tui.commands.common import (
 from efficientllm_tui.display import duration
 from efficientllm_tui.display import num as fmt
 from efficientllm_tui.errors import BadInput, DatabaseLocked
-from efficientllm_tui.runs import dispatcher, follow, ingest, queue, rundir, specs
+from efficientllm_tui.runs import dispatcher, fold, follow, ingest, queue, rundir, specs
 from profiling import home as homes
 from runners.protocol import Event, ProtocolError, RunSpec, new_run_id, parse_set
 
@@ -143,22 +143,24 @@ class Progress:
         if not self.enabled:
             return
         if ev.kind == "step":
-            if ev.get("phase") not in ("warmup", "measure"):
+            if ev.get("phase") not in fold.COUNTED_PHASES:
                 return
-            self.done = min(self.done + 1, self.total)
+            self.done = fold.steps_done(self.done, ev, warmup=self.spec.warmup, total=self.total)
             if self._bar is not None:
                 self._bar.update(self._task, completed=self.done)
             else:
                 print(f"  step {self.done}/{self.total} [{ev.get('phase')}] "
                       f"latency {fmt(ev.get('latency_s'))} s", file=sys.stderr, flush=True)
         elif ev.kind == "phase":
-            if ev.get("name") == "measure" and ev.get("restarted_at") is not None:
-                self.done = self.spec.warmup + int(ev.get("restarted_at") or 0)
+            self.done = fold.steps_done(self.done, ev, warmup=self.spec.warmup, total=self.total)
+            note = fold.one_time_note(ev.get("name"))
             if self._bar is not None:
-                self._bar.update(self._task, description=f"{self.spec.model} x "
-                                 f"{self.spec.technique}: {ev.get('name')}")
+                self._bar.update(self._task, completed=self.done,
+                                 description=f"{self.spec.model} x {self.spec.technique}: "
+                                 f"{ev.get('name')}" + (f" ({note})" if note else ""))
             else:
-                print(f"  phase {ev.get('name')}", file=sys.stderr, flush=True)
+                print(f"  phase {ev.get('name')}" + (f": {note}" if note else ""),
+                      file=sys.stderr, flush=True)
         elif ev.kind in ("result", "error"):
             self.close()
 

@@ -19,6 +19,7 @@ from efficientllm_tui.commands.common import (
     run_doc,
     sim_device,
     sim_footnote,
+    sql_table,
     table,
 )
 from efficientllm_tui.display import run_label
@@ -37,7 +38,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
         emit_json([{**r, "sources": sources.get(r["run_id"], {})} for r in runs])
         return 0
     if not runs:
-        print("no runs stored yet; try: efficientllm run -m tiny -t fp32 --device cpu")
+        filters = [f"--{k} {v}" for k in ("family", "model", "technique", "status")
+                   if (v := getattr(args, k)) is not None]
+        stored = len(store.run_ids()) if filters else 0
+        if stored:
+            print(f"no run matches {' '.join(filters)} ({stored} run(s) stored; "
+                  "`efficientllm runs` lists them)")
+        else:
+            print("no runs stored yet; try: efficientllm run -m tiny -t fp32 --device cpu")
         return 0
     cols = ["run_id", "family", "model", "technique", "device", "status", "it", "st", "tt",
             "al_s", "amu", "aec_w"]
@@ -66,18 +74,43 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    sql = _sql_text(args)
     store = open_store(args, home_dir())
     try:
-        result = store.query(args.query, read_only=not args.write)
+        result = store.query(sql, read_only=not args.write)
     except QueryError as e:
         if not args.write and e.msg.startswith("read-only:"):
             raise QueryError(f"{e.msg}; use --write to allow it", e.title) from None
         raise
     if args.format == "table":
-        table(list(result.columns), [list(r) for r in result.rows])
+        sql_table(result.columns, result.types, result.rows)
     else:
         sys.stdout.write(format_rows(result.columns, result.rows, args.format))
     return 0
+
+
+def _sql_text(args: argparse.Namespace) -> str:
+    """The query: the argument, `-` for standard input, or `-f FILE`."""
+    if args.file is not None and args.query is not None:
+        raise BadInput("give the query as an argument or with -f FILE, not both")
+    if args.file is None and args.query is None:
+        raise BadInput("give a query: efficientllm sql \"SELECT ...\", -f FILE, or - to read "
+                       "standard input")
+    if args.file is not None and args.file != "-":
+        path = Path(args.file).expanduser()
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise BadInput(f"cannot read SQL file {path}: {why}") from None
+    if args.query not in (None, "-"):
+        return str(args.query)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise BadInput("`-` reads the query from standard input, but nothing is piped in")
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as e:
+        raise BadInput(f"cannot read the query from standard input: {e}") from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -49,3 +49,41 @@ def ending(events: Iterable[Event]) -> Ending | None:
         return Ending("ok", None, None)
     return Ending(status, str(error_type) if error_type else None,
                   str(error_text) if error_text else None)
+
+
+COUNTED_PHASES = ("warmup", "measure")
+"""The phases whose steps make a run's progress (warm-up + measured iterations); prefill
+replays, evaluation and quality steps come after and are not counted."""
+
+
+def steps_done(count: int, ev: Event, *, warmup: int, total: int) -> int:
+    """The progress count after one event, never past `total`: a measured step adds one, a
+    measure phase that restarts (a compile fallback) counts from where it restarted, every
+    other event leaves it as it was. One rule for the CLI's progress lines, `queue` and the
+    dashboard."""
+    if ev.kind == "step" and ev.get("phase") in COUNTED_PHASES:
+        return min(count + 1, total) if total > 0 else count + 1
+    if ev.kind == "phase" and ev.get("name") == "measure" and ev.get("restarted_at") is not None:
+        return min(warmup + int(ev.get("restarted_at") or 0), total) if total > 0 else count
+    return count
+
+
+ONE_TIME_PHASES = {
+    "convert": ("converting the GGUF weights to a transformers model",
+                "about 45 s for smollm2-135m on 2 CPU cores, longer for larger models", "~1 min"),
+    "build_kernels": ("building the quantization backend's CUDA kernels",
+                      "a few minutes of CUDA compilation", "minutes"),
+    "compile_kernels": ("building optimum-quanto's CUDA extension",
+                        "a few minutes of CUDA compilation", "minutes"),
+}
+"""Phases a runner goes through once per machine (what they make is cached): what each does,
+roughly how long it takes, and that in a word for narrow places."""
+
+
+def one_time_note(phase: str | None) -> str | None:
+    """`one-time step: converting ... (about 45 s ...; cached for later runs)` for a phase
+    that runs once per machine; None for the others."""
+    if phase not in ONE_TIME_PHASES:
+        return None
+    what, how_long, _ = ONE_TIME_PHASES[phase]
+    return f"one-time step: {what} ({how_long}; cached for later runs)"

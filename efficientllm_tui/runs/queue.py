@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from efficientllm_tui.errors import BadInput
-from efficientllm_tui.runs import rundir
+from efficientllm_tui.runs import fold, rundir
 from runners.protocol import EVENTS_FILE, Event, RunSpec
 
 QUEUE_FILE = "queue.json"
@@ -227,7 +227,7 @@ class QueueRow:
     model: str
     technique: str
     steps_done: int
-    """Step events so far (warm-up and measured)."""
+    """Warm-up and measured steps so far, never past `total_steps`."""
     total_steps: int
     phase: str | None
     started_ns: int | None
@@ -263,8 +263,8 @@ def snapshot(home: Path) -> list[QueueRow]:
         started = next((ev.t_ns for ev in events if ev.kind == "started"), None)
         rows.append(QueueRow(spec.run_id, e.device_key if e else device_key(spec.device),
                              "running", 0, spec.family, spec.model, spec.technique,
-                             sum(1 for ev in events if ev.kind == "step"),
-                             spec.warmup + spec.steps, str(phase) if phase else "starting",
+                             _steps_done(events, spec), spec.warmup + spec.steps,
+                             str(phase) if phase else "starting",
                              started, e.sweep_id if e else None))
     waiting_rows = sorted((r for r in rows if r.state == "waiting"),
                           key=lambda r: (_queued_ns(home, r.run_id), r.run_id))
@@ -273,6 +273,14 @@ def snapshot(home: Path) -> list[QueueRow]:
         positions[r.device_key] = positions.get(r.device_key, 0) + 1
         out.append(replace(r, position=positions[r.device_key]))
     return sorted(out, key=lambda r: (r.device_key, r.position))
+
+
+def _steps_done(events: Iterable[Event], spec: RunSpec) -> int:
+    """Warm-up and measured steps so far, never past their total (runs.fold.steps_done)."""
+    done = 0
+    for ev in events:
+        done = fold.steps_done(done, ev, warmup=spec.warmup, total=spec.warmup + spec.steps)
+    return done
 
 
 def _queued_ns(home: Path, run_id: str) -> int:

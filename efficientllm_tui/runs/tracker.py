@@ -45,6 +45,9 @@ class ActiveRun:
     total_steps: int = 0
     """Warm-up plus measured iterations (the progress denominator)."""
     steps_done: int = 0
+    """Warm-up and measured steps done, never past `total_steps` (runs.fold.steps_done)."""
+    warmup: int = 0
+    """Warm-up iterations (a restarted measure phase counts from after them)."""
     loss: float | None = None
     window_energy_j: float = 0.0
     """Energy of the measurement windows already closed (runner's counter)."""
@@ -65,6 +68,7 @@ class ActiveRun:
             run.family, run.model, run.technique = spec.family, spec.model, spec.technique
             run.device = spec.device
             run.total_steps = spec.warmup + spec.steps
+            run.warmup = spec.warmup
             run.started_ns = spec.created_ns or None
             run.sample_device = _sample_device(spec.device)
         return run
@@ -82,8 +86,11 @@ class ActiveRun:
             if name != self.phase:
                 self.recent.clear()
             self.phase, self.phase_since_ns = name, ev.t_ns
+            self.steps_done = fold.steps_done(self.steps_done, ev, warmup=self.warmup,
+                                              total=self.total_steps)
         elif ev.kind == "step":
-            self.steps_done += 1
+            self.steps_done = fold.steps_done(self.steps_done, ev, warmup=self.warmup,
+                                              total=self.total_steps)
             latency = ev.get("latency_s")
             if isinstance(latency, (int, float)) and latency > 0:
                 self.recent.append((float(latency), ev.get("tokens"), ev.get("samples")))
@@ -99,6 +106,14 @@ class ActiveRun:
                 self.status = end.status
                 self.error = (f"{end.error_type}: {end.error_text}" if end.error_type
                               else end.error_text)
+
+    @property
+    def phase_text(self) -> str:
+        """The phase as the active-run line shows it: `convert (one-time ~1 min)` for a phase
+        that runs once per machine (runs.fold.ONE_TIME_PHASES), else its name."""
+        if self.phase in fold.ONE_TIME_PHASES:
+            return f"{self.phase} (one-time {fold.ONE_TIME_PHASES[self.phase][2]})"
+        return self.phase
 
     @property
     def progress(self) -> float | None:

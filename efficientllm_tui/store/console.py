@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -34,13 +35,78 @@ class QueryCancelled(StoreError):
 
 @dataclass(frozen=True)
 class ConsoleResult:
-    """Rows of one console query (at most `limit`), and how long it took."""
+    """Rows of one statement of a console query (at most `limit`), and how long it took."""
 
     columns: list[str]
     types: list[str]
     rows: list[tuple[Any, ...]]
     truncated: bool
     elapsed_s: float
+    """The whole query's time (every statement)."""
+    statement: int = 1
+    """Which statement of the query gave these rows, from 1."""
+    statements: int = 1
+    """How many statements the query ran."""
+    sql: str = ""
+    """The statement's own text."""
+
+
+@dataclass(frozen=True)
+class SchemaTable:
+    """A table or view of the database, with its columns, for the console's schema tree."""
+
+    name: str
+    kind: str
+    """`table` or `view`."""
+    columns: tuple[tuple[str, str], ...]
+    """(name, DuckDB type) in the table's order."""
+
+
+_SCHEMA_SQL = """
+SELECT t.table_name, t.table_type, c.column_name, c.data_type
+FROM information_schema.tables t
+JOIN information_schema.columns c
+  ON c.table_catalog = t.table_catalog AND c.table_schema = t.table_schema
+ AND c.table_name = t.table_name
+WHERE t.table_catalog = current_database() AND t.table_schema = current_schema()
+ORDER BY t.table_type, t.table_name, c.ordinal_position
+"""
+
+
+def schema_tables(store: Store) -> list[SchemaTable]:
+    """The database's tables, then its views (run_metrics, leaderboard, ...), each with its
+    columns and their types; read in the read-only sandbox like any console query."""
+    result = ConsoleQuery(store, _SCHEMA_SQL).run(limit=None)
+    tables: dict[str, SchemaTable] = {}
+    for name, kind, column, type_ in result.rows:
+        t = tables.setdefault(name, SchemaTable(name, "view" if kind == "VIEW" else "table", ()))
+        tables[name] = SchemaTable(name, t.kind, (*t.columns, (column, type_)))
+    return sorted(tables.values(), key=lambda t: (t.kind != "table", t.name))
+
+
+def completions(text: str, tables: list[SchemaTable]) -> tuple[str, list[str]]:
+    """What completes the name being typed at the end of `text`: (text to insert, every
+    name that fits). `tab` or `ctrl+space` in the console inserts it.
+
+    A word after `table.` is completed from that table's columns, any other from the table,
+    view and column names. Case is matched without regard to case; the inserted text is the
+    longest prefix all candidates share.
+    """
+    m = re.search(r"(?:([A-Za-z_][A-Za-z0-9_]*)\.)?([A-Za-z_][A-Za-z0-9_]*)?$", text)
+    word = (m.group(2) or "") if m else ""
+    owner = m.group(1) if m else None
+    if owner is not None:
+        names = [c for t in tables if t.name.lower() == owner.lower() for c, _ in t.columns]
+    elif not word:
+        return "", []
+    else:
+        names = [t.name for t in tables] + [c for t in tables for c, _ in t.columns]
+    low = word.lower()
+    found = sorted({n for n in names if n.lower().startswith(low) and n.lower() != low})
+    if not found:
+        return "", []
+    common = os.path.commonprefix([n.lower() for n in found])
+    return found[0][len(word):len(common)], found
 
 
 class ConsoleQuery:
@@ -69,7 +135,15 @@ class ConsoleQuery:
                 pass
 
     def arrow(self, limit: int | None = None) -> tuple[pa.Table | None, list[str], list[str], bool]:
-        """Run it: (Arrow table of at most `limit` rows or None, columns, types, truncated)."""
+        """Run it: (Arrow table of at most `limit` rows or None, columns, types, truncated)
+        of its last statement, as `Store.query` returns."""
+        return self.arrows(limit)[-1][1:]
+
+    def arrows(self, limit: int | None = None
+               ) -> list[tuple[str, pa.Table | None, list[str], list[str], bool]]:
+        """Run every statement in turn on one connection: for each, (its text, Arrow table of
+        at most `limit` rows or None for a statement without rows, columns, types,
+        truncated)."""
         from efficientllm_tui.store.reads import fetch_arrow
 
         if not self.sql.strip():
@@ -81,7 +155,9 @@ class ConsoleQuery:
                         raise QueryCancelled("query cancelled", "Cancelled")
                     self._con = con
                 try:
-                    return fetch_arrow(con, self.sql, limit=limit)
+                    texts = [st.query.strip() for st in con.extract_statements(self.sql)]
+                    return [(text, *fetch_arrow(con, text, limit=limit))
+                            for text in texts or [self.sql]]
                 finally:
                     with self._lock:
                         self._con = None
@@ -91,21 +167,36 @@ class ConsoleQuery:
             raise
 
     def run(self, limit: int | None = 1000) -> ConsoleResult:
+        """The last statement's rows (all statements run)."""
+        return self.run_all(limit)[-1]
+
+    def run_all(self, limit: int | None = 1000) -> list[ConsoleResult]:
+        """Each statement's rows, in order: every statement that returns rows, or the last
+        statement's (empty) result when none does."""
         t0 = time.perf_counter()
-        table, columns, types, truncated = self.arrow(limit)
-        rows: list[tuple[Any, ...]] = []
-        if table is not None:
-            rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True))
-        return ConsoleResult(columns, types, rows, truncated, time.perf_counter() - t0)
+        done = self.arrows(limit)
+        elapsed = time.perf_counter() - t0
+        out = []
+        for i, (text, table, columns, types, truncated) in enumerate(done, 1):
+            if table is None and columns == [] and i < len(done):
+                continue  # a statement without rows (CREATE, SET, ...): nothing to show
+            rows: list[tuple[Any, ...]] = []
+            if table is not None:
+                rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True))
+            out.append(ConsoleResult(columns, types, rows, truncated, elapsed, i, len(done),
+                                     text))
+        return out
 
 
 def export_query(
-    store: Store, sql: str, path: Path, *, read_only: bool = True, fmt: str | None = None
+    store: Store, sql: str, path: Path, *, read_only: bool = True, fmt: str | None = None,
+    statement: int | None = None,
 ) -> int:
     """Run `sql` without a row limit and write every row to `path` (atomically).
 
     The format comes from `fmt` or the file extension (.csv, .json, .parquet). JSON is one
-    array of objects. Returns the number of rows written.
+    array of objects. With several statements, all run and the rows of `statement` (from 1;
+    default the last) are written. Returns the number of rows written.
     """
     import pyarrow as pa
 
@@ -119,7 +210,9 @@ def export_query(
         raise BadInput(f"export path {path} is a directory")
     if not path.parent.is_dir():
         raise BadInput(f"directory {path.parent} does not exist")
-    table, columns, _types, _ = ConsoleQuery(store, sql, read_only=read_only).arrow(None)
+    done = ConsoleQuery(store, sql, read_only=read_only).arrows(None)
+    pick = done[-1] if statement is None else done[max(0, min(len(done), statement) - 1)]
+    _text, table, columns, _types, _ = pick
     if table is None:
         table = pa.table({c: pa.array([], pa.null()) for c in columns})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

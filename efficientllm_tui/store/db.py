@@ -58,6 +58,7 @@ from efficientllm_tui.store.reads import (
     SANDBOX_CONFIG,
     StoreReads,
     arrow_table,
+    query_io_failure,
     sandbox_refusal,
     sandbox_sql,
 )
@@ -148,6 +149,8 @@ def _translate(e: BaseException, path: object = None) -> StoreError:
         return QueryError(f"read-only: {sandboxed}", "Read-only")
     if isinstance(e, _QUERY_ERRORS):
         return QueryError(line, "Query error")
+    if outside := query_io_failure(msg):
+        return QueryError(outside, "Query error")
     if isinstance(e, duckdb.IOException) or "Permission denied" in msg:
         return StoreError(f"cannot use database {where}: {line}", "Database error")
     return StoreError(line, "Database error")

@@ -78,16 +78,37 @@ def sandbox_sql(path: Path) -> tuple[str, ...]:
     )
 
 
+EXTENSIONS_REFUSED = ("extensions are disabled in read-only queries (INSTALL and LOAD, and "
+                      "the functions that would load one)")
+
+
 def sandbox_refusal(msg: str) -> str | None:
     """What the sandbox refused (from DuckDB's error text), in words; None for other errors."""
+    if re.search(r'Cannot access directory "[^"]*[/\\]extensions[/\\][^"]*" - file system', msg):
+        return EXTENSIONS_REFUSED  # INSTALL: the sandbox keeps DuckDB's extension dir away
     if m := re.search(r'Cannot access (file|directory) "([^"]*)" - file system operations are '
                       r"disabled by configuration", msg):
         return (f"cannot use {m.group(1)} {m.group(2)}: no file outside the database is read "
                 "or written in read-only mode")
     if "Loading external extensions is disabled" in msg:
-        return "extensions cannot be loaded in read-only mode"
+        return EXTENSIONS_REFUSED
     if m := re.search(r'option "+([^"]+)"+ - the configuration has been locked', msg):
         return f"setting {m.group(1)} cannot be changed in read-only mode"
+    return None
+
+
+def query_io_failure(msg: str) -> str | None:
+    """An IO error that the query met outside the database (an extension that could not be
+    downloaded or found, a file it reads that is missing), in words; None for other IO
+    errors, which are the database's own."""
+    if m := re.search(r'Failed to download extension "+([^"]+)"+', msg):
+        return (f"extension {m.group(1)} is not installed and could not be downloaded "
+                "(no network, or no build for this DuckDB version); the database is fine")
+    if m := re.search(r'Extension "+[^"]*?([^"/\\]+?)(\.duckdb_extension)?"+ not found', msg):
+        return (f"extension {m.group(1)} is not installed (INSTALL {m.group(1)} needs the "
+                "network); the database is fine")
+    if m := re.search(r'No files found that match the pattern "+([^"]+)"+', msg):
+        return f"no file matches {m.group(1)}"
     return None
 
 

@@ -136,3 +136,71 @@ async def test_read_only_console_writes_no_file(new_app: Callable[..., Efficient
         screen = await _sql(app, pilot, f"copy (select 42 as x) to '{out}'")
         assert _error(screen) == ""
         assert out.read_text() == "x\n42\n"
+
+
+async def test_schema_tree_highlighting_completion_and_select_all(
+    new_app: Callable[..., EfficientLLMApp],
+) -> None:
+    from efficientllm_tui.tui.widgets.schema_tree import SchemaTree
+    from efficientllm_tui.tui.widgets.sql_editor import SqlEditor
+
+    app = new_app(mode="sql")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(app, pilot)
+        screen = app.screen
+        editor = screen.query_one("#editor", SqlEditor)
+        assert editor.language == "sql"  # tree-sitter highlighting is installed and on
+        tree = screen.query_one("#schema", SchemaTree)
+        assert tree.display
+        tables, views = tree.root.children
+        assert [str(n.label) for n in views.children] == ["leaderboard", "run_metrics"]
+        runs = next(n for n in tables.children if str(n.label) == "runs")
+        assert "run_id VARCHAR" in [str(c.label) for c in runs.children]
+        # tab after a prefix completes the name; the subtitle says what would complete
+        editor.text = "select * from run_m"
+        editor.cursor_location = (0, len(editor.text))
+        await pilot.pause()
+        assert editor.border_subtitle == "tab: run_metrics"
+        await pilot.press("tab")
+        assert editor.text == "select * from run_metrics"
+        editor.text = "select runs.sta"
+        editor.cursor_location = (0, len(editor.text))
+        await pilot.press("ctrl+space")
+        await pilot.pause()
+        assert editor.text == "select runs.sta"
+        assert editor.border_subtitle == "tab: started_at status"
+        editor.text = "select 1\n"
+        editor.cursor_location = (1, 0)
+        await pilot.press("tab")  # nothing to complete: tab indents as before
+        assert editor.text == "select 1\n    "
+        await pilot.press("ctrl+a")
+        assert editor.selected_text == "select 1\n    "
+        await pilot.press("ctrl+b")
+        assert not tree.display
+
+
+async def test_each_statement_result_has_a_tab_and_values_read_as_the_cli(
+    new_app: Callable[..., EfficientLLMApp],
+) -> None:
+    from textual.widgets import Tabs
+
+    app = new_app(mode="sql")
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert not app.screen.query_one("#schema").display  # no room at 80 columns
+        screen = await _sql(app, pilot, "select 1 as a; select INTERVAL 90 MINUTE as i, "
+                            "NULL as n, true as b, [1, NULL] as l, 1.50::DECIMAL(5,2) as d")
+        table = screen.query_one("#results", DataTable)
+        assert [str(c) for c in table.get_row_at(0)] == ["01:30:00", "NULL", "true",
+                                                         "[1, NULL]", "1.50"]
+        tabs = screen.query_one("#result-tabs", Tabs)
+        assert tabs.display and tabs.tab_count == 2
+        status = str(screen.query_one("#sql-status", Static).render())
+        assert "statement 2 of 2, result 2 of 2 (ctrl+pgup/pgdn): 1 row(s)" in status
+        await pilot.press("ctrl+pageup")
+        await settle(app, pilot)
+        assert [str(c) for c in table.get_row_at(0)] == ["1"]
+        assert "statement 1 of 2, result 1 of 2" in str(
+            screen.query_one("#sql-status", Static).render())
+        screen = await _sql(app, pilot, "select 2 as b")
+        assert not tabs.display
+        assert "statement" not in str(screen.query_one("#sql-status", Static).render())

@@ -20,6 +20,8 @@ from tests.unit.store_rows import UTC, make_bundle
 store = store_rows.store  # a fixture, used by name
 
 FILES = "no file outside the database is read or written in read-only mode"
+EXTENSIONS_REFUSED = ("extensions are disabled in read-only queries (INSTALL and LOAD, and the "
+                      "functions that would load one)")
 # (statement, what the one line says after "read-only: "); {out} is a folder of the test's.
 REFUSED = [
     ("COPY (SELECT 42 AS x) TO '{out}/x.csv'", "cannot use file {out}/x.csv: " + FILES),
@@ -27,8 +29,8 @@ REFUSED = [
      "cannot use file {out}/runs.parquet: " + FILES),
     ("EXPORT DATABASE '{out}/dump'", "cannot use file {out}/dump/"),
     ("ATTACH '{out}/new.duckdb' AS n", "cannot use file {out}/new.duckdb: " + FILES),
-    ("INSTALL httpfs", "cannot use directory "),
-    ("LOAD httpfs", "extensions cannot be loaded in read-only mode"),
+    ("INSTALL httpfs", EXTENSIONS_REFUSED),
+    ("LOAD httpfs", EXTENSIONS_REFUSED),
     ("SET threads = 1", "setting threads cannot be changed in read-only mode"),
     ("SET memory_limit = '1GB'", "setting memory_limit cannot be changed in read-only mode"),
     ("SET enable_external_access = true",

@@ -371,7 +371,7 @@ class DashboardScreen(AppScreen):
             f"{run.model} × {run.technique}",
             bar,
             speed,
-            run.phase,
+            run.phase_text,
             self._energy(run),
             run.device,
         )
