@@ -32,7 +32,6 @@ SQL (`reads`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import re
@@ -52,7 +51,7 @@ from efficientllm_tui.errors import (
     QueryError,
     StoreError,
 )
-from efficientllm_tui.store import merge
+from efficientllm_tui.store import merge, rescore
 from efficientllm_tui.store.bundle import RunBundle, bundle_rows, first_line, run_values
 from efficientllm_tui.store.reads import (
     SANDBOX_CONFIG,
@@ -342,54 +341,14 @@ class Store(StoreReads):
                       windows: Sequence[Mapping[str, Any]], event: Mapping[str, Any],
                       info: Mapping[str, Any]) -> None:
         """Add a later re-score (`efficientllm eval`) to stored run `run_id` in one
-        transaction: its metrics replace those of the same name, its windows and one `eval`
-        event are appended, and `info`'s keys are merged into the run's info (a dict value
-        into the dict there, `evals` appended to the list there). Storing the same eval
-        twice leaves one copy (its event and windows are keyed by the eval's id).
+        transaction (store.rescore.attach says what changes).
 
         Raises:
             BadInput: No run `run_id` is stored, or a malformed metric row.
             StoreError: The database could not be written.
         """
-        eval_id = str(event["payload"]["eval_id"])
-        rows = [(run_id, str(m["name"]), m.get("value"), m.get("unit"), m.get("source"),
-                 m.get("note")) for m in metrics]
         with self._transaction() as con:
-            found = con.execute("SELECT info FROM runs WHERE run_id = ?", [run_id]).fetchall()
-            if not found:
-                raise BadInput(f"no run {run_id!r} is stored to attach scores to")
-            old = json.loads(found[0][0]) if found[0][0] else {}
-            merged = dict(old)
-            for key, value in info.items():
-                if key == "evals":
-                    kept = [e for e in old.get("evals", []) if e.get("eval_id") != eval_id]
-                    merged[key] = [*kept, *value]
-                elif isinstance(value, dict) and isinstance(old.get(key), dict):
-                    merged[key] = {**old[key], **value}
-                else:
-                    merged[key] = value
-            con.execute("UPDATE runs SET info = ?::JSON WHERE run_id = ?",
-                        [json.dumps(merged, sort_keys=True, default=str), run_id])
-            for name in {r[1] for r in rows}:
-                con.execute("DELETE FROM metrics WHERE run_id = ? AND name = ?", [run_id, name])
-            if rows:
-                con.executemany("INSERT INTO metrics (run_id, name, value, unit, source, note) "
-                                "VALUES (?, ?, ?, ?, ?, ?)", rows)
-            prefix = f"eval {eval_id}: "
-            con.execute("DELETE FROM windows WHERE run_id = ? AND starts_with(name, ?)",
-                        [run_id, prefix])
-            for w in windows:
-                con.execute("INSERT INTO windows (run_id, name, device, t0_ns, t1_ns, energy_j, "
-                            "energy_source) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [run_id, prefix + str(w.get("name")), w.get("device"),
-                             w.get("t0_ns"), w.get("t1_ns"), w.get("energy_j"),
-                             w.get("energy_source")])
-            con.execute("DELETE FROM events WHERE run_id = ? AND kind = 'eval' AND "
-                        "json_extract_string(payload, '$.eval_id') = ?", [run_id, eval_id])
-            con.execute("INSERT INTO events (run_id, seq, t_ns, kind, payload) SELECT ?, "
-                        "coalesce(max(seq), -1) + 1, ?, 'eval', ?::JSON FROM events "
-                        "WHERE run_id = ?", [run_id, event.get("t_ns"),
-                                             json.dumps(event["payload"], default=str), run_id])
+            rescore.attach(con, run_id, metrics, windows, event, info)
 
     def upsert_run(self, run: Mapping[str, Any]) -> None:
         """Insert the runs row, or update only the given columns of an existing one.

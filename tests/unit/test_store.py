@@ -385,3 +385,30 @@ def test_metric_directions_follow_the_paper() -> None:
     lower = {m for m, higher in METRIC_DIRECTIONS.items() if not higher}
     assert lower == {"amu", "al_s", "aec_w", "eval_ppl", "loss"}
     assert set(METRIC_DIRECTIONS) - lower == {"pcu", "tt", "st", "it", "mcr", "quality"}
+
+
+def test_a_rescore_is_attached_once_and_keeps_the_cost(store: Store) -> None:
+    """`efficientllm eval` results: metrics of the same name replaced, others kept, one
+    `eval` event and its windows per eval id however often it is stored, info merged."""
+    store.ingest(make_bundle("r1", metrics={"it": 42.0, "quality": 0.3}, info='{"a": 1}'))
+    scores = [{"name": "quality", "value": 0.5, "unit": "fraction", "source": "lm-eval"},
+              {"name": "acc_x", "value": 0.5, "unit": "fraction", "source": "lm-eval"}]
+    windows = [{"name": "quality", "device": "cpu", "t0_ns": 1, "t1_ns": 2, "energy_j": None,
+                "energy_source": None}]
+    event = {"t_ns": 3, "payload": {"eval_id": "e1", "status": "ok"}}
+    info = {"evals": [{"eval_id": "e1"}], "quality_tasks": {"x": {"acc": 0.5}}}
+    for _ in range(2):
+        store.attach_scores("r1", scores, windows, event, info)
+    got = store.get_run("r1")
+    assert got is not None
+    assert got["metrics"]["quality"] == (0.5, "fraction", "lm-eval")
+    assert got["metrics"]["acc_x"][0] == 0.5 and got["metrics"]["it"][0] == 42.0
+    assert got["info"] == {"a": 1, "evals": [{"eval_id": "e1"}],
+                           "quality_tasks": {"x": {"acc": 0.5}}}
+    rows = store.query("SELECT kind, count(*) FROM events WHERE run_id = 'r1' "
+                       "AND kind = 'eval' GROUP BY kind").rows
+    assert [tuple(r) for r in rows] == [("eval", 1)]
+    rows = store.query("SELECT name FROM windows WHERE run_id = 'r1' AND name LIKE 'eval %'").rows
+    assert [tuple(r) for r in rows] == [("eval e1: quality",)]
+    with pytest.raises(BadInput, match="no run 'gone' is stored"):
+        store.attach_scores("gone", scores, windows, event, info)
