@@ -186,6 +186,31 @@ def info(name: str) -> MetricInfo | None:
     return BY_NAME.get(name)
 
 
+STDERR_SUFFIX = "_stderr"
+"""A metric's standard error is stored as `<metric>_stderr` (lm-eval's accuracies)."""
+
+
+def describe(name: str) -> MetricInfo | None:
+    """The catalog entry of a metric, or one derived from the catalog for the names it
+    stores by pattern: `acc_<task>` of any lm-eval task (its accuracy, a fraction) and
+    `<metric>_stderr` (the standard error of a known metric, in its unit, labelled `± label`).
+    None for a name it cannot describe."""
+    known = BY_NAME.get(name)
+    if known is not None:
+        return known
+    if name.endswith(STDERR_SUFFIX):
+        base = describe(name.removesuffix(STDERR_SUFFIX))
+        if base is not None:
+            return MetricInfo(name, f"± {base.label}", base.unit, short_unit=base.short_unit,
+                              doc=f"standard error of {base.name}")
+        return None
+    if name.startswith("acc_") and len(name) > 4:
+        task = name.removeprefix("acc_")
+        return MetricInfo(name, task.removeprefix("ellm_").replace("_", " "), "fraction",
+                          paper="performance", doc=f"accuracy on the lm-eval task {task}")
+    return None
+
+
 def directions() -> dict[str, bool]:
     """Ranked metrics and their direction (True: higher is better), in headline order."""
     return {m.name: m.higher_is_better for m in CATALOG if m.higher_is_better is not None}
@@ -222,8 +247,8 @@ def ordered(names: list[str] | tuple[str, ...] | set[str],
 
 def label(name: str, *, with_unit: bool = True, short: bool = True) -> str:
     """`AEC W` for `aec_w` (`AL s`, `IT tok/s`); fractions and ratios carry no unit; the raw
-    name for metrics the catalog does not know."""
-    m = BY_NAME.get(name)
+    name for metrics the catalog cannot describe (`describe`)."""
+    m = describe(name)
     if m is None:
         return name
     unit = (m.short_unit or m.unit) if short else m.unit

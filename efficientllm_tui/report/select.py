@@ -4,6 +4,8 @@ list of run ids, read from the store with their metrics and, for training, their
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from efficientllm_tui.errors import BadInput
@@ -71,3 +73,32 @@ def _curve(store: Store, run_id: str) -> list[tuple[int, float]]:
     pairs = [(int(s), float(v)) for s, v in zip(steps, losses, strict=True)
              if s is not None and v is not None and math.isfinite(v)]
     return sorted(pairs)
+
+
+@dataclass(frozen=True)
+class StudyCount:
+    """One study (sweep) and how many of its runs are stored: what a study list shows, and
+    what changes when one of its runs lands (a cheap test for rebuilding its report)."""
+
+    study: str
+    runs: int
+    """Stored runs the study queued."""
+    ok: int
+    """Of them, runs that finished ok (the report's rows come from these)."""
+    first_started: datetime | None
+    last_ended: datetime | None
+    metric_count: int
+    """Stored metric values of its runs (grows when `efficientllm eval` scores a run)."""
+
+
+def studies(store: Store) -> list[StudyCount]:
+    """Every study with stored runs, the most recently ended first; none without a database."""
+    if not store.path.exists():
+        return []
+    rows = store.query(
+        "SELECT r.sweep_id, count(*), count(*) FILTER (WHERE r.status = 'ok'), "
+        "min(r.started_at), max(r.ended_at), (SELECT count(*) FROM metrics m JOIN runs x "
+        "USING (run_id) WHERE x.sweep_id = r.sweep_id) FROM runs r "
+        "WHERE r.sweep_id IS NOT NULL GROUP BY r.sweep_id "
+        "ORDER BY max(r.ended_at) DESC NULLS LAST, r.sweep_id").rows
+    return [StudyCount(str(s), int(n), int(ok), t0, t1, int(m)) for s, n, ok, t0, t1, m in rows]

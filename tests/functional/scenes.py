@@ -30,6 +30,8 @@ from efficientllm_tui.store.db import Store
 from efficientllm_tui.tui.app import EfficientLLMApp
 from profiling.sample import Sample
 
+from .scene_runs import LORA_RUN, add_study_runs, add_training_runs
+
 T0_NS = 1_800_000_000_000_000_000
 """Start of the fake feed's history (2027-01-15 08:00 UTC)."""
 HISTORY_S = 90.0
@@ -351,8 +353,8 @@ async def go(pilot: Pilot, *keys: str) -> None:
     await settle(pilot.app, pilot)  # type: ignore[arg-type]
 
 
-SCENES = ("dashboard", "launch", "runs", "detail", "compare", "sql")
-SCENE_MODE = {"detail": "runs"}
+SCENES = ("dashboard", "launch", "runs", "detail", "compare", "compare-loss", "study", "sql")
+SCENE_MODE = {"detail": "runs", "compare-loss": "compare"}
 
 
 def scene_app(home: Path, name: str) -> tuple[EfficientLLMApp, SyntheticFeed]:
@@ -362,6 +364,10 @@ def scene_app(home: Path, name: str) -> tuple[EfficientLLMApp, SyntheticFeed]:
         app.marked.add(run_ids()[1])
     elif name == "compare":
         app.marked.update(run_ids())
+    elif name == "compare-loss":  # three CPU pretraining runs and a fine-tuning run
+        app.marked.update([*add_training_runs(app.db_path), LORA_RUN])
+    elif name == "study":
+        add_study_runs(app.db_path)
     return app, feed
 
 
@@ -375,6 +381,12 @@ async def to_scene(app: EfficientLLMApp, pilot: Pilot, name: str) -> None:
         await settle(app, pilot)
     elif name == "compare":
         await go(pilot, "n")
+    elif name == "compare-loss":
+        await go(pilot, "l")
+    elif name == "study":  # open the first study, its pretraining workload's tables
+        await go(pilot, "enter")
+        await settle(app, pilot)
+        await go(pilot, "down", "down")
     elif name == "sql":
         await go(pilot, "ctrl+r")
         await settle(app, pilot)

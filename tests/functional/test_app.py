@@ -18,7 +18,7 @@ from .scenes import make_app, settle
 def test_importing_the_app_loads_no_heavy_module() -> None:
     code = (
         "import sys, efficientllm_tui.tui.app as a\n"
-        "for m in ('dashboard', 'launch', 'runs', 'detail', 'compare', 'sql'):\n"
+        "for m in ('dashboard', 'launch', 'runs', 'detail', 'compare', 'sql', 'study'):\n"
         "    __import__('efficientllm_tui.tui.screens.' + m)\n"
         "print(sorted(m for m in ('torch', 'transformers', 'peft', 'duckdb', 'pyarrow')"
         " if m in sys.modules))"

@@ -1,10 +1,12 @@
-"""Compare: marked runs side by side with the paper's normalised scores and ranks."""
+"""Compare: marked runs side by side, ranked within their group and workload as the report
+ranks them (efficientllm_tui.report), beside the paper's ranks, with charts and loss curves."""
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on, work
@@ -16,34 +18,56 @@ from textual.widgets import DataTable, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from efficientllm_tui.display import metric_label, num
-from efficientllm_tui.paper import paper_rank
 from efficientllm_tui.tui.screens.base import AppScreen
 from efficientllm_tui.tui.widgets.bars import Bar, BarChart
+from efficientllm_tui.tui.widgets.chart import Series, TimeChart
 from efficientllm_tui.tui.widgets.scatter import Point, ScatterPlot
 from profiling import metric_catalog
+
+if TYPE_CHECKING:
+    from efficientllm_tui.report.record import Row, Section, Workload
 
 PAPER_METRICS = metric_catalog.headline()
 """Metrics the paper scores, in its order (quality last)."""
 AXES = (
     ("it", "aec_w"),
+    ("it", "al_s"),
+    ("st", "al_s"),
+    ("tt", "al_s"),
     ("al_s", "amu"),
     ("st", "aec_w"),
     ("tt", "aec_w"),
     ("al_s", "aec_w"),
     ("it", "amu"),
 )
-"""Trade-off plots: (x, y) metric pairs, cycled with `a`."""
+"""Trade-off plots: (x, y) metric pairs, cycled with `a`; only pairs that the marked runs
+have values for are offered (on a CPU box AEC is NULL, so IT vs AL comes first)."""
 PALETTE = ("#4ea1ff", "#ffa24e", "#3fbf7f", "#e8556b", "#b57bff", "#d6c43b", "#35c6c6", "#ff7fd1")
 """Mid-tone run colors readable on dark and light backgrounds."""
+_ID_TAIL = re.compile(r"^\d{8}-\d{6}-([0-9a-f]{4})-")
 
 
 @dataclass
 class CompareLoaded(Message):
-    """The marked runs (stored rows with metrics) and their leaderboard rows."""
+    """The marked runs (stored rows with metrics and loss curves), grouped as the report
+    groups them (ok runs only), and the marked ids no longer stored."""
 
     runs: list[dict[str, Any]]
-    board: list[dict[str, Any]] = field(default_factory=list)
+    sections: tuple[Section, ...] = ()
     missing: list[str] = field(default_factory=list)
+
+
+def short_id(run_id: str) -> str:
+    """A run's short id: the 4 hex digits a run id carries after its time stamp
+    (`20270115-070000-000a-tiny-fp32` -> `000a`), else the id's last 8 characters."""
+    m = _ID_TAIL.match(run_id)
+    return m.group(1) if m else run_id[-8:]
+
+
+def started(run: dict[str, Any]) -> str:
+    """When a run started, `01-15 07:00` (UTC, as stored), or `not started`."""
+    t = run.get("started_at")
+    return t.strftime("%m-%d %H:%M") if t is not None else "not started"
 
 
 class CompareScreen(AppScreen):
@@ -55,6 +79,7 @@ class CompareScreen(AppScreen):
         Binding("n", "tab('cmp-scores')", "Scores"),
         Binding("b", "tab('cmp-bars')", "Bars"),
         Binding("p", "tab('cmp-plot')", "Trade-off"),
+        Binding("l", "tab('cmp-loss')", "Loss"),
         Binding("a", "axes", "Axes"),
         Binding("u", "unmark", "Unmark all"),
         Binding("r", "reload", "Reload", show=False),
@@ -66,20 +91,26 @@ class CompareScreen(AppScreen):
         self.axes = 0
         self._loaded_for: frozenset[str] | None = None
         self._waiting = False
+        self._rank_of: dict[str, tuple[Workload, Row]] = {}
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="cmp-head")
         with TabbedContent(id="cmp-tabs"):
             with TabPane("Metrics", id="cmp-metrics"):
-                yield DataTable(id="cmp-raw", cursor_type="row", zebra_stripes=True)
+                yield DataTable(id="cmp-raw", cursor_type="row", zebra_stripes=True,
+                                header_height=2)
                 yield Static(id="cmp-raw-notes")
             with TabPane("Scores & ranks", id="cmp-scores"):
                 yield DataTable(id="cmp-rank", cursor_type="row", zebra_stripes=True)
+                yield Static(id="cmp-rank-notes")
             with TabPane("Bars", id="cmp-bars"):
                 yield VerticalScroll(id="cmp-bar-box")
             with TabPane("Trade-off", id="cmp-plot"):
                 yield ScatterPlot(id="cmp-scatter")
                 yield Static(id="cmp-legend")
+            with TabPane("Loss", id="cmp-loss"):
+                yield TimeChart("loss per step", id="cmp-loss-chart", x_axis="step")
+                yield Static(id="cmp-loss-legend")
 
     @property
     def pending(self) -> bool:
@@ -112,26 +143,25 @@ class CompareScreen(AppScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="compare", name="compare")
     def load(self, run_ids: list[str]) -> None:
+        from efficientllm_tui.report import build, select
+
         store = self.elapp.store()
-        runs, missing = [], []
-        for run_id in run_ids:
-            run = store.get_run(run_id)
-            (runs.append(run) if run is not None else missing.append(run_id))
-        board = store.leaderboard(run_ids=[r["run_id"] for r in runs]) if runs else []
-        runs.sort(
-            key=lambda r: (
-                r.get("family") or "",
-                r.get("started_at") is None,
-                r.get("started_at"),
-                r["run_id"],
-            )
-        )
-        self.post_message(CompareLoaded(runs, board, missing))
+        stored = store.run_ids()
+        present = [r for r in run_ids if r in stored]
+        runs = select.load_runs(store, present) if present else []
+        runs.sort(key=lambda r: (r.get("family") or "", r.get("started_at") is None,
+                                 r.get("started_at"), r["run_id"]))
+        ok = [r for r in runs if r.get("status") == "ok"]
+        sections = build.sections(ok) if ok else ()
+        missing = [r for r in run_ids if r not in stored]
+        self.post_message(CompareLoaded(runs, sections, missing))
 
     @on(CompareLoaded)
     def _show(self, message: CompareLoaded) -> None:
         self.data = message
         self._waiting = False
+        self._rank_of = {rid: (wl, row) for sec in message.sections for wl in sec.workloads
+                         for row in wl.rows for rid in row.run_ids}
         head = self.query_one("#cmp-head", Static)
         tabs = self.query_one("#cmp-tabs", TabbedContent)
         tabs.display = bool(message.runs)
@@ -142,9 +172,10 @@ class CompareScreen(AppScreen):
             )
             return
         sim = any(r.get("simulated") for r in message.runs)
+        n_wl = len(self._workloads())
         head.update(
-            f"[b]{len(message.runs)} runs[/b] · score: the paper's min-max to [0.1, 1] over "
-            "these runs, higher is better · rank 1 = best per family/group/model/device"
+            f"[b]{len(message.runs)} runs[/b] in {n_wl} workload(s) · ranked within a "
+            "workload only, as `efficientllm report` ranks them"
             + (" · [b black on yellow] includes SIMULATED data [/]" if sim else "")
             + (
                 f" · [red]{len(message.missing)} marked run(s) no longer stored[/]"
@@ -156,14 +187,29 @@ class CompareScreen(AppScreen):
         self._ranks()
         self._bars()
         self._scatter()
+        self._loss()
 
-    # ------------------------------------------------------------------ views
+    # ------------------------------------------------------------------ labels
 
     def _letter(self, i: int) -> str:
         return string.ascii_uppercase[i % 26]
 
+    def _color(self, i: int) -> str:
+        return PALETTE[i % len(PALETTE)]
+
     def _run_label(self, i: int, run: dict[str, Any]) -> str:
-        return f"{self._letter(i)} {run.get('technique')}·{run.get('model')}"
+        """`A fp32·tiny 000a 01-15 07:00`: letter, pair, short id and start time."""
+        return (f"{self._letter(i)} {run.get('technique')}·{run.get('model')} "
+                f"{short_id(str(run['run_id']))} {started(run)}")
+
+    def _column(self, i: int, run: dict[str, Any]) -> Text:
+        """A two-line column header: `A fp32·tiny` over `000a 01-15 07:00`."""
+        return Text(f"{self._letter(i)} {run.get('technique')}·{run.get('model')}\n"
+                    f"  {short_id(str(run['run_id']))} {started(run)}", style=self._color(i))
+
+    def _workloads(self) -> list[tuple[Section, Workload]]:
+        assert self.data is not None
+        return [(sec, wl) for sec in self.data.sections for wl in sec.workloads]
 
     def _names(self) -> list[str]:
         assert self.data is not None
@@ -173,16 +219,22 @@ class CompareScreen(AppScreen):
                 and metric_catalog.info(n) is not None]
         return first + rest
 
+    # ------------------------------------------------------------------ views
+
     def _raw(self) -> None:
         assert self.data is not None
         table = self.query_one("#cmp-raw", DataTable)
         table.clear(columns=True)
         table.add_column("metric", key="metric")
         for i, run in enumerate(self.data.runs):
-            table.add_column(
-                Text(self._run_label(i, run), style=PALETTE[i % len(PALETTE)]), key=run["run_id"]
-            )
+            table.add_column(self._column(i, run), key=run["run_id"])
         table.add_column("unit", key="unit")
+        cells = []
+        for run in self.data.runs:
+            got = self._rank_of.get(run["run_id"])
+            cells.append(Text(got[0].tag, style="bold") if got else
+                         Text(f"not ranked: {run.get('status')}", style="dim"))
+        table.add_row("workload", *cells, "", key="workload")
         notes: list[str] = []  # why values are missing, numbered once each
         for name in self._names():
             values, unit = [], ""
@@ -196,57 +248,62 @@ class CompareScreen(AppScreen):
                 else:
                     values.append(num(value))
                 unit = unit or unit_i or ""
-            table.add_row(metric_label(name), *values, unit, key=name)
+            known = metric_catalog.info(name)
+            label = known.label if known is not None else name
+            table.add_row(label, *values, (known.unit if known is not None else unit),
+                          key=name)
         self.query_one("#cmp-raw-notes", Static).update(
             Text("\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1)), style="dim"))
 
-    def _board(self) -> dict[tuple[str, str], dict[str, Any]]:
-        assert self.data is not None
-        return {(b["run_id"], b["metric"]): b for b in self.data.board}
+    def _ranked_metrics(self) -> list[str]:
+        return [m for m in PAPER_METRICS
+                if any(m in row.ranks for _, wl in self._workloads() for row in wl.rows)]
 
     def _ranks(self) -> None:
+        """One row per technique configuration of each workload (repeats folded into their
+        median): score, our rank within the workload, the paper's rank."""
         assert self.data is not None
-        board = self._board()
         table = self.query_one("#cmp-rank", DataTable)
         table.clear(columns=True)
-        table.add_column("metric", key="metric")
-        for i, run in enumerate(self.data.runs):
-            table.add_column(
-                Text(self._run_label(i, run), style=PALETTE[i % len(PALETTE)]), key=run["run_id"]
-            )
-        metrics = [
-            m for m in PAPER_METRICS if any((r["run_id"], m) in board for r in self.data.runs)
-        ]
-        for name in metrics:
-            cells: list[Any] = []
-            for run in self.data.runs:
-                b = board.get((run["run_id"], name))
-                ours = f"{b['score']:.2f} #{b['rank']}" if b else "-"
-                paper = paper_rank(
-                    run.get("family") or "",
-                    run.get("group_name"),
-                    run.get("technique") or "",
-                    run.get("model"),
-                    name,
-                )
-                text = Text(ours, style="bold" if b and b["rank"] == 1 else "")
-                if paper is not None:
-                    near = "≈" if paper.nearest else ""
-                    text.append(f"  paper #{paper.rank} ({near}{paper.group})", style="dim")
-                cells.append(text)
-            direction = "↑" if board_direction(self.data.board, name) else "↓"
-            table.add_row(f"{metric_label(name)} {direction}", *cells, key=name)
+        metrics = self._ranked_metrics()
+        table.add_column("wl", key="wl")
+        table.add_column("runs", key="runs")
+        table.add_column("technique", key="technique")
+        for m in metrics:
+            direction = "↑" if metric_catalog.BY_NAME[m].higher_is_better else "↓"
+            table.add_column(f"{metric_label(m)} {direction}", key=m)
+        index = {r["run_id"]: i for i, r in enumerate(self.data.runs)}
+        for _, wl in self._workloads():
+            for row in wl.rows:
+                runs = Text()
+                for rid in row.run_ids:
+                    i = index[rid]
+                    runs.append(self._letter(i), style=f"bold {self._color(i)}")
+                cells: list[Any] = [Text(wl.tag, style="bold"), runs, row.label]
+                for m in metrics:
+                    cells.append(_rank_cell(row, m))
+                table.add_row(*cells, key=f"{wl.tag}:{row.label}")
+        notes = []
+        for sec, wl in self._workloads():
+            pooled = next(t for t in wl.taus if t.metric == "all")
+            tau = (f"tau {pooled.tau:+.2f} (n {pooled.n})" if pooled.tau is not None
+                   else f"tau -: {pooled.note}")
+            notes.append(f"{wl.tag} {sec.title} · {wl.model} · {tau}"
+                         + (f" · [{','.join(wl.marks)}]" if wl.marks else ""))
+        unranked = [r for r in self.data.runs if r["run_id"] not in self._rank_of]
+        if unranked:
+            notes.append("not ranked (only runs that ended ok are): " + ", ".join(
+                f"{self._letter(index[r['run_id']])} {r.get('status')}" for r in unranked))
+        notes.append("cell: score in [0.1, 1] · #our rank within the workload · "
+                     "p the paper's rank (≈ nearest size group)")
         if not metrics:
-            table.add_row(
-                "no scores: only runs with status ok and paper metrics are ranked",
-                *([""] * len(self.data.runs)),
-            )
+            notes.insert(0, "no scores: only runs that ended ok and have paper metrics rank")
+        self.query_one("#cmp-rank-notes", Static).update(Text("\n".join(notes), style="dim"))
 
     def _bars(self) -> None:
         assert self.data is not None
         box = self.query_one("#cmp-bar-box", VerticalScroll)
         box.remove_children()
-        board = self._board()
         charts = []
         for name in self._names():
             if name not in PAPER_METRICS:
@@ -254,26 +311,34 @@ class CompareScreen(AppScreen):
             bars = []
             for i, run in enumerate(self.data.runs):
                 value = (run.get("metrics") or {}).get(name, (None,))[0]
-                b = board.get((run["run_id"], name))
-                bars.append(
-                    Bar(
-                        self._run_label(i, run),
-                        value,
-                        PALETTE[i % len(PALETTE)],
-                        note=f"#{b['rank']}" if b else "",
-                    )
-                )
-            better = "higher" if board_direction(self.data.board, name) else "lower"
+                got = self._rank_of.get(run["run_id"])
+                rank = got[1].ranks.get(name) if got else None
+                bars.append(Bar(self._run_label(i, run), value, self._color(i),
+                                note=f"#{rank} {got[0].tag}" if got and rank else ""))
+            better = "higher" if metric_catalog.BY_NAME[name].higher_is_better else "lower"
             chart = BarChart(f"{metric_label(name)} ({better} is better)")
             charts.append((chart, bars))
         box.mount_all([c for c, _ in charts])
         for chart, bars in charts:
             chart.update_bars(bars, lambda v: num(v))
 
+    def usable_axes(self) -> list[tuple[str, str]]:
+        """The AXES pairs with values for at least two marked runs (one when no pair has
+        two; IT vs AL when none has any)."""
+        assert self.data is not None
+        runs = self.data.runs
+
+        def points(pair: tuple[str, str]) -> int:
+            return sum(1 for r in runs if all(
+                (r.get("metrics") or {}).get(n, (None,))[0] is not None for n in pair))
+
+        counts = [(pair, points(pair)) for pair in AXES]
+        return ([p for p, n in counts if n >= 2] or [p for p, n in counts if n == 1]
+                or [("it", "al_s")])
+
     def _scatter(self) -> None:
         assert self.data is not None
-        have = {n for r in self.data.runs for n in (r.get("metrics") or {})}
-        usable = [a for a in AXES if a[0] in have and a[1] in have] or [AXES[0]]
+        usable = self.usable_axes()
         x_name, y_name = usable[self.axes % len(usable)]
         points = []
         legend = []
@@ -281,20 +346,45 @@ class CompareScreen(AppScreen):
             metrics = run.get("metrics") or {}
             x = metrics.get(x_name, (None,))[0]
             y = metrics.get(y_name, (None,))[0]
-            color = PALETTE[i % len(PALETTE)]
+            color = self._color(i)
             points.append(Point(self._letter(i), self._run_label(i, run), x, y, color))
-            legend.append(
-                f"[b {color}]{self._letter(i)}[/] {run.get('technique')} × "
-                f"{run.get('model')}  {metric_label(x_name)}={num(x)} "
-                f"{metric_label(y_name)}={num(y)}"
-            )
+            legend.append(f"[b {color}]{self._run_label(i, run)}[/]  {metric_label(x_name)}"
+                          f"={num(x)} {metric_label(y_name)}={num(y)}")
         self.query_one("#cmp-scatter", ScatterPlot).update_points(
             points, metric_label(x_name), metric_label(y_name)
         )
         others = ", ".join(f"{metric_label(a)}×{metric_label(b)}" for a, b in usable)
         self.query_one("#cmp-legend", Static).update(
-            "\n".join(legend) + f"\n[dim]a: next axes ({others})[/]"
+            "\n".join(legend) + f"\n[dim]a: next axes with data ({others})[/]"
         )
+
+    def _loss(self) -> None:
+        """Training runs' loss against their step, overlaid, one color a run."""
+        assert self.data is not None
+        series, legend = [], []
+        lo, hi = None, None
+        for i, run in enumerate(self.data.runs):
+            curve = run.get("curve") or []
+            if not curve:
+                continue
+            color = self._color(i)
+            series.append(Series(self._letter(i), [(float(s), v) for s, v in curve], color))
+            first, last = curve[0][0], curve[-1][0]
+            lo = first if lo is None else min(lo, first)
+            hi = last if hi is None else max(hi, last)
+            legend.append(f"[b {color}]■ {self._run_label(i, run)}[/]  {len(curve)} steps · "
+                          f"loss {num(curve[0][1])} → {num(curve[-1][1])}")
+        chart = self.query_one("#cmp-loss-chart", TimeChart)
+        training = sum(1 for r in self.data.runs
+                       if r.get("family") in ("finetuning", "pretraining"))
+        chart.plot(series, float(lo or 0), float(max(hi or 1, (lo or 0) + 1)), legend=False,
+                   summary=f"{len(series)} of {len(self.data.runs)} marked runs have a loss")
+        if not series:
+            legend.append("No marked run has a loss per step: loss curves come from "
+                          "fine-tuning and pretraining runs; mark them on Runs (3) with space."
+                          if not training else
+                          "The marked training runs stored no loss per step.")
+        self.query_one("#cmp-loss-legend", Static).update("\n".join(legend))
 
     # ------------------------------------------------------------------ actions
 
@@ -312,14 +402,16 @@ class CompareScreen(AppScreen):
         self.action_reload()
 
 
-def board_direction(board: list[dict[str, Any]], metric: str) -> bool:
-    """True when a higher value of `metric` is better (from the store's directions)."""
-    for b in board:
-        if b["metric"] == metric:
-            return bool(b["higher_is_better"])
-    from efficientllm_tui.store.schema import METRIC_DIRECTIONS
-
-    return METRIC_DIRECTIONS.get(metric, True)
+def _rank_cell(row: Row, metric: str) -> Text:
+    """`0.95 #2 p3`: the score of the row's median, our rank, the paper's rank."""
+    if metric not in row.ranks:
+        return Text("-", style="dim")
+    rank = row.ranks[metric]
+    text = Text(f"{row.scores[metric]:.2f} #{rank}", style="bold" if rank == 1 else "")
+    paper = row.paper.get(metric)
+    if paper is not None:
+        text.append(f" p{'≈' if paper.nearest else ''}{paper.rank}", style="dim")
+    return text
 
 
 SCREEN = CompareScreen

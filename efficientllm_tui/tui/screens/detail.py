@@ -14,10 +14,11 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 
-from efficientllm_tui.display import contention, duration, metric_label, num, status_style
+from efficientllm_tui.display import contention, duration, num, status_style
 from efficientllm_tui.live.history import source_label
 from efficientllm_tui.tui.screens.base import AppScreen
 from efficientllm_tui.tui.widgets.chart import Series, TimeChart, nice_max
+from profiling import metric_catalog
 from profiling.sample import FIELD_NAMES, Sample
 
 
@@ -34,6 +35,7 @@ class RunDetailScreen(AppScreen):
     """Pushed from Runs; escape goes back."""
 
     NAME = "runs"
+    PALETTE_NAME = "Run detail"
     BINDINGS = [
         Binding("escape,backspace", "back", "Back"),
         Binding("d", "next_device", "Device"),
@@ -141,9 +143,11 @@ class RunDetailScreen(AppScreen):
         table = self.query_one("#detail-metrics", DataTable)
         table.clear()
         notes = run.get("metric_notes") or {}
-        for name, (value, unit, source) in sorted((run.get("metrics") or {}).items()):
-            table.add_row(metric_label(name), num(value), unit or "", source or "",
-                          notes.get(name, ""), key=name)
+        metrics = run.get("metrics") or {}
+        for name in metric_catalog.ordered(list(metrics), run.get("family")):
+            value, unit, source = metrics[name]
+            label, unit = metric_cells(name, unit)
+            table.add_row(label, num(value), unit, source or "", notes.get(name, ""), key=name)
         if not run.get("metrics"):
             table.add_row("no metrics", "", "", "", "")
 
@@ -235,3 +239,14 @@ class RunDetailScreen(AppScreen):
         self.elapp.marked.symmetric_difference_update({self.run_id})
         if self.data and self.data.run:
             self.query_one("#detail-head", Static).update(self._head(self.data.run))
+
+
+def metric_cells(name: str, stored_unit: str | None) -> tuple[str, str]:
+    """The label and unit cells of one metric row, each said once: the catalog's label
+    without its unit (`AL`) and the catalog's short unit (`s`, `tok/s`), the stored unit
+    for a name the catalog cannot describe (shown as stored)."""
+    known = metric_catalog.describe(name)
+    if known is None:
+        return name, stored_unit or ""
+    unit = known.short_unit or known.unit
+    return known.label, "" if unit == known.label else unit
