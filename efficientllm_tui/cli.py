@@ -22,7 +22,7 @@ HANDLERS = {"tui": "tui", "run": "launch", "sweep": "launch", "study": "study",
             "stop": "launch", "recover": "launch", "runs": "reads", "show": "reads",
             "sql": "reads", "export": "reads", "compare": "reads", "models": "catalog",
             "techniques": "catalog", "daemon": "daemon", "eval": "evaluate",
-            "report": "report"}
+            "report": "report", "serve": "serve"}
 """Which module of efficientllm_tui.commands handles each command (`cmd_<name>`)."""
 
 
@@ -184,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recover", help="ingest finished or orphaned run dirs")
     p.add_argument("--json", action="store_true")
+    _add_db(p)
+
+    p = sub.add_parser("serve", help="the same app in a browser (textual-serve), on this "
+                       "machine only unless --public; reach it with ssh -L 8000:localhost:8000")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--public", action="store_true",
+                   help="allow a host other machines can reach (no login: prints a warning)")
     _add_db(p)
 
     p = sub.add_parser("daemon", help="the profiling daemon")
