@@ -62,7 +62,8 @@ async def test_recent_runs_panel_lists_stored_runs(new_app: Callable[..., Effici
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, pilot, active=1)
         recent = app.screen.query_one("#recent", DataTable)
-        pairs = [str(recent.get_row_at(i)[1]) for i in range(recent.row_count)]
+        col = [str(k.value) for k in recent.columns].index("pair")  # 80 columns: no "when"
+        pairs = [str(recent.get_row_at(i)[col]) for i in range(recent.row_count)]
         assert "tiny × fp16" in pairs and "qwen2.5-7b × fp32" in pairs
 
 

@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer
+from textual.widgets._footer import FooterKey, FooterLabel, KeyGroup
 from textual.worker import Worker, WorkerState
 
 if TYPE_CHECKING:
@@ -62,6 +63,63 @@ class NavBar(Widget):
         return out
 
 
+class AppFooter(Footer):
+    """The footer with `q Quit` first: a narrow terminal cuts keys at the right end, and
+    the way out must never be the one cut."""
+
+    def compose(self) -> ComposeResult:
+        if not self._bindings_ready:
+            return
+        first = None
+        for _, binding, enabled, tooltip in self.screen.active_bindings.values():
+            if binding.action == "quit" and binding.show:
+                first = FooterKey(
+                    binding.key,
+                    self.app.get_key_display(binding),
+                    binding.description,
+                    binding.action,
+                    disabled=not enabled,
+                    tooltip=tooltip,
+                ).data_bind(compact=Footer.compact)
+                yield first
+                break
+        for widget in super().compose():  # one at a time: key groups compose their keys
+            if first is not None and isinstance(widget, FooterKey) and widget.action == "quit":
+                continue
+            yield widget
+
+    async def recompose(self) -> None:
+        await super().recompose()
+        self.call_after_refresh(self._fit)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit)
+
+    def _fit(self) -> None:
+        """Hide the keys that would be cut at the right end (whole keys only)."""
+        items = [w for w in self.children if not w.has_class("-command-palette")]
+        palette = sum(
+            w.outer_size.width for w in self.children if w.has_class("-command-palette")
+        )
+        room = self.size.width - palette
+        used = 0
+        for widget in items:
+            if not widget.display:
+                widget.display = True
+                self.call_after_refresh(self._fit)  # measure it first
+                return
+        units: list[list[Widget]] = []
+        for widget in items:  # a key group and its label go together
+            if units and isinstance(widget, FooterLabel) and isinstance(units[-1][0], KeyGroup):
+                units[-1].append(widget)
+            else:
+                units.append([widget])
+        for unit in units:
+            used += sum(w.outer_size.width + w.styles.margin.width for w in unit)
+            for widget in unit:
+                widget.display = used <= room
+
+
 class AppScreen(Screen[None]):
     """A screen of the app: NavBar + body + Footer; reloads when stored runs change."""
 
@@ -79,7 +137,7 @@ class AppScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield NavBar(self.NAME)
         yield from self.compose_body()
-        yield Footer(compact=True)
+        yield AppFooter(compact=True)
 
     def compose_body(self) -> ComposeResult:
         yield from ()

@@ -30,6 +30,7 @@ from efficientllm_tui.tui.screens.base import AppScreen
 from efficientllm_tui.tui.widgets.bars import bar_line
 from efficientllm_tui.tui.widgets.chart import Series, TimeChart, nice_max
 from efficientllm_tui.tui.widgets.devices import DeviceList
+from efficientllm_tui.tui.widgets.fit import FitTable
 from profiling import metric_catalog
 from profiling.sample import Sample
 
@@ -42,7 +43,7 @@ REDRAW_S = 0.09
 """Shortest time between redraws: new samples are drawn as they come, at most ~11 times a
 second (a slower screen skips frames; the samples wait in the rings), else once a second."""
 _MIN_POINTS = 60
-_ACTIVE_COLUMNS = (  # most telling first: narrow terminals see the left columns
+_ACTIVE_COLUMNS = (
     ("pair", "model × technique"),
     ("progress", "progress · ETA"),
     ("rate", "rate · loss"),
@@ -50,6 +51,10 @@ _ACTIVE_COLUMNS = (  # most telling first: narrow terminals see the left columns
     ("energy", "energy"),
     ("device", "device"),
 )
+_ACTIVE_PRIORITY = ("pair", "progress", "rate", "energy", "device", "phase")
+"""Most telling first: a narrow table drops whole columns from the end of this list."""
+_RECENT_COLUMNS = (("when", "when"), ("pair", "model × technique"), ("result", "result"))
+_RECENT_PRIORITY = ("pair", "result", "when")
 
 
 class DashboardScreen(AppScreen):
@@ -85,23 +90,12 @@ class DashboardScreen(AppScreen):
         with Horizontal(id="dash-runs"):
             with Vertical(id="active-box"):
                 yield Static(id="active-empty")
-                yield DataTable(id="active", cursor_type="row", zebra_stripes=True)
-            yield DataTable(id="recent", cursor_type="row", zebra_stripes=True)
+                yield FitTable(id="active", cursor_type="row", zebra_stripes=True)
+            yield FitTable(id="recent", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
-        active = self.query_one("#active", DataTable)
-        active.border_title = "active runs"
-        for key, label in _ACTIVE_COLUMNS:
-            active.add_column(label, key=key)
-        recent = self.query_one("#recent", DataTable)
-        recent.border_title = "recent runs"
-        for key, label in (
-            ("when", "when"),
-            ("pair", "model × technique"),
-            ("status", "status"),
-            ("metric", "key"),
-        ):
-            recent.add_column(label, key=key)
+        self.query_one("#active", FitTable).border_title = "active runs"
+        self.query_one("#recent", FitTable).border_title = "recent runs"
         self.query_one("#active-empty", Static).border_title = "active runs"
         self.set_interval(1.0, self.redraw_if_needed)
         self.redraw()
@@ -262,24 +256,40 @@ class DashboardScreen(AppScreen):
         gib_scale = 1 / 2**30
         mem = self.query_one("#chart-mem", TimeChart)
         total = latest.mem_total_bytes if latest else None
-        mem.plot(
-            [Series("used", pts("mem_used_bytes", gib_scale), c1, area=True)],
-            x0,
-            0.0,
-            y_max=total * gib_scale if total else None,
-            summary=_mem_summary(latest),
-        )
+        peak_rss = max((s.rss_bytes for s in samples if s.rss_bytes is not None), default=None)
+        if device == "cpu" and peak_rss:
+            # The runner's memory, scaled to its own peak: on the host's scale a 1 GiB
+            # runner is a flat line. The host's use and total are stated beside it.
+            mem.plot(
+                [Series("runner RSS", pts("rss_bytes", gib_scale), c1, area=True)],
+                x0,
+                0.0,
+                y_max=nice_max(peak_rss * gib_scale),
+                summary=_mem_summary(latest),
+                title="runner memory GiB",
+            )
+        else:
+            mem.plot(
+                [Series("used", pts("mem_used_bytes", gib_scale), c1, area=True)],
+                x0,
+                0.0,
+                y_max=total * gib_scale if total else None,
+                summary=_mem_summary(latest),
+                title="memory GiB" if device != "cpu" else "host memory GiB",
+            )
         act = self.query_one("#chart-act", TimeChart)
         if device == "cpu":
+            # Told apart by shape as well as colour: the runner is a filled area (its share
+            # of all cores), the host a line over it (the runner is part of the host).
             act.plot(
                 [
+                    Series("runner", pts("cpu_pct", 1 / self._ncpu), c2, area=True),
                     Series("host", pts("util_pct"), c1),
-                    Series("runners/core", pts("cpu_pct", 1 / self._ncpu), c2),
                 ],
                 x0,
                 0.0,
                 summary=_act_summary(latest, self._ncpu),
-                title="CPU %",
+                title="CPU % of all cores",
             )
         else:
             series = [
@@ -291,6 +301,8 @@ class DashboardScreen(AppScreen):
             act.plot(series, x0, 0.0, summary=_act_summary(latest, self._ncpu), title="activity %")
         power = self.query_one("#chart-power", TimeChart)
         peak_w = max((s.power_w for s in samples if s.power_w is not None), default=None)
+        has_clock = any(s.sm_clock_mhz is not None or s.temp_c is not None for s in samples)
+        self._lay_out_charts(power=peak_w is not None, clock=has_clock)
         power.plot(
             [Series("W", pts("power_w"), c2, area=True)],
             x0,
@@ -312,6 +324,28 @@ class DashboardScreen(AppScreen):
             summary=_clock_summary(latest),
         )
 
+    def _lay_out_charts(self, *, power: bool, clock: bool) -> None:
+        """Show the charts the device reports, in as few rows as read well.
+
+        Memory and activity always; power and clock only with readings (a CPU box has
+        neither: its two charts get the whole height). On a short, narrow terminal only
+        memory and activity are drawn: the device line above states power, clock and
+        temperature.
+        """
+        short, narrow = self.has_class("-short"), self.has_class("-narrow")
+        room = not (short and narrow)
+        shown = {"power": power and room, "clock": clock and room}
+        n = 2 + sum(shown.values())
+        columns, rows = {2: (2, 1), 3: (3, 1), 4: (4, 1) if short else (2, 2)}[n]
+        charts = self.query_one("#charts", Grid)
+        if (charts.styles.grid_size_columns, charts.styles.grid_size_rows) != (columns, rows):
+            charts.styles.grid_size_columns = columns
+            charts.styles.grid_size_rows = rows
+        for name, visible in shown.items():
+            chart = self.query_one(f"#chart-{name}", TimeChart)
+            if chart.display != visible:
+                chart.display = visible
+
     def _draw_active(self) -> None:
         """Runs going now, then the runs waiting in the queue on disk (in start order)."""
         app = self.elapp
@@ -322,7 +356,7 @@ class DashboardScreen(AppScreen):
         for queued in app.queued:
             if queued.state == "waiting" and queued.run_id not in rows:
                 rows[queued.run_id] = _waiting_cells(queued)
-        table = self.query_one("#active", DataTable)
+        table = self.query_one("#active", FitTable)
         waiting = len(rows) - going
         table.border_title = "active runs" + (f" · {waiting} queued" if waiting else "")
         empty = self.query_one("#active-empty", Static)
@@ -337,21 +371,7 @@ class DashboardScreen(AppScreen):
             if table.row_count:
                 table.clear()
             return
-        if [k.value for k in table.rows] != list(rows):  # a run started, ended or queued
-            at = None
-            if table.row_count:
-                at = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-            table.clear()
-            for run_id, cells in rows.items():
-                table.add_row(*cells, key=run_id)
-            if at in rows:
-                table.move_cursor(row=list(rows).index(at))
-            return
-        for run_id, cells in rows.items():
-            old = table.get_row(run_id)
-            for (col, _), value, before in zip(_ACTIVE_COLUMNS, cells, old, strict=True):
-                if value != before:
-                    table.update_cell(run_id, col, value, update_width=True)
+        table.set_data(_ACTIVE_COLUMNS, rows, _ACTIVE_PRIORITY)
 
     def _active_cells(self, run: ActiveRun) -> tuple[str, ...]:
         prog = run.progress
@@ -393,25 +413,30 @@ class DashboardScreen(AppScreen):
             self.app.push_screen(RunDetailScreen(str(run_id)))
 
     def recent_changed(self, rows: list[dict[str, Any]]) -> None:
-        table = self.query_one("#recent", DataTable)
-        table.clear()
+        table = self.query_one("#recent", FitTable)
         now_s = self.elapp.now_ns() / 1e9
+        cells: dict[str, tuple[str, ...]] = {}
         for row in rows:
             started = row.get("started_at")
             when = ago(now_s - started.timestamp()).replace(" ago", "") if started else "-"
-            status = row.get("status") or "-"
-            metric = metric_catalog.THROUGHPUT.get(row.get("family") or "", "it")
-            value = row.get(metric)
-            key = f"{metric.upper()} {num(value, 3)}" if value is not None else "-"
-            table.add_row(
+            cells[row["run_id"]] = (
                 when,
                 f"{row.get('model')} × {row.get('technique')}",
-                f"[{status_style(status)}]{status}[/]",
-                key,
-                key=row["run_id"],
+                _result(row),
             )
         if not rows:
-            table.add_row("-", "nothing stored yet", "", "")
+            cells[""] = ("-", "nothing stored yet", "")
+        table.set_data(_RECENT_COLUMNS, cells, _RECENT_PRIORITY)
+
+
+def _result(row: dict[str, Any]) -> str:
+    """A stored run in one cell: its throughput when it ended ok, else its status."""
+    status = row.get("status") or "-"
+    metric = metric_catalog.THROUGHPUT.get(row.get("family") or "", "it")
+    value = row.get(metric)
+    if status == "ok" and value is not None:
+        return f"{metric.upper()} {num(value, 3)}"
+    return f"[{status_style(status)}]{status}[/]"
 
 
 def _waiting_cells(row: QueueRow) -> tuple[str, ...]:
@@ -455,15 +480,19 @@ def _mem_summary(s: Sample | None) -> str:
     if s is None or s.mem_used_bytes is None:
         return "-"
     frac = f" ({s.mem_used_bytes / s.mem_total_bytes:.0%})" if s.mem_total_bytes else ""
-    return f"{gib(s.mem_used_bytes)} / {gib(s.mem_total_bytes)} GiB{frac}"
+    used = f"{gib(s.mem_used_bytes)} / {gib(s.mem_total_bytes)} GiB{frac}"
+    if s.device == "cpu" and s.rss_bytes is not None:
+        host = f"{gib(s.mem_used_bytes)}/{gib(s.mem_total_bytes)}"
+        return f"runner {gib(s.rss_bytes)} · host {host} GiB"
+    return used
 
 
 def _act_summary(s: Sample | None, ncpu: int) -> str:
     if s is None:
         return "-"
     if s.device == "cpu":
-        runners = f" · runners {s.cpu_pct / ncpu:.0f}%/core" if s.cpu_pct is not None else ""
-        return f"host {num(s.util_pct, 3)}%{runners} · psutil"
+        runner = f" · runner {s.cpu_pct / ncpu:.0f}%" if s.cpu_pct is not None else ""
+        return f"host {num(s.util_pct, 3)}%{runner} · {source_label(s)}"
     if s.sm_active_pct is not None:
         tc = f" TC {s.tensor_active_pct:.0f}%" if s.tensor_active_pct is not None else ""
         return f"SM {s.sm_active_pct:.0f}%{tc} · {source_label(s)}"

@@ -6,6 +6,7 @@ queued by the CLI or another TUI show too, and what is queued goes on after the 
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -25,6 +26,7 @@ from efficientllm_tui.matrix import (
     technique_reason,
 )
 from efficientllm_tui.tui.screens.base import AppScreen
+from runners import preflight
 from runners.protocol import ProtocolError, RunSpec, parse_set
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ _INT_FIELDS = (
 _SELECTED = Text("●", style="bold green", justify="center")
 _FREE = Text("·", style="dim", justify="center")
 _INVALID = Text("✗", style="red dim", justify="center")
+_TOO_BIG = Text("⊘", style="yellow", justify="center")
+"""A pair whose weights cannot fit the chosen device's memory (runners.preflight)."""
+_SIZE_SUFFIX = re.compile(r"-(\d+(\.\d+)?[bm]|mini|small|medium|large)$")
 _QUEUE_COLUMNS = (
     ("device", "device"),
     ("state", "state"),
@@ -60,13 +65,17 @@ class LaunchScreen(AppScreen):
 
     NAME = "launch"
     BINDINGS = [
-        Binding("space", "toggle_pair", "Toggle pair"),
+        Binding("space", "toggle_pair", "Select"),
         Binding("s", "start", "Queue"),
-        Binding("ctrl+s", "start", "Queue", show=False, priority=True),
+        # In a text field `s` types a letter: the footer then shows this one (one entry per
+        # action, the first active binding wins) and says so.
+        Binding("ctrl+s", "start", "Queue (s types in a field)", priority=True),
         Binding("c", "clear", "Clear"),
         Binding("f", "focus_form", "Form"),
-        Binding("escape", "focus_matrix", "Matrix", show=False),
-        Binding("x", "remove_queued", "Remove queued"),
+        Binding("escape", "focus_matrix", "Back to matrix"),
+        Binding("x", "remove_queued", "Unqueue"),
+        Binding("left_square_bracket", "family(-1)", "Family", key_display="[ ]"),
+        Binding("right_square_bracket", "family(1)", "Next family", show=False),
     ]
 
     def __init__(self) -> None:
@@ -78,6 +87,14 @@ class LaunchScreen(AppScreen):
         ]
         self.selected: dict[tuple[str, str], None] = {}
         """Selected (technique, model) pairs in the order picked: the order they queue in."""
+        self.memory: tuple[str, int] | None = None
+        """(device, bytes of memory) the chosen device has, from its latest sample; None
+        until one arrives (then no pair is marked as too big)."""
+        self.families: list[str] = list(dict.fromkeys(model_family(c) for c in self.models))
+        """Model families (qwen2.5, llama-3.2, ...) in matrix order."""
+        self.family: str | None = None
+        """The family `space` on the technique column selects in: the one of the model
+        column the cursor was last on, or picked with [ and ] there (shown on the info line)."""
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="matrix-box"):
@@ -125,6 +142,7 @@ class LaunchScreen(AppScreen):
                 *(self._cell(tech, card) for card in self.models),
                 key=tech["id"],
             )
+        table.fixed_columns = 2  # group and technique stay in view when scrolling right
         table.move_cursor(row=0, column=2)
         queue = self.query_one("#queue", DataTable)
         queue.border_title = "queue (on disk: goes on when you quit)"
@@ -154,6 +172,60 @@ class LaunchScreen(AppScreen):
         select.set_options(options)
         if value in [v for _, v in options]:
             select.value = value
+        self._memory_changed()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        matrix = self.query_one("#matrix", DataTable)
+        if action == "focus_matrix":  # shown (and active) only away from the matrix
+            return not matrix.has_focus
+        if action == "family":  # only on the technique column
+            return matrix.has_focus and matrix.cursor_coordinate.column < 2
+        return True
+
+    def action_family(self, delta: int) -> None:
+        """Pick the model family `space` on the technique column selects in."""
+        at = self.families.index(self.family) if self.family in self.families else 0
+        self.family = self.families[(at + delta) % len(self.families)]
+        self._explain()
+
+    def samples_arrived(self) -> None:
+        """New samples: the chosen device's memory may be known now."""
+        if self.memory is None:
+            self._memory_changed()
+
+    # ------------------------------------------------------------------ memory
+
+    def _device_memory(self) -> tuple[str, int] | None:
+        """The device the form's choice runs on, and its memory from its latest sample."""
+        history = self.elapp.history
+        value = str(self.query_one("#device", Select).value)
+        if value == "auto":  # the runner's auto: the first real GPU, else the host
+            gpus = [
+                d
+                for d in history.device_names()
+                if d.startswith("gpu") and (s := history.latest(d)) is not None and not s.simulated
+            ]
+            value = f"cuda:{gpus[0][3:]}" if gpus else "cpu"
+        name = "cpu" if value == "cpu" else f"gpu{value.removeprefix('cuda:')}"
+        sample = history.latest(name)
+        if sample is None or not sample.mem_total_bytes:
+            return None
+        return value, sample.mem_total_bytes
+
+    def fit_reason(self, tech: dict[str, Any], card: dict[str, Any]) -> str | None:
+        """Why the pair cannot fit the chosen device's memory, or None."""
+        if self.memory is None:
+            return None
+        device, total = self.memory
+        return preflight.fit_problem(tech["family"], tech["id"], card, device, total)
+
+    @on(Select.Changed, "#device")
+    def _memory_changed(self) -> None:
+        memory = self._device_memory()
+        if memory == self.memory:
+            return
+        self.memory = memory
+        self._redraw_marks()
 
     # ------------------------------------------------------------------ matrix
 
@@ -173,7 +245,22 @@ class LaunchScreen(AppScreen):
         seq_len, new_tokens = self._lengths() if self.is_mounted else (None, None)
         if pair_reason(tech, card, seq_len=seq_len, new_tokens=new_tokens):
             return _INVALID
+        if self.fit_reason(tech, card):
+            return _TOO_BIG
         return _FREE
+
+    def _reason(self, tech: dict[str, Any], card: dict[str, Any]) -> str | None:
+        """Why the pair cannot be selected (the runner's rules, then memory), or None."""
+        seq_len, new_tokens = self._lengths()
+        return pair_reason(
+            tech, card, seq_len=seq_len, new_tokens=new_tokens
+        ) or self.fit_reason(tech, card)
+
+    def family_models(self) -> list[dict[str, Any]]:
+        """The models of the chosen family (every model before one is chosen)."""
+        if self.family is None:
+            return self.models
+        return [c for c in self.models if model_family(c) == self.family]
 
     def _at_cursor(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         table = self.query_one("#matrix", DataTable)
@@ -193,11 +280,8 @@ class LaunchScreen(AppScreen):
         tech, card = self._at_cursor()
         if tech is None:
             return
-        cards = [card] if card is not None else self.models
-        seq_len, new_tokens = self._lengths()
-        valid = [
-            c for c in cards if not pair_reason(tech, c, seq_len=seq_len, new_tokens=new_tokens)
-        ]
+        cards = [card] if card is not None else self.family_models()
+        valid = [c for c in cards if not self._reason(tech, c)]
         if not valid:
             self._explain()
             self.app.bell()
@@ -219,22 +303,30 @@ class LaunchScreen(AppScreen):
     @on(DataTable.CellHighlighted, "#matrix")
     def _explain(self) -> None:
         tech, card = self._at_cursor()
+        if card is not None:
+            self.family = model_family(card)
+        self.refresh_bindings()
         info = self.query_one("#pair-info", Static)
         count = f"[b]{len(self.selected)}[/b] pair(s) selected · "
         if tech is None:
             info.update(count)
             return
-        about = f"{tech['id']}: {tech.get('description', '')}"
         if card is None:
             reason = technique_reason(tech)
+            if reason:
+                info.update(f"{count}{tech['id']}: [red]{reason}[/]")
+                return
+            family = self.family_models()
+            fit = [c for c in family if not self._reason(tech, c)]
+            where = f"the {self.family} family" if self.family is not None else "every model"
+            skipped = len(family) - len(fit)
             info.update(
-                count
-                + about
-                + (f" — [red]{reason}[/]" if reason else " — space selects every valid model")
+                f"{count}space selects {tech['id']} on {where}: {len(fit)} model(s)"
+                + (f", {skipped} skipped (✗ cannot run, ⊘ cannot fit)" if skipped else "")
+                + " · [ ] picks the family"
             )
             return
-        seq_len, new_tokens = self._lengths()
-        reason = pair_reason(tech, card, seq_len=seq_len, new_tokens=new_tokens)
+        reason = self._reason(tech, card)
         pair = f"{tech['id']} × {card['id']}"
         info.update(
             count
@@ -249,11 +341,14 @@ class LaunchScreen(AppScreen):
     @on(Input.Changed, "#seq_len, #new_tokens")
     def _lengths_changed(self) -> None:
         # A length change can make pairs invalid (positions): redraw the free/invalid marks.
+        self._redraw_marks()
+
+    def _redraw_marks(self) -> None:
+        """Drop selected pairs that can no longer run and redraw every mark."""
         table = self.query_one("#matrix", DataTable)
-        seq_len, new_tokens = self._lengths()
         for _, tech in self.rows:
             for card in self.models:
-                if pair_reason(tech, card, seq_len=seq_len, new_tokens=new_tokens):
+                if self._reason(tech, card):
                     self.selected.pop((tech["id"], card["id"]), None)
                 table.update_cell(tech["id"], card["id"], self._cell(tech, card))
 
@@ -305,6 +400,7 @@ class LaunchScreen(AppScreen):
                 seq_len=fields["seq_len"],
                 new_tokens=fields["new_tokens"],
             )
+            reason = reason or self.fit_reason(by_id[tech_id], cards[model_id])
             if reason:
                 raise BadInput(f"{tech_id} × {model_id} cannot run: {reason}")
             try:
@@ -392,6 +488,12 @@ def _queue_cells(row: QueueRow) -> tuple[str, ...]:
         state = "▶ running"
         progress = f"{row.phase or 'starting'} {row.steps_done}/{row.total_steps}"
     return (row.device_key, state, f"{row.model} × {row.technique}", progress, row.run_id)
+
+
+def model_family(card: dict[str, Any]) -> str:
+    """A model's family: its card's `family`, else its id without the size
+    (qwen2.5-1.5b -> qwen2.5, llama-3.2-1b -> llama-3.2, phi-3.5-mini -> phi-3.5)."""
+    return str(card.get("family") or _SIZE_SUFFIX.sub("", card["id"]))
 
 
 SCREEN = LaunchScreen

@@ -19,6 +19,7 @@ from efficientllm_tui.errors import EfficientLLMError
 from efficientllm_tui.runlist import RunFilter, describe, fetch_runs
 from efficientllm_tui.tui.messages import StoreChanged
 from efficientllm_tui.tui.screens.base import AppScreen
+from efficientllm_tui.tui.widgets.fit import FitTable
 from profiling import metric_catalog
 from runners.protocol import FAMILIES, STATUSES
 
@@ -39,6 +40,9 @@ _BASE_COLUMNS = (
     ("device", "device"),
     ("status", "status"),
 )
+_HEADLINE = ("thrpt", "it", "st", "tt", "al_s", "amu", "pcu")
+"""Columns kept first after model, technique and status when the table is narrow (the
+paper's headline metrics: at 80 columns these show, the start time and the rest after)."""
 
 
 @dataclass
@@ -100,7 +104,7 @@ class RunsScreen(AppScreen):
                 compact=True,
                 id="f-text",
             )
-        yield DataTable(id="runs", cursor_type="cell", zebra_stripes=True)
+        yield FitTable(id="runs", cursor_type="cell", zebra_stripes=True)
         yield Static(id="runs-status")
 
     def on_mount(self) -> None:
@@ -169,16 +173,13 @@ class RunsScreen(AppScreen):
         if message.request != self._request:
             return
         self._loading = False
-        table = self.query_one("#runs", DataTable)
+        table = self.query_one("#runs", FitTable)
         if message.offset == 0:
             keep = table.cursor_coordinate
             self.rows.clear()
-            table.clear()
         for row in message.rows:
-            if row["run_id"] in self.rows:
-                continue
-            self.rows[row["run_id"]] = row
-            table.add_row(*self._cells(row), key=row["run_id"])
+            self.rows.setdefault(row["run_id"], row)
+        self._fill()
         self.more = len(message.rows) == PAGE
         if message.offset == 0 and self.rows:
             # Reloads (sort, filter, delete) keep the cursor where it was, within bounds.
@@ -221,17 +222,22 @@ class RunsScreen(AppScreen):
     # ------------------------------------------------------------------ table
 
     def _columns(self) -> None:
-        table = self.query_one("#runs", DataTable)
-        table.clear(columns=True)
         self._metrics = FAMILY_METRICS.get(self.family, FAMILY_METRICS[None])
-        for key, label in _BASE_COLUMNS:
-            table.add_column(self._label(key, label), key=key)
+        self._fill()
+
+    def _fill(self) -> None:
+        """Show self.rows: every column that fits the table's width, whole (widgets.fit)."""
+        columns = [(key, self._label(key, label)) for key, label in _BASE_COLUMNS]
         for name in self._metrics:
             label = "IT/ST/TT" if name == "thrpt" else metric_label(name)
-            table.add_column(self._label(name, label), key=name)
-        table.add_column("run id", key="run_id")
-        for row in self.rows.values():
-            table.add_row(*self._cells(row), key=row["run_id"])
+            columns.append((name, self._label(name, label)))
+        columns.append(("run_id", Text("run id")))
+        first = ["mark", "model", "technique", "status"]
+        first += [m for m in self._metrics if m in _HEADLINE]
+        priority = first + ["started_at"] + [m for m in self._metrics if m not in first]
+        priority += ["device", "family", "run_id"]
+        cells = {run_id: self._cells(row) for run_id, row in self.rows.items()}
+        self.query_one("#runs", FitTable).set_data(columns, cells, priority)
 
     def _label(self, key: str, label: str) -> Text:
         if key == self.order_by:
@@ -254,7 +260,7 @@ class RunsScreen(AppScreen):
             if name == "thrpt":
                 metric = metric_catalog.THROUGHPUT.get(row.get("family") or "", "it")
                 value = row.get(metric)
-                cells.append(f"{metric.upper()} {num(value)}" if value is not None else "-")
+                cells.append(f"{metric.upper()} {num(value, 3)}" if value is not None else "-")
             else:
                 cells.append(num(row.get(name)))
         cells.append(short_id(row["run_id"], 40))
@@ -273,7 +279,16 @@ class RunsScreen(AppScreen):
                 f"{len(self.rows)}{'+' if self.more else ''} runs · {what} · sorted by "
                 f"{self.order_by} {arrow} · {len(self.elapp.marked)} marked"
             )
+            run_id = self._cursor_run()
+            if run_id is not None:  # whole, whatever the width (the table may leave it out)
+                text += f"\n[b]{run_id}[/b] · enter opens it"
         self.query_one("#runs-status", Static).update(text)
+
+    @on(DataTable.RowHighlighted, "#runs")
+    @on(DataTable.CellHighlighted, "#runs")
+    def _cursor_moved(self) -> None:
+        if not self._loading and self.rows:
+            self._status()
 
     def _cursor_run(self) -> str | None:
         table = self.query_one("#runs", DataTable)
@@ -301,8 +316,8 @@ class RunsScreen(AppScreen):
             return
         marked = self.elapp.marked
         marked.symmetric_difference_update({run_id})
-        table = self.query_one("#runs", DataTable)
-        table.update_cell(run_id, "mark", Text("✓", style="bold green") if run_id in marked else "")
+        table = self.query_one("#runs", FitTable)
+        table.set_cell(run_id, "mark", Text("✓", style="bold green") if run_id in marked else "")
         table.action_cursor_down()
         self._status()
 

@@ -15,6 +15,10 @@ _BRAILLE = 0x2800
 # Dot bits by (column, row-from-top) inside one cell.
 _DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 SPARK = "▁▂▃▄▅▆▇█"
+AREA_KEY = "█"
+"""Legend mark of an area series."""
+LINE_KEY = "━"
+"""Legend mark of a line series."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,11 @@ class TimeChart(Widget):
         self._y_max = y_max if y_max is not None else self._fixed_y
         heading = self._title
         if legend and len(series) > 1:
-            heading += " " + " ".join(f"[{s.color}]■[/] {s.label}" for s in series)
+            # The key shows each series' shape (a filled block for an area, a dash for a
+            # line), so series are told apart without colour too.
+            heading += " " + " ".join(
+                f"[{s.color}]{AREA_KEY if s.area else LINE_KEY}[/] {s.label}" for s in series
+            )
         # Border labels are parsed markup: set them only when they change.
         if heading != self._heading:
             self._heading = self.border_title = heading

@@ -135,7 +135,7 @@ class DeviceList(Widget, can_focus=True):
         if name == "cpu":
             line.append(f" CPU {pct(s.util_pct):>4}")
             if s.cpu_pct is not None:
-                line.append(f" runners {s.cpu_pct / self._ncpu:.0f}%/core")
+                line.append(f" runner {s.cpu_pct / self._ncpu:.0f}%")
             if s.power_w is not None:
                 line.append(f" {s.power_w:.0f}W")
         else:
