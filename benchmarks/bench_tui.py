@@ -1,11 +1,14 @@
 """TUI benchmark: first frame, live streaming cost, input during a burst, a big run history.
 
 Run: `.venv/bin/python benchmarks/bench_tui.py [--stream-s 20] [--runs 10000]
-[--samples-per-run 1000] [--skip-big]`. It works in a temporary data dir (never the real
-one), starts no profiling daemon, and prints a short table.
+[--samples-per-run 1000] [--skip-big] [--skip-stream] [--base REV] [--head REV]`. It works
+in a temporary data dir (never the real one), starts no profiling daemon, and prints a short
+table. `--base REV` measures (a) and (c) at another commit too, side by side in the same run
+(the trees take turns); `--head REV` measures a commit instead of the working tree.
 
-(a) Time to first frame: from just before a fresh process starts until the app has rendered
-    its first frame, with the headless driver and in a real terminal (a tmux window).
+(a) Time to first frame of the real entry (`efficientllm tui`): from just before a fresh
+    process starts until the app has rendered its first frame, with the headless driver and
+    in a real terminal (a tmux window).
 (b) 8 fake GPUs + the host at 10 Hz for `--stream-s` seconds through the real path (feed
     thread -> SamplesArrived -> per-device rings -> throttled redraw): redraws per second
     and the app process's CPU (process CPU time / wall time, so 100% = one core), in a real
