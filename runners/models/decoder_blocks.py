@@ -49,6 +49,18 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
+def split_qkv(qkv: Tensor, h: int, kv: int, d: int, pos: Positional
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """q [B, T, H, D], k and v [B, T, KV, D] from one fused projection [B, T, (H + 2KV) D],
+    rotary positions applied to q and k heads in one pass."""
+    b, t, _ = qkv.shape
+    qkv = qkv.view(b, t, h + 2 * kv, d)
+    qk, v = qkv[:, :, : h + kv], qkv[:, :, h + kv:]
+    if pos.rope is not None:
+        qk = apply_rope(qk, *pos.rope)
+    return qk[:, :, :h], qk[:, :, h:], v
+
+
 def expand_kv(x: Tensor, n_heads: int) -> Tensor:
     """[B, KV, T, D] -> [B, H, T, D], each KV head serving H / KV query heads."""
     b, kv, t, d = x.shape
@@ -69,13 +81,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, pos: Positional) -> Tensor:
         b, t, _ = x.shape
-        h, kv, d = self.n_heads, self.n_kv, self.head_dim
-        qkv = self.qkv(x).view(b, t, h + 2 * kv, d)
-        qk, v = qkv[:, :, : h + kv], qkv[:, :, h + kv:]
-        if pos.rope is not None:
-            qk = apply_rope(qk, *pos.rope)  # q and k heads in one pass
-        q, k = qk[:, :, :h].transpose(1, 2), qk[:, :, h:].transpose(1, 2)
-        y = attend(q, k, v.transpose(1, 2), pos.bias)
+        h, d = self.n_heads, self.head_dim
+        q, k, v = split_qkv(self.qkv(x), h, self.n_kv, d, pos)
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos.bias)
         return self.out(y.transpose(1, 2).reshape(b, t, h * d))
 
 

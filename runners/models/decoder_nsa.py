@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from runners.kernels.nsa import nsa
-from runners.models.positions import apply_rope
+from runners.models.decoder_blocks import split_qkv
 
 if TYPE_CHECKING:
     from runners.models.decoder_config import DecoderConfig, Positional
@@ -40,12 +40,8 @@ class SparseAttention(nn.Module):
 
     def forward(self, x: Tensor, pos: Positional) -> Tensor:
         b, t, _ = x.shape
-        h, kv, d = self.n_heads, self.n_kv, self.head_dim
-        qkv = self.qkv(x).view(b, t, h + 2 * kv, d)
-        qk, v = qkv[:, :, : h + kv], qkv[:, :, h + kv:]
-        if pos.rope is not None:
-            qk = apply_rope(qk, *pos.rope)
-        q, k = qk[:, :, :h], qk[:, :, h:]
+        h, d = self.n_heads, self.head_dim
+        q, k, v = split_qkv(self.qkv(x), h, self.n_kv, d, pos)
         gates = torch.sigmoid(self.gate(x)).view(b, t, h, 3)
         y = nsa(q, k, v, gates, self.shape)
         return self.out(y.reshape(b, t, h * d))
