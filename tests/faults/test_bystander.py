@@ -124,7 +124,7 @@ def test_cli_stop_says_what_it_did(home: Path, bystander: subprocess.Popen[bytes
                          capture_output=True, text=True, env=env, timeout=60,
                          stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
-    assert out.stdout == "stopped: False\n"
+    assert out.stdout == "no profiling daemon was running\n"
     assert out.stderr == _removed_line(pid_path, bystander.pid,
                                        "runs `sleep 120`, not the profiling daemon") + "\n"
     assert _alive(bystander)
