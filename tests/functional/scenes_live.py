@@ -108,3 +108,5 @@ async def drive_live_scene(app: EfficientLLMApp, pilot: Pilot, name: str) -> Non
         await go(pilot, "f", "enter")
     elif name == "runs-cursor":
         await go(pilot, "down", "down", "right", "right", "right")
+    # the keys may refresh a table (a page of runs, a refit): let it hold still again
+    await settle(app, pilot)

@@ -55,6 +55,31 @@ def test_ci_tiny_study_queued_stopped_resumed_and_stored(cli: Cli) -> None:
     assert [g["group_name"] for g in groups] == [
         "attention", "attention_free", "bit_width", "moe", "peft", "positional_encoding"]
 
+    # ... and the report over it: every ok run in a table, its numbers the stored ones
+    out_dir = cli.home / "report"
+    out = cli("report", "--study", study_id, "-o", str(out_dir), "--json", timeout=180)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)["report"]
+    assert report["study"] == study_id and report["run_count"] == len(techniques)
+    assert {(s["family"], s["group"]) for s in report["sections"]} >= {
+        ("pretraining", "attention"), ("finetuning", "peft"), ("inference", "bit_width")}
+    stored = {(m["run_id"], m["name"]): m["value"] for m in _sql(
+        cli, "SELECT run_id, name, value FROM metrics WHERE value IS NOT NULL")}
+    checked = 0
+    for section in report["sections"]:
+        for workload in section["workloads"]:
+            for row in workload["rows"]:
+                (run_id,) = row["run_ids"]  # one repeat each: the median is the stored value
+                assert "R" in row["marks"]  # tiny has random weights: marked as such
+                for name, stat in row["stats"].items():
+                    if stat["median"] is not None:
+                        assert stat["median"] == pytest.approx(stored[(run_id, name)])
+                        assert stat["n"] == 1
+                        checked += 1
+    assert checked >= 3 * len(techniques)
+    assert (out_dir / "index.html").is_file() and (out_dir / "report.md").is_file()
+    assert study_id in (out_dir / "report.md").read_text()
+
 
 @pytest.mark.slow
 def test_repeats_run_each_pair_with_the_next_seeds(cli: Cli, tmp_path: Path) -> None:
