@@ -11,6 +11,7 @@ the same name replaced, an `eval` event, `info.evals`); its cost metrics are nev
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from typing import Any
 
@@ -81,6 +82,9 @@ def check_scorable(run: dict[str, Any]) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     asked = eval_sets(args.sets)
+    if importlib.util.find_spec("lm_eval") is None:  # found, never imported here
+        raise BadInput("eval scores through lm-eval, which is not installed: pip install "
+                       "'efficientllm-tui[eval]'")
     home = home_dir()
     store = open_store(args, home)
     store.check()

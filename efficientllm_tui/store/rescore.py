@@ -1,7 +1,8 @@
 """Storing a later re-score (`efficientllm eval`) onto a stored run, as SQL on a connection
 the store opens and passes in (no `duckdb` import here; efficientllm_tui.store.db owns it).
 
-What changes: the re-score's metrics replace those of the same name, its windows (named
+What changes: the re-score's metrics replace those of the same name (a NULL never replaces
+a stored value), its windows (named
 `eval <id>: <window>`) and one `eval` event are added, and its info is merged into the
 run's. Keyed by the eval's id, so storing the same eval twice leaves one copy.
 """
@@ -47,8 +48,13 @@ def attach(con: Any, run_id: str, metrics: Sequence[Mapping[str, Any]],
     con.execute("UPDATE runs SET info = ?::JSON WHERE run_id = ?",
                 [json.dumps(merged_info(old, info, eval_id), sort_keys=True, default=str),
                  run_id])
+    # A value the re-score could not produce (lm-eval missing, a dataset gone) never
+    # replaces one stored before: only what was scored, or what had no value anyway.
+    kept = {name for (name,) in con.execute(
+        "SELECT name FROM metrics WHERE run_id = ? AND value IS NOT NULL", [run_id]).fetchall()}
     rows = [(run_id, str(m["name"]), m.get("value"), m.get("unit"), m.get("source"),
-             m.get("note")) for m in metrics]
+             m.get("note")) for m in metrics
+            if m.get("value") is not None or str(m["name"]) not in kept]
     for name in {r[1] for r in rows}:
         con.execute("DELETE FROM metrics WHERE run_id = ? AND name = ?", [run_id, name])
     if rows:

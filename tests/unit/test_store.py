@@ -410,5 +410,17 @@ def test_a_rescore_is_attached_once_and_keeps_the_cost(store: Store) -> None:
     assert [tuple(r) for r in rows] == [("eval", 1)]
     rows = store.query("SELECT name FROM windows WHERE run_id = 'r1' AND name LIKE 'eval %'").rows
     assert [tuple(r) for r in rows] == [("eval e1: quality",)]
+    # a later eval that could not score (lm-eval gone) keeps the stored scores, adds its notes
+    failed = [{"name": "quality", "value": None, "unit": "fraction", "source": "none",
+               "note": "unsupported: lm-eval is not installed"},
+              {"name": "acc_y", "value": None, "unit": "fraction", "source": "none",
+               "note": "unsupported: lm-eval is not installed"}]
+    store.attach_scores("r1", failed, [], {"t_ns": 4, "payload": {"eval_id": "e2"}},
+                        {"evals": [{"eval_id": "e2"}]})
+    got = store.get_run("r1")
+    assert got is not None and got["metrics"]["quality"] == (0.5, "fraction", "lm-eval")
+    assert got["metrics"]["acc_y"][0] is None
+    assert got["metric_notes"]["acc_y"] == "unsupported: lm-eval is not installed"
+    assert [e["eval_id"] for e in got["info"]["evals"]] == ["e1", "e2"]
     with pytest.raises(BadInput, match="no run 'gone' is stored"):
         store.attach_scores("gone", scores, windows, event, info)
