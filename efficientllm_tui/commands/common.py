@@ -67,12 +67,13 @@ def console(stderr: bool = False) -> Any:
 
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, header_style="bold")
     for c in columns:
         table.add_column(c, overflow="fold", no_wrap=c == "run_id")
-    for r in rows:
-        table.add_row(*(fmt(v) for v in r))
+    for r in rows:  # cells are data, never markup: `[Errno 2]` or `[[matrix]]` print as is
+        table.add_row(*(Text(fmt(v)) for v in r))
     console().print(table)
 
 

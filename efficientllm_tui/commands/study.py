@@ -80,9 +80,8 @@ def _list(*, as_json: bool) -> int:
     if as_json:
         emit_json(rows)
         return 0
-    from rich.markup import escape  # the table reads markup: `[[matrix]]` must stay text
 
     table(["name", "pairs", "repeats", "runs", "description"],
-          [[r["name"], r["pairs"], r["repeats"], r["runs"], escape(r["description"] or "")]
+          [[r["name"], r["pairs"], r["repeats"], r["runs"], r["description"] or ""]
            for r in rows], title="shipped studies (efficientllm study NAME)")
     return 0
