@@ -328,7 +328,7 @@ async def settle(
         tables = list(app.screen.query(DataTable))
         state = tuple((t.id, t.size, t.virtual_size,
                        tuple(c.content_width for c in t.columns.values())) for t in tables)
-        calm = state == previous and not any(_measuring(t) for t in tables)
+        calm = state == previous and not any(_measuring(t) or _unmeasured(t) for t in tables)
         previous = state
         if not calm:
             calm_since = None
@@ -339,6 +339,28 @@ async def settle(
     app.screen.refresh(layout=True)
     await pilot.pause()
     await pilot.pause()
+
+
+def _unmeasured(table: DataTable) -> bool:
+    """An auto-width column narrower than one of its cells: rows were added (a page came in,
+    a table re-fitted) and the table has not measured them yet."""
+    from rich.text import Text
+
+    for column in table.columns.values():
+        if not column.auto_width:
+            continue
+        for row_key in table.rows:
+            cell = table.get_cell(row_key, column.key)
+            if isinstance(cell, Text):
+                width = cell.cell_len
+            else:
+                try:
+                    width = Text.from_markup(str(cell)).cell_len
+                except Exception:  # noqa: BLE001 - not markup: its plain length
+                    width = len(str(cell))
+            if width > column.content_width:
+                return True
+    return False
 
 
 def _measuring(table: DataTable) -> bool:
