@@ -52,7 +52,8 @@ from runners.engines.compilation import (
     interrupted,
     resolve_compile,
 )
-from runners.errors import BadInput, Unsupported
+from runners.errors import BadInput
+from runners.families import finetuning_quality as fq
 from runners.families import scored
 from runners.families.base import Family, register
 from runners.families.finetuning_config import FinetuningConfig
@@ -144,7 +145,8 @@ class FinetuningFamily(Family[FinetuningConfig]):
                      tokenizer=getattr(tokenizer, "name", type(tokenizer).__name__))
         meter = dev.window_meter(c.device, dev.sync_fn(c.device), ctx.sample_device)
         tasks = scoring.task_names(c.quality)
-        base_scores = self._base_quality(built, tokenizer, tasks, meter)
+        base_scores = fq.base_quality(ctx, self.card.id, built, tokenizer, tasks,
+                                      items=c.quality_items, device=c.device, meter=meter)
         if method.quantized_base:
             facts["quantization"] = peft_methods.quantize_base(built.model, c.device,
                                                                ctx.phase)
@@ -157,8 +159,9 @@ class FinetuningFamily(Family[FinetuningConfig]):
                                         adapter_dtype_fp32=amp or precision == "fp32")
         lm = prepared.lm
         if c.score_of:
-            return self._score_only(prepared, built, tokenizer, tasks, base_scores, meter,
-                                    amp=amp)
+            return fq.score_only(ctx, prepared, built, tokenizer, tasks, base_scores,
+                                 trained=ctx.home / "runs" / c.score_of / ADAPTER_DIR,
+                                 items=c.quality_items, device=c.device, amp=amp, meter=meter)
         lm.config.use_cache = False
         if c.grad_ckpt:
             # transformers 5.x renamed the switch; older 5.x releases have only the old name.
@@ -218,7 +221,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
             eval_loss = None
             if c.eval_batches and eval_batches:
                 ctx.phase("eval", batches=len(eval_batches))
-                eval_model = prepared.model if _prompt_learning(prepared) else lm
+                eval_model = prepared.model if fq.prompt_learning(prepared) else lm
                 with compiler.eager():
                     eval_loss = training.evaluate_loss(eval_model, eval_batches,
                                                        device=c.device, amp=amp)
@@ -226,13 +229,10 @@ class FinetuningFamily(Family[FinetuningConfig]):
         task_scores: tuple[scoring.TaskScore, ...] = ()
         if tasks and built.weights != "random":
             # The adapted model as trained, after the measured window, in a window of its own.
-            eval_model = prepared.model if _prompt_learning(prepared) else lm
-            eval_model.eval()
-            with compiler.eager(), torch.autocast(c.device.split(":")[0], torch.bfloat16,
-                                                  enabled=amp):
-                task_scores = scored.score_in_window(ctx, eval_model, tokenizer, tasks,
-                                                     "quality", items=c.quality_items,
-                                                     meter=meter)
+            with compiler.eager():
+                task_scores = fq.score_adapted(ctx, prepared, tokenizer, tasks,
+                                               items=c.quality_items, device=c.device,
+                                               amp=amp, meter=meter)
         saved: list[str] = []
         if c.save:
             ctx.phase("save", path=str(ctx.run_dir / ADAPTER_DIR))
@@ -260,52 +260,11 @@ class FinetuningFamily(Family[FinetuningConfig]):
             "energy_note": window.energy_note, "adapter_files": saved,
             "adapter_dir": ADAPTER_DIR if saved else None,
             "flops_formula": "2N + 2N_path + 2N_trainable + 4*L*d*T + 8*L_path*d*T",
-            "quality_tasks": scoring.info(task_scores), "base_quality_tasks": scoring.info(
-                base_scores[0]) if base_scores else {},
-            "base_quality_cached": base_scores[1] if base_scores else [],
+            **fq.info_of(task_scores, base_scores),
         }
         return RunResult(run_id=c.run_id, status="ok", metrics=tuple(metrics), info=info)
 
     # -- pieces of run -------------------------------------------------------------------------
-
-    def _score_only(self, prepared: peft_methods.Prepared, built: model_mod.BuiltModel,
-                    tokenizer: Any, tasks: Sequence[str],
-                    base: tuple[tuple[scoring.TaskScore, ...], list[str]] | None,
-                    meter: WindowMeter, *, amp: bool) -> RunResult:
-        """`efficientllm eval`: what stored run `score_of` trained, restored into a model
-        prepared the same way, scored on the quality tasks; no training, no cost measured."""
-        c, ctx = self.config, self.ctx
-        if built.weights == "random":
-            raise Unsupported(f"{c.model} has random weights: no quality to score")
-        source = ctx.home / "runs" / str(c.score_of) / ADAPTER_DIR
-        ctx.phase("restore", path=str(source))
-        files = peft_methods.restore(prepared, source)
-        model = prepared.model if _prompt_learning(prepared) else prepared.lm
-        model.eval()
-        with torch.autocast(c.device.split(":")[0], torch.bfloat16, enabled=amp):
-            scores = scored.score_in_window(ctx, model, tokenizer, tasks, "quality",
-                                            items=c.quality_items, meter=meter)
-        info = {"score_of": c.score_of, "restored_files": files, "device": c.device,
-                "weights_source": built.source, "quality_tasks": scoring.info(scores),
-                "base_quality_tasks": scoring.info(base[0]) if base else {},
-                "base_quality_cached": base[1] if base else []}
-        return RunResult(run_id=c.run_id, status="ok", info=info, metrics=tuple(
-            scored.adapted_metrics(tasks, scores, base, random_weights=False)))
-
-    def _base_quality(self, built: model_mod.BuiltModel, tokenizer: Any, tasks: Sequence[str],
-                      meter: WindowMeter
-                      ) -> tuple[tuple[scoring.TaskScore, ...], list[str]] | None:
-        """The base model's scores on the run's tasks, before any adapter or quantization
-        touches it: cached per model, weights, dtype, device type, items and task version, so
-        the arms of a PEFT comparison score it once. None when there is nothing to score."""
-        if not tasks or built.weights == "random":
-            return None
-        c = self.config
-        built.model.eval()
-        identity = {"model": self.card.id, "weights_source": built.source,
-                    "dtype": built.dtype, "device_type": c.device.split(":")[0]}
-        return scored.base_scores(self.ctx, built.model, tokenizer, tasks,
-                                  items=c.quality_items, identity=identity, meter=meter)
 
     def _base_dtype(self, method: peft_methods.Method, precision: str) -> torch.dtype:
         """fp32 for fp32 runs, bf16 otherwise (trained fp32 copies live outside the model,
@@ -507,11 +466,6 @@ class ParamCount:
     """The model with the method's adapters (or prompt embeddings) added."""
     trainable: int
     """Parameters the optimizer updates."""
-
-
-def _prompt_learning(prepared: peft_methods.Prepared) -> bool:
-    config = getattr(prepared.model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _finite(value: float | None) -> float | None:
