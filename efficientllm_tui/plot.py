@@ -9,8 +9,6 @@ label ends in `[sim]`, its bar is hatched and its gid ends in `:sim`.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,16 +62,13 @@ def write_chart(path: Path, runs: Sequence[Mapping[str, Any]], metrics: Sequence
         BadInput: The path is a directory or cannot be written.
     """
     from efficientllm_tui.report import chart
+    from efficientllm_tui.report.write import atomic_write
 
     if path.is_dir():
         raise BadInput(f"--plot {path} is a directory; give a file path ending in .svg or .png")
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix.lower()}")
-    try:
+
+    def draw(tmp: Path) -> None:
         with chart.style(path.name):
             chart.save(chart.compare(runs, metrics), tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise BadInput(f"cannot write plot {path}: {e.strerror or e}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+
+    atomic_write(path, draw, "plot ")

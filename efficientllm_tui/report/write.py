@@ -52,7 +52,7 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
                         continue
                     for suffix in ("svg", "png"):
                         path = out_dir / "charts" / f"{stem}.{suffix}"
-                        _atomic(path, functools.partial(chart.save, fig))
+                        atomic_write(path, functools.partial(chart.save, fig))
                         written.append(path)
                     svgs.setdefault(wl.tag, []).append(chart.svg_text(fig))
                 pngs.setdefault(wl.tag, []).append(f"charts/{stem}.png")
@@ -63,17 +63,18 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Call `write(tmp)` on a temporary name with the same suffix, then rename it to `path`."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+def atomic_write(path: Path, write: Callable[[Path], object], what: str = "") -> None:
+    """Call `write(tmp)` on a temporary name with the same suffix, then rename it to `path`;
+    BadInput naming `what` (and the path) when it cannot be written."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix.lower()}")
     try:
         write(tmp)
         os.replace(tmp, path)
     except OSError as e:
-        raise BadInput(f"cannot write {path}: {e.strerror or e}") from None
+        raise BadInput(f"cannot write {what}{path}: {e.strerror or e}") from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
