@@ -263,6 +263,57 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def quality_section(b: Bench, args: argparse.Namespace, only: set[tuple[str, ...]]) -> None:
+    """Perplexity of the real SmolLM2-135M weights on the shipped held-out text, bf16 and
+    every (backend, bit-width) that runs: kernels round differently, so quality is per
+    backend. Weights come from the packaged GGUF (converted once into --home)."""
+    from runners.data import corpus as corpus_mod
+    from runners.techniques.quality import perplexity
+
+    card = catalog.model_card(args.quality_model)
+    home = Path(args.home)
+    rows: list[dict[str, Any]] = []
+    b.doc["quality"] = {"model": card.id, "rows": rows}
+    tokenizer = None
+    for backend, bits in ((None, None), *ORDER):
+        if backend is not None and only and (backend, bits) not in only:
+            continue
+        label = "bf16" if backend is None else f"{backend} {bits}"
+        row: dict[str, Any] = {"case": label, "backend": backend, "bits": bits}
+        rows.append(row)
+        if b.left_s() < 20:
+            row["skipped"] = "time budget"
+            continue
+        t0 = time.monotonic()
+        try:
+            built = model_mod.load(card, torch.bfloat16, b.device, 0, home=home)
+            if tokenizer is None:
+                tokenizer = model_mod.tokenizer_for(card, home)
+                text = corpus_mod.load(None, args.quality_tokens, tokenizer)
+                b.doc["quality"]["heldout_tokens"] = len(text.heldout)
+            if backend is not None:
+                q = quant.check_available(quant.QUANTIZATIONS[bits], b.device, backend,
+                                          torch.bfloat16)
+                quant.quantize(built.model, q, quant.DEFAULT_EXCLUDE)
+                extension = quant.extension_needed(built.model, b.device)
+                if extension:
+                    quant.build_extension(extension)
+            row["perplexity"] = perplexity(built.model, text.heldout, b.device, 1024)
+            base = rows[0].get("perplexity")
+            if backend is not None and base and row["perplexity"]:
+                row["vs_bf16"] = row["perplexity"] / base
+            del built
+        except Unsupported as e:
+            row["unsupported"] = str(e).splitlines()[0]
+        except Exception as e:  # noqa: BLE001 - one line, and on to the next case
+            row["error"] = f"{type(e).__name__}: {one_line(e)}"[:300]
+        row["wall_s"] = time.monotonic() - t0
+        what = row.get("perplexity") or row.get("unsupported") or row.get("error")
+        b.log(f"quality {label}: {what}")
+        gc.collect()
+        b.save()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -280,6 +331,12 @@ def main() -> int:
     p.add_argument("--budget-s", type=float, default=540.0)
     p.add_argument("--case-s", type=float, default=40.0,
                    help="time a case needs; fewer seconds left skips it")
+    p.add_argument("--quality-model", default="",
+                   help="a real-weights model (e.g. smollm2-135m) whose held-out perplexity is "
+                        "measured for bf16 and every backend, after the speed cases; empty: skip")
+    p.add_argument("--quality-tokens", type=int, default=8192)
+    p.add_argument("--home", default=str(Path.home() / ".efficientllm"),
+                   help="where a packaged GGUF is converted once (the tool's home)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shape: the code paths only")
     args = p.parse_args()
     device = "cpu" if args.smoke else "cuda:0"
@@ -318,9 +375,14 @@ def main() -> int:
     for backend, bits in ORDER:
         if not only or (backend, bits) in only:
             run_case(b, args, backend, bits, reference)
+    if args.quality_model:
+        quality_section(b, args, only)
     b.doc["elapsed_s"] = time.monotonic() - b.start
     b.save()
     print(table(b.doc))
+    for row in b.doc.get("quality", {}).get("rows", []):
+        print(f"quality {row['case']}: ppl {row.get('perplexity')} "
+              f"({row.get('vs_bf16') or row.get('unsupported') or row.get('error') or ''})")
     print(f"\nelapsed {b.doc['elapsed_s']:.0f} s; JSON: {args.out}")
     return 0
 

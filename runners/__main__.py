@@ -20,6 +20,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+# Triton keeps its autotuning results (gemlite's, liger's and flash-linear-attention's
+# kernels) in its on-disk cache, so a repeat of a run does not tune again; set before any
+# Triton import. Tuning always happens before a measured window opens.
+os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+
 from runners.errors import EXIT_BAD_INPUT, EXIT_OK, BadInput, Cancelled, RunnerError, classify
 from runners.protocol import (
     EVENTS_FILE,

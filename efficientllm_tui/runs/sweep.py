@@ -157,6 +157,8 @@ def expand(sweep: SweepFile, repeats: int | None = None, device: str | None = No
            ) -> list[RunSpec]:
     """The runs of a sweep: each pair `repeats` times (default: the file's), the k-th
     repeat with seed + k, all on `device` when given; run ids unique within the sweep.
+    Queued repeat by repeat (every pair once, then every pair again, ...), so a sweep cut
+    short has its first pass whole rather than some pairs three times and others never.
 
     Raises:
         BadInput: A bad repeat count or device.
@@ -164,8 +166,8 @@ def expand(sweep: SweepFile, repeats: int | None = None, device: str | None = No
     n = sweep.repeats if repeats is None else check_repeats(repeats, "--repeats")
     out: list[RunSpec] = []
     seen: set[str] = set()
-    for pair in sweep.pairs:
-        for k in range(n):
+    for k in range(n):
+        for pair in sweep.pairs:
             try:
                 spec = replace(pair, seed=pair.seed + k,
                                device=pair.device if device is None else device)

@@ -406,18 +406,22 @@ class FusedEngine(CompileEngine):
     step is compiled by inductor (float weights; `compile_mode=none` skips it) and captured
     in a CUDA graph. On CPU the lean step runs eagerly.
 
-    Quantized projections are called as their own modules, unfused and uncompiled (their
-    kernels are the quantization's), still inside the captured graph.
+    Quantized projections are called as their own modules (their kernels are the
+    quantization's), still inside the captured graph; the step around them is compiled only
+    with `compile_quantized` (backends whose kernels inductor traces:
+    runners.techniques.quant_backends.STEP_COMPILES).
     """
 
     name = "fused"
     modes = (*CompileEngine.modes, "none")
 
     def __init__(self, model: Any, new_tokens: int, sync: Callable[[], None] | None,
-                 pad_token_id: int | None = None, mode: str = "default") -> None:
+                 pad_token_id: int | None = None, mode: str = "default",
+                 compile_quantized: bool = False) -> None:
         super().__init__(model, new_tokens, sync, pad_token_id, mode)
         self._lean: Any = None
         self._compiles = False
+        self.compile_quantized = compile_quantized
 
     def _allocate(self, batch: int, max_len: int, device: torch.device) -> None:
         from runners.engines.fused import LeanDecoder
@@ -425,7 +429,8 @@ class FusedEngine(CompileEngine):
         self._lean = LeanDecoder(self.model, batch, max_len)
         self._tok = self._lean.tok
         self._compiled = None
-        self._compiles = device.type == "cuda" and self.mode != "none" and self._lean.fused
+        self._compiles = (device.type == "cuda" and self.mode != "none"
+                          and (self._lean.fused or self.compile_quantized))
 
     def _record(self) -> None:
         self._out.index_copy_(1, self._idx, self._tok)

@@ -43,8 +43,8 @@ from runners.families.inference_metrics import Measured, inference_metrics, qual
 from runners.models import build as model_mod
 from runners.protocol import RANDOM_WEIGHTS_NOTE, Event, RunResult
 from runners.system import device as dev
+from runners.techniques import quant_backends, scoring
 from runners.techniques import quantize as quant
-from runners.techniques import scoring
 from runners.techniques.quality import Reference, calibration_batches, perplexity
 
 __all__ = ["TECHNIQUES", "InferenceConfig", "InferenceFamily", "Technique", "perplexity"]
@@ -147,6 +147,11 @@ class InferenceConfig(FamilyConfig):
             object.__setattr__(self, "mcr_reference", float_default(self.device))
 
 
+COMPILED_QUANTIZED = "fused+compile"
+"""Engine-chain entry of `engine=auto` for weights on a backend in
+quant_backends.STEP_COMPILES: `fused` with the step compiled around the quantized kernels,
+tried before the uncompiled `fused`."""
+
 @register
 class InferenceFamily(Family[InferenceConfig]):
     """Latency, throughput, energy, size and perplexity of one model x technique."""
@@ -156,6 +161,7 @@ class InferenceFamily(Family[InferenceConfig]):
     techniques = frozenset(TECHNIQUES)
 
     _built: model_mod.BuiltModel | None = None
+    _quant_report: dict[str, Any] | None = None
     _reference_note: str | None = None
     _tokenizer: Any = None
     _tasks: tuple[str, ...] = ()
@@ -215,7 +221,7 @@ class InferenceFamily(Family[InferenceConfig]):
         kernels: dict[str, Any] = {}
         if tech.quantization is not None:
             built, kernels = self._quantize(built, tech.quantization, text.pool)
-            self._built = built
+            self._built, self._quant_report = built, kernels
         self._probe(built)
         if c.score_of:
             return self._score_only(built, text.heldout, reference, ppl_scored, kernels)
@@ -234,6 +240,10 @@ class InferenceFamily(Family[InferenceConfig]):
         meter = dev.window_meter(c.device, sync, ctx.sample_device)
 
         warm, _ = self._requests("warmup", requests[:c.warmup], engine, meter)
+        if self._quant_report:
+            # every shape is tuned by now (capture and warm-up): keep the choices
+            quant_backends.save_tuning(str(self._quant_report.get("backend")), ctx.home,
+                                       c.device)
         dev.reset_peak_memory(c.device)
         timings, window = self._requests("measure", requests[c.warmup:], engine, meter)
         assert window is not None  # steps >= 1 (RunSpec checks it)
@@ -389,6 +399,7 @@ class InferenceFamily(Family[InferenceConfig]):
                     for batch in batches:
                         built.model(input_ids=batch, use_cache=False)
 
+        quant_backends.load_tuning(q.backend, ctx.home, c.device)
         quant.quantize(built.model, q, exclude, calibrate)
         # packed layers (gemlite, bitsandbytes) hold fewer elements than parameters
         built = replace(built, size=replace(model_mod.measure(built.model),
@@ -402,6 +413,12 @@ class InferenceFamily(Family[InferenceConfig]):
                       activations=q.activations, dynamic_activations=q.dynamic_activations,
                       group_size=q.group_size, exclude=list(exclude), extension=extension)
         return built, report
+
+    def _step_compiles(self) -> bool:
+        """Whether `fused` compiles the decode step around this run's quantized kernels."""
+        backend = (self._quant_report or {}).get("backend")
+        return (self.config.device.startswith("cuda") and self.config.compile_mode != "none"
+                and backend in quant_backends.STEP_COMPILES)
 
     def _quant_info(self, kernels: Mapping[str, Any]) -> dict[str, Any] | None:
         q = self.technique.quantization
@@ -436,6 +453,9 @@ class InferenceFamily(Family[InferenceConfig]):
         """
         c, ctx = self.config, self.ctx
         names = default_chain(c.device) if c.engine == "auto" else (c.engine,)
+        if self._step_compiles() and names[0] == FusedEngine.name:
+            # the compiled quantized step first; the same lean step uncompiled if it fails
+            names = (COMPILED_QUANTIZED, *names)
         reasons: list[str] = []
         for i, name in enumerate(names):
             engine = self._make_engine(name, built, sync, pad)
@@ -455,6 +475,9 @@ class InferenceFamily(Family[InferenceConfig]):
     def _make_engine(self, name: str, built: model_mod.BuiltModel, sync: Any,
                      pad: int | None) -> Engine:
         c = self.config
+        if name == COMPILED_QUANTIZED:
+            return FusedEngine(built.model, c.new_tokens, sync, pad, mode=c.compile_mode,
+                               compile_quantized=True)
         if name in (CompileEngine.name, FusedEngine.name):
             cls = CompileEngine if name == CompileEngine.name else FusedEngine
             return cls(built.model, c.new_tokens, sync, pad, mode=c.compile_mode)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +61,14 @@ its result. CPU: quanto (the kernels the project's CPU figures were taken with:
 `_weight_int8pack_mm` in bf16, tinygemm's CPU int4), then torchao's int8 and bitsandbytes'
 torch fallbacks; gemlite has no CPU path."""
 
+
+STEP_COMPILES = frozenset({"gemlite"})
+"""Backends whose quantized linears inductor traces (gemlite's Triton kernels are custom ops
+with fake implementations), so the runner's `fused` engine compiles the whole decode step
+around them, norms, rotary and residuals fused between the matmuls. quanto's and torchao's
+tensor subclasses did not compile there (docs/benchmarks.md run Q1), and bitsandbytes'
+outlier split breaks the graph: they run the lean step uncompiled. A compile that fails
+falls back to the uncompiled step with the reason in the run's info."""
 
 def _found(module: str) -> bool:
     """Whether `module` can be imported (a dotted name whose parent package is missing
@@ -103,6 +112,46 @@ def why_not(backend: str, bits: str, device: str, dtype: torch.dtype) -> str | N
                     f"{_device_name(device)})")
     return None
 
+
+def tuning_file(home: Path, device: str) -> Path:
+    """Where gemlite's kernel choices for this GPU are kept between runs:
+    `<home>/kernel_tuning/gemlite-<gpu name>.json`. gemlite autotunes every matmul shape
+    its shipped config for the card lacks (minutes a model on an H200 without one,
+    docs/benchmarks.md run Q1); kept, only the first run of a shape pays it, and always
+    outside the measured window (the engine's warm-up)."""
+    name = torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() \
+        else "cpu"
+    slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+    return home / "kernel_tuning" / f"gemlite-{slug}.json"
+
+
+def load_tuning(backend: str, home: Path | None, device: str) -> bool:
+    """Load kept kernel choices for `backend` (gemlite only); whether a file was loaded."""
+    if backend != "gemlite" or home is None or not device.startswith("cuda"):
+        return False
+    path = tuning_file(home, device)
+    if not path.is_file():
+        return False
+    import gemlite
+
+    return bool(gemlite.load_config(str(path), print_error=False))
+
+
+def save_tuning(backend: str, home: Path | None, device: str) -> Path | None:
+    """Keep this process's kernel choices for `backend` (merged into the file); its path,
+    or None when there is nothing to keep. Never fails a run: a file it cannot write is
+    only a slower next start."""
+    if backend != "gemlite" or home is None or not device.startswith("cuda"):
+        return None
+    path = tuning_file(home, device)
+    try:
+        import gemlite
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        gemlite.cache_config(str(path))
+    except Exception:  # noqa: BLE001 - a cache, not a result
+        return None
+    return path
 
 def _capability_at_least(device: str, need: tuple[int, int]) -> bool:
     if not device.startswith("cuda") or not torch.cuda.is_available():

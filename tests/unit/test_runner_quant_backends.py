@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import efficientllm_data
 import pytest
@@ -213,3 +215,58 @@ def test_bitsandbytes_layouts_on_the_cpu(technique: str, cls: str, max_rel_err: 
         data + scales
     out = _logits(built.model)
     assert ((out - reference).norm() / reference.norm()).item() < max_rel_err
+
+
+# -- the decode step around the quantized kernels ---------------------------------------------
+
+def _family(device: str, backend: str | None, compile_mode: str = "default") -> Any:
+    from types import SimpleNamespace
+
+    from runners.families import inference
+
+    fam = object.__new__(inference.InferenceFamily)
+    fam.config = SimpleNamespace(device=device, compile_mode=compile_mode, engine="auto",
+                                 new_tokens=4)
+    fam._quant_report = None if backend is None else {"backend": backend}
+    return fam
+
+
+@pytest.mark.parametrize(("device", "backend", "mode", "compiles"), [
+    ("cuda:0", "gemlite", "default", True),      # gemlite's Triton ops trace: compile the step
+    ("cuda:0", "quanto", "default", False),      # tensor subclasses: the step stays uncompiled
+    ("cuda:0", "torchao", "default", False),
+    ("cuda:0", "bnb", "default", False),
+    ("cuda:0", "gemlite", "none", False),        # compile_mode=none is obeyed
+    ("cuda:0", None, "default", False),          # float weights: `fused` compiles on its own
+    ("cpu", "gemlite", "default", False),
+])
+def test_which_quantized_steps_are_compiled(device: str, backend: str | None, mode: str,
+                                            compiles: bool) -> None:
+    fam = _family(device, backend, mode)
+    assert fam._step_compiles() is compiles
+
+
+def test_the_compiled_quantized_engine_is_fused_with_its_flag() -> None:
+    from runners.engines.decode import FusedEngine
+    from runners.families import inference
+
+    fam = _family("cpu", "gemlite")
+    built = _tiny()
+    engine = fam._make_engine(inference.COMPILED_QUANTIZED, built, None, 0)
+    assert isinstance(engine, FusedEngine) and engine.compile_quantized
+    plain = fam._make_engine(FusedEngine.name, built, None, 0)
+    assert isinstance(plain, FusedEngine) and not plain.compile_quantized
+    # on the CPU the lean step runs eagerly either way
+    engine.prepare(IDS[:1, :8])
+    assert engine.describe()["compiled"] is False
+
+
+def test_gemlite_tuning_is_kept_per_gpu_and_never_fails_a_run(tmp_path: Path) -> None:
+    # not gemlite, no home, or no CUDA: nothing is loaded or written
+    assert qb.load_tuning("quanto", tmp_path, "cuda:0") is False
+    assert qb.load_tuning("gemlite", None, "cuda:0") is False
+    assert qb.load_tuning("gemlite", tmp_path, "cpu") is False
+    assert qb.save_tuning("gemlite", tmp_path, "cpu") is None
+    assert not (tmp_path / "kernel_tuning").exists()
+    path = qb.tuning_file(tmp_path, "cpu")
+    assert path.parent == tmp_path / "kernel_tuning" and path.name.startswith("gemlite-")

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The kernel benchmarks of one GPU session, in one call, each under its own time budget
+# (seconds, from the environment), results under $OUT: quantization backends at the 7B
+# shape (speed, batch 1 and 16) then SmolLM2-135M perplexity per backend; bf16 decode
+# against the HBM roofline at the 0.5B and llama-3.2-1b shapes; the training kernels
+# (pretraining MFU with liger's loss, RWKV on fla, Mamba's scan, NSA).
+#   OUT=/tmp/out bash benchmarks/gpu_suite.sh
+set -u
+: "${OUT:?set OUT to a folder}"
+: "${QUANT_S:=280}" "${DECODE_S:=100}" "${TRAIN_S:=170}"
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.csv"
+python3 benchmarks/quant_backends.py --out "$OUT/quant_backends.json" --budget-s "$QUANT_S" \
+    --quality-model smollm2-135m --home "${EFFICIENTLLM_HOME:-/tmp/elhome}" \
+    2>&1 | tee "$OUT/quant_backends.log"
+python3 benchmarks/bench_decode.py --out "$OUT" --budget-s "$DECODE_S" --only bandwidth,engines \
+    --engine-shapes qwen2.5-0.5b,llama-3.2-1b --engines graph,fused@none,fused \
+    2>&1 | tee "$OUT/bench_decode.log"
+python3 benchmarks/kernels_training.py --out "$OUT" --budget-s "$TRAIN_S" --only steps,nsa \
+    --cases transformer+liger_ce,rwkv+fla_wkv,mamba+our_triton_scan,nsa,torch_reference,fla_parallel_nsa,sdpa_dense_causal \
+    2>&1 | tee "$OUT/kernels_training.log"
