@@ -38,6 +38,14 @@ def _add_db(p: argparse.ArgumentParser) -> None:
                    help="database file (default: DATA_DIR/efficientllm.duckdb)")
 
 
+def _add_ray(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run every pair as a Ray job on this cluster (its dashboard address, "
+                   "e.g. http://HEAD:8265) instead of the local queue; needs the `ray` extra")
+    p.add_argument("--ray-timeout", type=float, metavar="S",
+                   help="with --ray: stop jobs still going after S seconds (default: none)")
+
+
 class _Version(argparse.Action):
     """`--version`: the installed package's version, looked up only when asked for."""
 
@@ -66,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", required=True)
     p.add_argument("-t", "--technique", required=True)
     p.add_argument("-f", "--family", choices=("inference", "finetuning", "pretraining"))
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda:N | a GPU list cuda:0,cuda:1 (one process each)")
+    p.add_argument("--world-size", type=int, metavar="N",
+                   help="training runs: N processes under torchrun, one device each (N GPUs "
+                   "from --device on; with --device cpu, N CPU processes over gloo)")
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="training runs on N GPUs (--world-size N on a GPU device)")
     p.add_argument("--steps", type=int)
     p.add_argument("--warmup", type=int)
     p.add_argument("--batch-size", type=int)
@@ -96,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the batch's progress until every run is stored")
     p.add_argument("--resume", metavar="SWEEP_ID",
                    help="re-queue the runs of a sweep that never ran (unique prefix ok)")
+    _add_ray(p)
     p.add_argument("--json", action="store_true")
     _add_db(p)
 
@@ -110,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the study's progress until every run is stored")
     p.add_argument("--resume", metavar="STUDY_ID",
                    help="re-queue the runs of a study that never ran (unique prefix ok)")
+    _add_ray(p)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     _add_db(p)
 

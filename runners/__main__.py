@@ -104,13 +104,14 @@ def _lock_holder(path: Path) -> int | None:
         return None
 
 
-def _watch(home: Path, run_id: str, simulate_gpu: bool) -> bool:
-    """Ask the profiling daemon to watch this process; best effort, never fails the run.
-    Only a run that asked for simulated GPUs gets them (profiling.daemon.service says why)."""
+def _watch(home: Path, run_id: str, simulate_gpu: bool, pid: int | None = None) -> bool:
+    """Ask the profiling daemon to watch this process (or `pid`: torchrun's, whose tree
+    holds every rank); best effort, never fails the run. Only a run that asked for
+    simulated GPUs gets them (profiling.daemon.service says why)."""
     try:
         from profiling.daemon import client
 
-        return bool(client.watch(home, os.getpid(), run_id, simulate_gpu=simulate_gpu))
+        return bool(client.watch(home, pid or os.getpid(), run_id, simulate_gpu=simulate_gpu))
     except Exception:  # a missing or broken daemon costs live samples, not the run
         return False
 
@@ -147,6 +148,7 @@ def _stop_contention(watch: ContentionWatch | None, info: dict[str, Any]) -> dic
 
 def execute(run_dir: Path, log: EventLog) -> int:
     """Run the spec in `run_dir`; every outcome becomes events. Returns the exit code."""
+    from runners import distributed
     from runners.families.base import Family, RunContext, family_class, sample_device
     from runners.models import catalog
     from runners.system import device as dev
@@ -156,38 +158,60 @@ def execute(run_dir: Path, log: EventLog) -> int:
     spec: RunSpec | None = None
     family: Family[Any] | None = None
     device: str | None = None
-    lock: DeviceLock | None = None
+    locks: list[DeviceLock] = []
+    group: distributed.Group | None = None
     watch: ContentionWatch | None = None
     contention: dict[str, Any] = {}
     try:
         spec = _read_spec(run_dir)
         device = dev.resolve(spec.device)
+        group = distributed.join(spec, device)  # several ranks: runners.distributed
+        if group is not None:
+            device = group.device
+            group.sample_devices = group.gather(sample_device(device))
+            group.sharding = distributed.resolve_sharding(
+                str(spec.params.get("sharding", "auto")),
+                distributed.fits_one_device(spec, device))
         dev.make_current(device)
         log.emit(Event.started(
             pid=os.getpid(), host=dev.host(), device=device, versions=dev.versions(),
             run_id=spec.run_id, family=spec.family, technique=spec.technique, model=spec.model,
             sample_device=sample_device(device), gpu_name=dev.gpu_name(device),
-            cpu_count=os.cpu_count(), simulate_gpu=spec.simulate_gpu))
+            cpu_count=os.cpu_count(), simulate_gpu=spec.simulate_gpu,
+            **(distributed.describe_started(group) if group is not None else {})))
 
         family_cls = family_class(spec.family)
         _, card = catalog.resolve(spec.family, spec.technique, spec.model)
         family_cls.check_technique(spec.technique)
         config = family_cls.config_type.from_spec(spec, device)
         ctx = RunContext(spec, run_dir, home, device, log)
+        ctx.dist = group
         family = family_cls(config, card, ctx)
         family.validate()
 
-        lock = DeviceLock(home, device)
-        lock.acquire(on_wait=lambda: ctx.phase("waiting_for_lock", device=device,
-                                               lock=str(lock.path),
-                                               holder_pid=_lock_holder(lock.path)))
-        watched = _watch(home, spec.run_id, spec.simulate_gpu)
-        watch, contention = _start_contention(device)
+        # Rank 0 holds the lock of every device of the run; the other ranks wait for it.
+        for locked in (distributed.run_devices(device, spec.world_size)
+                       if group is None or group.main else []):
+            lock = DeviceLock(home, locked)
+            locks.append(lock)
+            lock.acquire(on_wait=lambda lock=lock, locked=locked: ctx.phase(
+                "waiting_for_lock", device=locked, lock=str(lock.path),
+                holder_pid=_lock_holder(lock.path)))
+        if group is not None:
+            group.barrier()
+        watched = _watch(home, spec.run_id, spec.simulate_gpu,
+                         None if group is None else os.getppid()) \
+            if group is None or group.main else False
+        watch, contention = _start_contention(device) \
+            if group is None or group.main else (None, {})
 
         result = family.run()
+        if group is not None:
+            result = group.merge_result(result)
         _disarm_signals()
         contention, watch = _stop_contention(watch, contention), None
-        result = replace(result, info={**result.info, "lock_wait_s": lock.waited_s,
+        result = replace(result, info={**result.info,
+                                       "lock_wait_s": sum(lk.waited_s for lk in locks),
                                        **contention, "profiler_watched": watched,
                                        "simulate_gpu": spec.simulate_gpu, "seed": spec.seed})
         ctx.phase("done")
@@ -212,8 +236,10 @@ def execute(run_dir: Path, log: EventLog) -> int:
                                             error_message=message, info=info)))
         return code
     finally:
-        if lock is not None:
-            lock.release()
+        for held in locks:
+            held.release()
+        if group is not None:
+            group.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     _arm_signals()
     try:
         _offline_env()
-        log = EventLog(run_dir / EVENTS_FILE)
-        write_pid_file(run_dir)
+        from runners.distributed import events_name, is_main
+
+        log = EventLog(run_dir / events_name(EVENTS_FILE))
+        if is_main():  # under torchrun, rank 0 is the run's runner
+            write_pid_file(run_dir)
     except Cancelled:
         return 1
     try:

@@ -225,6 +225,8 @@ FINETUNING = (
     _p("heldout_fraction", float, 0.1, "share of the dataset's examples held out",
        **_FRACTION),
     _p("save", bool, True, "save what was trained under RUN_DIR/adapter/"),
+    _p("sharding", str, "auto", "several devices: ddp, fsdp2 (fully_shard), or auto (fsdp2 "
+       "where one GPU cannot hold the weights)", choices=("auto", "ddp", "fsdp2")),
     *_QUALITY,
     _p("compile", str, "auto", "torch.compile: layers, model, off, or auto (layers on CUDA for "
        "the measured techniques)", choices=("auto", "off", "layers", "model"),
@@ -252,6 +254,8 @@ PRETRAINING = (
     _p("eval_tokens", int, 4096, "held-out tokens scored for eval_ppl; 0 skips it",
        **_EVAL_TOKENS),
     _p("save", bool, False, "write RUN_DIR/checkpoint.pt after the run"),
+    _p("sharding", str, "auto", "several devices: ddp, fsdp2 (fully_shard), or auto (fsdp2 "
+       "where one GPU cannot hold the weights)", choices=("auto", "ddp", "fsdp2")),
     _p("threads", int, None, "torch intra-op threads; unset: one fewer than the usable CPUs",
        low=1),
     _p("experts", int, 8, "moe: experts per layer", low=1),

@@ -91,6 +91,10 @@ class RunSpec:
     """Use the simulated GPU backend (labelled `simulated` everywhere)."""
     created_ns: int = 0
     """Wall clock when the launcher made the spec."""
+    world_size: int = 1
+    """Processes of the run, one device each (runners.distributed): N GPUs from `device`
+    on, or N CPU processes on `cpu`; above 1 the launcher starts the runner under torchrun.
+    Left out of spec.json when 1, so single-device specs read as before."""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.run_id, str) and bool(_RUN_ID_RE.match(self.run_id)),
@@ -101,7 +105,7 @@ class RunSpec:
         _check(isinstance(self.model, str) and bool(self.model), "model is empty")
         _check(isinstance(self.device, str) and bool(_DEVICE_RE.match(self.device)),
                f"invalid device {self.device!r} (use auto, cpu or cuda:N)")
-        for name in ("batch_size", "seq_len", "new_tokens", "steps"):
+        for name in ("batch_size", "seq_len", "new_tokens", "steps", "world_size"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                    f"{name} must be a positive integer, got {value!r}")
@@ -118,6 +122,8 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["params"] = dict(self.params)
+        if self.world_size == 1:
+            del out["world_size"]
         return out
 
     @classmethod

@@ -75,11 +75,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         params = parse_set(args.sets)
     except ProtocolError as e:
         raise BadInput(str(e)) from None
+    device, world_size = specs.world(args.device, args.world_size, args.gpus)
     spec = specs.build_spec(
-        model=args.model, technique=args.technique, family=args.family, device=args.device,
+        model=args.model, technique=args.technique, family=args.family, device=device,
         params=params, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
         seq_len=args.seq_len, new_tokens=args.new_tokens, seed=args.seed, dataset=args.dataset,
-        simulate_gpu=True if args.simulate_gpu else None,
+        simulate_gpu=True if args.simulate_gpu else None, world_size=world_size,
     )
     check_available(spec)
     home = home_dir()

@@ -62,12 +62,22 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise BadInput(f"run {run_id} is not stored in {store.path} yet (see `efficientllm "
                        "queue`)")
     doc = run_doc(run, run.get("status", ""))
+    from efficientllm_tui.store.scaling import scaling
+
+    scaled = scaling(store, run_id)  # a multi-device run against its one-device twin
+    if scaled is not None:
+        doc["scaling"] = {"world_size": scaled.world_size, "base_run_id": scaled.base_run_id,
+                          "speedup": scaled.speedup, "efficiency": scaled.efficiency}
     if args.json:
         emit_json(doc)
     else:
         print_run(doc)
+        if scaled is not None:
+            print(f"scaling: {scaled.speedup:.2f}x the tokens/s of one device "
+                  f"({scaled.base_run_id}), efficiency {scaled.efficiency:.0%} over "
+                  f"{scaled.world_size} devices")
         keys = ("family", "group_name", "device", "batch_size", "seq_len", "new_tokens", "steps",
-                "warmup", "params", "weights", "started_at", "ended_at", "host",
+                "warmup", "world_size", "params", "weights", "started_at", "ended_at", "host",
                 "torch_version", "transformers_version")
         table(["field", "value"], [[k, doc.get(k)] for k in keys])
     return 0

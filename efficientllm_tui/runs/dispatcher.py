@@ -142,6 +142,8 @@ class Dispatcher:
         for run_dir in rundir.iter_dirs(self.home):
             if run_dir.name in self.done or self.retry_at.get(run_dir.name, 0.0) > now:
                 continue
+            if (run_dir / rundir.REMOTE_FILE).exists():
+                continue  # a Ray job's run: its submitter follows and stores it
             try:
                 state = self._look(run_dir)
             except Exception as e:  # noqa: BLE001 - one broken run dir never stops the queue
@@ -149,7 +151,7 @@ class Dispatcher:
                 continue
             if state == "running":
                 entry = _entry_or_none(run_dir)
-                busy.add(entry.device_key if entry else _spec_key(run_dir))
+                busy |= queue.keys_of(entry.device_key if entry else _spec_key(run_dir))
                 running_dirs.append(run_dir)
             elif state == "waiting":
                 entry = _entry_or_none(run_dir)
@@ -160,10 +162,10 @@ class Dispatcher:
             self._watchdog(running_dirs)
         started = 0
         for run_dir, entry in sorted(waiting, key=lambda p: (p[1].queued_ns, p[0].name)):
-            if entry.device_key in busy:
+            if queue.keys_of(entry.device_key) & busy:
                 continue
             if self._start(run_dir, entry):
-                busy.add(entry.device_key)
+                busy |= queue.keys_of(entry.device_key)
                 started += 1
         return len(waiting) - started, len(busy)
 
@@ -321,7 +323,7 @@ def _spec(run_dir: Path) -> RunSpec:
 
 def _spec_key(run_dir: Path) -> str:
     try:
-        return queue.device_key(_spec(run_dir).device)
+        return queue.run_key(_spec(run_dir))
     except (BadInput, ProtocolError):
         return "?"
 

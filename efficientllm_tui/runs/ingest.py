@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from efficientllm_tui.errors import BadInput, StoreError
-from efficientllm_tui.runs import fold, queue, rundir
+from efficientllm_tui.runs import fold, multidevice, queue, rundir
 from efficientllm_tui.store.bundle import RunBundle
 from efficientllm_tui.store.db import Store
 from efficientllm_tui.store.schema import RUN_COLUMNS
@@ -32,6 +32,8 @@ from runners import errors as runner_errors
 from runners.models import catalog
 from runners.protocol import SPEC_FILE, STDERR_FILE, Event, ProtocolError, RunSpec
 
+REMOTE_SPOOL_DIR = "spool"
+"""A remote run's samples: its node's spool segments of the run, copied into its run dir."""
 _STEP_COLUMNS = ("step", "phase", "latency_s", "tokens", "samples", "loss", "lr", "ttft_s")
 
 
@@ -219,12 +221,21 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
     t0, t1, span_note = _span(measure, state.t_start_ns, max(state.t_start_ns, state.t_end_ns))
 
     dev = _sample_device(started, device, spec.simulate_gpu)
-    samples = [s for s in spool.read_samples(homes.spool_dir(home), state.t_start_ns,
-                                             state.t_end_ns, {"cpu", dev})
+    devs = multidevice.sample_devices(started, dev)  # a run on several GPUs: all of them
+    # A Ray job's run brings its node's samples of the run in its dir (runs.ray_jobs).
+    spool_root = run_dir / REMOTE_SPOOL_DIR if (run_dir / REMOTE_SPOOL_DIR).is_dir() \
+        else homes.spool_dir(home)
+    samples = [s for s in spool.read_samples(spool_root, state.t_start_ns,
+                                             state.t_end_ns, {"cpu", dev, *devs})
                if spec.simulate_gpu or not s.simulated]  # never simulated data it did not ask for
     n_cpus = int((started.get("cpu_count") if started else None) or os.cpu_count() or 1)
-    metrics, pcu_source = sample_metrics(samples, dev, t0, t1, n_cpus,
-                                         _no_samples_reason(result, dev))
+    if len(devs) > 1:
+        metrics, pcu_source = multidevice.metrics(
+            samples, devs, lambda ss, d: sample_metrics(ss, d, t0, t1, n_cpus,
+                                                        _no_samples_reason(result, d)))
+    else:
+        metrics, pcu_source = sample_metrics(samples, dev, t0, t1, n_cpus,
+                                             _no_samples_reason(result, dev))
     lost = _lost_samples(home, t0, t1)
     if lost:
         span_note = f"{span_note}; {lost}" if span_note else lost
@@ -269,6 +280,7 @@ def build_bundle(run_dir: Path, home: Path, state: RunState | None = None) -> Ru
         "pcu_source": pcu_source,
         "energy_note": _energy_note(measure, info),
         "sweep_id": _sweep_id(run_dir),
+        "world_size": spec.world_size,
         "info": json.dumps(info, sort_keys=True, default=str),
         "ingested_at": _ts(time.time_ns()),
     }

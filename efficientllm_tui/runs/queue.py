@@ -86,6 +86,20 @@ def device_key(device: str, cuda: bool | None = None) -> str:
     return device
 
 
+def run_key(spec: RunSpec) -> str:
+    """The queue key of a run: its device's, or for a run on several GPUs every device's,
+    comma-joined (`cuda:0,cuda:1`): it waits until all of them are free."""
+    from runners.distributed import run_devices
+
+    key = device_key(spec.device)
+    return ",".join(run_devices(key, spec.world_size))
+
+
+def keys_of(key: str) -> set[str]:
+    """The devices of a queue key (one, or a multi-device run's several)."""
+    return set(key.split(","))
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
@@ -100,7 +114,7 @@ def enqueue(spec: RunSpec, home: Path, db: Path, *, sweep_id: str | None = None,
     what was written and raises BadInput with one line.
     """
     entry = QueueEntry(now_ns or time.time_ns(), str(Path(db).expanduser().absolute()),
-                       device_key(spec.device), sweep_id)
+                       run_key(spec), sweep_id)
     run_dir = rundir.prepare(spec, home)
     try:
         _write_json(run_dir / QUEUE_FILE, entry.to_dict())

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from efficientllm_tui.errors import BadInput
 from profiling import home as homes
+from runners.distributed import launch_argv
 from runners.protocol import (
     EVENTS_FILE,
     PID_FILE,
@@ -34,6 +35,9 @@ LAUNCHER_FILE = "launcher.json"
 """The spawner's record of the runner's pid, before the runner writes runner.pid itself."""
 EXIT_FILE = "exit.json"
 """How the runner process ended, written by the process that started (and reaped) it."""
+REMOTE_FILE = "remote.json"
+"""A run that runs as a Ray job on another node: where (address, job id, host); its
+submitter, not this host's dispatcher, follows and stores it (efficientllm_tui.runs.ray_jobs)."""
 INGESTED_FILE = "ingested.json"
 """Written when a run is stored: its status and the events' size then."""
 PRIVATE_DIR_MODE = 0o700
@@ -66,13 +70,18 @@ def remove(run_dir: Path) -> None:
 
 
 def spawn(run_dir: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start `python -m runners RUN_DIR` detached (own session, stdio to files)."""
+    """Start `python -m runners RUN_DIR` detached (own session, stdio to files); a spec of
+    world_size N starts it under torchrun with N processes (runners.distributed)."""
     child_env = dict(os.environ if env is None else env)
+    try:
+        world_size = RunSpec.from_json((run_dir / SPEC_FILE).read_text("utf-8")).world_size
+    except (OSError, ValueError):
+        world_size = 1  # the runner itself reports what is wrong with its spec
     child_env["EFFICIENTLLM_HOME"] = str(run_dir.parent.parent)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     with open(run_dir / STDOUT_FILE, "ab") as out, open(run_dir / STDERR_FILE, "ab") as err:
         proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [sys.executable, "-m", "runners", str(run_dir)],
+            launch_argv(sys.executable, str(run_dir), world_size),
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, close_fds=True,
             start_new_session=True, cwd=str(run_dir), env=child_env,
         )

@@ -53,6 +53,9 @@ def build_spec(*, model: str, technique: str, family: str | None = None, device:
     dataset (runners.preflight), so bad input leaves no run dir and no stored run.
     """
     family = resolve_technique(technique, family).family
+    if (fields.get("world_size") or 1) > 1 and family == "inference":
+        raise BadInput("inference runs on one device; --world-size/--gpus is for "
+                       "pretraining and finetuning")
     card = resolve_model(model)
     if fields.get("dataset"):
         path = Path(str(fields["dataset"])).expanduser()
@@ -69,6 +72,36 @@ def build_spec(*, model: str, technique: str, family: str | None = None, device:
     except (ProtocolError, runner_errors.BadInput) as e:
         raise BadInput(str(e)) from None
     return spec
+
+
+def world(device: str, world_size: int | None, gpus: int | None) -> tuple[str, int | None]:
+    """`--device`, `--world-size` and `--gpus` as the spec's (device, world_size).
+
+    A GPU list (`cuda:0,cuda:1`) is its first device and its length; `--gpus N` is
+    `--world-size N` on a GPU (refused with `--device cpu`: CPU processes are
+    `--world-size N`). None keeps the spec's default (one process).
+    """
+    from runners.distributed import MAX_WORLD_SIZE, parse_device_list
+
+    try:
+        device, listed = parse_device_list(device)
+    except runner_errors.BadInput as e:
+        raise BadInput(str(e)) from None
+    if gpus is not None:
+        if device == "cpu":
+            raise BadInput("--gpus counts GPUs; for several CPU processes use --device cpu "
+                           "--world-size N")
+        if world_size is not None and world_size != gpus:
+            raise BadInput(f"--gpus {gpus} and --world-size {world_size} disagree; give one")
+        world_size = gpus
+    if listed > 1:
+        if world_size is not None and world_size != listed:
+            raise BadInput(f"--device lists {listed} GPUs but --world-size/--gpus is "
+                           f"{world_size}; give one")
+        world_size = listed
+    if world_size is not None and not 1 <= world_size <= MAX_WORLD_SIZE:
+        raise BadInput(f"--world-size/--gpus must be 1 to {MAX_WORLD_SIZE}, got {world_size}")
+    return device, world_size
 
 
 def technique_available(technique: str) -> bool:

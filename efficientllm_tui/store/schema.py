@@ -84,8 +84,15 @@ _V4_COLUMNS: dict[str, dict[str, str]] = {
     "runs": {"sweep_id": "VARCHAR"},
 }
 
+# Schema version 5: how many processes (one device each) the run trained on; NULL for runs
+# stored before, which all ran on one (runners.distributed).
+_V5_COLUMNS: dict[str, dict[str, str]] = {
+    "runs": {"world_size": "INTEGER"},
+}
+
 COLUMNS: dict[str, dict[str, str]] = {
-    t: {**_columns(spec), **_V2_COLUMNS.get(t, {}), **_V4_COLUMNS.get(t, {})}
+    t: {**_columns(spec), **_V2_COLUMNS.get(t, {}), **_V4_COLUMNS.get(t, {}),
+        **_V5_COLUMNS.get(t, {})}
     for t, spec in _V1_TABLES.items()
 }
 """Every table's columns (name -> DuckDB type) in the current schema version."""
@@ -134,8 +141,8 @@ def workload_sql(r: str = "r") -> str:
     Runs are ranked only against runs of the same workload (DESIGN.md section 5): family,
     comparison group, model, weights, batch size, sequence length, new tokens (inference),
     the dtype everything is compared to (MCR's reference, or the training precision), the
-    GPU's name (or cpu), simulated, and contended. One readable string, so users and
-    reports can GROUP BY it.
+    GPU's name (or cpu), simulated, contended, and the devices of a multi-device run. One
+    readable string, so users and reports can GROUP BY it.
     """
     return f"""concat_ws(' | ', {r}.family, coalesce({r}.group_name, '-'), {r}.model,
   coalesce({r}.weights, 'unknown') || ' weights',
@@ -148,7 +155,9 @@ def workload_sql(r: str = "r") -> str:
                               ELSE 'cpu' END),
   CASE WHEN coalesce({r}.simulated, false) THEN 'simulated' ELSE 'measured' END,
   CASE WHEN {r}.contended THEN 'contended' WHEN NOT {r}.contended THEN 'alone'
-       ELSE 'contention unknown' END)"""
+       ELSE 'contention unknown' END,
+  CASE WHEN coalesce({r}.world_size, 1) > 1
+       THEN CAST({r}.world_size AS VARCHAR) || ' devices' END)"""
 
 
 def _run_metrics_sql() -> str:
@@ -234,8 +243,16 @@ def _migrate_to_4(con: Any) -> None:
             con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {typ}")
 
 
+def _migrate_to_5(con: Any) -> None:
+    """Version 5: `runs.world_size`, the run's processes (one device each); the workload
+    key names it when above 1, so a 2-GPU run is never ranked against one-GPU runs."""
+    for table, cols in _V5_COLUMNS.items():
+        for name, typ in cols.items():
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {typ}")
+
+
 MIGRATIONS: list[Callable[[Any], None]] = [_migrate_to_1, _migrate_to_2, _migrate_to_3,
-                                           _migrate_to_4]
+                                           _migrate_to_4, _migrate_to_5]
 """MIGRATIONS[v] takes a database from schema version v to v + 1.
 
 Views are derived, not migrated: they are recreated from the current code after every

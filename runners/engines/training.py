@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from runners import distributed
 from runners.engines.xent import IGNORE_INDEX, LossTap
 
 Precision = Literal["fp32", "bf16", "bf16-pure"]
@@ -169,6 +170,9 @@ class TrainStep:
     sync. The loss is read back once per step. With a `tap` (from `chunked_lm_loss`) the
     reported loss is the task cross-entropy even when the objective carries a penalty.
     `params` (default: the optimizer's) are the tensors whose gradients are clipped.
+    In a multi-rank run (runners.distributed) the model runs under DDP, its gradients
+    all-reduced on each step's last micro-batch only; under fsdp2 it was sharded before the
+    optimizer was made.
     """
 
     def __init__(self, model: Any, optimizer: torch.optim.Optimizer, *, device: str,
@@ -177,7 +181,7 @@ class TrainStep:
                  after_backward: Callable[[int], None] | None = None,
                  params: Sequence[torch.Tensor] | None = None,
                  tap: LossTap | None = None, master: MasterWeights | None = None) -> None:
-        self.model = model
+        self.model = distributed.wrap_ddp(model, distributed.current())
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.device = device
@@ -201,12 +205,13 @@ class TrainStep:
         t0 = time.perf_counter()
         objective = torch.zeros((), dtype=torch.float32, device=self.device)
         task = torch.zeros((), dtype=torch.float32, device=self.device)
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
             if self.tap is not None:
                 self.tap.last = None
-            with autocast(self.device, self.amp):
-                loss = self.loss_fn(self.model, batch, num_items)
-            loss.backward()
+            with distributed.no_sync(self.model, last=i == len(micro_batches) - 1):
+                with autocast(self.device, self.amp):
+                    loss = self.loss_fn(self.model, batch, num_items)
+                loss.backward()
             objective += loss.detach().float()
             tapped = self.tap.last if self.tap is not None else None
             task += (tapped if tapped is not None else loss.detach()).float()
@@ -241,7 +246,7 @@ def evaluate_loss(model: Any, batches: Sequence[MicroBatch], *, device: str,
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), distributed.gathered():
             for batch in batches:
                 _, n, _ = count_tokens(batch)
                 if n == 0:

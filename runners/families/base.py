@@ -86,6 +86,8 @@ class RunContext:
         self.home = home
         self.device = device
         self.log = log
+        self.dist: Any = None
+        """The runners.distributed.Group of a multi-rank run, else None."""
 
     @property
     def sample_device(self) -> str:
@@ -93,6 +95,8 @@ class RunContext:
         return sample_device(self.device)
 
     def emit(self, event: Event) -> Event:
+        if self.dist is not None:  # steps and windows merged over the ranks first
+            return self.dist.emit(event, self.log.emit)  # type: ignore[no-any-return]
         return self.log.emit(event)
 
     def phase(self, name: str, **extra: Any) -> None:

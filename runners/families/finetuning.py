@@ -43,6 +43,7 @@ import torch
 
 from profiling import metrics as pm
 from profiling.window import WindowMeter, WindowResult
+from runners import distributed
 from runners.data import sft
 from runners.engines import training, xent
 from runners.engines.compilation import (
@@ -174,6 +175,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
                             requested=c.compile)
         self._compiler = compiler
         prepared.model.train()
+        distributed.shard(prepared.model, distributed.current())  # fsdp2: before the optimizer
         trainable = prepared.trainable()
         if not trainable:
             raise BadInput(f"{c.technique} left no trainable parameter "
@@ -234,7 +236,7 @@ class FinetuningFamily(Family[FinetuningConfig]):
                                                items=c.quality_items, device=c.device,
                                                amp=amp, meter=meter)
         saved: list[str] = []
-        if c.save:
+        if c.save and distributed.saves():
             ctx.phase("save", path=str(ctx.run_dir / ADAPTER_DIR))
             saved = peft_methods.save(prepared, ctx.run_dir / ADAPTER_DIR)
 
@@ -283,7 +285,8 @@ class FinetuningFamily(Family[FinetuningConfig]):
         held_items = [sft.tokenize(e, encode, eos) for e in data.heldout]
         rows_fn = sft.packed_rows if c.packing else sft.padded_rows
         micro = min((c.warmup + c.steps) * c.grad_accum, DISTINCT_MICRO_BATCHES)
-        train_rows = rows_fn(train_items, c.seq_len, micro * c.batch_size, c.seed)
+        train_rows = rows_fn(train_items, c.seq_len, micro * c.batch_size,
+                             distributed.data_seed(c.seed))
         if not train_rows:
             raise BadInput(f"dataset {data.source!r} has no training tokens")
         train = [self._tensors(b) for b in sft.batches(train_rows, c.batch_size, pad,

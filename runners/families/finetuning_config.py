@@ -72,6 +72,8 @@ class FinetuningConfig(FamilyConfig):
     """Share of the dataset's examples held out (never trained on)."""
     save: bool = True
     """Save what was trained under RUN_DIR/adapter/."""
+    sharding: str = "auto"
+    """world_size > 1: ddp, fsdp2 or auto (runners.distributed)."""
     quality: str = "off"
     """lm-eval tasks scored on the adapted model after training, in a `quality` phase and
     window of its own (`off`, `suite`, or task names); the base model is scored on the same

@@ -46,6 +46,7 @@ import torch
 
 from profiling import metrics as pm
 from profiling.window import WindowMeter, WindowResult
+from runners import distributed
 from runners.data import textstream
 from runners.engines import xent
 from runners.engines.compilation import compile_decoder, dynamo_stats, eager_if
@@ -135,10 +136,12 @@ class PretrainingFamily(Family[PretrainingConfig]):
         context = _attention_context(model, c.seq_len)
         flops_per_token = pm.flops_per_token(counts.flop, training=True, n_layers=n_layers,
                                              d_attn=d_attn, context_len=context)
+        forward_loss = distributed.loss_forward(model, distributed.current())  # DDP/FSDP2
         optimizer = self._optimizer(model, cuda)
 
         # Every step's windows are planned and on the device before any window opens.
-        plan = textstream.WindowPlan(len(text.train), c.batch_size, c.seq_len, c.seed)
+        plan = textstream.WindowPlan(len(text.train), c.batch_size, c.seq_len,
+                                     distributed.data_seed(c.seed))
         ids = _to_tensor(text.train, c.device)
         starts = torch.tensor([plan.starts(s) for s in range(total_steps)], dtype=torch.long,
                               device=c.device)
@@ -158,8 +161,8 @@ class PretrainingFamily(Family[PretrainingConfig]):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with self._autocast(autocast_dtype):
-                out = model.forward_loss(rows[:, :-1], rows[:, 1:],
-                                         chunk_rows=c.loss_chunk_tokens or None)
+                out = forward_loss(rows[:, :-1], rows[:, 1:],
+                                   chunk_rows=c.loss_chunk_tokens or None)
             out.loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip) \
                 if c.grad_clip > 0 else None
@@ -196,7 +199,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
             ctx.phase("eval", tokens=len(text.heldout))
             with eager_if(compiled["enabled"]):  # eval shapes and no_grad: no recompiles
                 ppl = self._perplexity(model, text.heldout, autocast_dtype)
-        checkpoint = self._save(model, variant) if c.save else None
+        checkpoint = self._save(model, variant) if c.save and distributed.saves() else None
 
         metrics = self._metrics(measured, window, counts, flops_per_token, peak_tflops,
                                 peak_alloc, peak_reserved, ppl)
@@ -342,7 +345,7 @@ class PretrainingFamily(Family[PretrainingConfig]):
         nll, count = 0.0, 0
         model.eval()
         try:
-            with torch.no_grad(), self._autocast(autocast_dtype):
+            with torch.no_grad(), self._autocast(autocast_dtype), distributed.gathered():
                 full = (len(ids) - 1) // c.seq_len
                 if full:
                     rows = ids[: full * c.seq_len + 1]

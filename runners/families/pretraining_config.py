@@ -46,6 +46,8 @@ class PretrainingConfig(FamilyConfig):
     """Held-out tokens scored for `eval_ppl`; 0 skips the evaluation."""
     save: bool = False
     """Write RUN_DIR/checkpoint.pt (weights and config) after the run."""
+    sharding: str = "auto"
+    """world_size > 1: ddp, fsdp2 or auto (runners.distributed)."""
     threads: int | None = field(default=None, metadata={"kind": int})
     """torch intra-op threads; None: one fewer than the CPUs this process may use."""
     experts: int = 8

@@ -29,7 +29,8 @@ def test_unknown_key_names_every_valid_key() -> None:
         "unknown --set parameter(s) for pretraining: bogus_key (valid: aux_loss_coef, beta2, "
         "checkpointing, compile, eval_tokens, experts, grad_clip, loss_chunk_tokens, "
         "loss_kernel, lr, lr_warmup_steps, measure_peak, min_lr_ratio, moe_match, nsa_block, "
-        "nsa_blocks, nsa_window, peak_tflops, precision, recurrence, save, threads, top_k, "
+        "nsa_blocks, nsa_window, peak_tflops, precision, recurrence, save, sharding, threads, "
+        "top_k, "
         "weight_decay)")
 
 

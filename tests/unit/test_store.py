@@ -46,7 +46,7 @@ def test_migration_creates_schema_and_version(store: Store) -> None:
     with store.connect():
         pass
     stats = store.stats()
-    assert stats["schema_version"] == SCHEMA_VERSION == 4
+    assert stats["schema_version"] == SCHEMA_VERSION == 5
     for table, cols in COLUMNS.items():
         got = store.query(
             "SELECT column_name, data_type FROM information_schema.columns "
@@ -351,7 +351,7 @@ def test_a_version_1_file_migrates_keeping_its_rows(tmp_path: Path) -> None:
     got = store.get_run("old")
     assert got is not None and got["metrics"] == {"al_s": (0.5, "s", "runner")}
     assert got["metric_notes"] == {} and got["energy_note"] is None
-    assert store.stats()["schema_version"] == 4
+    assert store.stats()["schema_version"] == 5
 
 
 def test_a_version_2_file_gains_ranked_task_quality(tmp_path: Path) -> None:
@@ -378,7 +378,7 @@ def test_a_version_2_file_gains_ranked_task_quality(tmp_path: Path) -> None:
     assert [tuple(r) for r in rows.rows] == [("a", 0.6, None), ("b", 0.3, None)]
     ranks = {(b["run_id"], b["rank"]) for b in store.leaderboard() if b["metric"] == "quality"}
     assert ranks == {("a", 1), ("b", 2)}
-    assert store.stats()["schema_version"] == 4
+    assert store.stats()["schema_version"] == 5
 
 
 def test_metric_directions_follow_the_paper() -> None:
