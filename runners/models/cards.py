@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 ARCHS = ("qwen2", "llama", "mistral", "phi3")
 """Architectures the model builder knows (transformers model types)."""
+VLM_ARCHS = ("idefics3", "qwen2_vl", "llava")
+"""Vision-language architectures runners.models.vlm builds (SmolVLM, Qwen2-VL, LLaVA)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +27,42 @@ class Technique:
 
 
 @dataclass(frozen=True, slots=True)
+class VisionShape:
+    """The vision side of a vision-language card: its encoder, how patches become image
+    tokens, and the special token ids the prompt uses."""
+
+    layers: int
+    hidden_size: int
+    heads: int
+    intermediate_size: int
+    image_size: int
+    """Side in pixels every image is resized to (random-weight shapes: one tile)."""
+    patch_size: int
+    merge: int = 1
+    """Patches merged per side into one image token (Idefics3 scale_factor, Qwen2-VL
+    spatial_merge_size; 1 for LLaVA)."""
+    image_token_id: int = 260
+    vision_start_id: int | None = None
+    """Qwen2-VL's <|vision_start|> / <|vision_end|> around the image tokens."""
+    vision_end_id: int | None = None
+    feature_layer: int = -1
+    """LLaVA: the vision layer whose features are projected."""
+
+    @property
+    def image_tokens(self) -> int:
+        """Image tokens one image becomes in the prompt."""
+        side = self.image_size // self.patch_size
+        return (side // self.merge) ** 2
+
+
+@dataclass(frozen=True, slots=True)
 class ModelCard:
     """The shape of one decoder model, enough to build it with random weights."""
 
     id: str
     arch: str
-    """transformers model type: qwen2, llama, mistral or phi3."""
+    """transformers model type: qwen2, llama, mistral or phi3 (VLM_ARCHS for vision-language
+    cards, whose other fields describe the language model)."""
     weights: str
     """`random` (built from this card) or `real` (loaded from local files)."""
     num_layers: int
@@ -52,6 +84,8 @@ class ModelCard:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    vision: VisionShape | None = None
+    """The vision encoder of a vision-language model (arch in VLM_ARCHS); None: text only."""
 
     @property
     def head_dim(self) -> int:

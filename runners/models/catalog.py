@@ -5,7 +5,7 @@ Stdlib only: the launcher may validate a pair without loading torch.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import efficientllm_data
 
 from runners.errors import BadInput, Unsupported
 from runners.models import local
-from runners.models.cards import ARCHS, ModelCard, Technique
+from runners.models.cards import ARCHS, VLM_ARCHS, ModelCard, Technique, VisionShape
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:
@@ -31,7 +31,16 @@ def techniques() -> tuple[Technique, ...]:
 @cache
 def models() -> tuple[ModelCard, ...]:
     """Every model card in catalog order."""
-    return tuple(_build(ModelCard, m) for m in efficientllm_data.catalog()["models"])
+    return tuple(_card(m) for m in efficientllm_data.catalog()["models"])
+
+
+def _card(data: dict[str, Any]) -> ModelCard:
+    """A catalog entry as a card; a `vision` object becomes its VisionShape."""
+    vision = data.get("vision")
+    card = _build(ModelCard, {k: v for k, v in data.items() if k != "vision"})
+    if isinstance(vision, dict):
+        card = replace(card, vision=_build(VisionShape, vision))
+    return card
 
 
 def technique(technique_id: str, family: str | None = None) -> Technique:
@@ -68,9 +77,9 @@ def resolve(family: str, technique_id: str, model_id: str) -> tuple[Technique, M
     """Validate a (family, technique, model) triple from a RunSpec."""
     tech = technique(technique_id, family)
     card = model_card(model_id)
-    if card.weights == "random" and card.arch not in ARCHS:
+    if card.weights == "random" and card.arch not in ARCHS + VLM_ARCHS:
         raise Unsupported(f"model {card.id!r} has architecture {card.arch!r}, which the runner "
-                          f"cannot build (known: {', '.join(ARCHS)})")
+                          f"cannot build (known: {', '.join(ARCHS + VLM_ARCHS)})")
     if card.requires and card.weights == "real":
         if not local.package_available(card):
             raise Unsupported(f"model {card.id!r} needs real weights from the {card.requires!r} "

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.errors import BadInput
-from runners.models.cards import ModelCard
+from runners.models.cards import ModelCard, VisionShape
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 """Files beside local weights that mean they bring their own tokenizer."""
@@ -76,6 +76,7 @@ def card_for(model: str) -> ModelCard | None:
                        "model dir (config.json + weights)") from None
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot read {config_path}: {e}") from None
+    top = config
     config = config.get("text_config", config) if "num_hidden_layers" not in config else config
     missing = [k for k in _ARCH_FIELDS if not isinstance(config.get(k), int)]
     if missing or not isinstance(config.get("model_type"), str):
@@ -84,9 +85,10 @@ def card_for(model: str) -> ModelCard | None:
     rope = config.get("rope_parameters") or {}
     theta = rope.get("rope_theta") if isinstance(rope, dict) else None
     has_tokenizer = any((where / name).is_file() for name in TOKENIZER_FILES)
+    vision = _vision_shape(top)
     return ModelCard(
         id=model,
-        arch=config["model_type"],
+        arch=top["model_type"] if vision is not None else config["model_type"],
         weights="real",
         **{ours: config[theirs] for theirs, ours in _ARCH_FIELDS.items()},
         num_kv_heads=int(config.get("num_key_value_heads") or config["num_attention_heads"]),
@@ -99,7 +101,31 @@ def card_for(model: str) -> ModelCard | None:
         bos_token_id=_int_or_none(config.get("bos_token_id")),
         eos_token_id=_int_or_none(config.get("eos_token_id")),
         pad_token_id=_int_or_none(config.get("pad_token_id")),
+        vision=vision,
     )
+
+
+def _vision_shape(config: dict[str, Any]) -> VisionShape | None:
+    """The vision side of a vision-language config.json (one with a `vision_config`);
+    None for a text model."""
+    vision = config.get("vision_config")
+    if not isinstance(vision, dict) or not isinstance(config.get("model_type"), str):
+        return None
+    width = vision.get("embed_dim") or vision.get("hidden_size") or 0
+    token = config.get("image_token_id") or config.get("image_token_index") or 0
+    return VisionShape(
+        layers=int(vision.get("num_hidden_layers") or vision.get("depth") or 0),
+        hidden_size=int(width), heads=int(vision.get("num_attention_heads")
+                                          or vision.get("num_heads") or 0),
+        intermediate_size=int(vision.get("intermediate_size") or 0),
+        image_size=int(vision.get("image_size") or 448), patch_size=int(
+            vision.get("patch_size") or 14),
+        merge=int(config.get("scale_factor") or vision.get("spatial_merge_size") or 1),
+        image_token_id=int(token), vision_start_id=_int_or_none(
+            config.get("vision_start_token_id")),
+        vision_end_id=_int_or_none(config.get("vision_end_token_id")),
+        feature_layer=int(config.get("vision_feature_layer") or -1)
+        if isinstance(config.get("vision_feature_layer", -1), int) else -1)
 
 
 def _int_or_none(value: Any) -> int | None:

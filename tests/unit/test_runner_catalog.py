@@ -6,13 +6,13 @@ import pytest
 
 from runners.errors import BadInput, Unsupported
 from runners.models import catalog
-from runners.models.cards import ARCHS
+from runners.models.cards import ARCHS, VLM_ARCHS
 
 
 def test_every_entry_parses() -> None:
     assert {t.family for t in catalog.techniques()} == {"inference", "finetuning", "pretraining"}
     for card in catalog.models():
-        assert card.arch in ARCHS
+        assert card.arch in (VLM_ARCHS if card.vision is not None else ARCHS)
         assert card.hidden_size % card.num_heads == 0
         assert card.num_heads % card.num_kv_heads == 0
 
