@@ -161,7 +161,13 @@ QUANT_BACKENDS: dict[str, tuple[str, ...]] = {
 """Inference technique -> the backends that serve it (`--set backend`): bitsandbytes' 4-bit
 is NF4; w8a8 is quanto's calibrated static activations only; `-ao` ids are torchao's."""
 
+VISION_TASKS = ("vqa", "captioning")
+"""Inference tasks of vision-language models (runners.families.vision)."""
+
 INFERENCE = (
+    _p("task", str, "decode", "decode (text prompts), or vqa / captioning (vision-language "
+       "models: image + prompt in)",
+       choices=("decode", *VISION_TASKS)),
     _p("engine", str, "auto", "decode engine; auto tries the device's defaults in order",
        choices=("auto", "loop", "eager", "static", "graph", "compile", "fused")),
     _p("compile_mode", str, "default", "torch.compile mode of engine=compile and fused "
@@ -188,6 +194,8 @@ INFERENCE = (
     *_QUALITY,
     _p("phase_windows", bool, True, "also replay the measured prefills in a prefill window"),
     _p("trust_remote_code", bool, False, "let a local model dir run its own code"),
+    _p("quantize_vision", bool, False, "vqa/captioning: quantize the vision tower and "
+       "projector too (default: language model only)"),
 )
 
 FINETUNING = (
@@ -236,6 +244,12 @@ FINETUNING = (
        "GPU", **_POSITIVE),
     _p("threads", int, None, "torch intra-op threads; unset: one fewer than the usable CPUs",
        low=1),
+    _p("vlm_targets", str, "language", "VLMs: adapters on the language model, the projector, "
+       "or both", choices=("language", "projector", "both")),
+    _p("vlm_task", str, "captioning", "VLMs: train on the image set's captions or VQA answers",
+       choices=VISION_TASKS),
+    _p("train_vision", bool, False, "VLMs: adapters on the vision tower too (frozen by "
+       "default)"),
 )
 
 PRETRAINING = (
@@ -364,6 +378,11 @@ def _card(card: Any, key: str) -> Any:
     return card.get(key) if isinstance(card, Mapping) else getattr(card, key, None)
 
 
+def is_vision(card: Any) -> bool:
+    """Whether a card (a catalog mapping or a ModelCard) is a vision-language model."""
+    return _card(card, "vision") is not None
+
+
 def pair_problem(family: str, technique: str, card: Any, *, seq_len: int, new_tokens: int,
                  values: Mapping[str, Any] | None = None) -> str | None:
     """Why this technique cannot run on this model card with these lengths and parameters,
@@ -375,6 +394,14 @@ def pair_problem(family: str, technique: str, card: Any, *, seq_len: int, new_to
     """
     v = {name: p.default for name, p in of(family).items()} | dict(values or {})
     name, max_pos = _card(card, "id"), _card(card, "max_position")
+    vision = is_vision(card)
+    if family == "inference" and vision != (v["task"] in VISION_TASKS):
+        if vision:
+            return f"{name} is a vision-language model: --set task=vqa or task=captioning"
+        return (f"task {v['task']} needs a vision-language model (tiny-vlm, smolvlm-256m, "
+                f"qwen2-vl-2b, ...); {name} is text only")
+    if family == "pretraining" and vision:
+        return f"pretraining is text only; {name} is a vision-language model"
     if family == "inference":
         need, what = seq_len + new_tokens, f"seq_len + new_tokens = {seq_len + new_tokens}"
         if technique in FLOAT_TECHNIQUES and v["dtype"] not in ("auto", technique):
@@ -389,7 +416,9 @@ def pair_problem(family: str, technique: str, card: Any, *, seq_len: int, new_to
             return (f"{technique} has no {backend} backend (choose from auto, "
                     f"{', '.join(served)})")
         vocab = _card(card, "vocab_size")
-        if _card(card, "tokenizer") == "byte" and vocab is not None and vocab < BYTE_VOCAB:
+        if vision:  # the prompt is the image tokens and the question, not seq_len tokens
+            need, what = new_tokens, f"new_tokens {new_tokens}"
+        elif _card(card, "tokenizer") == "byte" and vocab is not None and vocab < BYTE_VOCAB:
             return f"{name} has {vocab} tokens, fewer than the byte tokenizer's {BYTE_VOCAB}"
     elif family == "finetuning":
         if seq_len < 2:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from runners import params
-from runners.data import corpus, sft, textstream
+from runners.data import corpus, images, sft, textstream
 from runners.errors import BadInput
 from runners.protocol import RunSpec
 
@@ -44,7 +44,9 @@ def validate_spec(spec: RunSpec, card: Any) -> dict[str, Any]:
         if problem:
             raise BadInput(problem)
     if spec.dataset is not None:
-        DATASET_CHECKS[spec.family](spec.dataset)
+        vision = (values.get("task", "decode") != "decode" if spec.family == "inference"
+                  else card is not None and params.is_vision(card))
+        (images.check_head if vision else DATASET_CHECKS[spec.family])(spec.dataset)
     return values
 
 

@@ -95,6 +95,14 @@ class FinetuningConfig(FamilyConfig):
     CPU (no mfu)."""
     threads: int | None = field(default=None, metadata={"kind": int})
     """torch intra-op threads; default one fewer than the usable CPUs."""
+    vlm_targets: str = "language"
+    """Vision-language models: where the adapters go: the `language` model, the
+    `projector`, or `both` (runners.families.vision_finetune)."""
+    vlm_task: str = "captioning"
+    """Vision-language models: the labels trained on: the image set's `captioning` captions
+    or `vqa` answers."""
+    train_vision: bool = False
+    """Vision-language models: put adapters on the vision tower too (frozen by default)."""
 
     def hyper(self) -> peft_methods.Hyper:
         return peft_methods.Hyper(

@@ -96,6 +96,9 @@ class InferenceConfig(FamilyConfig):
 
     family: ClassVar[str] = "inference"
 
+    task: str = "decode"
+    """`decode` (text prompts, the rest of this module) or a vision-language task, `vqa` or
+    `captioning` (image + prompt in, text out: runners.families.vision)."""
     engine: str = "auto"
     """`fused` (the lean decoder of runners.engines.fused: fused QKV and gate/up projections, own
     static cache, compiled step replayed as a CUDA graph; the CUDA default), `graph` (the
@@ -140,6 +143,9 @@ class InferenceConfig(FamilyConfig):
     """Also replay the measured prefills in a `prefill` window (energy by phase)."""
     trust_remote_code: bool = False
     """Let a local model dir run its own code (off unless asked for)."""
+    quantize_vision: bool = False
+    """vqa/captioning: quantize the vision tower and projector too (by default only the
+    language model is; they stay in the run's float dtype)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()  # choices, ranges and rules: runners.params
@@ -173,6 +179,10 @@ class InferenceFamily(Family[InferenceConfig]):
     def validate(self) -> None:
         super().validate()  # positions, dtype and tokenizer: runners.params.pair_problem
         c, tech = self.config, self.technique
+        if c.task != "decode":
+            from runners.families import vision
+
+            vision.check(self)
         if tech.quantization is not None:
             quant.check_available(tech.quantization, c.device, c.backend,
                                   tech.compute_dtype(c.dtype, c.device))
@@ -184,6 +194,10 @@ class InferenceFamily(Family[InferenceConfig]):
 
     def run(self) -> RunResult:
         c, ctx, tech = self.config, self.ctx, self.technique
+        if c.task != "decode":
+            from runners.families import vision
+
+            return vision.run(self)
         ctx.phase("load", model=c.model, technique=c.technique)
         threads = dev.set_threads(c.threads)
         compute = tech.compute_dtype(c.dtype, c.device)

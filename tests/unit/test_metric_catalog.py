@@ -24,7 +24,7 @@ def test_names_are_unique_and_units_have_one_spelling() -> None:
     units = {m.unit for m in mc.CATALOG}
     assert units == {"fraction", "GiB", "s", "tokens/param/s", "samples/param/s", "tokens/s",
                      "samples/s", "W", "J", "J/token", "ratio", "ppl", "nats/token", "params",
-                     "bytes"}
+                     "bytes", "tokens", "images/s", "BLEU"}
 
 
 def test_the_store_and_the_leaderboard_read_the_catalog() -> None:

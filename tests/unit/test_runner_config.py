@@ -44,7 +44,7 @@ def test_param_kinds() -> None:
         "mcr_reference": str,
         "calibration_tokens": int, "peak_tflops": float, "mem_bw_gbps": float, "threads": int,
         "eval_tokens": int, "phase_windows": bool, "trust_remote_code": bool, "quality": str,
-        "quality_items": int, "score_of": str}
+        "quality_items": int, "score_of": str, "task": str, "quantize_vision": bool}
 
 
 def test_device_defaults() -> None:
