@@ -196,6 +196,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         specs = load_sweep(Path(args.file))
         sweep_id = _sweep_id(str(Path(args.file).absolute()), time.time_ns())
+        if args.ray:  # every pair a job on the cluster (efficientllm_tui.runs.ray_jobs)
+            return on_ray(args, home, store, sweep_id, str(Path(args.file).absolute()), specs)
         run_ids = queue_sweep(home, store, sweep_id, str(Path(args.file).absolute()), specs)
     dispatcher.ensure(home)
     if not args.follow:
@@ -206,6 +208,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   f"--resume {sweep_id} --follow · list: efficientllm queue")
         return 0
     return follow_sweep(home, store, sweep_id, run_ids, as_json=args.json)
+
+
+def on_ray(args: argparse.Namespace, home: Path, store: Any, sweep_id: str, source: str,
+           specs: list[RunSpec], id_key: str = "sweep_id") -> int:
+    """`sweep|study ... --ray ADDRESS`: the pairs as Ray jobs, stored here as they end."""
+    from efficientllm_tui.runs import ray_jobs
+
+    if args.follow or args.resume is not None:
+        raise BadInput("--ray follows the jobs itself; --follow and --resume are for the "
+                       "local queue")
+    for spec in specs:
+        check_available(spec)
+    store.check()
+    queue.save_sweep(home, sweep_id, source, specs)
+    return ray_jobs.cmd(args.ray, specs, home, store, sweep_id, timeout_s=args.ray_timeout,
+                        as_json=args.json, id_key=id_key)
 
 
 def queue_sweep(home: Path, store: Any, sweep_id: str, source: str,

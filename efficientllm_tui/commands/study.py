@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from efficientllm_tui.commands.common import emit_json, home_dir, open_store, table
-from efficientllm_tui.commands.launch import follow_sweep, queue_sweep, resume_sweep
+from efficientllm_tui.commands.launch import follow_sweep, on_ray, queue_sweep, resume_sweep
 from efficientllm_tui.errors import BadInput
 from efficientllm_tui.runs import dispatcher
 from efficientllm_tui.runs import study as studies
@@ -44,6 +44,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         name, source, sweep = studies.load(args.name)
         specs = expand(sweep, args.repeats, args.device)
         study_id = studies.study_id(name)
+        if args.ray:  # every pair a job on the cluster (efficientllm_tui.runs.ray_jobs)
+            return on_ray(args, home, store, study_id, source, specs, id_key="study_id")
         run_ids = queue_sweep(home, store, study_id, source, specs)
         if not args.json:
             repeats = args.repeats if args.repeats is not None else sweep.repeats
