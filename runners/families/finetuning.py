@@ -55,7 +55,7 @@ from runners.engines.compilation import (
 )
 from runners.errors import BadInput
 from runners.families import finetuning_quality as fq
-from runners.families import scored
+from runners.families import scored, vision_finetune
 from runners.families.base import Family, register
 from runners.families.finetuning_config import FinetuningConfig
 from runners.models import build as model_mod
@@ -120,12 +120,16 @@ class FinetuningFamily(Family[FinetuningConfig]):
         super().validate()  # positions, freeze_k, seq_len: runners.params.pair_problem
         c = self.config
         _loss_kernel(c)
+        if self.card.vision is not None:  # a VLM: runners.families.vision_finetune
+            return vision_finetune.check(self)
         self._data = sft.load(c.dataset, c.heldout_fraction)  # bad data fails before the lock
 
     # -- the run --------------------------------------------------------------------------
 
     def run(self) -> RunResult:
         c, ctx = self.config, self.ctx
+        if self.card.vision is not None:
+            return vision_finetune.run(self, ParamCount, train_flops_per_token)
         method = peft_methods.method(c.technique)
         ctx.phase("load", model=c.model, technique=c.technique)
         threads = dev.set_threads(c.threads)

@@ -100,3 +100,21 @@ def test_text_and_vision_tasks_need_their_kind_of_model(cli: Cli) -> None:
     line = _refused(cli, "run", "-f", "inference", "-m", "tiny", "-t", "fp32", "--set",
                     "task=captioning")
     assert "task captioning needs a vision-language model" in line
+
+
+def test_lora_on_the_projector_of_tiny_vlm(cli: Cli) -> None:
+    out = cli("run", "-f", "finetuning", "-m", "tiny-vlm", "-t", "lora", "--steps", "3",
+              "--warmup", "1", "--batch-size", "2", "--set", "vlm_targets=projector",
+              "--set", "rank=4", "--json", timeout=180)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    assert row["status"] == "ok", row["error_text"]
+    m, info = row["metrics"], _info(row)
+    # one LoRA pair on the connector's 256 -> 256 projection (64-wide vision x 2^2 merge)
+    assert m["trainable_params"] == (256 + 256) * 4
+    assert info["trainable_by_part"] == {"vision": 0, "projector": 2048, "language": 0}
+    assert m["total_params"] == 4_184_128  # the base VLM, adapters not counted
+    assert m["st"] == pytest.approx(3 * 2 / (4_184_128 * info["measure_s"]), rel=1e-9)
+    assert info["train_examples"] == 33 and info["heldout_examples"] == 3
+    assert m["eval_ppl"] is None and row["notes"]["eval_ppl"] == RANDOM_WEIGHTS_NOTE
+    assert m["eval_loss"] is not None and m["eval_loss"] > 0

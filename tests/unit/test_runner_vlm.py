@@ -75,3 +75,22 @@ def test_parts_and_their_prefixes() -> None:
 def test_a_text_card_is_not_a_vlm() -> None:
     with pytest.raises(BadInput, match="'tiny' is not a vision-language model"):
         vlm.build_config(catalog.model_card("tiny"))
+
+
+@pytest.mark.parametrize(("targets", "vision", "modules", "where", "q_projs"), [
+    (("language",), False, 4 * 7, {"model.text_model"}, 4),
+    (("projector",), False, 1, {"model.connector"}, 0),
+    (("language", "projector"), True, 4 * 7 + 1 + 2 * 6,
+     {"model.text_model", "model.connector", "model.vision_model"}, 4 + 2),
+])
+def test_adapter_targets_stay_in_their_parts(targets: tuple[str, ...], vision: bool,
+                                             modules: int, where: set[str],
+                                             q_projs: int) -> None:
+    from runners.families.vision_finetune import target_names
+
+    card = catalog.model_card("tiny-vlm")
+    built = vlm.load(card, torch.float32, "cpu", seed=0)
+    names = target_names(built.model, card.arch, targets, "all-linear", vision)
+    assert len(names) == modules and {".".join(n.split(".")[:2]) for n in names} == where
+    only_q = target_names(built.model, card.arch, targets, "q_proj", vision)
+    assert all(n.endswith("q_proj") for n in only_q) and len(only_q) == q_projs
