@@ -66,12 +66,27 @@ def technique_reason(tech: dict[str, Any]) -> str | None:
     return None if tech.get("available") else "not implemented yet"
 
 
+VISION_TASKS = params.VISION_TASKS
+"""What a vision-language model runs (the Launch form's `vlm task`)."""
+
+
+def vision_values(tech: dict[str, Any], card: dict[str, Any], task: str) -> dict[str, str]:
+    """The `--set` values a pair runs with because its model is a vision-language model:
+    `task` for inference, `vlm_task` (the labels trained on) for fine-tuning; none for a
+    text model."""
+    if not params.is_vision(card):
+        return {}
+    return {"inference": {"task": task}, "finetuning": {"vlm_task": task}}.get(
+        tech.get("family", ""), {})
+
+
 def pair_reason(
     tech: dict[str, Any],
     card: dict[str, Any],
     *,
     seq_len: int | None = None,
     new_tokens: int | None = None,
+    values: dict[str, Any] | None = None,
 ) -> str | None:
     """Why this technique x model pair cannot run (with the form's lengths), or None.
 
@@ -88,7 +103,8 @@ def pair_reason(
     # A length the form does not give yet counts as the shortest a run can have.
     return params.pair_problem(tech["family"], tech["id"], card,
                                seq_len=2 if seq_len is None else seq_len,
-                               new_tokens=0 if new_tokens is None else new_tokens)
+                               new_tokens=0 if new_tokens is None else new_tokens,
+                               values=values)
 
 
 def estimate_params(card: dict[str, Any]) -> int | None:

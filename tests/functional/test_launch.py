@@ -94,3 +94,38 @@ async def test_parameters_the_runner_would_refuse_start_nothing(
             "⚠ fp32 × tiny: unknown --set parameter(s) for inference: bogus_key (valid: "
         )
         assert started == [] and list(screen.selected) == [("fp32", "tiny")]
+
+
+async def test_vision_language_models_and_their_tasks_are_offered(
+    new_app: Callable[..., EfficientLLMApp],
+) -> None:
+    app = new_app(seed=False, mode="launch")
+    app.catalog = None  # the shipped catalog, with its vision-language models
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _launch(app, pilot)
+        table = screen.query_one("#matrix", DataTable)
+        ids = [c["id"] for c in screen.models]
+        for vlm in ("tiny-vlm", "smolvlm-256m", "smolvlm-2b", "qwen2-vl-2b", "llava-1.5-7b"):
+            assert vlm in ids
+        for tech in ("fp32", "int8", "lora"):  # inference and PEFT fine-tuning run on VLMs
+            assert str(table.get_cell(tech, "tiny-vlm")) == "·"
+        assert str(table.get_cell("mha", "tiny-vlm")) == "✗"  # pretraining is text only
+        rows = [t["id"] for _, t in screen.rows]
+        table.move_cursor(row=rows.index("int8"), column=2 + ids.index("tiny-vlm"))
+        await settle(app, pilot)
+        assert "int8 × tiny-vlm" in _text(app, "#pair-info")
+        assert "task vqa (t: vqa/captioning)" in _text(app, "#pair-info")
+        assert screen.check_action("vlm_task", ()) is True
+        await pilot.press("space")
+        table.move_cursor(row=rows.index("fp32"), column=2 + ids.index("tiny"))
+        await settle(app, pilot)
+        assert screen.check_action("vlm_task", ()) is False  # a text model has no task
+        await pilot.press("space")
+        assert list(screen.selected) == [("int8", "tiny-vlm"), ("fp32", "tiny")]
+        specs = screen.build_specs()
+        assert [s.params.get("task") for s in specs] == ["vqa", None]
+        table.move_cursor(row=rows.index("lora"), column=2 + ids.index("tiny-vlm"))
+        await settle(app, pilot)
+        await pilot.press("t")
+        assert "task captioning" in _text(app, "#pair-info")
+        assert screen.build_specs()[0].params["task"] == "captioning"

@@ -118,3 +118,10 @@ def test_lora_on_the_projector_of_tiny_vlm(cli: Cli) -> None:
     assert info["train_examples"] == 33 and info["heldout_examples"] == 3
     assert m["eval_ppl"] is None and row["notes"]["eval_ppl"] == RANDOM_WEIGHTS_NOTE
     assert m["eval_loss"] is not None and m["eval_loss"] > 0
+
+
+def test_models_lists_each_model_s_tasks(cli: Cli) -> None:
+    listed = {m["id"]: m for m in cli.json("models", "--json")}  # type: ignore[union-attr]
+    assert listed["tiny-vlm"]["tasks"] == ["vqa", "captioning"]
+    assert listed["tiny-vlm"]["vision"]["image_size"] == 64
+    assert listed["tiny"]["tasks"] == ["decode"] and listed["tiny"]["vision"] is None

@@ -26,6 +26,7 @@ from efficientllm_tui.matrix import (
     technique_reason,
 )
 from efficientllm_tui.tui.screens.base import AppScreen
+from efficientllm_tui.tui.screens.launch_vlm import VisionTasks
 from runners import preflight
 from runners.protocol import ProtocolError, RunSpec, parse_set
 
@@ -60,7 +61,7 @@ QUEUE_EMPTY = (
 )
 
 
-class LaunchScreen(AppScreen):
+class LaunchScreen(VisionTasks, AppScreen):
     """A matrix of techniques (rows, grouped as the paper groups them) by models (columns)."""
 
     NAME = "launch"
@@ -76,6 +77,7 @@ class LaunchScreen(AppScreen):
         Binding("x", "remove_queued", "Unqueue"),
         Binding("left_square_bracket", "family(-1)", "Family", key_display="[ ]"),
         Binding("right_square_bracket", "family(1)", "Next family", show=False),
+        Binding("t", "vlm_task", "VLM task"),
     ]
 
     def __init__(self) -> None:
@@ -180,6 +182,8 @@ class LaunchScreen(AppScreen):
             return not matrix.has_focus
         if action == "family":  # only on the technique column
             return matrix.has_focus and matrix.cursor_coordinate.column < 2
+        if action == "vlm_task":  # only on a vision-language column
+            return matrix.has_focus and self.vlm_column(self._at_cursor()[1])
         return True
 
     def action_family(self, delta: int) -> None:
@@ -243,7 +247,8 @@ class LaunchScreen(AppScreen):
         if (tech["id"], card["id"]) in self.selected:
             return _SELECTED
         seq_len, new_tokens = self._lengths() if self.is_mounted else (None, None)
-        if pair_reason(tech, card, seq_len=seq_len, new_tokens=new_tokens):
+        if pair_reason(tech, card, seq_len=seq_len, new_tokens=new_tokens,
+                       values=self._vlm(tech, card)):
             return _INVALID
         if self.fit_reason(tech, card):
             return _TOO_BIG
@@ -253,7 +258,7 @@ class LaunchScreen(AppScreen):
         """Why the pair cannot be selected (the runner's rules, then memory), or None."""
         seq_len, new_tokens = self._lengths()
         return pair_reason(
-            tech, card, seq_len=seq_len, new_tokens=new_tokens
+            tech, card, seq_len=seq_len, new_tokens=new_tokens, values=self._vlm(tech, card)
         ) or self.fit_reason(tech, card)
 
     def family_models(self) -> list[dict[str, Any]]:
@@ -336,6 +341,7 @@ class LaunchScreen(AppScreen):
                 else f"{pair}: {tech.get('description', '')}"
                 + (f" ({model_reason(card)})" if model_reason(card) else "")
             )
+            + self.vlm_note(tech, card)
         )
 
     @on(Input.Changed, "#seq_len, #new_tokens")
@@ -399,6 +405,7 @@ class LaunchScreen(AppScreen):
                 cards[model_id],
                 seq_len=fields["seq_len"],
                 new_tokens=fields["new_tokens"],
+                values=self._vlm(by_id[tech_id], cards[model_id]),
             )
             reason = reason or self.fit_reason(by_id[tech_id], cards[model_id])
             if reason:
@@ -406,7 +413,9 @@ class LaunchScreen(AppScreen):
             try:
                 specs.append(
                     build_spec(
-                        model=model_id, technique=tech_id, device=device, params=params, **fields
+                        model=model_id, technique=tech_id, device=device,
+                        params={**self._vlm(by_id[tech_id], cards[model_id]), **params},
+                        **fields,
                     )
                 )
             except BadInput as e:
