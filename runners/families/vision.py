@@ -136,7 +136,9 @@ def run(fam: InferenceFamily) -> RunResult:
     n_layers = int(getattr(lm_config, "num_hidden_layers", card.num_layers))
     d_attn = card.num_heads * card.head_dim
     measured = Measured(
-        timings=tuple(timings), window=window, prefill_window=prefill_window,
+        # VisionTiming has RequestTiming's latency_s and ttft_s, all the metrics read
+        timings=tuple(timings),  # type: ignore[arg-type]
+        window=window, prefill_window=prefill_window,
         batch_size=c.batch_size, prompt_tokens=prompt_tokens, new_tokens=c.new_tokens,
         total_params=built.size.total_params, weight_bytes=built.size.weight_bytes,
         peak_allocated_gib=peak_alloc, peak_reserved_gib=peak_reserved,
@@ -185,6 +187,17 @@ def _text_ids(prompter: vlm.Prompter, text: str) -> list[int]:
     return ByteTokenizer().encode(text)
 
 
+def language_excludes(model: Any, arch: str, exclude: str,
+                      quantize_vision: bool) -> tuple[str, ...]:
+    """The module patterns a VLM's quantization leaves alone: `--set exclude`'s, plus the
+    vision tower and the projector unless `quantize_vision`."""
+    patterns = quant.exclude_patterns(exclude)
+    if not quantize_vision:
+        prefixes = vlm.part_prefixes(model, arch)
+        patterns += tuple(f"{prefixes[p]}*" for p in ("vision", "projector"))
+    return patterns
+
+
 def _quantize(fam: InferenceFamily, built: model_mod.BuiltModel,
               pool: Sequence[int]) -> tuple[model_mod.BuiltModel, dict[str, Any]]:
     """The language model quantized (the text path's quantization, runners.techniques
@@ -192,10 +205,7 @@ def _quantize(fam: InferenceFamily, built: model_mod.BuiltModel,
     c, ctx = fam.config, fam.ctx
     q = fam.technique.quantization
     assert q is not None
-    exclude = quant.exclude_patterns(c.exclude)
-    if not c.quantize_vision:
-        prefixes = vlm.part_prefixes(built.model, fam.card.arch)
-        exclude += tuple(f"{prefixes[p]}*" for p in ("vision", "projector"))
+    exclude = language_excludes(built.model, fam.card.arch, c.exclude, c.quantize_vision)
     q = quant.resolve(q, c.backend, c.device, fam.technique.compute_dtype(c.dtype, c.device))
     ctx.phase("quantize", technique=q.id, backend=q.backend, weights=q.weights,
               activations=q.activations, exclude=list(exclude))

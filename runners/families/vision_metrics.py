@@ -65,8 +65,8 @@ def score(task: str, items: Sequence[Item], predictions: Sequence[str]) -> Score
     references; items without a reference are left out."""
     from runners.data.images import exact_match, prompt
 
-    pairs = [(i, p, reference_of(i, task)) for i, p in zip(items, predictions, strict=True)]
-    pairs = [(i, p, r) for i, p, r in pairs if r is not None]
+    pairs = [(i, p, r) for i, p in zip(items, predictions, strict=True)
+             if (r := reference_of(i, task)) is not None]
     examples = tuple((prompt(i, task), p, r) for i, p, r in pairs[:EXAMPLES])
     if not pairs:
         return Scores.unscored(task)
