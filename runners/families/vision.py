@@ -59,6 +59,9 @@ def check(fam: InferenceFamily) -> None:
     if c.quality != "off":
         raise Unsupported("--set quality runs lm-eval text tasks; vision-language tasks "
                           "score vqa_accuracy / caption_bleu on their own dataset")
+    if c.score_of:
+        raise Unsupported("efficientllm eval re-scores text runs; a vision-language run "
+                          "scores its task in its own quality window")
 
 
 def run(fam: InferenceFamily) -> RunResult:
