@@ -93,7 +93,15 @@ def card_params(card: Any) -> int | None:
     head_dim = h // max(1, heads)
     attn = 2 * h * h + 2 * h * kv * head_dim
     tied = bool(params._card(card, "tie_embeddings"))
-    return layers * (attn + 3 * h * inter + 2 * h) + vocab * h * (1 if tied else 2) + h
+    n = layers * (attn + 3 * h * inter + 2 * h) + vocab * h * (1 if tied else 2) + h
+    vision = params._card(card, "vision")
+    if vision is not None:  # a VLM: its ViT (attention + MLP a layer), patch embedding, projector
+        v = {k: int(params._card(vision, k) or 1) for k in (
+            "hidden_size", "layers", "intermediate_size", "patch_size", "merge")}
+        vh = v["hidden_size"]
+        n += (v["layers"] * (4 * vh * vh + 2 * vh * v["intermediate_size"])
+              + 3 * v["patch_size"] ** 2 * vh + vh * v["merge"] ** 2 * h)
+    return n
 
 
 def weight_bytes(family: str, technique: str, card: Any, device: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import efficientllm_data
 import pytest
 import torch
 
@@ -94,3 +95,13 @@ def test_adapter_targets_stay_in_their_parts(targets: tuple[str, ...], vision: b
     assert len(names) == modules and {".".join(n.split(".")[:2]) for n in names} == where
     only_q = target_names(built.model, card.arch, targets, "q_proj", vision)
     assert all(n.endswith("q_proj") for n in only_q) and len(only_q) == q_projs
+
+
+@pytest.mark.parametrize("model_id", sorted(SHAPES))
+def test_the_launcher_sizes_a_vlm_with_its_vision_tower(model_id: str) -> None:
+    from runners import preflight
+
+    card = catalog.model_card(model_id)
+    assert preflight.card_params(card) == pytest.approx(SHAPES[model_id][0], rel=0.03)
+    raw = efficientllm_data.find_model(model_id)
+    assert preflight.card_params(raw) == preflight.card_params(card)  # mapping or card
