@@ -276,19 +276,25 @@ class LeanDecoder:
         attend = self._attend_kernel if self._kernel is not None else self._attend_torch()
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, self._rms(x, layer.norm1))
-            x = x + layer.o(attend(i, q, k, v))
+            # the layer's caches go in as tensors, not its index: under torch.compile the
+            # attention is its own frame (the Triton launch breaks the graph), and an int
+            # argument would make Dynamo recompile it per layer until its recompile limit
+            # (8), leaving the later layers' attention uncompiled
+            x = x + layer.o(attend(self.k_cache[i], self.v_cache[i], q, k, v))
             x = x + self._mlp(layer, self._rms(x, layer.norm2))
         token = self._logits_token(x)
         self.tok.copy_(token)
         self.pos.add_(1)
         return token
 
-    def _attend_kernel(self, i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Rotary, cache write and attention of layer `i` in one Triton kernel."""
+    def _attend_kernel(self, kc: Tensor, vc: Tensor, q: Tensor, k: Tensor, v: Tensor
+                       ) -> Tensor:
+        """Rotary, cache write (into a layer's caches `kc`, `vc`) and attention in one
+        Triton kernel."""
         q = q[:, 0]
         assert self._kernel is not None
-        att = self._kernel(q, k[:, 0], v[:, 0], self.cos, self.sin, self.k_cache[i],
-                           self.v_cache[i], self.pos, self.scale, torch.empty_like(q))
+        att = self._kernel(q, k[:, 0], v[:, 0], self.cos, self.sin, kc, vc, self.pos,
+                           self.scale, torch.empty_like(q))
         return att.view(q.shape[0], 1, self.q_out)
 
     def _attend_torch(self) -> Any:
@@ -297,11 +303,10 @@ class LeanDecoder:
         cos, sin = self.cos.index_select(0, pos), self.sin.index_select(0, pos)
         valid = (self.slots <= pos).view(1, 1, 1, self.max_len)
 
-        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        def attend(kc: Tensor, vc: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             batch = q.shape[0]
             q = self._rotate(q.view(batch, self.kv_heads, self.group, self.head_dim), cos, sin)
             k = self._rotate(k.view(batch, self.kv_heads, 1, self.head_dim), cos, sin)
-            kc, vc = self.k_cache[i], self.v_cache[i]
             kc.index_copy_(2, pos, k)
             vc.index_copy_(2, pos, v.view(batch, self.kv_heads, 1, self.head_dim))
             # [b, kv, group, d] x [b, kv, d, len]: every query head of a group reads its KV

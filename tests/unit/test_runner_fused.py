@@ -158,3 +158,35 @@ def test_torchao_weights_in_plain_linears_are_not_fused() -> None:
     _, fused = engine(ids)
     assert engine.describe()["fused_projections"] is False
     assert torch.equal(fused, loop)
+
+
+def test_compiled_step_compiles_the_attention_frame_once_for_all_layers() -> None:
+    """The decode kernel's launch breaks Dynamo's graph, so the attention is its own frame;
+    it must be reused by every layer (a per-layer int argument recompiled it per layer
+    until the recompile limit, leaving the later layers uncompiled on the GPU)."""
+    import torch._dynamo as dynamo
+
+    model = _tiny().model
+    lean = LeanDecoder(model, batch=1, max_len=16)
+    assert len(lean.layers) == 4
+
+    def kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos: torch.Tensor,
+               scale: float, out: torch.Tensor) -> torch.Tensor:
+        dynamo.graph_break()  # as the Triton launch does
+        kc.add_(1.0)  # marks which layer's cache it was given
+        return out.zero_()
+
+    lean._kernel = kernel
+    dynamo.reset()
+    with torch.no_grad():
+        lean.prefill(_ids(1, 4, 0))
+        before = [c.clone() for c in lean.k_cache]
+        step = torch.compile(lean.step, backend="eager", dynamic=False)
+        with dynamo.config.patch(error_on_recompile=True):
+            step()
+            step()
+    dynamo.reset()
+    # every layer's attention ran on its own cache, twice, and nothing recompiled
+    for c, b in zip(lean.k_cache, before, strict=True):
+        torch.testing.assert_close(c - b, torch.full_like(c, 2.0))
