@@ -285,8 +285,8 @@ PRETRAINING = (
        "variants on CUDA)", choices=("auto", "true", "false")),
     _p("checkpointing", str, "auto", "activation checkpointing: true, false, or auto (Mamba "
        "without its fused kernels)", choices=("auto", "true", "false")),
-    _p("recurrence", str, "torch", "Mamba's scan and RWKV's WKV without their packages: torch "
-       "or triton (CUDA)", choices=("torch", "triton")),
+    _p("recurrence", str, "auto", "Mamba's scan and RWKV's WKV: torch, triton (CUDA), or auto "
+       "(triton where it runs)", choices=("auto", "torch", "triton")),
     _p("nsa_block", int, 64, "nsa: tokens per block, compressed and selected (a power of two, "
        "divides seq_len)", low=16, high=256),
     _p("nsa_blocks", int, 8, "nsa: blocks each query attends in full (a power of two, 4 to "

@@ -67,10 +67,11 @@ class PretrainingConfig(FamilyConfig):
     checkpointing: str = "auto"
     """Activation checkpointing of every block: `true`, `false`, or `auto` (on for Mamba
     without the fused mamba_ssm kernels, off otherwise)."""
-    recurrence: str = "torch"
+    recurrence: str = "auto"
     """How Mamba's selective scan and RWKV's WKV run without their fused packages: `torch`
-    (chunked torch ops for Mamba, transformers' loop for RWKV) or `triton` (our own Triton
-    kernels, CUDA only; runners.kernels.scan_triton and runners.kernels.rwkv_wkv)."""
+    (chunked torch ops for Mamba, transformers' loop for RWKV), `triton` (CUDA only: our
+    Triton scan for Mamba, flash-linear-attention's WKV for RWKV), or `auto` (triton where
+    it runs, else torch)."""
     nsa_block: int = 64
     """nsa: tokens per block, compressed and selected (a power of two dividing seq_len)."""
     nsa_blocks: int = 8

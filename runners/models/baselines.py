@@ -22,12 +22,13 @@ bounds what the rest of each block keeps. `kernels` and `scan` in the result say
 ran.
 RWKV without its hub kernel runs transformers' Python loop over time steps.
 
-`recurrence` picks how those two recurrences run: `torch` (the default: the chunked torch
-scan above for Mamba, transformers' loop for RWKV) or `triton`, Triton kernels on CUDA,
+`recurrence` picks how those two recurrences run: `torch` (the chunked torch scan above for
+Mamba, transformers' loop for RWKV; the CPU path), `triton`, Triton kernels on CUDA,
 forward and backward in one launch each per layer: for RWKV flash-linear-attention's
 maintained RWKV-4 kernel (`runners.kernels.rwkv_wkv`, package fla-core), for Mamba our own
 scan (`runners.kernels.scan_triton`), since no maintained kernel that installs without a CUDA
-toolchain fits Mamba-1's recurrence (docs/benchmarks.md says why).
+toolchain fits Mamba-1's recurrence (docs/benchmarks.md says why), or `auto` (the default:
+triton where it runs, else torch).
 """
 
 from __future__ import annotations
@@ -117,8 +118,21 @@ SCAN_PATH = ("runners.models.baselines.selective_scan: chunked fp32 recurrence, 
 SCAN_PATH_TRITON = ("runners.kernels.scan_triton: triton selective scan, fp32 recurrence in "
                     "registers, chunk states kept, chunks recomputed in backward "
                     "(mamba_ssm/causal_conv1d not installed)")
-RECURRENCES = ("torch", "triton")
+RECURRENCES = ("auto", "torch", "triton")
 """Values of the pretraining parameter `recurrence` (see the module docstring)."""
+
+
+def resolve_recurrence(recurrence: str, device: str | torch.device, kind: str = "mamba") -> str:
+    """`auto` -> `triton` where its kernel runs (a CUDA device with Triton, and fla-core for
+    RWKV), else `torch`; any other value unchanged. On an H100 at the 0.5B shape the torch
+    paths take 4.82 s (Mamba) and about 70 s (RWKV's loop) a step against 1.0 s and 0.33 s on
+    the kernels (docs/benchmarks.md runs K1, K2), so `auto` never leaves a GPU on them."""
+    if recurrence != "auto":
+        return recurrence
+    if torch.device(device).type == "cuda" and scan_triton.available() and (
+            kind != "rwkv" or rwkv_wkv.fla_installed()):
+        return "triton"
+    return "torch"
 
 
 def check_recurrence(recurrence: str, device: str | torch.device, kind: str = "mamba"
@@ -128,6 +142,7 @@ def check_recurrence(recurrence: str, device: str | torch.device, kind: str = "m
     if recurrence not in RECURRENCES:
         raise BadInput(f"unknown recurrence {recurrence!r} (choose from "
                        f"{', '.join(RECURRENCES)})")
+    recurrence = resolve_recurrence(recurrence, device, kind)
     if recurrence == "triton" and not (torch.device(device).type == "cuda"
                                         and scan_triton.available()):
         raise BadInput("recurrence=triton needs a CUDA device and the triton package "
@@ -399,13 +414,14 @@ class LanguageModel(nn.Module):
 
 
 def build(kind: str, card: ModelCard, seq_len: int, device: str, seed: int,
-          target_params: int, recurrence: str = "torch") -> LanguageModel:
+          target_params: int, recurrence: str = "auto") -> LanguageModel:
     """`kind` at the card's shape, width matched to `target_params`, random init from `seed`,
     fp32 parameters on `device`, in training mode; Mamba's mixers on the selective scan and
     RWKV's attention on the WKV of `recurrence` where their fused kernels are absent.
     BadInput if `recurrence` cannot run on `device` (Mamba and RWKV only)."""
     if kind in ("mamba", "rwkv"):
         check_recurrence(recurrence, device, kind)
+        recurrence = resolve_recurrence(recurrence, device, kind)
     width = matched_width(kind, card, seq_len, target_params)
     config = _config(kind, card, seq_len, width)
     torch.manual_seed(seed)

@@ -146,3 +146,24 @@ def test_operands_that_disagree_are_refused_before_any_launch() -> None:
         with pytest.raises(ValueError, match="must be|disagree"):
             scan_triton.selective_scan_triton(*operands)
         assert scan_triton._kernels.cache_info().currsize == 0, name
+
+
+def test_recurrence_auto_takes_the_kernel_where_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the CPU: the torch paths (and a build records what it resolved to)
+    assert baselines.resolve_recurrence("auto", "cpu", "mamba") == "torch"
+    assert baselines.resolve_recurrence("auto", "cpu", "rwkv") == "torch"
+    card = catalog.model_card("tiny")
+    assert baselines.build("mamba", card, 16, "cpu", 0, 10**6).describe()["recurrence"] == "torch"
+    # CUDA with Triton: Mamba's scan; RWKV's only with fla-core
+    monkeypatch.setattr(scan_triton, "available", lambda: True)
+    monkeypatch.setattr(rwkv_wkv, "fla_installed", lambda: True)
+    assert baselines.resolve_recurrence("auto", "cuda:0", "mamba") == "triton"
+    assert baselines.resolve_recurrence("auto", "cuda:0", "rwkv") == "triton"
+    monkeypatch.setattr(rwkv_wkv, "fla_installed", lambda: False)
+    assert baselines.resolve_recurrence("auto", "cuda:0", "rwkv") == "torch"
+    assert baselines.resolve_recurrence("auto", "cuda:0", "mamba") == "triton"
+    baselines.check_recurrence("auto", "cuda:0", "rwkv")  # auto is never refused
+    monkeypatch.setattr(scan_triton, "available", lambda: False)
+    assert baselines.resolve_recurrence("auto", "cuda:0", "mamba") == "torch"
+    # an explicit choice is kept as asked
+    assert baselines.resolve_recurrence("torch", "cuda:0", "mamba") == "torch"
