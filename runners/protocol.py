@@ -20,6 +20,10 @@ EVENT_KINDS = ("started", "phase", "step", "window", "result", "error", "log")
 ERROR_TYPES = ("oom", "unsupported", "bad_input", "crash")
 STATUSES = ("queued", "running", "ok", "failed", "oom", "cancelled", "orphaned")
 
+BUILTIN_DATASETS = frozenset({"pydoc"})
+"""Dataset names that are not files: `pydoc`, the Python documentation's topic texts every
+CPython ships (pretraining's offline corpus; runners.data.textstream.PYDOC)."""
+
 SPEC_FILE = "spec.json"
 EVENTS_FILE = "events.jsonl"
 PID_FILE = "runner.pid"

@@ -16,6 +16,7 @@ from runners import preflight
 from runners.models import catalog
 from runners.models.cards import ModelCard, Technique
 from runners.protocol import (
+    BUILTIN_DATASETS,
     FAMILIES,
     ProtocolError,
     RunSpec,
@@ -57,7 +58,7 @@ def build_spec(*, model: str, technique: str, family: str | None = None, device:
         raise BadInput("inference runs on one device; --world-size/--gpus is for "
                        "pretraining and finetuning")
     card = resolve_model(model)
-    if fields.get("dataset"):
+    if fields.get("dataset") and fields["dataset"] not in BUILTIN_DATASETS:
         path = Path(str(fields["dataset"])).expanduser()
         if not path.is_file() or not os.access(path, os.R_OK):
             raise BadInput(f"dataset {str(fields['dataset'])!r} is not a readable file")

@@ -141,8 +141,10 @@ def workload_sql(r: str = "r") -> str:
     Runs are ranked only against runs of the same workload (DESIGN.md section 5): family,
     comparison group, model, weights, batch size, sequence length, new tokens (inference),
     the dtype everything is compared to (MCR's reference, or the training precision), the
-    GPU's name (or cpu), simulated, contended, and the devices of a multi-device run. One
-    readable string, so users and reports can GROUP BY it.
+    GPU's name (or cpu), simulated, contended, the devices of a multi-device run, the data a
+    training run learned from (its loss and perplexity depend on it; the shipped default
+    reads `shipped data`) and an inference run's task other than text decode (vqa,
+    captioning). One readable string, so users and reports can GROUP BY it.
     """
     return f"""concat_ws(' | ', {r}.family, coalesce({r}.group_name, '-'), {r}.model,
   coalesce({r}.weights, 'unknown') || ' weights',
@@ -157,7 +159,11 @@ def workload_sql(r: str = "r") -> str:
   CASE WHEN {r}.contended THEN 'contended' WHEN NOT {r}.contended THEN 'alone'
        ELSE 'contention unknown' END,
   CASE WHEN coalesce({r}.world_size, 1) > 1
-       THEN CAST({r}.world_size AS VARCHAR) || ' devices' END)"""
+       THEN CAST({r}.world_size AS VARCHAR) || ' devices' END,
+  CASE WHEN {r}.family <> 'inference'
+       THEN 'data ' || coalesce({r}.dataset, 'shipped') END,
+  CASE WHEN {r}.family = 'inference' AND coalesce({r}.info->>'task', 'text') <> 'text'
+       THEN 'task ' || ({r}.info->>'task') END)"""
 
 
 def _run_metrics_sql() -> str:
@@ -251,8 +257,14 @@ def _migrate_to_5(con: Any) -> None:
             con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {typ}")
 
 
+def _migrate_to_6(con: Any) -> None:
+    """Version 6: no new column; the workload key (a view) names a training run's data and
+    an inference run's task, so runs on other data or another task are never ranked
+    together. Views are recreated after every migration."""
+
+
 MIGRATIONS: list[Callable[[Any], None]] = [_migrate_to_1, _migrate_to_2, _migrate_to_3,
-                                           _migrate_to_4, _migrate_to_5]
+                                           _migrate_to_4, _migrate_to_5, _migrate_to_6]
 """MIGRATIONS[v] takes a database from schema version v to v + 1.
 
 Views are derived, not migrated: they are recreated from the current code after every

@@ -90,3 +90,24 @@ def test_window_plan_is_seeded_contiguous_and_wraps() -> None:
     start = 96
     assert plan.window(ids, start) == [96, 97, 98, 99, 0, 1, 2, 3, 4]
     assert plan.epochs(25) == pytest.approx(6.0)
+
+
+def test_pydoc_is_a_real_corpus_on_every_machine_with_whole_topics_held_out() -> None:
+    import platform
+    from pydoc_data import topics
+
+    tok = ByteTokenizer()
+    text = textstream.load("pydoc", need_tokens=10**6, eval_tokens=16384, tokenizer=tok)
+    names = sorted(topics.topics)
+    sizes = [len(tok.encode(topics.topics[n])) + 1 for n in names]  # + EOS each
+    assert text.source == f"builtin:pydoc (Python {platform.python_version()})"
+    # every topic is in exactly one part, training first, in name order, none cut
+    assert len(text.train) + len(text.heldout) == sum(sizes)
+    held = len(names) - text.documents
+    assert held >= 1 and sum(sizes[-held:]) == len(text.heldout) >= 16384
+    assert sum(sizes[-held + 1:]) < 16384 if held > 1 else True  # the fewest topics that do
+    assert list(text.heldout[:20]) == tok.encode(topics.topics[names[-held]])[:20]
+    assert text.train.count(tok.eos_token_id) == text.documents
+    # far larger than the shipped text a 0.5B run of 8 x 1024 x 28 tokens would repeat
+    assert len(text.train) > 20 * len(textstream.load(None, need_tokens=1, eval_tokens=1).train)
+    textstream.check_head("pydoc")  # built in: nothing to read ahead

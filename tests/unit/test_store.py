@@ -46,7 +46,7 @@ def test_migration_creates_schema_and_version(store: Store) -> None:
     with store.connect():
         pass
     stats = store.stats()
-    assert stats["schema_version"] == SCHEMA_VERSION == 5
+    assert stats["schema_version"] == SCHEMA_VERSION == 6
     for table, cols in COLUMNS.items():
         got = store.query(
             "SELECT column_name, data_type FROM information_schema.columns "
@@ -328,6 +328,30 @@ def test_leaderboard_ranks_only_within_one_workload(store: Store) -> None:
     assert dict(rows) == workloads
 
 
+def test_workload_names_training_data_and_inference_task(store: Store) -> None:
+    # pretraining on the shipped 14 KB text and on the pydoc corpus learn different things:
+    # their loss and perplexity are never ranked together; nor are vqa and captioning runs
+    train = dict(family="pretraining", technique="gqa", group_name="attention",
+                 weights="random", simulated=False, contended=False)
+    store.ingest(make_bundle("shipped", metrics={"al_s": 1.0}, **train))
+    store.ingest(make_bundle("pydoc", metrics={"al_s": 2.0}, **train, dataset="pydoc"))
+    vlm = dict(model="tiny-vlm", simulated=False, contended=False)
+    store.ingest(make_bundle("vqa", metrics={"al_s": 1.0}, **vlm,
+                             info=json.dumps({"task": "vqa"})))
+    store.ingest(make_bundle("cap", metrics={"al_s": 2.0}, **vlm,
+                             info=json.dumps({"task": "captioning"})))
+    store.ingest(make_bundle("text", metrics={"al_s": 3.0}, **vlm))
+    ranks = _workload_ranks(store, "al_s")
+    assert {r: rank for r, (rank, _) in ranks.items()} == {
+        "shipped": 1, "pydoc": 1, "vqa": 1, "cap": 1, "text": 1}
+    workloads = {r: w for r, (_, w) in ranks.items()}
+    assert workloads["shipped"].endswith("| alone | data shipped")
+    assert workloads["pydoc"].endswith("| alone | data pydoc")
+    assert workloads["vqa"].endswith("| alone | task vqa")
+    assert workloads["cap"].endswith("| alone | task captioning")
+    assert workloads["text"].endswith("| measured | alone")  # text decode: no task part
+
+
 def test_quality_on_random_weights_and_zero_energy_are_never_ranked(store: Store) -> None:
     store.ingest(make_bundle("rand", weights="random", metrics={"mcr": 3.74, "eval_ppl": 1e4,
                                                                 "aec_w": 0.0, "al_s": 1.0}))
@@ -351,7 +375,7 @@ def test_a_version_1_file_migrates_keeping_its_rows(tmp_path: Path) -> None:
     got = store.get_run("old")
     assert got is not None and got["metrics"] == {"al_s": (0.5, "s", "runner")}
     assert got["metric_notes"] == {} and got["energy_note"] is None
-    assert store.stats()["schema_version"] == 5
+    assert store.stats()["schema_version"] == SCHEMA_VERSION
 
 
 def test_a_version_2_file_gains_ranked_task_quality(tmp_path: Path) -> None:
@@ -378,7 +402,7 @@ def test_a_version_2_file_gains_ranked_task_quality(tmp_path: Path) -> None:
     assert [tuple(r) for r in rows.rows] == [("a", 0.6, None), ("b", 0.3, None)]
     ranks = {(b["run_id"], b["rank"]) for b in store.leaderboard() if b["metric"] == "quality"}
     assert ranks == {("a", 1), ("b", 2)}
-    assert store.stats()["schema_version"] == 5
+    assert store.stats()["schema_version"] == SCHEMA_VERSION
 
 
 def test_metric_directions_follow_the_paper() -> None:
