@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true",
                    help="show the study's progress until every run is stored")
     p.add_argument("--resume", metavar="STUDY_ID",
-                   help="re-queue the runs of a study that never ran (unique prefix ok)")
+                   help="re-queue the runs of a study that never ran (unique prefix ok); with "
+                        "NAME, queue what the database has not stored for that id (the next "
+                        "part, on any machine, after `efficientllm import`)")
     _add_ray(p)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     _add_db(p)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -185,7 +187,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.file is not None:
             raise BadInput("give either a sweep FILE or --resume SWEEP_ID, not both")
-        sweep_id, run_ids, requeued = resume_sweep(home, store.path, args.resume)
+        sweep_id, run_ids, requeued = resume_sweep(home, store, args.resume)
         if not args.json:
             print(f"sweep {sweep_id}: re-queued {requeued} run(s) that never ran; "
                   f"{len(run_ids) - requeued} kept", file=sys.stderr)
@@ -254,9 +256,19 @@ def _never_ran(run_dir: Path) -> bool:
     return (c is not None and c.action == "cancel") or follow.stored_status(run_dir) is not None
 
 
-def resume_sweep(home: Path, db: Path, token: str) -> tuple[str, list[str], int]:
+def _stored_result(store: Any, run_id: str) -> bool:
+    """Whether the database holds a result of `run_id` (any status but cancelled)."""
+    if not store.path.exists():
+        return False
+    run = store.get_run(run_id)
+    return run is not None and run.get("status") != "cancelled"
+
+
+def resume_sweep(home: Path, store: Any, token: str) -> tuple[str, list[str], int]:
     """Re-queue the runs of sweep `token` (a unique prefix ok) that never ran, under new
-    run ids; (its id, every run id now, how many were re-queued)."""
+    run ids; (its id, every run id now, how many were re-queued). A run the database holds
+    (imported from the machine that ran it) ran, whether or not its dir is here."""
+    db = store.path
     record = queue.load_sweep_record(home, token)
     sweep_id = str(record["sweep_id"])
     specs: list[RunSpec] = []
@@ -268,7 +280,8 @@ def resume_sweep(home: Path, db: Path, token: str) -> tuple[str, list[str], int]
     out: list[RunSpec] = []
     requeued = 0
     for spec in specs:
-        if _never_ran(homes.runs_dir(home) / spec.run_id):
+        if _never_ran(homes.runs_dir(home) / spec.run_id) and not _stored_result(store,
+                                                                              spec.run_id):
             fresh = replace(spec, run_id=new_run_id(spec.model, spec.technique),
                             created_ns=time.time_ns())
             while (homes.runs_dir(home) / fresh.run_id).exists():
@@ -280,6 +293,65 @@ def resume_sweep(home: Path, db: Path, token: str) -> tuple[str, list[str], int]
             out.append(spec)
     queue.save_sweep(home, sweep_id, str(record.get("source")), out)
     return sweep_id, [s.run_id for s in out], requeued
+
+
+PAIR_COLUMNS = ("family", "technique", "model", "seed", "batch_size", "seq_len", "new_tokens",
+                "steps", "warmup", "dataset", "params")
+"""What makes two runs the same pair and repeat (runs row columns = RunSpec fields)."""
+
+
+def _pair_key(values: Mapping[str, Any]) -> tuple[Any, ...]:
+    params = values.get("params") or {}
+    if isinstance(params, str):
+        params = json.loads(params or "{}")
+    key = {k: values.get(k) for k in PAIR_COLUMNS if k != "params"}
+    if key["family"] != "inference":
+        key["new_tokens"] = None  # only inference decodes
+    return (*key.values(), json.dumps(params, sort_keys=True))
+
+
+def continue_sweep(home: Path, store: Any, sweep_id: str, source: str,
+                   specs: list[RunSpec]) -> tuple[list[str], int, int]:
+    """Queue under `sweep_id` each run of `specs` (a study expanded again) that has no `ok`
+    run of the same pair and seed stored for that sweep and is not queued here, e.g. on
+    another machine after `efficientllm import` of the parts run before; (every run id of
+    the sweep now, how many were queued, how many were already stored).
+
+    Raises:
+        BadInput: The database holds no run of `sweep_id` and this home never queued it.
+    """
+    rows = store.query("SELECT " + ", ".join(PAIR_COLUMNS) + ", run_id FROM runs "
+                       "WHERE sweep_id = ? AND status = 'ok'", params=[sweep_id]).rows \
+        if store.path.exists() else []
+    known = queue.sweep_ids(home)
+    if not rows and sweep_id not in known:
+        raise BadInput(f"no study {sweep_id!r} in {store.path} or this home: import the "
+                       "database its parts were stored in first (efficientllm import FILE)")
+    stored: dict[tuple[Any, ...], list[str]] = {}
+    for row in rows:
+        stored.setdefault(_pair_key(dict(zip(PAIR_COLUMNS, row, strict=False))),
+                          []).append(row[-1])
+    waiting = {_pair_key(s.to_dict()): s.run_id for s in queue.sweep_specs(home, sweep_id)
+               if not _never_ran(homes.runs_dir(home) / s.run_id)}
+    out: list[RunSpec] = []
+    queued = done = 0
+    for spec in specs:
+        key = _pair_key(spec.to_dict())
+        if stored.get(key):
+            out.append(replace(spec, run_id=stored[key].pop()))
+            done += 1
+        elif key in waiting:
+            out.append(replace(spec, run_id=waiting.pop(key)))
+        else:
+            fresh = replace(spec, run_id=new_run_id(spec.model, spec.technique),
+                            created_ns=time.time_ns())
+            while (homes.runs_dir(home) / fresh.run_id).exists():
+                fresh = replace(fresh, run_id=fresh.run_id + "-r")
+            queue.enqueue(fresh, home, store.path, sweep_id=sweep_id)
+            out.append(fresh)
+            queued += 1
+    queue.save_sweep(home, sweep_id, source, out)
+    return [s.run_id for s in out], queued, done
 
 
 def follow_sweep(home: Path, store: Any, sweep_id: str, run_ids: list[str], *,
@@ -301,7 +373,9 @@ def follow_sweep(home: Path, store: Any, sweep_id: str, run_ids: list[str], *,
             last_line[0] = line
 
     try:
-        final = follow.follow_batch(home, run_ids, show, devices=devices)
+        # runs stored elsewhere and imported (a study's earlier parts) have no run dir here
+        here = [r for r in run_ids if (homes.runs_dir(home) / r).is_dir()]
+        final = follow.follow_batch(home, here, show, devices=devices)
     except KeyboardInterrupt:
         goes_on(f"sweep {sweep_id}", "--all")
         return 130
@@ -310,7 +384,8 @@ def follow_sweep(home: Path, store: Any, sweep_id: str, run_ids: list[str], *,
         run = store.get_run(run_id) or {}
         rows.append({"run_id": run_id, "model": run.get("model"),
                      "technique": run.get("technique"), "device": run.get("device"),
-                     "status": final.statuses.get(run_id), "error": run.get("error_text")})
+                     "status": final.statuses.get(run_id, run.get("status")),
+                     "error": run.get("error_text")})
     if as_json:
         emit_json({id_key: sweep_id, "runs": rows})
     else:

@@ -12,7 +12,13 @@ import sys
 from typing import Any
 
 from efficientllm_tui.commands.common import emit_json, home_dir, open_store, table
-from efficientllm_tui.commands.launch import follow_sweep, on_ray, queue_sweep, resume_sweep
+from efficientllm_tui.commands.launch import (
+    continue_sweep,
+    follow_sweep,
+    on_ray,
+    queue_sweep,
+    resume_sweep,
+)
 from efficientllm_tui.errors import BadInput
 from efficientllm_tui.runs import dispatcher
 from efficientllm_tui.runs import study as studies
@@ -26,13 +32,21 @@ def cmd_study(args: argparse.Namespace) -> int:
         return _list(as_json=args.json)
     home = home_dir()
     store = open_store(args, home)
-    if args.resume is not None:
-        if args.name is not None:
-            raise BadInput("give either a study NAME|FILE or --resume STUDY_ID, not both")
+    if args.resume is not None and args.name is not None:
+        # the study again, less what its id already stored: the next part on any machine
+        name, source, sweep = studies.load(args.name)
+        specs = expand(sweep, args.repeats, args.device)
+        study_id = args.resume
+        run_ids, queued, done = continue_sweep(home, store, study_id, source, specs)
+        if not args.json:
+            print(f"study {name} ({study_id}): {done} of {len(specs)} run(s) stored, "
+                  f"{queued} queued now, {len(specs) - done - queued} already queued",
+                  file=sys.stderr)
+    elif args.resume is not None:
         if args.repeats is not None or args.device is not None:
             raise BadInput("--repeats and --device apply when a study is queued, not to "
                            "--resume (it re-queues the runs as they were)")
-        study_id, run_ids, requeued = resume_sweep(home, store.path, args.resume)
+        study_id, run_ids, requeued = resume_sweep(home, store, args.resume)
         if not args.json:
             print(f"study {study_id}: re-queued {requeued} run(s) that never ran; "
                   f"{len(run_ids) - requeued} kept", file=sys.stderr)

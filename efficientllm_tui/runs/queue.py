@@ -19,7 +19,7 @@ from typing import Any
 
 from efficientllm_tui.errors import BadInput
 from efficientllm_tui.runs import fold, rundir
-from runners.protocol import EVENTS_FILE, Event, RunSpec
+from runners.protocol import EVENTS_FILE, Event, ProtocolError, RunSpec
 
 QUEUE_FILE = "queue.json"
 CLAIM_FILE = "claim.json"
@@ -204,6 +204,25 @@ def save_sweep(home: Path, sweep_id: str, source: str, specs: Iterable[RunSpec])
     _write_json(path, {"sweep_id": sweep_id, "source": source, "created_ns": time.time_ns(),
                        "specs": [s.to_dict() for s in specs]})
     return path
+
+
+def sweep_ids(home: Path) -> set[str]:
+    """The ids of the sweeps this home recorded."""
+    folder = sweeps_dir(home)
+    return {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+
+
+def sweep_specs(home: Path, sweep_id: str) -> list[RunSpec]:
+    """The specs of a sweep this home recorded (none if it did not)."""
+    if sweep_id not in sweep_ids(home):
+        return []
+    out = []
+    for raw in load_sweep_record(home, sweep_id)["specs"]:
+        try:
+            out.append(RunSpec.from_dict(raw))
+        except ProtocolError:
+            continue
+    return out
 
 
 def load_sweep_record(home: Path, sweep_id: str) -> dict[str, Any]:

@@ -178,3 +178,46 @@ def test_import_of_a_newer_database_is_refused(cli: Cli, tmp_path: Path) -> None
         f"this efficientllm understands ({SCHEMA_VERSION}); upgrade efficientllm to import "
         "it; nothing was imported")
     assert Store(db).run_ids() == {"mine"}
+
+
+def test_a_study_goes_on_on_another_machine_after_import(cli: Cli, tmp_path: Path) -> None:
+    """Part one on one machine; its database imported on another, which queues only what
+    the study id has not stored (here: a third repeat), under the same id."""
+    from tests.integration.conftest import Cli as CliType
+    from tests.integration.conftest import stop_dispatcher
+
+    path = tmp_path / "mini.toml"
+    path.write_text('[study]\nname = "mini"\n[defaults]\ndevice = "cpu"\nsteps = 1\n'
+                    'warmup = 0\nseed = 5\n[[matrix]]\nmodels = ["tiny"]\n'
+                    'techniques = ["fp32", "bf16"]\nset = { eval_tokens = 0 }\n')
+    first = cli.json("study", str(path), "--repeats", "2", "--follow", "--json", timeout=240)
+    assert isinstance(first, dict)
+    study_id = first["study_id"]
+    assert [r["status"] for r in first["runs"]] == ["ok"] * 4
+
+    home = tmp_path / "other"
+    other = CliType(home, {**cli.env, "EFFICIENTLLM_HOME": str(home)})
+    try:
+        assert other("import", str(cli.home / "efficientllm.duckdb")).returncode == 0
+        out = other("study", str(path), "--resume", study_id, "--repeats", "3")
+        assert out.returncode == 0, out.stderr
+        assert f"study mini ({study_id}): 4 of 6 run(s) stored, 2 queued now" in out.stderr
+        # then followed as any study of this home: the imported runs count as stored
+        doc = other.json("study", "--resume", study_id, "--follow", "--json", timeout=240)
+        assert isinstance(doc, dict)
+        assert doc["study_id"] == study_id and [r["status"] for r in doc["runs"]] == ["ok"] * 6
+        assert {r["run_id"] for r in doc["runs"]} >= {r["run_id"] for r in first["runs"]}
+        rows = _sql(other, "SELECT technique, seed FROM runs WHERE sweep_id = "
+                           f"'{study_id}' AND status = 'ok' ORDER BY technique, seed")
+        assert [(r["technique"], r["seed"]) for r in rows] == [
+            ("bf16", 5), ("bf16", 6), ("bf16", 7), ("fp32", 5), ("fp32", 6), ("fp32", 7)]
+        again = other("study", str(path), "--resume", study_id, "--repeats", "3")
+        assert again.returncode == 0
+        assert "6 of 6 run(s) stored, 0 queued now" in again.stderr
+        assert _refused(other, "study", str(path), "--resume", "study-none") == (
+            f"efficientllm: error: no study 'study-none' in {home / 'efficientllm.duckdb'} "
+            "or this home: import the database its parts were stored in first "
+            "(efficientllm import FILE)")
+    finally:
+        other("daemon", "stop", timeout=30)
+        stop_dispatcher(home)
