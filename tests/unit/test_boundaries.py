@@ -97,9 +97,12 @@ def test_runners_never_import_the_app(forbidden: str) -> None:
 
 
 APP_RUNNER_MODULES = {"runners.protocol", "runners.errors", "runners.params", "runners.preflight",
-                      "runners.models.catalog", "runners.models.cards"}
+                      "runners.models.catalog", "runners.models.cards", "runners.distributed",
+                      "runners.rank_merge"}
 """The stdlib-level runner modules the app may import: the protocol, the schema and checks
-that refuse bad input before a runner starts, and the typed catalog."""
+that refuse bad input before a runner starts, the typed catalog, and how a multi-device run
+is launched and its ranks' records combined (torch is imported inside the functions that
+run in a runner only)."""
 
 
 def _runner_imports(path: Path) -> set[str]:
