@@ -8,15 +8,18 @@
 set -u
 : "${OUT:?set OUT to a folder}"
 : "${QUANT_S:=280}" "${DECODE_S:=100}" "${TRAIN_S:=170}"
+# QUANT_ONLY=gemlite:fp8,bnb:int4 limits the quantization cases; QUALITY_S (default 90) is
+# kept for the perplexity pass out of QUANT_S; set a budget to 0 to skip that benchmark.
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.csv"
-python3 benchmarks/quant_backends.py --out "$OUT/quant_backends.json" --budget-s "$QUANT_S" \
+[ "$QUANT_S" = 0 ] || python3 benchmarks/quant_backends.py --out "$OUT/quant_backends.json" --budget-s "$QUANT_S" \
     --quality-model smollm2-135m --home "${EFFICIENTLLM_HOME:-/tmp/elhome}" \
+    --quality-s "${QUALITY_S:-90}" --only "${QUANT_ONLY:-}" \
     2>&1 | tee "$OUT/quant_backends.log"
-python3 benchmarks/bench_decode.py --out "$OUT" --budget-s "$DECODE_S" --only bandwidth,engines \
+[ "$DECODE_S" = 0 ] || python3 benchmarks/bench_decode.py --out "$OUT" --budget-s "$DECODE_S" --only bandwidth,engines \
     --engine-shapes qwen2.5-0.5b,llama-3.2-1b --engines graph,fused@none,fused \
     2>&1 | tee "$OUT/bench_decode.log"
-python3 benchmarks/kernels_training.py --out "$OUT" --budget-s "$TRAIN_S" --only steps,nsa \
+[ "$TRAIN_S" = 0 ] || python3 benchmarks/kernels_training.py --out "$OUT" --budget-s "$TRAIN_S" --only steps,nsa \
     --cases transformer+liger_ce,rwkv+fla_wkv,mamba+our_triton_scan,nsa,torch_reference,fla_parallel_nsa,sdpa_dense_causal \
     2>&1 | tee "$OUT/kernels_training.log"
