@@ -33,7 +33,6 @@ from runners.engines.decode import (
     CompileEngine,
     Engine,
     FusedEngine,
-    RequestTiming,
     default_chain,
 )
 from runners.errors import OutOfMemory, Unsupported, is_oom, one_line
@@ -497,22 +496,28 @@ class InferenceFamily(Family[InferenceConfig]):
             return cls(built.model, c.new_tokens, sync, pad, mode=c.compile_mode)
         return ENGINES[name](built.model, c.new_tokens, sync, pad)
 
-    def _requests(self, phase: str, batches: Sequence[torch.Tensor], engine: Engine,
-                  meter: WindowMeter) -> tuple[list[RequestTiming], WindowResult | None]:
-        """Run `batches` as requests inside window `phase`, one step event each."""
+    def _requests(self, phase: str, batches: Sequence[Any], engine: Any, meter: WindowMeter,
+                  prompt_tokens: int | None = None,
+                  extra: Callable[[Any], dict[str, Any]] | None = None,
+                  ) -> tuple[list[Any], WindowResult | None]:
+        """Run `batches` as requests inside window `phase`, one step event each (with the
+        fields `extra` reads from a request's timing; prompts of `prompt_tokens`, default
+        seq_len). The vision tasks run their requests here too."""
         c, ctx = self.config, self.ctx
         ctx.phase(phase, steps=len(batches))
         if not batches:
             return [], None
-        timings: list[RequestTiming] = []
+        timings: list[Any] = []
+        prompt = c.seq_len if prompt_tokens is None else prompt_tokens
         meter.begin(phase)
-        for i, input_ids in enumerate(batches):
-            timing, _ = engine(input_ids)
+        for i, inputs in enumerate(batches):
+            timing, _ = engine(inputs)
             timings.append(timing)
             ctx.emit(Event.step(step=i, phase=phase, latency_s=timing.latency_s,
                                 tokens=c.batch_size * c.new_tokens, samples=c.batch_size,
-                                ttft_s=timing.ttft_s, prompt_tokens=c.batch_size * c.seq_len,
-                                tpot_s=pm.tpot_s(timing.latency_s, timing.ttft_s, c.new_tokens)))
+                                ttft_s=timing.ttft_s, prompt_tokens=c.batch_size * prompt,
+                                tpot_s=pm.tpot_s(timing.latency_s, timing.ttft_s, c.new_tokens),
+                                **(extra(timing) if extra else {})))
         window = meter.end(phase)
         ctx.emit(Event.window(**window.to_dict()))
         return timings, window

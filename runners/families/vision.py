@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from profiling import metrics as pm
 from profiling.window import WindowMeter, WindowResult
 from runners.data import images as image_data
 from runners.engines.vision import VisionLoopEngine, VisionTiming
@@ -115,12 +114,16 @@ def run(fam: InferenceFamily) -> RunResult:
     requests = [distinct[i % len(distinct)] for i in range(count)]
     prompt_tokens = int(requests[0]["input_ids"].shape[1])
     ctx.phase("prepare", engine=engine.name)
-    warm, _ = _requests(fam, "warmup", requests[:c.warmup], engine, meter, prompt_tokens)
+    def vision(t: VisionTiming) -> dict[str, Any]:
+        return {"vision_s": t.vision_s}
+
+    warm, _ = fam._requests("warmup", requests[:c.warmup], engine, meter,  # noqa: SLF001
+                            prompt_tokens, vision)
     if fam._quant_report:  # noqa: SLF001
         quant_backends.save_tuning(str(kernels.get("backend")), ctx.home, c.device)
     dev.reset_peak_memory(c.device)
-    timings, window = _requests(fam, "measure", requests[c.warmup:], engine, meter,
-                                prompt_tokens)
+    timings, window = fam._requests("measure", requests[c.warmup:], engine,  # noqa: SLF001
+                                    meter, prompt_tokens, vision)
     assert window is not None  # steps >= 1 (RunSpec checks it)
     peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
     prefill_window = (_prefills(fam, requests[c.warmup:], engine, meter)
@@ -231,29 +234,6 @@ def _quantize(fam: InferenceFamily, built: model_mod.BuiltModel,
                   activations=q.activations, group_size=q.group_size, exclude=list(exclude),
                   quantize_vision=c.quantize_vision)
     return built, report
-
-
-def _requests(fam: InferenceFamily, phase: str, batches: Sequence[dict[str, torch.Tensor]],
-              engine: VisionLoopEngine, meter: WindowMeter, prompt_tokens: int
-              ) -> tuple[list[VisionTiming], WindowResult | None]:
-    """Run `batches` as requests inside window `phase`, one step event each."""
-    c, ctx = fam.config, fam.ctx
-    ctx.phase(phase, steps=len(batches))
-    if not batches:
-        return [], None
-    timings: list[VisionTiming] = []
-    meter.begin(phase)
-    for i, inputs in enumerate(batches):
-        timing, _ = engine(inputs)
-        timings.append(timing)
-        ctx.emit(Event.step(step=i, phase=phase, latency_s=timing.latency_s,
-                            tokens=c.batch_size * c.new_tokens, samples=c.batch_size,
-                            ttft_s=timing.ttft_s, vision_s=timing.vision_s,
-                            prompt_tokens=c.batch_size * prompt_tokens,
-                            tpot_s=pm.tpot_s(timing.latency_s, timing.ttft_s, c.new_tokens)))
-    window = meter.end(phase)
-    ctx.emit(Event.window(**window.to_dict()))
-    return timings, window
 
 
 def _prefills(fam: InferenceFamily, batches: Sequence[dict[str, torch.Tensor]],
