@@ -522,22 +522,24 @@ class InferenceFamily(Family[InferenceConfig]):
         ctx.emit(Event.window(**window.to_dict()))
         return timings, window
 
-    def _prefills(self, batches: Sequence[torch.Tensor], engine: Engine,
-                  meter: WindowMeter) -> WindowResult:
-        """The measured requests' prefills alone, in window `prefill` (energy by phase)."""
+    def _prefills(self, batches: Sequence[Any], engine: Any, meter: WindowMeter,
+                  prompt_tokens: int | None = None) -> WindowResult:
+        """The measured requests' prefills alone, in window `prefill` (energy by phase);
+        prompts of `prompt_tokens` (default seq_len; the vision tasks' include the image)."""
         import time
 
         c, ctx = self.config, self.ctx
         ctx.phase("prefill", steps=len(batches))
         sync = dev.sync_fn(c.device) or (lambda: None)
         meter.begin("prefill")
-        for i, input_ids in enumerate(batches):
+        prompt = c.seq_len if prompt_tokens is None else prompt_tokens
+        for i, inputs in enumerate(batches):
             t0 = time.perf_counter_ns()
-            engine.prefill(input_ids)
+            engine.prefill(inputs)
             sync()
             latency = (time.perf_counter_ns() - t0) / 1e9
             ctx.emit(Event.step(step=i, phase="prefill", latency_s=latency, tokens=0,
-                                samples=c.batch_size, prompt_tokens=c.batch_size * c.seq_len))
+                                samples=c.batch_size, prompt_tokens=c.batch_size * prompt))
         window = meter.end("prefill")
         ctx.emit(Event.window(**window.to_dict()))
         return window

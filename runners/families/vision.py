@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from profiling.window import WindowMeter, WindowResult
+from profiling.window import WindowMeter
 from runners.data import images as image_data
 from runners.engines.vision import VisionLoopEngine, VisionTiming
 from runners.errors import Unsupported
@@ -126,7 +126,8 @@ def run(fam: InferenceFamily) -> RunResult:
                                     meter, prompt_tokens, vision)
     assert window is not None  # steps >= 1 (RunSpec checks it)
     peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
-    prefill_window = (_prefills(fam, requests[c.warmup:], engine, meter)
+    prefill_window = (fam._prefills(requests[c.warmup:], engine, meter,  # noqa: SLF001
+                                    prompt_tokens)
                       if c.phase_windows else None)
     scores = (_score(fam, engine, items, batch_inputs, prompter, meter) if scorable
               else vm.Scores.unscored(c.task))
@@ -234,27 +235,6 @@ def _quantize(fam: InferenceFamily, built: model_mod.BuiltModel,
                   activations=q.activations, group_size=q.group_size, exclude=list(exclude),
                   quantize_vision=c.quantize_vision)
     return built, report
-
-
-def _prefills(fam: InferenceFamily, batches: Sequence[dict[str, torch.Tensor]],
-              engine: VisionLoopEngine, meter: WindowMeter) -> WindowResult:
-    """The measured requests' prefills (image encode included) alone, in window `prefill`."""
-    import time
-
-    c, ctx = fam.config, fam.ctx
-    ctx.phase("prefill", steps=len(batches))
-    sync = dev.sync_fn(c.device) or (lambda: None)
-    meter.begin("prefill")
-    for i, inputs in enumerate(batches):
-        t0 = time.perf_counter_ns()
-        engine.prefill(inputs)
-        sync()
-        ctx.emit(Event.step(step=i, phase="prefill",
-                            latency_s=(time.perf_counter_ns() - t0) / 1e9, tokens=0,
-                            samples=c.batch_size))
-    window = meter.end("prefill")
-    ctx.emit(Event.window(**window.to_dict()))
-    return window
 
 
 def _score(fam: InferenceFamily, engine: VisionLoopEngine, items: Sequence[Any],
