@@ -26,16 +26,10 @@ from typing import Any, ClassVar
 import torch
 
 from profiling import metrics as pm
-from profiling.window import WindowMeter, WindowResult
+from profiling.window import WindowMeter
 from runners.data import corpus as corpus_mod
-from runners.engines.decode import (
-    ENGINES,
-    CompileEngine,
-    Engine,
-    FusedEngine,
-    default_chain,
-)
 from runners.errors import OutOfMemory, Unsupported, is_oom, one_line
+from runners.families import inference_steps as steps
 from runners.families import scored
 from runners.families.base import Family, FamilyConfig, register
 from runners.families.inference_metrics import Measured, inference_metrics, quality_metrics
@@ -152,11 +146,6 @@ class InferenceConfig(FamilyConfig):
             object.__setattr__(self, "mcr_reference", float_default(self.device))
 
 
-COMPILED_QUANTIZED = "fused+compile"
-"""Engine-chain entry of `engine=auto` for weights on a backend in
-quant_backends.STEP_COMPILES: `fused` with the step compiled around the quantized kernels,
-tried before the uncompiled `fused`."""
-
 @register
 class InferenceFamily(Family[InferenceConfig]):
     """Latency, throughput, energy, size and perplexity of one model x technique."""
@@ -249,21 +238,22 @@ class InferenceFamily(Family[InferenceConfig]):
         pad = self.card.pad_token_id
         if pad is None:
             pad = getattr(tokenizer, "pad_token_id", None)
-        engine, fallback = self._engine(built, sync, pad, requests[0])
+        engine, fallback = steps.prepared_engine(self, built, sync, pad, requests[0])
         meter = dev.window_meter(c.device, sync, ctx.sample_device)
 
-        warm, _ = self._requests("warmup", requests[:c.warmup], engine, meter)
+        warm, _ = steps.run_requests(self, "warmup", requests[:c.warmup], engine, meter)
         if self._quant_report:
             # every shape is tuned by now (capture and warm-up): keep the choices
             quant_backends.save_tuning(str(self._quant_report.get("backend")), ctx.home,
                                        c.device)
         dev.reset_peak_memory(c.device)
-        timings, window = self._requests("measure", requests[c.warmup:], engine, meter)
+        timings, window = steps.run_requests(self, "measure", requests[c.warmup:], engine,
+                                             meter)
         assert window is not None  # steps >= 1 (RunSpec checks it)
         peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
         prefill_window = None
         if c.phase_windows:
-            prefill_window = self._prefills(requests[c.warmup:], engine, meter)
+            prefill_window = steps.prefill_window(self, requests[c.warmup:], engine, meter)
 
         ppl = None
         if ppl_scored:
@@ -427,12 +417,6 @@ class InferenceFamily(Family[InferenceConfig]):
                       group_size=q.group_size, exclude=list(exclude), extension=extension)
         return built, report
 
-    def _step_compiles(self) -> bool:
-        """Whether `fused` compiles the decode step around this run's quantized kernels."""
-        backend = (self._quant_report or {}).get("backend")
-        return (self.config.device.startswith("cuda") and self.config.compile_mode != "none"
-                and backend in quant_backends.STEP_COMPILES)
-
     def _quant_info(self, kernels: Mapping[str, Any]) -> dict[str, Any] | None:
         q = self.technique.quantization
         if q is None:
@@ -454,95 +438,6 @@ class InferenceFamily(Family[InferenceConfig]):
                                   f"{text.splitlines()[0] if text else type(e).__name__}"
                                   ) from None
             raise
-
-    def _engine(self, built: model_mod.BuiltModel, sync: Any, pad: int | None,
-                first: torch.Tensor) -> tuple[Engine, str | None]:
-        """The decode engine, prepared (cache allocated, graph captured, step compiled)
-        outside any window.
-
-        A requested engine that cannot prepare fails the run (`unsupported`). With
-        `engine=auto` the device's engines are tried in order (CUDA: fused, graph, loop) and
-        the run's info says why each one passed over did not prepare.
-        """
-        c, ctx = self.config, self.ctx
-        names = default_chain(c.device) if c.engine == "auto" else (c.engine,)
-        if self._step_compiles() and names[0] == FusedEngine.name:
-            # the compiled quantized step first; the same lean step uncompiled if it fails
-            names = (COMPILED_QUANTIZED, *names)
-        reasons: list[str] = []
-        for i, name in enumerate(names):
-            engine = self._make_engine(name, built, sync, pad)
-            ctx.phase("prepare", engine=engine.name)
-            try:
-                engine.prepare(first)
-            except Unsupported as e:
-                if i == len(names) - 1:
-                    raise
-                reason = f"engine {name} unavailable, fell back to {names[i + 1]}: {e}"
-                ctx.emit(Event.log(reason))
-                reasons.append(reason)
-                continue
-            return engine, "; ".join(reasons) or None
-        raise AssertionError("unreachable: the last engine raises")
-
-    def _make_engine(self, name: str, built: model_mod.BuiltModel, sync: Any,
-                     pad: int | None) -> Engine:
-        c = self.config
-        if name == COMPILED_QUANTIZED:
-            return FusedEngine(built.model, c.new_tokens, sync, pad, mode=c.compile_mode,
-                               compile_quantized=True)
-        if name in (CompileEngine.name, FusedEngine.name):
-            cls = CompileEngine if name == CompileEngine.name else FusedEngine
-            return cls(built.model, c.new_tokens, sync, pad, mode=c.compile_mode)
-        return ENGINES[name](built.model, c.new_tokens, sync, pad)
-
-    def _requests(self, phase: str, batches: Sequence[Any], engine: Any, meter: WindowMeter,
-                  prompt_tokens: int | None = None,
-                  extra: Callable[[Any], dict[str, Any]] | None = None,
-                  ) -> tuple[list[Any], WindowResult | None]:
-        """Run `batches` as requests inside window `phase`, one step event each (with the
-        fields `extra` reads from a request's timing; prompts of `prompt_tokens`, default
-        seq_len). The vision tasks run their requests here too."""
-        c, ctx = self.config, self.ctx
-        ctx.phase(phase, steps=len(batches))
-        if not batches:
-            return [], None
-        timings: list[Any] = []
-        prompt = c.seq_len if prompt_tokens is None else prompt_tokens
-        meter.begin(phase)
-        for i, inputs in enumerate(batches):
-            timing, _ = engine(inputs)
-            timings.append(timing)
-            ctx.emit(Event.step(step=i, phase=phase, latency_s=timing.latency_s,
-                                tokens=c.batch_size * c.new_tokens, samples=c.batch_size,
-                                ttft_s=timing.ttft_s, prompt_tokens=c.batch_size * prompt,
-                                tpot_s=pm.tpot_s(timing.latency_s, timing.ttft_s, c.new_tokens),
-                                **(extra(timing) if extra else {})))
-        window = meter.end(phase)
-        ctx.emit(Event.window(**window.to_dict()))
-        return timings, window
-
-    def _prefills(self, batches: Sequence[Any], engine: Any, meter: WindowMeter,
-                  prompt_tokens: int | None = None) -> WindowResult:
-        """The measured requests' prefills alone, in window `prefill` (energy by phase);
-        prompts of `prompt_tokens` (default seq_len; the vision tasks' include the image)."""
-        import time
-
-        c, ctx = self.config, self.ctx
-        ctx.phase("prefill", steps=len(batches))
-        sync = dev.sync_fn(c.device) or (lambda: None)
-        meter.begin("prefill")
-        prompt = c.seq_len if prompt_tokens is None else prompt_tokens
-        for i, inputs in enumerate(batches):
-            t0 = time.perf_counter_ns()
-            engine.prefill(inputs)
-            sync()
-            latency = (time.perf_counter_ns() - t0) / 1e9
-            ctx.emit(Event.step(step=i, phase="prefill", latency_s=latency, tokens=0,
-                                samples=c.batch_size, prompt_tokens=c.batch_size * prompt))
-        window = meter.end("prefill")
-        ctx.emit(Event.window(**window.to_dict()))
-        return window
 
     def failure_info(self) -> Mapping[str, Any]:
         info = dict(super().failure_info())

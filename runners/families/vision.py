@@ -28,6 +28,7 @@ from profiling.window import WindowMeter
 from runners.data import images as image_data
 from runners.engines.vision import VisionLoopEngine, VisionTiming
 from runners.errors import Unsupported
+from runners.families import inference_steps as steps
 from runners.families import vision_metrics as vm
 from runners.families.inference_metrics import Measured, inference_metrics
 from runners.models import build as model_mod
@@ -117,17 +118,17 @@ def run(fam: InferenceFamily) -> RunResult:
     def vision(t: VisionTiming) -> dict[str, Any]:
         return {"vision_s": t.vision_s}
 
-    warm, _ = fam._requests("warmup", requests[:c.warmup], engine, meter,  # noqa: SLF001
-                            prompt_tokens, vision)
+    warm, _ = steps.run_requests(fam, "warmup", requests[:c.warmup], engine, meter,
+                                 prompt_tokens, vision)
     if fam._quant_report:  # noqa: SLF001
         quant_backends.save_tuning(str(kernels.get("backend")), ctx.home, c.device)
     dev.reset_peak_memory(c.device)
-    timings, window = fam._requests("measure", requests[c.warmup:], engine,  # noqa: SLF001
-                                    meter, prompt_tokens, vision)
+    timings, window = steps.run_requests(fam, "measure", requests[c.warmup:], engine,
+                                         meter, prompt_tokens, vision)
     assert window is not None  # steps >= 1 (RunSpec checks it)
     peak_alloc, peak_reserved = dev.peak_memory_gib(c.device)
-    prefill_window = (fam._prefills(requests[c.warmup:], engine, meter,  # noqa: SLF001
-                                    prompt_tokens)
+    prefill_window = (steps.prefill_window(fam, requests[c.warmup:], engine, meter,
+                                           prompt_tokens)
                       if c.phase_windows else None)
     scores = (_score(fam, engine, items, batch_inputs, prompter, meter) if scorable
               else vm.Scores.unscored(c.task))

@@ -15,6 +15,7 @@ import torch
 
 from runners import params
 from runners.errors import BadInput, Unsupported
+from runners.families import inference_steps as steps
 from runners.models import build as model_mod
 from runners.models import catalog
 from runners.techniques import quant_backends as qb
@@ -243,18 +244,17 @@ def _family(device: str, backend: str | None, compile_mode: str = "default") -> 
 def test_which_quantized_steps_are_compiled(device: str, backend: str | None, mode: str,
                                             compiles: bool) -> None:
     fam = _family(device, backend, mode)
-    assert fam._step_compiles() is compiles
+    assert steps.step_compiles(fam) is compiles
 
 
 def test_the_compiled_quantized_engine_is_fused_with_its_flag() -> None:
     from runners.engines.decode import FusedEngine
-    from runners.families import inference
 
     fam = _family("cpu", "gemlite")
     built = _tiny()
-    engine = fam._make_engine(inference.COMPILED_QUANTIZED, built, None, 0)
+    engine = steps.make_engine(fam, steps.COMPILED_QUANTIZED, built, None, 0)
     assert isinstance(engine, FusedEngine) and engine.compile_quantized
-    plain = fam._make_engine(FusedEngine.name, built, None, 0)
+    plain = steps.make_engine(fam, FusedEngine.name, built, None, 0)
     assert isinstance(plain, FusedEngine) and not plain.compile_quantized
     # on the CPU the lean step runs eagerly either way
     engine.prepare(IDS[:1, :8])
