@@ -52,12 +52,16 @@ def merge_step(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+
+def _value(metric: Metric | None) -> float | None:
+    return metric.value if metric is not None else None
+
 def merge_window(parts: Sequence[Mapping[str, Any]], sample_devices: Sequence[str]
                  ) -> dict[str, Any]:
     """One window event from every rank's: the span of all, energy over distinct devices."""
     out = dict(parts[0])
-    t0s = [p.get("t0_ns") for p in parts if isinstance(p.get("t0_ns"), int)]
-    t1s = [p.get("t1_ns") for p in parts if isinstance(p.get("t1_ns"), int)]
+    t0s = [int(p["t0_ns"]) for p in parts if isinstance(p.get("t0_ns"), int)]
+    t1s = [int(p["t1_ns"]) for p in parts if isinstance(p.get("t1_ns"), int)]
     if t0s and t1s:
         out["t0_ns"], out["t1_ns"] = min(t0s), max(t1s)
     per_device = _per_device([_num(p.get("energy_j")) for p in parts], sample_devices)
@@ -96,7 +100,7 @@ def combine_results(results: Sequence[RunResult], sample_devices: Sequence[str],
     out: list[Metric] = []
     for metric in first.metrics:
         name = metric.name
-        values = [d.get(name).value if d.get(name) else None for d in by_name]
+        values = [_value(d.get(name)) for d in by_name]
         value: float | None = metric.value
         if name in RATE_METRICS or name == "mfu":
             work = [v * s for v, s in zip(values, seconds, strict=True)
@@ -112,7 +116,8 @@ def combine_results(results: Sequence[RunResult], sample_devices: Sequence[str],
             out += _device_metrics(metric, values, sample_devices)
         elif name in ENERGY_SUMMED:
             per = _per_device(values, sample_devices)
-            value = sum(per.values()) if all(v is not None for v in per.values()) else None  # type: ignore[misc]
+            known = [v for v in per.values() if v is not None]
+            value = sum(known) if len(known) == len(per) else None
             out += _device_metrics(metric, values, sample_devices)
         elif name == "j_per_token":
             value = None
@@ -124,7 +129,7 @@ def combine_results(results: Sequence[RunResult], sample_devices: Sequence[str],
     out = _j_per_token(out, results, seconds)
     info = {**first.info, **extra_info, "combine": COMBINE_RULES,
             "rank_measure_s": seconds,
-            "rank_metrics": {name: [d.get(name).value if d.get(name) else None
+            "rank_metrics": {name: [_value(d.get(name))
                                     for d in by_name]
                              for name in sorted(RATE_METRICS | MAX_METRICS | {"energy_j"})
                              if name in by_name[0]}}

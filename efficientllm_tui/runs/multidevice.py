@@ -39,9 +39,9 @@ def metrics(samples: list[Sample], devices: Sequence[str], per_device: PerDevice
     out: list[dict[str, Any]] = []
     names = [n for n in (*MEANED, *SUMMED) if any(n in rows for rows in per.values())]
     for name in names:
-        rows = [per[dev].get(name) for dev in devices]
-        values = [r.get("value") if r else None for r in rows]
-        first = next(r for r in rows if r)
+        found = [per[dev].get(name) for dev in devices]
+        values = [r.get("value") if r else None for r in found]
+        first = next(r for r in found if r)
         if all(v is not None for v in values):
             value: float | None = sum(values) / (len(values) if name in MEANED else 1)  # type: ignore[arg-type]
             note = next((r.get("note") for r in rows if r and r.get("note")), None)

@@ -150,7 +150,7 @@ def _convert(gguf: Path, out: Path) -> None:
         raise Unsupported(f"reading {gguf.name} needs the gguf package: {one_line(e)}") from None
     # The weights are plain float tensors now; drop the GGUF quantizer so the model saves
     # as an ordinary checkpoint (transformers refuses to serialise a "gguf-quantized" one).
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - nn.Module's attribute typing
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
@@ -175,7 +175,7 @@ def load_model(source: Source, dtype: Any, device: str, trust_remote_code: bool 
 
     hf_logging.disable_progress_bar()  # a run's stderr.log is for problems, not progress
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             source.path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code)
     except ValueError as e:
         text = str(e)

@@ -54,7 +54,7 @@ def _check_merged(cli: Cli, doc: dict[str, Any], tokens_per_step: int) -> None:
     # Both CPU processes share one package: one device, sampled once.
     assert info["sample_devices"] == ["cpu", "cpu"]
     (run,) = _rows(cli, f"select workload from run_metrics where run_id = '{rid}'")
-    assert run["workload"].endswith("2 devices")
+    assert run["workload"].endswith("| 2 devices | data shipped")
 
 
 def test_pretraining_on_two_cpu_processes(cli: Cli) -> None:
