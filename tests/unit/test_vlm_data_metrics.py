@@ -15,6 +15,7 @@ from runners.data import images
 from runners.engines.vision import VisionTiming
 from runners.errors import BadInput
 from runners.families import vision_metrics as vm
+from runners.models import weights
 from runners.protocol import RANDOM_WEIGHTS_NOTE, Metric
 from runners.techniques.quality import Reference
 
@@ -39,7 +40,10 @@ def test_each_image_shows_what_its_answer_and_caption_say(record: dict) -> None:
     assert np.array_equal(pixels, np.asarray(images.draw(spec)))  # deterministic
 
 
-def test_shipped_images_are_drawn_once_into_the_cache(tmp_path: Path) -> None:
+def test_shipped_images_are_drawn_once_into_the_cache(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # a session fixture (tests/model_cache.py) may have pointed the cache elsewhere
+    monkeypatch.delenv(weights.CACHE_ENV, raising=False)
     first = images.load(None, tmp_path)
     assert len(first.items) == 36 and first.source == images.SHIPPED
     path = Path(first.items[0].image)
