@@ -65,8 +65,8 @@ def ray_head() -> Iterator[str]:
 def test_sweep_on_a_local_ray_head(cli: Cli, ray_head: str, tmp_path: Path) -> None:
     path = tmp_path / "sweep.toml"
     path.write_text(SWEEP)
-    out = cli("sweep", str(path), "--ray", ray_head, "--ray-timeout", "90", "--json",
-              timeout=150)
+    out = cli("sweep", str(path), "--ray", ray_head, "--ray-timeout", "240", "--json",
+              timeout=300)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["ray"] == ray_head and len(doc["runs"]) == 2
