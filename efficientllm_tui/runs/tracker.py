@@ -51,6 +51,9 @@ class ActiveRun:
     loss: float | None = None
     window_energy_j: float = 0.0
     """Energy of the measurement windows already closed (runner's counter)."""
+    host: str | None = None
+    """The node a run submitted to a Ray cluster runs on (from its `started` event); None
+    for a run on this machine."""
     status: str = "running"
     error: str | None = None
     ended: bool = False
@@ -76,6 +79,8 @@ class ActiveRun:
     def apply(self, ev: Event) -> None:
         """Fold one event into the summary."""
         if ev.kind == "started":
+            if (self.run_dir / rundir.REMOTE_FILE).exists():
+                self.host = str(ev.get("host") or "remote")
             self.started_ns = ev.t_ns
             device = ev.get("device")
             if device:

@@ -65,3 +65,18 @@ def test_active_run_and_queue_count_the_same(tmp_path: Path) -> None:
     assert (run.steps_done, run.total_steps, run.progress, run.phase_text) == (
         10, 10, 1.0, "prefill")
     assert queue._steps_done(events, spec) == 10
+
+
+def test_a_run_on_a_ray_node_is_marked_with_its_host(tmp_path: Path) -> None:
+    from efficientllm_tui.runs import rundir
+
+    started = Event.started(pid=1, host="node-7", device="cuda:0", versions={})
+    local = ActiveRun(run_id="a", run_dir=tmp_path / "a")
+    local.run_dir.mkdir()
+    local.apply(started)
+    assert local.host is None  # this machine's own run: no mark
+    remote = ActiveRun(run_id="b", run_dir=tmp_path / "b")
+    remote.run_dir.mkdir()
+    (remote.run_dir / rundir.REMOTE_FILE).write_text('{"address": "ray://head:10001"}')
+    remote.apply(started)
+    assert remote.host == "node-7" and remote.device == "cuda:0"

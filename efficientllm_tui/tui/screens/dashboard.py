@@ -388,7 +388,7 @@ class DashboardScreen(AppScreen):
         if run.loss is not None:
             speed += f" · {num(run.loss, 3)}"
         return (
-            f"{run.model} × {run.technique}",
+            f"{run.model} × {run.technique}" + (f" @{run.host}" if run.host else ""),
             bar,
             speed,
             run.phase_text,
