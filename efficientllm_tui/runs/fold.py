@@ -87,3 +87,18 @@ def one_time_note(phase: str | None) -> str | None:
         return None
     what, how_long, _ = ONE_TIME_PHASES[phase]
     return f"one-time step: {what} ({how_long}; cached for later runs)"
+
+
+def rank_cause(ending_: Ending, rank_events: Iterable[tuple[int, Iterable[Event]]]
+               ) -> Ending:
+    """A multi-rank run's ending with the failure that ended it: when one rank fails, the
+    launcher stops the others (rank 0 among them) with a signal, so rank 0 reports
+    `cancelled`; the first other rank that reported an error of its own (not `cancelled`)
+    names the cause, as `rank N: ...`. A run the user stopped keeps `cancelled`."""
+    if ending_.status != "cancelled":
+        return ending_
+    for rank, events in sorted(rank_events, key=lambda r: r[0]):
+        own = ending(events)
+        if own is not None and own.status not in ("ok", "cancelled"):
+            return Ending(own.status, own.error_type, f"rank {rank}: {own.error_text}")
+    return ending_

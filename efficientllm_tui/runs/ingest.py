@@ -95,6 +95,16 @@ def _stderr_tail(run_dir: Path) -> str | None:
     return errors[-1][:500] if errors else None
 
 
+def _rank_events(run_dir: Path) -> list[tuple[int, list[Event]]]:
+    """The events of a multi-rank run's other ranks (`events.rank<N>.jsonl`), by rank."""
+    out = []
+    for path in run_dir.glob("events.rank*.jsonl"):
+        rank = path.name[len("events.rank"):-len(".jsonl")]
+        if rank.isdigit():
+            out.append((int(rank), rundir.read_events(run_dir, path.name)[0]))
+    return out
+
+
 def classify(run_dir: Path, *, alive: bool | None = None) -> RunState:
     """Decide a run's status from its events and whether its runner still lives."""
     spec = load_spec(run_dir)
@@ -102,6 +112,8 @@ def classify(run_dir: Path, *, alive: bool | None = None) -> RunState:
     end = fold.ending(events)
     error_type = error_text = None
     if end is not None:
+        if (spec.world_size or 1) > 1:
+            end = fold.rank_cause(end, _rank_events(run_dir))
         status, error_type, error_text = end.status, end.error_type, end.error_text
     elif queue.is_waiting(run_dir):
         status = "queued"

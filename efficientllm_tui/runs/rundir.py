@@ -202,13 +202,14 @@ def runner_alive(run_dir: Path) -> bool:
     return pid_alive(pid, created)
 
 
-def read_events(run_dir: Path) -> tuple[list[Event], int]:
-    """Every complete event line of a run, and how many lines were unreadable (bad JSON,
-    bad UTF-8, bad fields): one bad line never hides the others."""
+def read_events(run_dir: Path, name: str = EVENTS_FILE) -> tuple[list[Event], int]:
+    """Every complete event line of a run (or of its file `name`, e.g. a rank's), and how
+    many lines were unreadable (bad JSON, bad UTF-8, bad fields): one bad line never hides
+    the others."""
     events: list[Event] = []
     bad = 0
     try:
-        with open(run_dir / EVENTS_FILE, "rb") as f:
+        with open(run_dir / name, "rb") as f:
             for raw in f:
                 if not raw.endswith(b"\n"):
                     break  # a line still being written; the next read gets it whole

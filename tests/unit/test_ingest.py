@@ -113,3 +113,20 @@ def test_runner_notes_and_the_energy_note_reach_the_store(tmp_path: Path) -> Non
     assert (m["al_s"]["value"], m["al_s"]["note"]) == (0.25, None)
     assert (m["mcr"]["source"], m["mcr"]["note"]) == ("none", "not measured by this run")
     assert bundle.run["energy_note"] == why
+
+
+def test_a_multi_rank_run_stopped_by_a_failing_rank_is_stored_with_its_cause(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    spec = specs.build_spec(model="tiny", technique="lora", device="cpu", steps=2, warmup=0,
+                            world_size=2)
+    run_dir = rundir.prepare(spec, home)
+    started = {"t_ns": T0, "kind": "started", "pid": 1, "host": "h", "device": "cpu"}
+    (run_dir / "events.jsonl").write_text(json.dumps(started) + "\n" + json.dumps(
+        {"t_ns": T0 + S, "kind": "error", "type": "crash", "message": "cancelled"}) + "\n")
+    (run_dir / "events.rank1.jsonl").write_text(json.dumps({**started, "pid": 2}) + "\n"
+        + json.dumps({"t_ns": T0 + S, "kind": "error", "type": "crash",
+                      "message": "RuntimeError: a rank's own failure"}) + "\n")
+    state = ingest.classify(run_dir, alive=False)
+    assert (state.status, state.error_type, state.error_text) == (
+        "failed", "crash", "rank 1: RuntimeError: a rank's own failure")

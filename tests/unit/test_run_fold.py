@@ -25,3 +25,21 @@ def test_endings() -> None:
     # the first error and the last result count
     assert ending([ev("error", type="unsupported", message="a"),
                    ev("error", type="crash", message="b")]).error_text == "a"  # type: ignore[union-attr]
+
+
+def test_a_failing_rank_names_the_ending_of_a_multi_rank_run() -> None:
+    from efficientllm_tui.runs.fold import rank_cause
+
+    cancelled = ending([ev("started"), ev("error", type="crash", message="cancelled")])
+    assert cancelled is not None
+    crash = [ev("started"), ev("error", type="crash", message="CUDA error: illegal address")]
+    oom = [ev("error", type="oom", message="CUDA out of memory")]
+    stopped = [ev("error", type="crash", message="cancelled")]
+    assert rank_cause(cancelled, [(3, oom), (1, crash)]) == Ending(
+        "failed", "crash", "rank 1: CUDA error: illegal address")  # the lowest rank first
+    assert rank_cause(cancelled, [(2, oom)]) == Ending("oom", "oom", "rank 2: CUDA out of memory")
+    # every rank stopped (the user's stop), or no rank said anything: cancelled it stays
+    assert rank_cause(cancelled, [(1, stopped), (2, [ev("started")])]) == cancelled
+    # rank 0's own ending is never replaced
+    own = Ending("failed", "crash", "boom")
+    assert rank_cause(own, [(1, crash)]) == own
