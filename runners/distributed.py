@@ -362,6 +362,13 @@ def loss_forward(model: Any, group: Group | None) -> Callable[..., Any]:
     return call
 
 
+def plain(t: Any) -> Any:
+    """A tensor as one ordinary tensor: FSDP2's DTensors (e.g. the gradient norm that
+    clip_grad_norm_ returns over sharded parameters) gathered whole; anything else as is."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t
+
+
 def data_seed(seed: int) -> int:
     """The seed of this rank's data order: each rank reads other rows (the global batch)."""
     return seed + (_GROUP.rank if _GROUP is not None else 0)

@@ -164,8 +164,8 @@ class PretrainingFamily(Family[PretrainingConfig]):
                 out = forward_loss(rows[:, :-1], rows[:, 1:],
                                    chunk_rows=c.loss_chunk_tokens or None)
             out.loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip) \
-                if c.grad_clip > 0 else None
+            norm = distributed.plain(torch.nn.utils.clip_grad_norm_(
+                model.parameters(), c.grad_clip)) if c.grad_clip > 0 else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             parts = [out.ce.detach()] + [t.detach().float() for t in (out.aux, norm)

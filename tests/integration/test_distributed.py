@@ -104,3 +104,16 @@ def test_bad_world_sizes_are_one_line(cli: Cli, args: tuple[str, ...], needle: s
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in out.stderr
     assert not (cli.home / "runs").exists() or not any((cli.home / "runs").iterdir())
+
+
+def test_fsdp2_pretraining_on_two_cpu_processes(cli: Cli) -> None:
+    # sharded parameters: the gradient norm is a DTensor, gathered before it is reported
+    doc = cli.json("run", "-m", "tiny", "-t", "gqa", *COMMON, "--world-size", "2",
+                   "--set", "sharding=fsdp2", "--json", timeout=180)
+    assert doc["status"] == "ok", doc.get("error_text")
+    rows = _rows(cli, "select info->>'sharding' as sharding from runs "
+                      f"where run_id = '{doc['run_id']}'")
+    assert rows == [{"sharding": "fsdp2"}]
+    # the evaluation gathered the shards: better than a uniform guess over the 260 byte ids
+    ppl = doc["metrics"]["eval_ppl"]
+    assert ppl is not None and 1.0 < ppl < 260.0
