@@ -9,7 +9,9 @@ set -u
 : "${OUT:?set OUT to a folder}"
 : "${QUANT_S:=280}" "${DECODE_S:=100}" "${TRAIN_S:=170}"
 # QUANT_ONLY=gemlite:fp8,bnb:int4 limits the quantization cases; QUALITY_S (default 90) is
-# kept for the perplexity pass out of QUANT_S; set a budget to 0 to skip that benchmark.
+# kept for the perplexity pass out of QUANT_S; DECODE_SHAPES and DECODE_ENGINES pick the
+# roofline cases (e.g. fused@max-autotune-no-cudagraphs: inductor's autotuned Triton matmuls
+# with fused epilogues, minutes to compile); set a budget to 0 to skip that benchmark.
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.csv"
@@ -18,7 +20,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
     --quality-s "${QUALITY_S:-90}" --only "${QUANT_ONLY:-}" \
     2>&1 | tee "$OUT/quant_backends.log"
 [ "$DECODE_S" = 0 ] || python3 benchmarks/bench_decode.py --out "$OUT" --budget-s "$DECODE_S" --only bandwidth,engines \
-    --engine-shapes qwen2.5-0.5b,llama-3.2-1b --engines graph,fused@none,fused \
+    --engine-shapes "${DECODE_SHAPES:-qwen2.5-0.5b,llama-3.2-1b}" \
+    --engines "${DECODE_ENGINES:-graph,fused@none,fused}" \
     2>&1 | tee "$OUT/bench_decode.log"
 [ "$TRAIN_S" = 0 ] || python3 benchmarks/kernels_training.py --out "$OUT" --budget-s "$TRAIN_S" --only steps,nsa \
     --cases transformer+liger_ce,rwkv+fla_wkv,mamba+our_triton_scan,nsa,torch_reference,fla_parallel_nsa,sdpa_dense_causal \
