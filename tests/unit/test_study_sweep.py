@@ -121,15 +121,18 @@ def test_ci_tiny_covers_every_group_on_tiny_cpu() -> None:
     _needs(_techniques("ci-tiny"))
     name, source, sweep = study.load("ci-tiny")
     assert (name, source, sweep.repeats) == ("ci-tiny", "study:ci-tiny", 1)
-    assert {p.model for p in sweep.pairs} == {"tiny"} and {p.device for p in sweep.pairs} == {
-        "cpu"}
+    assert {p.model for p in sweep.pairs} == {"tiny", "tiny-vlm"}
+    assert {p.device for p in sweep.pairs} == {"cpu"}
+    # the vision pair answers the shipped image questions (its own workload: task vqa)
+    assert [(p.technique, p.params.get("task")) for p in sweep.pairs
+            if p.model == "tiny-vlm"] == [("int8", "vqa")]
     assert max(p.steps + p.warmup for p in sweep.pairs) == 3
     from runners.models import catalog
 
     groups = {catalog.technique(p.technique).group for p in sweep.pairs}
     assert groups == {"bit_width", "peft", "attention", "positional_encoding", "moe",
                       "attention_free"}
-    assert len(sweep.pairs) == 26
+    assert len(sweep.pairs) == 27
 
 
 def test_paper_study_has_the_papers_methods_at_its_sizes() -> None:
@@ -150,10 +153,15 @@ def test_paper_study_has_the_papers_methods_at_its_sizes() -> None:
     for model in ("smollm2-135m", "qwen2.5-1.5b", "qwen2.5-7b"):
         assert {t for f, m, t in pairs if f == "inference" and m == model} == {
             "bf16", "fp16", "int8", "int4", "fp8"}
+    # the vision part: bit-widths of a VLM's language model, answering image questions
+    assert {(t, p.params.get("task")) for (f, m, t), p in pairs.items()
+            if m == "smolvlm-256m"} == {("bf16", "vqa"), ("int8", "vqa"), ("int4", "vqa")}
+    # pretraining reads a real corpus (the shipped 14 KB text would be read 16 times over)
+    assert {p.dataset for (f, _, _), p in pairs.items() if f == "pretraining"} == {"pydoc"}
     # quality only where the weights are real
     scored = {(m, t) for (_, m, t), p in pairs.items() if p.params.get("quality") == "suite"}
     assert {m for m, _ in scored} == {"smollm2-135m"}
-    assert len(expand(sweep)) == 3 * len(sweep.pairs) == 174
+    assert len(expand(sweep)) == 3 * len(sweep.pairs) == 183
 
 
 def test_study_by_name_or_file(tmp_path: Path) -> None:
