@@ -265,10 +265,11 @@ def table(doc: dict[str, Any]) -> str:
 
 
 def quality_section(b: Bench, args: argparse.Namespace, only: set[tuple[str, ...]]) -> None:
-    """Perplexity of the real SmolLM2-135M weights on the shipped held-out text, bf16 and
-    every (backend, bit-width) that runs: kernels round differently, so quality is per
-    backend. Weights come from the packaged GGUF (converted once into --home)."""
-    from runners.data import corpus as corpus_mod
+    """Perplexity of the real SmolLM2-135M weights on held-out text (whole topics of the
+    `pydoc` corpus, at least --quality-tokens of the model's tokens), bf16 and every
+    (backend, bit-width) that runs: kernels round differently, so quality is per backend.
+    Weights come from the packaged GGUF (converted once into --home)."""
+    from runners.data import textstream
     from runners.techniques.quality import perplexity
 
     card = catalog.model_card(args.quality_model)
@@ -290,8 +291,11 @@ def quality_section(b: Bench, args: argparse.Namespace, only: set[tuple[str, ...
             built = model_mod.load(card, torch.bfloat16, b.device, 0, home=home)
             if tokenizer is None:
                 tokenizer = model_mod.tokenizer_for(card, home)
-                text = corpus_mod.load(None, args.quality_tokens, tokenizer)
-                b.doc["quality"]["heldout_tokens"] = len(text.heldout)
+                # held-out whole topics of the pydoc corpus in the model's own tokens (the
+                # shipped eval text holds about a thousand of them: too few to tell backends)
+                text = textstream.load(textstream.PYDOC, need_tokens=0,
+                                       eval_tokens=args.quality_tokens, tokenizer=tokenizer)
+                b.doc["quality"].update(heldout_tokens=len(text.heldout), text=text.source)
             if backend is not None:
                 q = quant.check_available(quant.QUANTIZATIONS[bits], b.device, backend,
                                           torch.bfloat16)
