@@ -2,7 +2,8 @@
 # Run a study for at most SECONDS, then leave it resumable: the first call queues it, later
 # calls resume it (runs that never started are queued again) and follow until the time is up.
 # With --finish, queued and running runs are stopped once the time is up, and the database is
-# copied to $OUT when $OUT is set (merge it elsewhere with `efficientllm import FILE`).
+# copied to $OUT when $OUT is set (merge it elsewhere with `efficientllm import FILE`), with
+# the dispatcher's and runners' logs.
 #
 #   EFFICIENTLLM_HOME=/tmp/study bash scripts/study_part.sh paper 540          # a part
 #   EFFICIENTLLM_HOME=/tmp/study OUT=/tmp/o bash scripts/study_part.sh paper 540 --finish
@@ -32,6 +33,9 @@ if [ "$FINISH" = "--finish" ]; then
     if [ -n "${OUT:-}" ]; then
         el runs --json > "$OUT/runs.json" 2>/dev/null
         cp "$EFFICIENTLLM_HOME/efficientllm.duckdb" "$OUT/study.duckdb"
+        # what explains a slow or failed run: the dispatcher's log, each run's stderr
+        (cd "$EFFICIENTLLM_HOME" && tar czf "$OUT/study-logs.tar.gz" dispatcher.log \
+            daemon.log runs/*/stderr.log 2>/dev/null)
     fi
 fi
 echo "study $ID: follow ended with $rc"
