@@ -26,3 +26,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 [ "$TRAIN_S" = 0 ] || python3 benchmarks/kernels_training.py --out "$OUT" --budget-s "$TRAIN_S" --only steps,nsa \
     --cases transformer+liger_ce,rwkv+fla_wkv,mamba+our_triton_scan,nsa,torch_reference,fla_parallel_nsa,sdpa_dense_causal \
     2>&1 | tee "$OUT/kernels_training.log"
+# gemlite's kernel choices for this card, to ship (data/kernel_tuning/) so runs skip tuning
+cp -r "${EFFICIENTLLM_HOME:-/tmp/elhome}/kernel_tuning" "$OUT/" 2>/dev/null || true

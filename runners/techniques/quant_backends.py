@@ -125,16 +125,27 @@ def tuning_file(home: Path, device: str) -> Path:
     return home / "kernel_tuning" / f"gemlite-{slug}.json"
 
 
+def shipped_tuning_file(device: str) -> Path:
+    """Kernel choices measured for this GPU that ship with the package
+    (`efficientllm_data/kernel_tuning/gemlite-<gpu name>.json`, where one was committed)."""
+    import efficientllm_data
+
+    return Path(str(efficientllm_data.__file__)).parent / "kernel_tuning" / tuning_file(
+        Path("."), device).name
+
+
 def load_tuning(backend: str, home: Path | None, device: str) -> bool:
-    """Load kept kernel choices for `backend` (gemlite only); whether a file was loaded."""
-    if backend != "gemlite" or home is None or not device.startswith("cuda"):
+    """Load kernel choices for `backend` (gemlite only): the shipped ones for this GPU, then
+    the ones kept in the home (merged over them); whether any file was loaded."""
+    if backend != "gemlite" or not device.startswith("cuda"):
         return False
-    path = tuning_file(home, device)
-    if not path.is_file():
+    paths = [shipped_tuning_file(device)] + ([tuning_file(home, device)] if home else [])
+    found = [p for p in paths if p.is_file()]
+    if not found:
         return False
     import gemlite
 
-    return bool(gemlite.load_config(str(path), print_error=False))
+    return any([bool(gemlite.load_config(str(p), print_error=False)) for p in found])
 
 
 def save_tuning(backend: str, home: Path | None, device: str) -> Path | None:

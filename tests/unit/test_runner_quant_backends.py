@@ -264,9 +264,13 @@ def test_the_compiled_quantized_engine_is_fused_with_its_flag() -> None:
 def test_gemlite_tuning_is_kept_per_gpu_and_never_fails_a_run(tmp_path: Path) -> None:
     # not gemlite, no home, or no CUDA: nothing is loaded or written
     assert qb.load_tuning("quanto", tmp_path, "cuda:0") is False
-    assert qb.load_tuning("gemlite", None, "cuda:0") is False
+    assert qb.load_tuning("gemlite", None, "cuda:0") is False  # nothing shipped for a GPU yet
     assert qb.load_tuning("gemlite", tmp_path, "cpu") is False
     assert qb.save_tuning("gemlite", tmp_path, "cpu") is None
     assert not (tmp_path / "kernel_tuning").exists()
     path = qb.tuning_file(tmp_path, "cpu")
     assert path.parent == tmp_path / "kernel_tuning" and path.name.startswith("gemlite-")
+    # what ships with the package for a card sits beside the shipped data, under the same name
+    shipped = qb.shipped_tuning_file("cpu")
+    assert shipped.parent.name == "kernel_tuning" and shipped.name == path.name
+    assert shipped.parent.parent == Path(efficientllm_data.__file__).parent
