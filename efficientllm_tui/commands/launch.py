@@ -256,19 +256,30 @@ def _never_ran(run_dir: Path) -> bool:
     return (c is not None and c.action == "cancel") or follow.stored_status(run_dir) is not None
 
 
-def _stored_result(store: Any, run_id: str) -> bool:
-    """Whether the database holds a result of `run_id` (any status but cancelled)."""
+def _stored_results(store: Any, sweep_id: str) -> set[str]:
+    """Run ids of `sweep_id` the database holds a result of (any status but cancelled), in
+    one query: runs imported from the machine that ran them count as run."""
     if not store.path.exists():
-        return False
-    run = store.get_run(run_id)
-    return run is not None and run.get("status") != "cancelled"
+        return set()
+    rows = store.query("SELECT run_id FROM runs WHERE sweep_id = ? AND status <> 'cancelled'",
+                       params=[sweep_id]).rows
+    return {str(r[0]) for r in rows}
+
+
+def _requeue(home: Path, db: Path, spec: RunSpec, sweep_id: str) -> RunSpec:
+    """`spec` queued again under `sweep_id` with a new run id (unique in this home)."""
+    fresh = replace(spec, run_id=new_run_id(spec.model, spec.technique),
+                    created_ns=time.time_ns())
+    while (homes.runs_dir(home) / fresh.run_id).exists():
+        fresh = replace(fresh, run_id=fresh.run_id + "-r")
+    queue.enqueue(fresh, home, db, sweep_id=sweep_id)
+    return fresh
 
 
 def resume_sweep(home: Path, store: Any, token: str) -> tuple[str, list[str], int]:
     """Re-queue the runs of sweep `token` (a unique prefix ok) that never ran, under new
     run ids; (its id, every run id now, how many were re-queued). A run the database holds
     (imported from the machine that ran it) ran, whether or not its dir is here."""
-    db = store.path
     record = queue.load_sweep_record(home, token)
     sweep_id = str(record["sweep_id"])
     specs: list[RunSpec] = []
@@ -277,17 +288,12 @@ def resume_sweep(home: Path, store: Any, token: str) -> tuple[str, list[str], in
             specs.append(RunSpec.from_dict(raw))
         except ProtocolError as e:
             raise BadInput(f"sweep {sweep_id} holds a malformed spec: {e}") from None
+    stored = _stored_results(store, sweep_id)
     out: list[RunSpec] = []
     requeued = 0
     for spec in specs:
-        if _never_ran(homes.runs_dir(home) / spec.run_id) and not _stored_result(store,
-                                                                              spec.run_id):
-            fresh = replace(spec, run_id=new_run_id(spec.model, spec.technique),
-                            created_ns=time.time_ns())
-            while (homes.runs_dir(home) / fresh.run_id).exists():
-                fresh = replace(fresh, run_id=fresh.run_id + "-r")
-            queue.enqueue(fresh, home, db, sweep_id=sweep_id)
-            out.append(fresh)
+        if _never_ran(homes.runs_dir(home) / spec.run_id) and spec.run_id not in stored:
+            out.append(_requeue(home, store.path, spec, sweep_id))
             requeued += 1
         else:
             out.append(spec)
@@ -343,12 +349,7 @@ def continue_sweep(home: Path, store: Any, sweep_id: str, source: str,
         elif key in waiting:
             out.append(replace(spec, run_id=waiting.pop(key)))
         else:
-            fresh = replace(spec, run_id=new_run_id(spec.model, spec.technique),
-                            created_ns=time.time_ns())
-            while (homes.runs_dir(home) / fresh.run_id).exists():
-                fresh = replace(fresh, run_id=fresh.run_id + "-r")
-            queue.enqueue(fresh, home, store.path, sweep_id=sweep_id)
-            out.append(fresh)
+            out.append(_requeue(home, store.path, spec, sweep_id))
             queued += 1
     queue.save_sweep(home, sweep_id, source, out)
     return [s.run_id for s in out], queued, done

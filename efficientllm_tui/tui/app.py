@@ -48,6 +48,7 @@ from efficientllm_tui.tui.messages import (
     SamplesArrived,
     StoreChanged,
 )
+from efficientllm_tui.tui.palette import binding_commands
 
 if TYPE_CHECKING:
     from efficientllm_tui.runs.queue import QueueRow
@@ -234,21 +235,7 @@ class EfficientLLMApp(App[None]):
         yield SystemCommand(
             "Toggle dark/light", "Switch between the dark and light theme", self.toggle_dark
         )
-        seen: set[str] = set()
-        for active in screen.active_bindings.values():
-            b = active.binding
-            if b.action.startswith("show(") or b.action in seen or b.system:
-                continue  # screens are offered above, once
-            if b.description and b.show and active.enabled:
-                seen.add(b.action)
-                keys = self.get_key_display(b)
-                where = getattr(screen, "PALETTE_NAME", None) or dict(SCREENS_ORDER).get(
-                    getattr(screen, "NAME", ""), "this screen")
-                yield SystemCommand(
-                    b.description,
-                    f"{where} · key {keys}",
-                    partial(self.run_action, b.action, active.node),
-                )
+        yield from binding_commands(self, screen, dict(SCREENS_ORDER))
 
     def toggle_dark(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"

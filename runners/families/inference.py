@@ -242,10 +242,7 @@ class InferenceFamily(Family[InferenceConfig]):
         meter = dev.window_meter(c.device, sync, ctx.sample_device)
 
         warm, _ = steps.run_requests(self, "warmup", requests[:c.warmup], engine, meter)
-        if self._quant_report:
-            # every shape is tuned by now (capture and warm-up): keep the choices
-            quant_backends.save_tuning(str(self._quant_report.get("backend")), ctx.home,
-                                       c.device)
+        steps.keep_tuning(self)
         dev.reset_peak_memory(c.device)
         timings, window = steps.run_requests(self, "measure", requests[c.warmup:], engine,
                                              meter)

@@ -32,6 +32,14 @@ def step_compiles(fam: Any) -> bool:
             and backend in quant_backends.STEP_COMPILES)
 
 
+def keep_tuning(fam: Any) -> None:
+    """After the warm-up every kernel shape of the run is tuned: keep the quantized
+    backend's choices in the home for the next run (gemlite's; a no-op otherwise)."""
+    report = fam._quant_report  # noqa: SLF001
+    if report:
+        quant_backends.save_tuning(str(report.get("backend")), fam.ctx.home, fam.config.device)
+
+
 def prepared_engine(fam: Any, built: model_mod.BuiltModel, sync: Any, pad: int | None,
                     first: torch.Tensor) -> tuple[Engine, str | None]:
     """The decode engine, prepared (cache allocated, graph captured, step compiled) outside

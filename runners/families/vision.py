@@ -120,8 +120,7 @@ def run(fam: InferenceFamily) -> RunResult:
 
     warm, _ = steps.run_requests(fam, "warmup", requests[:c.warmup], engine, meter,
                                  prompt_tokens, vision)
-    if fam._quant_report:  # noqa: SLF001
-        quant_backends.save_tuning(str(kernels.get("backend")), ctx.home, c.device)
+    steps.keep_tuning(fam)
     dev.reset_peak_memory(c.device)
     timings, window = steps.run_requests(fam, "measure", requests[c.warmup:], engine,
                                          meter, prompt_tokens, vision)

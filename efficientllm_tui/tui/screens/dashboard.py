@@ -10,9 +10,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
-from textual.content import Content
 from textual.reactive import reactive
-from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
 from efficientllm_tui.display import (
@@ -31,8 +29,9 @@ from efficientllm_tui.tui.widgets.bars import bar_line
 from efficientllm_tui.tui.widgets.chart import Series, TimeChart, nice_max
 from efficientllm_tui.tui.widgets.devices import DeviceList
 from efficientllm_tui.tui.widgets.fit import FitTable
+from efficientllm_tui.tui.widgets.sample_text import act_summary, clock_summary, mem_summary
+from efficientllm_tui.tui.widgets.status_line import StatusLine
 from profiling import metric_catalog
-from profiling.sample import Sample
 
 WINDOWS: tuple[tuple[str, float | None], ...] = (
     ("1 min", 60.0),
@@ -265,7 +264,7 @@ class DashboardScreen(AppScreen):
                 x0,
                 0.0,
                 y_max=nice_max(peak_rss * gib_scale),
-                summary=_mem_summary(latest),
+                summary=mem_summary(latest),
                 title="runner memory GiB",
             )
         else:
@@ -274,7 +273,7 @@ class DashboardScreen(AppScreen):
                 x0,
                 0.0,
                 y_max=total * gib_scale if total else None,
-                summary=_mem_summary(latest),
+                summary=mem_summary(latest),
                 title="memory GiB" if device != "cpu" else "host memory GiB",
             )
         act = self.query_one("#chart-act", TimeChart)
@@ -288,7 +287,7 @@ class DashboardScreen(AppScreen):
                 ],
                 x0,
                 0.0,
-                summary=_act_summary(latest, self._ncpu),
+                summary=act_summary(latest, self._ncpu),
                 title="CPU % of all cores",
             )
         else:
@@ -298,7 +297,7 @@ class DashboardScreen(AppScreen):
             ]
             if latest is not None and latest.sm_active_pct is None:
                 series = [Series("util", pts("util_pct"), c1)]
-            act.plot(series, x0, 0.0, summary=_act_summary(latest, self._ncpu), title="activity %")
+            act.plot(series, x0, 0.0, summary=act_summary(latest, self._ncpu), title="activity %")
         power = self.query_one("#chart-power", TimeChart)
         peak_w = max((s.power_w for s in samples if s.power_w is not None), default=None)
         has_clock = any(s.sm_clock_mhz is not None or s.temp_c is not None for s in samples)
@@ -321,7 +320,7 @@ class DashboardScreen(AppScreen):
             ],
             x0,
             0.0,
-            summary=_clock_summary(latest),
+            summary=clock_summary(latest),
         )
 
     def _lay_out_charts(self, *, power: bool, clock: bool) -> None:
@@ -451,63 +450,11 @@ def _waiting_cells(row: QueueRow) -> tuple[str, ...]:
     )
 
 
-class StatusLine(Widget):
-    """One line of markup that changes often: a refresh, never a layout pass."""
-
-    DEFAULT_CSS = "StatusLine { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }"
-
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id)
-        self._text = ""
-
-    def set_text(self, text: str) -> None:
-        if text != self._text:
-            self._text = text
-            self.refresh()
-
-    def render(self) -> Content:
-        return Content.from_markup(self._text)
-
-
 def _update(widget: Static, text: str) -> None:
     """Update a Static only when its text changes (an update costs a layout pass)."""
     if getattr(widget, "_shown_text", None) != text:
         widget._shown_text = text  # type: ignore[attr-defined]
         widget.update(text)
-
-
-def _mem_summary(s: Sample | None) -> str:
-    if s is None or s.mem_used_bytes is None:
-        return "-"
-    frac = f" ({s.mem_used_bytes / s.mem_total_bytes:.0%})" if s.mem_total_bytes else ""
-    used = f"{gib(s.mem_used_bytes)} / {gib(s.mem_total_bytes)} GiB{frac}"
-    if s.device == "cpu" and s.rss_bytes is not None:
-        host = f"{gib(s.mem_used_bytes)}/{gib(s.mem_total_bytes)}"
-        return f"runner {gib(s.rss_bytes)} · host {host} GiB"
-    return used
-
-
-def _act_summary(s: Sample | None, ncpu: int) -> str:
-    if s is None:
-        return "-"
-    if s.device == "cpu":
-        runner = f" · runner {s.cpu_pct / ncpu:.0f}%" if s.cpu_pct is not None else ""
-        return f"host {num(s.util_pct, 3)}%{runner} · {source_label(s)}"
-    if s.sm_active_pct is not None:
-        tc = f" TC {s.tensor_active_pct:.0f}%" if s.tensor_active_pct is not None else ""
-        return f"SM {s.sm_active_pct:.0f}%{tc} · {source_label(s)}"
-    return f"util {num(s.util_pct, 3)}% · nvml (kernel running, not SM activity)"
-
-
-def _clock_summary(s: Sample | None) -> str:
-    if s is None:
-        return "-"
-    parts = []
-    if s.sm_clock_mhz is not None:
-        parts.append(f"{s.sm_clock_mhz:.0f} MHz")
-    if s.temp_c is not None:
-        parts.append(f"{s.temp_c:.0f} °C")
-    return " · ".join(parts) or "no clock/temperature reading"
 
 
 SCREEN = DashboardScreen

@@ -26,12 +26,13 @@ from efficientllm_tui.matrix import (
     technique_reason,
 )
 from efficientllm_tui.tui.screens.base import AppScreen
+from efficientllm_tui.tui.screens.launch_queue import QUEUE_COLUMNS, QueuePanel
 from efficientllm_tui.tui.screens.launch_vlm import VisionTasks
 from runners import preflight
 from runners.protocol import ProtocolError, RunSpec, parse_set
 
 if TYPE_CHECKING:
-    from efficientllm_tui.runs.queue import QueueRow
+    pass
 
 _INT_FIELDS = (
     ("steps", "steps", 8),
@@ -47,13 +48,6 @@ _INVALID = Text("✗", style="red dim", justify="center")
 _TOO_BIG = Text("⊘", style="yellow", justify="center")
 """A pair whose weights cannot fit the chosen device's memory (runners.preflight)."""
 _SIZE_SUFFIX = re.compile(r"-(\d+(\.\d+)?[bm]|mini|small|medium|large)$")
-_QUEUE_COLUMNS = (
-    ("device", "device"),
-    ("state", "state"),
-    ("pair", "model × technique"),
-    ("progress", "progress"),
-    ("run", "run id"),
-)
 QUEUE_EMPTY = (
     "Nothing queued. `s` queues the selected pairs in the order picked, one run per device "
     "at a time. The queue is on disk: it goes on when you quit; runs queued from a shell "
@@ -61,7 +55,7 @@ QUEUE_EMPTY = (
 )
 
 
-class LaunchScreen(VisionTasks, AppScreen):
+class LaunchScreen(QueuePanel, VisionTasks, AppScreen):
     """A matrix of techniques (rows, grouped as the paper groups them) by models (columns)."""
 
     NAME = "launch"
@@ -148,7 +142,7 @@ class LaunchScreen(VisionTasks, AppScreen):
         table.move_cursor(row=0, column=2)
         queue = self.query_one("#queue", DataTable)
         queue.border_title = "queue (on disk: goes on when you quit)"
-        for col_key, col_label in _QUEUE_COLUMNS:
+        for col_key, col_label in QUEUE_COLUMNS:
             queue.add_column(col_label, key=col_key)
         self.query_one("#queue-empty", Static).border_title = "queue"
         self._draw_queue()
@@ -434,69 +428,6 @@ class LaunchScreen(VisionTasks, AppScreen):
         error.remove_class("-shown")
         self.elapp.enqueue_runs(specs)  # all at once; the app says when they are queued
         self.action_clear()
-
-    # ------------------------------------------------------------------ the queue
-
-    def action_remove_queued(self) -> None:
-        """Remove the waiting run under the queue's cursor (the first `x` moves there)."""
-        table = self.query_one("#queue", DataTable)
-        rows = {r.run_id: r for r in self.elapp.queued}
-        waiting = [r for r in self.elapp.queued if r.state == "waiting"]
-        if not waiting:
-            self.notify("nothing is waiting in the queue", severity="warning")
-            return
-        if not table.has_focus:
-            table.focus()
-            table.move_cursor(row=table.get_row_index(waiting[0].run_id))
-            self.notify("queue: pick a waiting run, then x removes it", title="Remove queued")
-            return
-        run_id = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-        row = rows.get(run_id)
-        if row is None:
-            self.notify(f"{run_id} left the queue", severity="warning")
-        elif row.state != "waiting":
-            self.notify(
-                f"{row.model} × {row.technique} is running: stop it on the Dashboard (1) with x",
-                severity="warning",
-            )
-        else:
-            done, what = self.elapp.cancel_run(run_id)
-            self.notify(
-                f"{row.model} × {row.technique} ({run_id}): {what}",
-                severity="information" if done else "warning",
-            )
-
-    def _draw_queue(self) -> None:
-        rows = self.elapp.queued
-        table = self.query_one("#queue", DataTable)
-        table.display = bool(rows)
-        self.query_one("#queue-empty", Static).display = not rows
-        keys = [r.run_id for r in rows]
-        if [k.value for k in table.rows] == keys:
-            for row in rows:
-                for (col, _), value, before in zip(
-                    _QUEUE_COLUMNS, _queue_cells(row), table.get_row(row.run_id), strict=True
-                ):
-                    if value != before:
-                        table.update_cell(row.run_id, col, value, update_width=True)
-            return
-        at = None
-        if table.row_count:
-            at = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        table.clear()
-        for row in rows:
-            table.add_row(*_queue_cells(row), key=row.run_id)
-        if at in keys:
-            table.move_cursor(row=keys.index(at))
-
-
-def _queue_cells(row: QueueRow) -> tuple[str, ...]:
-    if row.state == "waiting":
-        state, progress = f"#{row.position} waiting", "-"
-    else:
-        state = "▶ running"
-        progress = f"{row.phase or 'starting'} {row.steps_done}/{row.total_steps}"
-    return (row.device_key, state, f"{row.model} × {row.technique}", progress, row.run_id)
 
 
 def model_family(card: dict[str, Any]) -> str:
