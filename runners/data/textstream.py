@@ -224,8 +224,10 @@ def _pydoc(eval_tokens: int, tokenizer: ByteTokenizer) -> TokenText:
     total = sum(len(d) + 1 for d in docs)
     want = min(eval_tokens, int(total * HELDOUT_SHARE))
     held: list[list[int]] = []
-    while docs and sum(len(d) + 1 for d in held) < want:
+    held_ids = 0
+    while docs and held_ids < want:
         held.insert(0, docs.pop())
+        held_ids += len(held[0]) + 1
     train, heldout = array("H"), array("H")
     for into, part in ((train, docs), (heldout, held)):
         for doc in part:

@@ -119,10 +119,15 @@ def tuning_file(home: Path, device: str) -> Path:
     its shipped config for the card lacks (minutes a model on an H200 without one,
     docs/benchmarks.md run Q1); kept, only the first run of a shape pays it, and always
     outside the measured window (the engine's warm-up)."""
+    return home / "kernel_tuning" / _tuning_name(device)
+
+
+def _tuning_name(device: str) -> str:
+    """`gemlite-<gpu name>.json` for the GPU of `device` (`cpu` without CUDA)."""
     name = torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() \
         else "cpu"
     slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
-    return home / "kernel_tuning" / f"gemlite-{slug}.json"
+    return f"gemlite-{slug}.json"
 
 
 def shipped_tuning_file(device: str) -> Path:
@@ -130,8 +135,7 @@ def shipped_tuning_file(device: str) -> Path:
     (`efficientllm_data/kernel_tuning/gemlite-<gpu name>.json`, where one was committed)."""
     import efficientllm_data
 
-    return Path(str(efficientllm_data.__file__)).parent / "kernel_tuning" / tuning_file(
-        Path("."), device).name
+    return Path(str(efficientllm_data.__file__)).parent / "kernel_tuning" / _tuning_name(device)
 
 
 def load_tuning(backend: str, home: Path | None, device: str) -> bool:
