@@ -319,15 +319,18 @@ async def settle(
     for _ in range(3):  # tables measure new rows when idle: let them
         await pilot.pause()
     # Under load idle comes late, and a measured table lays itself out again afterwards:
-    # wait until every table is measured and its columns and size hold still for a while.
+    # wait until every table is measured and its columns and size hold still for a while,
+    # and so does the rendered screen (whichever widget lays itself out late: a chart sized
+    # after its grid, a status line).
     # Held still means for a stretch of wall time, not a count of polls: on two busy cores
     # a few polls can all fall before the next layout pass.
     previous, calm_since = None, None
     while time.monotonic() < end:
         await pilot.pause(0.02)
         tables = list(app.screen.query(DataTable))
-        state = tuple((t.id, t.size, t.virtual_size,
-                       tuple(c.content_width for c in t.columns.values())) for t in tables)
+        state = (tuple((t.id, t.size, t.virtual_size,
+                        tuple(c.content_width for c in t.columns.values())) for t in tables),
+                 _rendered(app))
         calm = state == previous and not any(_measuring(t) or _unmeasured(t) for t in tables)
         previous = state
         if not calm:
@@ -339,6 +342,12 @@ async def settle(
     app.screen.refresh(layout=True)
     await pilot.pause()
     await pilot.pause()
+
+
+def _rendered(app: EfficientLLMApp) -> list[list[Any]]:
+    """The screen as the compositor renders it now: every cell's text and style (much
+    cheaper than an SVG screenshot, which settle would take many times a scene)."""
+    return [list(strip) for strip in app.screen._compositor.render_strips()]
 
 
 def _unmeasured(table: DataTable) -> bool:
