@@ -40,7 +40,8 @@ class RunFilter:
     technique: list[str] = field(default_factory=list)
     status: list[str] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
-    """Each must appear (case-insensitive) in the run id, model, technique or error text."""
+    """Each must appear (case-insensitive) in the run id, model, technique, host or error
+    text."""
     since: date | None = None
     """Runs started on or after this day (UTC)."""
     on: date | None = None

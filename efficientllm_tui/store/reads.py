@@ -164,8 +164,8 @@ def list_runs_sql(
 
     Args:
         exact: runs column -> values it must be one of (None: any value).
-        words: Each must appear (case-insensitive) in the run id, model, technique or error
-            text.
+        words: Each must appear (case-insensitive) in the run id, model, technique, host or
+            error text.
         since: Keep runs started on or after this day (UTC).
         on: Keep runs started on this day (UTC).
         order_by: A runs column or a LIST_METRIC_COLUMNS metric; NULLs sort last.
@@ -182,7 +182,7 @@ def list_runs_sql(
     for word in words:
         where.append(
             "contains(lower(concat_ws(' ', r.run_id, r.model, r.technique, "
-            "coalesce(r.error_text, ''))), ?)"
+            "coalesce(r.host, ''), coalesce(r.error_text, ''))), ?)"
         )
         params.append(word.lower())
     if since is not None:

@@ -182,3 +182,23 @@ async def test_a_failed_load_says_so_and_stops_waiting(
         await pilot.press("r")
         await settle(app, pilot)
         assert "1 runs" in str(head.render())
+
+
+async def test_runs_from_several_hosts_say_where(new_app: Callable[..., EfficientLLMApp]) -> None:
+    """One host: the device column as is. Runs from another machine (imported, a Ray node):
+    every device cell names its host, and the text filter finds runs by host."""
+    app = new_app(mode="runs")
+    async with app.run_test(size=SIZE) as pilot:
+        _, table = await _runs(app, pilot)
+        assert not any("@" in d for d in _column(table, "device"))
+    other = run_ids()[0]
+    with Store(app.db_path).connect() as con:
+        con.execute("UPDATE runs SET host = 'node7' WHERE run_id = ?", [other])
+    app = new_app(mode="runs", seed=False)
+    async with app.run_test(size=SIZE) as pilot:
+        _, table = await _runs(app, pilot)
+        devices = dict(zip([str(r.value) for r in table.rows], _column(table, "device")))
+        assert devices[other].endswith("@node7")
+        assert all(d.endswith("@lab") for rid, d in devices.items() if rid in run_ids()[1:])
+        await _filter(app, pilot, "node7")
+        assert [str(r.value) for r in table.rows] == [other]

@@ -104,7 +104,7 @@ def _refused(cli: Cli, *args: str) -> str:
 
 def test_bad_studies_are_refused_and_nothing_is_queued(cli: Cli, tmp_path: Path) -> None:
     assert _refused(cli, "study", "nope") == (
-        "efficientllm: error: unknown study 'nope'; shipped: ci-tiny, paper (or give a sweep "
+        "efficientllm: error: unknown study 'nope'; shipped: ci-tiny, cpu, paper (or give a sweep "
         "FILE.toml)")
     assert _refused(cli, "study", "ci-tiny", "--repeats", "0") == (
         "efficientllm: error: --repeats must be an integer from 1 to 100, got 0")
@@ -128,7 +128,7 @@ def test_bad_studies_are_refused_and_nothing_is_queued(cli: Cli, tmp_path: Path)
     assert not (cli.home / "runs").exists() or not any((cli.home / "runs").iterdir())
     assert not (cli.home / "sweeps").exists()
     listed = cli.json("study", "--list", "--json")
-    assert isinstance(listed, list) and [s["name"] for s in listed] == ["ci-tiny", "paper"]
+    assert isinstance(listed, list) and [s["name"] for s in listed] == ["ci-tiny", "cpu", "paper"]
 
 
 def test_import_from_an_export_skips_then_replaces(cli: Cli, tmp_path: Path) -> None:

@@ -108,13 +108,31 @@ def _techniques(name: str) -> set[str]:
 
 
 def test_shipped_studies_are_package_data() -> None:
-    assert study.shipped() == ["ci-tiny", "paper"]
+    assert study.shipped() == ["ci-tiny", "cpu", "paper"]
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"]["efficientllm_data"]
     shipped = sorted(p.relative_to(ROOT / "data").as_posix()
                      for p in (ROOT / "data" / "sweeps").glob("*.toml"))
-    assert shipped == ["sweeps/ci-tiny.toml", "sweeps/paper.toml"]
+    assert shipped == ["sweeps/ci-tiny.toml", "sweeps/cpu.toml", "sweeps/paper.toml"]
     assert all(any(Path(s).match(g) for g in globs) for s in shipped)
+
+
+def test_cpu_study_scores_real_weights_and_pretrains_from_scratch() -> None:
+    _needs(_techniques("cpu"))
+    name, source, sweep = study.load("cpu")
+    assert (name, source, sweep.repeats) == ("cpu", "study:cpu", 3)
+    assert {p.device for p in sweep.pairs} == {"cpu"}
+    from runners.models import catalog
+
+    by_group: dict[str, set[str]] = {}
+    for p in sweep.pairs:
+        by_group.setdefault(catalog.technique(p.technique).group, set()).add(p.model)
+    # quality groups on the real SmolLM2 weights, scored on the suite; pretraining on tiny
+    assert by_group == {"bit_width": {"smollm2-135m"}, "peft": {"smollm2-135m"},
+                        "attention": {"tiny"}, "positional_encoding": {"tiny"}, "moe": {"tiny"}}
+    assert all(p.params.get("quality") == "suite" for p in sweep.pairs
+               if p.model == "smollm2-135m")
+    assert {p.dataset for p in sweep.pairs if p.model == "tiny"} == {"pydoc"}
 
 
 def test_ci_tiny_covers_every_group_on_tiny_cpu() -> None:
@@ -169,7 +187,7 @@ def test_study_by_name_or_file(tmp_path: Path) -> None:
     path.write_text('[[run]]\nmodel = "tiny"\ntechnique = "fp32"\n')
     name, source, sweep = study.load(str(path))
     assert (name, source, len(sweep.pairs)) == ("my-study", str(path.absolute()), 1)
-    with pytest.raises(BadInput, match=r"^unknown study 'nope'; shipped: ci-tiny, paper "
+    with pytest.raises(BadInput, match=r"^unknown study 'nope'; shipped: ci-tiny, cpu, paper "
                        r"\(or give a sweep FILE.toml\)$"):
         study.load("nope")
     sid = study.study_id("paper", 1_800_000_000_000_000_000)

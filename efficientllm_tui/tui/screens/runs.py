@@ -79,6 +79,7 @@ class RunsScreen(AppScreen):
         self._request = 0
         self._loading = False
         self._metrics: tuple[str, ...] = FAMILY_METRICS[None]
+        self._many_hosts = False
         self._filter_timer: Any = None
         self._applied: tuple[Any, ...] | None = None
         """The filter of the rows shown or loading (skip reloads that change nothing)."""
@@ -236,6 +237,8 @@ class RunsScreen(AppScreen):
         first += [m for m in self._metrics if m in _HEADLINE]
         priority = first + ["started_at"] + [m for m in self._metrics if m not in first]
         priority += ["device", "family", "run_id"]
+        # runs from more than one machine (imported, or Ray jobs on other nodes): say where
+        self._many_hosts = len({r["host"] for r in self.rows.values() if r.get("host")}) > 1
         cells = {run_id: self._cells(row) for run_id, row in self.rows.items()}
         self.query_one("#runs", FitTable).set_data(columns, cells, priority)
 
@@ -253,7 +256,8 @@ class RunsScreen(AppScreen):
             row.get("family") or "-",
             row.get("model") or "-",
             row.get("technique") or "-",
-            row.get("device") or "-",
+            (f"{row.get('device') or '-'}@{row['host']}" if self._many_hosts and row.get("host")
+             else row.get("device") or "-"),
             Text(status, style=status_style(status)),
         ]
         for name in self._metrics:
