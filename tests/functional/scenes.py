@@ -344,7 +344,7 @@ async def settle(
     await pilot.pause()
 
 
-def _rendered(app: EfficientLLMApp) -> list[list[Any]]:
+def _rendered(app: EfficientLLMApp) -> list[list[object]]:
     """The screen as the compositor renders it now: every cell's text and style (much
     cheaper than an SVG screenshot, which settle would take many times a scene)."""
     return [list(strip) for strip in app.screen._compositor.render_strips()]

@@ -197,7 +197,8 @@ async def test_runs_from_several_hosts_say_where(new_app: Callable[..., Efficien
     app = new_app(mode="runs", seed=False)
     async with app.run_test(size=SIZE) as pilot:
         _, table = await _runs(app, pilot)
-        devices = dict(zip([str(r.value) for r in table.rows], _column(table, "device")))
+        ids = [str(r.value) for r in table.rows]
+        devices = dict(zip(ids, _column(table, "device"), strict=True))
         assert devices[other].endswith("@node7")
         assert all(d.endswith("@lab") for rid, d in devices.items() if rid in run_ids()[1:])
         await _filter(app, pilot, "node7")
