@@ -151,13 +151,16 @@ def taus(rows: Sequence[Row], metrics: Sequence[str]) -> tuple[Tau, ...]:
 
 
 def marks_of(runs: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
-    """MARKS letters for numbers from these runs: S simulated, R random weights, C contended."""
+    """MARKS letters for numbers from these runs: S simulated, R random weights, C contended.
+
+    Pretraining starts from a random init by design: its trained loss and perplexity are
+    the measurement, so its runs are never marked R."""
     got = set()
     for r in runs:
         sources = {v[2] for v in (r.get("metrics") or {}).values() if len(v) > 2}
         if r.get("simulated") or "simulated" in sources:
             got.add("S")
-        if r.get("weights") == "random":
+        if r.get("weights") == "random" and r.get("family") != "pretraining":
             got.add("R")
         if r.get("contended") is True:
             got.add("C")

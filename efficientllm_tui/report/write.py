@@ -1,13 +1,16 @@
 """Write a report folder: index.html (self-contained), report.md and charts/*.svg + *.png.
 
-Only these files are written (others in the folder are left alone); each is written to a
-temporary name and renamed, so a failure never leaves a half-written file."""
+Only these files are written; each is written to a temporary name and renamed, so a failure
+never leaves a half-written file. Charts of an earlier report in the same folder that this
+one does not draw (a workload fewer) are removed, so the folder never holds a chart that
+neither page shows; other files are left alone."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,7 +62,17 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
     head = [out_dir / "index.html", out_dir / "report.md"]
     _write_text(head[0], html.render(report, svgs))
     _write_text(head[1], markdown.render(report, pngs))
+    _remove_stale_charts(out_dir / "charts", set(written))
     return head + written
+
+
+def _remove_stale_charts(charts: Path, written: set[Path]) -> None:
+    """Delete the charts a report names `w<N>-<kind>.svg|png` that were not just written."""
+    own = re.compile(rf"w\d+-({'|'.join(map(re.escape, chart.REPORT_CHARTS))})\.(svg|png)")
+    for path in charts.iterdir():
+        if path not in written and own.fullmatch(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _write_text(path: Path, text: str) -> None:
