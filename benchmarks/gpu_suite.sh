@@ -3,11 +3,12 @@
 # (seconds, from the environment), results under $OUT: quantization backends at the 7B
 # shape (speed, batch 1 and 16) then SmolLM2-135M perplexity per backend; bf16 decode
 # against the HBM roofline at the 0.5B and llama-3.2-1b shapes; the training kernels
-# (pretraining MFU with liger's loss, RWKV on fla, Mamba's scan, NSA).
+# (pretraining MFU with liger's loss, RWKV on fla, Mamba's scan, NSA); a vision-language
+# shape's cost per technique (VLM_S, default 0: about two minutes for smolvlm-256m).
 #   OUT=/tmp/out bash benchmarks/gpu_suite.sh
 set -u
 : "${OUT:?set OUT to a folder}"
-: "${QUANT_S:=280}" "${DECODE_S:=100}" "${TRAIN_S:=170}"
+: "${QUANT_S:=280}" "${DECODE_S:=100}" "${TRAIN_S:=170}" "${VLM_S:=0}"
 # QUANT_ONLY=gemlite:fp8,bnb:int4 limits the quantization cases; QUALITY_S (default 90) is
 # kept for the perplexity pass out of QUANT_S; DECODE_SHAPES and DECODE_ENGINES pick the
 # roofline cases (e.g. fused@max-autotune-no-cudagraphs: inductor's autotuned Triton matmuls
@@ -26,5 +27,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 [ "$TRAIN_S" = 0 ] || python3 benchmarks/kernels_training.py --out "$OUT" --budget-s "$TRAIN_S" --only steps,nsa \
     --cases transformer+liger_ce,rwkv+fla_wkv,mamba+our_triton_scan,nsa,torch_reference,fla_parallel_nsa,sdpa_dense_causal \
     2>&1 | tee "$OUT/kernels_training.log"
+[ "$VLM_S" = 0 ] || timeout "$VLM_S" python3 benchmarks/bench_vlm.py --out "$OUT" \
+    --model "${VLM_MODEL:-smolvlm-256m}" 2>&1 | tee "$OUT/bench_vlm.log"
 # gemlite's kernel choices for this card, to ship (data/kernel_tuning/) so runs skip tuning
 cp -r "${EFFICIENTLLM_HOME:-/tmp/elhome}/kernel_tuning" "$OUT/" 2>/dev/null || true
