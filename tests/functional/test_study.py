@@ -95,6 +95,12 @@ async def test_the_tables_follow_runs_as_they_land(
             raw = _rows(app.screen.query_one("#study-raw", DataTable))
             assert [r[0] for r in raw] == ["bf16", "fp16"][: i + 1]
         assert "2 ok runs in 1 workloads · 1 left out (not ok)" in _head(app)
+        # a run the dispatcher stored as started is running, not left out for a fault
+        store.ingest(_bundle("n-int8-0", "inference", "bit_width", "tiny", "int8", 0, {},
+                             weights="random", status="running", sweep_id="s-live"))
+        await pilot.pause(0.6)
+        await settle(app, pilot)
+        assert "2 ok runs in 1 workloads · 1 left out (not ok) · 1 running" in _head(app)
         rank = _rows(app.screen.query_one("#study-rank", DataTable))
         # AL then IT: bf16 is faster per step (AL 0.1 s), fp16 generates more (IT 120).
         assert rank == [("bf16", "1.000 · 1 · 2*", "0.100 · 2 · 2*"),

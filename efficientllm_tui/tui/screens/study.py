@@ -254,7 +254,10 @@ class StudyScreen(AppScreen):
                        f"its runs land (read {now}) · s: studies")
             return
         report = built.report
-        left = f" · {len(report.skipped)} left out (not ok)" if report.skipped else ""
+        running = sum(s.status == "running" for s in report.skipped)
+        failed = len(report.skipped) - running  # stored not ok: failed, oom, cancelled...
+        left = f" · {failed} left out (not ok)" if failed else ""
+        left += f" · {running} running" if running else ""
         self._head(f"[b]{built.study}[/b] · {report.run_count} ok runs in "
                    f"{len(built.workloads)} workloads{left}{waiting} · ranked within a workload"
                    f" only · updated {now} · s: studies")
