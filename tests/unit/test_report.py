@@ -144,7 +144,8 @@ def test_report_files_tables_and_charts(report: Report, tmp_path: Path) -> None:
     assert html.count("<svg") == len(charts)  # inlined, self-contained
     assert "<script" not in html and "<link" not in html and "src=" not in html
     for text in (html, md):
-        assert "0.22 (0.2–0.26) |" in text or "0.22 (0.2–0.26)<" in text  # gqa al_s: median (min–max)
+        # gqa al_s: median (min–max), unmarked (pretraining from scratch)
+        assert "0.22 (0.2–0.26) |" in text or "0.22 (0.2–0.26)<" in text
         assert "150 [S]" in text  # the simulated run's it
         assert "[S] simulated GPU" in text and "[R] random weights" in text
         assert report.sections[0].workloads[0].key in text
