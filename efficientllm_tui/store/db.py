@@ -25,8 +25,8 @@ Other rules this module keeps:
   SET those switches back.
 
 The modules beside it hold what needs no `duckdb` import: the schema, views and migrations
-(`schema`), a run's shaping into rows (`bundle`) and the read methods with their
-SQL (`reads`).
+(`schema`), a run's shaping into rows (`bundle`), the read methods with their SQL
+(`reads`) and the words of the lock and corruption errors (`messages`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -53,6 +52,7 @@ from efficientllm_tui.errors import (
 )
 from efficientllm_tui.store import merge, rescore
 from efficientllm_tui.store.bundle import RunBundle, bundle_rows, first_line, run_values
+from efficientllm_tui.store.messages import CORRUPT_MARKERS, locked_message
 from efficientllm_tui.store.reads import (
     SANDBOX_CONFIG,
     StoreReads,
@@ -78,29 +78,6 @@ _BACKOFF_CAP_S = 1.0
 # --------------------------------------------------------------------------- errors
 
 
-def _locked_message(path: object, msg: str, waited_s: float | None = None) -> str:
-    holder = "another process"
-    if m := re.search(r"held in (.+?) \(PID (\d+)\)", msg):
-        holder = f"another process (pid {m.group(2)}, {m.group(1)})"
-    elif "different configuration" in msg or "Unique file handle conflict" in msg:
-        holder = "another connection of this process, opened read-only vs read-write"
-    waited = f"; waited {waited_s:.1f} s" if waited_s is not None else ""
-    return (
-        f"database {path} is locked by {holder}{waited}; try again when it has finished "
-        "(an ingest takes seconds; a duckdb shell holds it until closed)"
-    )
-
-
-_CORRUPT_MARKERS = (
-    "not a valid DuckDB database",
-    "Could not read enough bytes",
-    "Corrupt database",
-    "checksum",
-    "replaying WAL",
-    "WAL file",
-    "database has been invalidated",
-    "Failed to load metadata",
-)
 _QUERY_ERRORS = (
     duckdb.ParserException,
     duckdb.CatalogException,
@@ -130,8 +107,8 @@ def _translate(e: BaseException, path: object = None) -> StoreError:
     where = path if path is not None else "file"
     if any(m in msg for m in ("Conflicting lock", "Could not set lock", "different configuration",
                                "Unique file handle conflict")):
-        return DatabaseLocked(_locked_message(where, msg), "Database locked")
-    if any(marker in msg for marker in _CORRUPT_MARKERS):
+        return DatabaseLocked(locked_message(where, msg), "Database locked")
+    if any(marker in msg for marker in CORRUPT_MARKERS):
         return CorruptDatabase(
             f"{where} is not a readable DuckDB database ({line}); it was left untouched: "
             "move it away or pass --db with another path",
@@ -218,7 +195,7 @@ class Store(StoreReads):
                     raise err from e
                 if left <= 0:
                     raise DatabaseLocked(
-                        _locked_message(self.path, str(e), waited), "Database locked"
+                        locked_message(self.path, str(e), waited), "Database locked"
                     ) from e
                 # Full jitter around the current step so waiting processes spread out.
                 time.sleep(min(left, delay * random.uniform(0.5, 1.5)))
