@@ -79,7 +79,6 @@ class RunsScreen(AppScreen):
         self._request = 0
         self._loading = False
         self._metrics: tuple[str, ...] = FAMILY_METRICS[None]
-        self._many_hosts = False
         self._filter_timer: Any = None
         self._applied: tuple[Any, ...] | None = None
         """The filter of the rows shown or loading (skip reloads that change nothing)."""
@@ -238,8 +237,8 @@ class RunsScreen(AppScreen):
         priority = first + ["started_at"] + [m for m in self._metrics if m not in first]
         priority += ["device", "family", "run_id"]
         # runs from more than one machine (imported, or Ray jobs on other nodes): say where
-        self._many_hosts = len({r["host"] for r in self.rows.values() if r.get("host")}) > 1
-        cells = {run_id: self._cells(row) for run_id, row in self.rows.items()}
+        many_hosts = len({r["host"] for r in self.rows.values() if r.get("host")}) > 1
+        cells = {run_id: self._cells(row, many_hosts) for run_id, row in self.rows.items()}
         self.query_one("#runs", FitTable).set_data(columns, cells, priority)
 
     def _label(self, key: str, label: str) -> Text:
@@ -247,7 +246,7 @@ class RunsScreen(AppScreen):
             return Text(f"{label} {'▼' if self.descending else '▲'}", style="bold")
         return Text(label)
 
-    def _cells(self, row: dict[str, Any]) -> list[Any]:
+    def _cells(self, row: dict[str, Any], many_hosts: bool) -> list[Any]:
         started = row.get("started_at")
         status = row.get("status") or "-"
         cells: list[Any] = [
@@ -256,7 +255,7 @@ class RunsScreen(AppScreen):
             row.get("family") or "-",
             row.get("model") or "-",
             row.get("technique") or "-",
-            (f"{row.get('device') or '-'}@{row['host']}" if self._many_hosts and row.get("host")
+            (f"{row.get('device') or '-'}@{row['host']}" if many_hosts and row.get("host")
              else row.get("device") or "-"),
             Text(status, style=status_style(status)),
         ]
